@@ -1,0 +1,21 @@
+//! A differentiable Stable Diffusion (1.x / 2.x) in candle, loaded from diffusers folders.
+//!
+//! Every module follows diffusers' weight names, so `Module::new(vb.pp("down_blocks.0"), ..)`
+//! reads the same tensors diffusers would. All ops used here have a backward pass in candle:
+//! softmax and layer norm are written out in [`nn`] instead of using the fused kernels, which
+//! silently drop gradients.
+
+pub mod attention;
+pub mod clip;
+pub mod config;
+pub mod error;
+pub mod nn;
+pub mod noise;
+pub mod probes;
+pub mod scheduler;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;
+pub mod weights;
+
+pub use error::{Result, SdError};

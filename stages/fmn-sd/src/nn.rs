@@ -1,0 +1,115 @@
+//! Building blocks whose every op has a backward pass in candle.
+//!
+//! candle's fused `softmax_last_dim`, `layer_norm` and `rms_norm` kernels return correct values
+//! but no gradient, so training code must use the compositions below.
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// Softmax over the last dimension, composed of differentiable ops; f16/bf16 inputs are
+/// computed in f32 and cast back.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    let dtype = xs.dtype();
+    let xs = xs.to_dtype(DType::F32)?;
+    // Subtracting the (detached) row maximum changes nothing mathematically and keeps exp finite.
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let exp = xs.broadcast_sub(&max)?.exp()?;
+    let sum = exp.sum_keepdim(D::Minus1)?;
+    exp.broadcast_div(&sum)?.to_dtype(dtype)
+}
+
+/// LayerNorm over the last dimension (`torch.nn.LayerNorm` semantics, biased variance).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            bias: vb.get(size, "bias")?,
+            eps,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    /// `[.., C] -> [.., C]`
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dtype = xs.dtype();
+        let xs = xs.to_dtype(DType::F32)?;
+        let mean = xs.mean_keepdim(D::Minus1)?;
+        let centered = xs.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed
+            .to_dtype(dtype)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+/// GroupNorm as `torch.nn.GroupNorm` (candle-nn's implementation is made of differentiable ops).
+pub fn group_norm(
+    vb: VarBuilder,
+    num_groups: usize,
+    channels: usize,
+    eps: f64,
+) -> Result<candle_nn::GroupNorm> {
+    if num_groups == 0 || channels % num_groups != 0 {
+        candle_core::bail!(
+            "{}: {channels} channels cannot be split into {num_groups} groups",
+            vb.prefix()
+        )
+    }
+    candle_nn::group_norm(num_groups, channels, eps, vb)
+}
+
+pub fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<candle_nn::Linear> {
+    if bias {
+        candle_nn::linear(in_dim, out_dim, vb)
+    } else {
+        candle_nn::linear_no_bias(in_dim, out_dim, vb)
+    }
+}
+
+pub fn conv2d(
+    vb: VarBuilder,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<candle_nn::Conv2d> {
+    let cfg = candle_nn::Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    candle_nn::conv2d(in_channels, out_channels, kernel, cfg, vb)
+}
+
+/// The activations diffusers and transformers name in their configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Silu,
+    #[serde(alias = "swish")]
+    Swish,
+    /// Exact (erf) GELU, `torch.nn.functional.gelu`.
+    Gelu,
+    /// `x * sigmoid(1.702 x)` as in OpenAI CLIP.
+    QuickGelu,
+}
+
+impl Activation {
+    pub fn apply(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Silu | Activation::Swish => xs.silu(),
+            Activation::Gelu => xs.gelu_erf(),
+            Activation::QuickGelu => xs.mul(&candle_nn::ops::sigmoid(&(xs * 1.702)?)?),
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Finding and opening the safetensors weights of one diffusers component folder.
+use crate::{Result, SdError};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Precision suffixes diffusers uses for weight variants (`diffusion_pytorch_model.fp16.safetensors`).
+const VARIANTS: [&str; 2] = ["fp16", "bf16"];
+
+/// The weights file of a component folder: `{stem}.safetensors`, else a `{stem}.{variant}.safetensors`.
+/// `stem` is `diffusion_pytorch_model` for UNet/VAE and `model` for transformers' text encoders.
+pub fn find_weights_file(dir: &Path, stem: &str) -> Result<PathBuf> {
+    let plain = dir.join(format!("{stem}.safetensors"));
+    if plain.is_file() {
+        return Ok(plain);
+    }
+    for variant in VARIANTS {
+        let file = dir.join(format!("{stem}.{variant}.safetensors"));
+        if file.is_file() {
+            return Ok(file);
+        }
+    }
+    if !dir.is_dir() {
+        return Err(SdError::config(dir, "component folder is missing"));
+    }
+    let pickle = dir.join(format!("{stem}.bin"));
+    let hint = if pickle.is_file() {
+        format!(" (found {}: pickle weights are never loaded; convert them to safetensors first)", pickle.display())
+    } else {
+        String::new()
+    };
+    Err(SdError::config(
+        dir,
+        format!("no weights file: expected {stem}.safetensors or {stem}.fp16.safetensors{hint}"),
+    ))
+}
+
+/// Checks that `file` is a complete safetensors file, so that truncation is reported by name
+/// rather than as a failure deep inside model construction.
+pub fn validate_safetensors(file: &Path) -> Result<()> {
+    let f = std::fs::File::open(file).map_err(|e| SdError::io(file, e))?;
+    // SAFETY: the mapping is read-only and dropped before this function returns.
+    let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| SdError::io(file, e))?;
+    safetensors::SafeTensors::deserialize(&mmap).map_err(|e| SdError::Safetensors {
+        path: file.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(())
+}
+
+/// A memory-mapped [`VarBuilder`] over `file` that hands out tensors converted to `dtype`.
+pub fn mmap_var_builder(file: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    validate_safetensors(file)?;
+    // SAFETY: weights files are not modified while a model is loaded from them.
+    unsafe { VarBuilder::from_mmaped_safetensors(&[file], dtype, device) }.map_err(|source| {
+        SdError::Weights {
+            path: file.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Loads every tensor of `file` into memory as `dtype` (used when some of them become trainable).
+pub fn load_tensors(file: &Path, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>> {
+    validate_safetensors(file)?;
+    let tensors = candle_core::safetensors::load(file, device).map_err(|source| SdError::Weights {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    tensors
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
+        .collect()
+}
+
+/// Attaches the weights file to an error raised while building a model from it.
+pub fn in_file<T>(file: &Path, res: candle_core::Result<T>) -> Result<T> {
+    res.map_err(|source| SdError::Weights {
+        path: file.to_path_buf(),
+        source,
+    })
+}
