@@ -10,6 +10,7 @@ pub mod clip;
 pub mod config;
 pub mod error;
 pub mod nn;
+pub mod pipeline;
 pub mod noise;
 pub mod probes;
 pub mod scheduler;

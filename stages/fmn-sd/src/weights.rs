@@ -85,3 +85,21 @@ pub fn in_file<T>(file: &Path, res: candle_core::Result<T>) -> Result<T> {
         source,
     })
 }
+
+/// Writes `tensors` (moved to the CPU) with optional string `metadata` as a safetensors file,
+/// atomically: a temporary sibling renamed over `path`.
+pub fn save_safetensors_atomic(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let cpu = tensors
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<HashMap<String, Tensor>>>()?;
+    let bytes = safetensors::serialize(&cpu, metadata).map_err(|e| SdError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    fmn_core::write_atomic(path, |f| std::io::Write::write_all(f, &bytes)).map_err(|e| SdError::io(path, e))
+}

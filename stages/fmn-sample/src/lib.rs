@@ -1,0 +1,151 @@
+//! `fmn-sample`: text-to-image sampling from a diffusers folder, writing PNGs and a manifest,
+//! optionally the final latents and cross-attention maps.
+mod args;
+mod images;
+mod manifest;
+
+pub use args::Args;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use fmn_core::StagingDir;
+use fmn_sd::pipeline::{seeded_noise, SampleRequest, StableDiffusion};
+use manifest::{ImageEntry, Manifest};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Seeds of the extra noise ancestral samplers draw are derived from the image seed by this
+/// offset, so that they never coincide with another image's initial noise.
+const STEP_SEED_OFFSET: u64 = 0x5EED_0000_0000;
+
+pub fn run(args: &Args) -> Result<()> {
+    let prompts = args.prompts()?;
+    let device = args.device()?;
+    let model_dir = args.model_dir();
+    let init = match &args.init_latents {
+        Some(path) => Some(load_init_latents(path, &device)?),
+        None => None,
+    };
+    let model = StableDiffusion::load(&model_dir, &device, DType::F32)
+        .with_context(|| format!("cannot load the model {}", model_dir.display()))?;
+
+    let (height, width) = args.size(&model, init.as_ref())?;
+    let num_images = match (&init, args.num_images) {
+        (Some(t), Some(n)) if t.dim(0)? != n => bail!(
+            "--init-latents holds {} latents but --num-images is {n}",
+            t.dim(0)?
+        ),
+        (Some(t), _) => t.dim(0)?,
+        (None, n) => n.unwrap_or(1),
+    };
+    let shape = model.latent_shape(num_images, height, width)?;
+    if let Some(t) = &init {
+        if t.dims() != shape {
+            bail!(
+                "{}: tensor `latents` has shape {:?}, expected {:?} for {width}x{height} images",
+                args.init_latents.as_ref().unwrap().display(),
+                t.dims(),
+                shape
+            );
+        }
+    }
+    let attention_steps = args.attention_steps()?;
+
+    let staging = StagingDir::new(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let total_steps = (prompts.len() * args.steps) as u64;
+    let bar = fmn_core::progress::bar(total_steps, "sampling", args.quiet);
+    let mut entries = Vec::new();
+    let mut all_latents = Vec::new();
+    let mut attention: HashMap<String, Vec<Tensor>> = HashMap::new();
+    for (pi, prompt) in prompts.iter().enumerate() {
+        let noise = match &init {
+            Some(t) => t.clone(),
+            None => seeded_noise(shape, args.seed, &device)?,
+        };
+        let out = model.sample(
+            &SampleRequest {
+                prompt,
+                negative_prompt: &args.negative_prompt,
+                sampler: args.scheduler,
+                steps: args.steps,
+                guidance: args.guidance,
+                init_noise: noise,
+                attention_steps: &attention_steps,
+                step_seed: args.seed.wrapping_add(STEP_SEED_OFFSET),
+            },
+            |_| bar.inc(1),
+        )?;
+        let images = model.decode(&out.latents)?;
+        for k in 0..num_images {
+            let file = format!("p{pi:03}_n{k:02}.png");
+            images::save_png(&images.get(k)?, &staging.path().join(&file))?;
+            entries.push(ImageEntry {
+                file,
+                prompt_index: pi,
+                prompt: prompt.clone(),
+                image_index: k,
+                seed: init.is_none().then(|| args.seed.wrapping_add(k as u64)),
+            });
+        }
+        all_latents.push(out.latents);
+        for (step, path, probs) in out.attention {
+            attention.entry(format!("step{step}/{path}")).or_default().push(probs);
+        }
+    }
+    bar.finish_and_clear();
+
+    if let Some(path) = &args.save_latents {
+        let latents = Tensor::cat(&all_latents, 0)?;
+        save_tensors(path, &HashMap::from([("latents".to_string(), latents)]))?;
+    }
+    if let Some(path) = &args.save_attention {
+        let tensors = attention
+            .into_iter()
+            .map(|(k, v)| Ok((k, Tensor::cat(&v, 0)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        save_tensors(path, &tensors)?;
+    }
+    let manifest = Manifest {
+        fmn_version: fmn_core::VERSION.into(),
+        model: model_dir.display().to_string(),
+        prompts: prompts.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        scheduler: args.scheduler.to_string(),
+        steps: args.steps,
+        guidance: args.guidance,
+        width,
+        height,
+        seed: args.seed,
+        num_images,
+        init_latents: args.init_latents.as_ref().map(|p| p.display().to_string()),
+        images: entries,
+    };
+    fmn_core::write_json_atomic(&staging.path().join("manifest.json"), &manifest)?;
+    let out = staging
+        .commit(&["manifest.json"])
+        .with_context(|| format!("cannot move the results into {}", args.out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&manifest)?);
+    } else {
+        eprintln!("wrote {} images to {}", manifest.images.len(), out.display());
+    }
+    Ok(())
+}
+
+fn load_init_latents(path: &Path, device: &Device) -> Result<Tensor> {
+    fmn_sd::weights::validate_safetensors(path)?;
+    let mut tensors = candle_core::safetensors::load(path, device)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let t = tensors
+        .remove("latents")
+        .with_context(|| format!("{}: no tensor named `latents` (expected [N, 4, h, w])", path.display()))?;
+    if t.rank() != 4 {
+        bail!("{}: tensor `latents` has shape {:?}, expected [N, 4, h, w]", path.display(), t.dims());
+    }
+    Ok(t.to_dtype(DType::F32)?)
+}
+
+fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    fmn_sd::weights::save_safetensors_atomic(path, tensors, None)
+        .with_context(|| format!("cannot write {}", path.display()))
+}

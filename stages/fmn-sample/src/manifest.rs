@@ -1,0 +1,29 @@
+//! `manifest.json`: what was sampled, how, and which file holds which image.
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub fmn_version: String,
+    pub model: String,
+    pub prompts: Vec<String>,
+    pub negative_prompt: String,
+    pub scheduler: String,
+    pub steps: usize,
+    pub guidance: f64,
+    pub width: usize,
+    pub height: usize,
+    pub seed: u64,
+    pub num_images: usize,
+    pub init_latents: Option<String>,
+    pub images: Vec<ImageEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ImageEntry {
+    pub file: String,
+    pub prompt_index: usize,
+    pub prompt: String,
+    pub image_index: usize,
+    /// The seed of this image's initial noise; absent when --init-latents gave the noise.
+    pub seed: Option<u64>,
+}

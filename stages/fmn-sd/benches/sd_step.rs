@@ -1,0 +1,113 @@
+//! UNet forward / forward+backward at Stable Diffusion 1.5 size with random weights: prints
+//! wall time per iteration and the process's peak resident memory (VmHWM).
+//!
+//! One configuration per process, so that peak memory belongs to it alone:
+//! `cargo bench -p fmn-sd --bench sd_step -- --size 256 --mode forward|all|ca [--iters N]`
+//! (`all`: gradients for every UNet weight; `ca`: only the cross-attention `attn2` weights,
+//! as re-steering with `only_optimize_ca`).
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use fmn_sd::probes::AttentionRecorder;
+use fmn_sd::unet::{UNet2DConditionModel, UNetConfig};
+use std::collections::HashMap;
+use std::time::Instant;
+
+fn sd15_config() -> UNetConfig {
+    // runwayml/stable-diffusion-v1-5 unet/config.json (the keys that differ from defaults).
+    serde_json::from_value(serde_json::json!({
+        "sample_size": 64,
+        "block_out_channels": [320, 640, 1280, 1280],
+        "cross_attention_dim": 768,
+        "attention_head_dim": 8,
+        "layers_per_block": 2,
+        "norm_num_groups": 32
+    }))
+    .expect("valid config")
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> candle_core::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let size: usize = arg(&args, "--size", 256);
+    let mode: String = arg(&args, "--mode", "forward".to_string());
+    let iters: usize = arg(&args, "--iters", 2);
+    let dev = Device::Cpu;
+    let cfg = sd15_config();
+
+    // Random weights: built once through a VarMap (its init hints), then held as plain tensors
+    // so that only the chosen ones become trainable.
+    let varmap = VarMap::new();
+    UNet2DConditionModel::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &cfg)?;
+    let mut tensors: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .expect("varmap")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    drop(varmap);
+    let params: usize = tensors.values().map(|t| t.elem_count()).sum();
+    let mut trainable = Vec::new();
+    for (name, t) in tensors.iter_mut() {
+        let train = match mode.as_str() {
+            "all" => true,
+            "ca" => name.contains(".attn2."),
+            _ => false,
+        };
+        if train {
+            let var = Var::from_tensor(t)?;
+            *t = var.as_tensor().clone();
+            trainable.push(var);
+        }
+    }
+    let trainable_params: usize = trainable.iter().map(|v| v.elem_count()).sum();
+    let unet = UNet2DConditionModel::new(VarBuilder::from_tensors(tensors, DType::F32, &dev), &cfg)?;
+
+    let latent = size / 8;
+    let sample = Tensor::randn(0f32, 1f32, (1, 4, latent, latent), &dev)?;
+    let context = Tensor::randn(0f32, 1f32, (1, 77, 768), &dev)?;
+    let t = Tensor::new(&[500f32], &dev)?;
+    let mut times = Vec::new();
+    for _ in 0..iters {
+        let start = Instant::now();
+        if mode == "forward" {
+            unet.forward(&sample, &t, &context)?.sum_all()?.to_scalar::<f32>()?;
+        } else {
+            let rec = AttentionRecorder::new();
+            unet.forward_with_probe(&sample, &t, &context, Some(&rec))?;
+            let mut loss = Tensor::new(0f32, &dev)?;
+            for (_, p) in rec.take() {
+                loss = (loss + p.narrow(3, 1, 2)?.sqr()?.sum_all()?)?;
+            }
+            let grads = loss.backward()?;
+            let missing = trainable.iter().filter(|v| grads.get(v.as_tensor()).is_none()).count();
+            assert!(missing == 0 || mode == "all", "{missing} trainable tensors got no gradient");
+        }
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    println!(
+        "sd15-unet size={size} mode={mode} params={:.0}M trainable={:.1}M iters={iters} best={best:.2}s mean={:.2}s peak_rss={:.0}MiB threads={}",
+        params as f64 / 1e6,
+        trainable_params as f64 / 1e6,
+        times.iter().sum::<f64>() / iters as f64,
+        peak_rss_mib(),
+        candle_core::utils::get_num_threads(),
+    );
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! A diffusers Stable Diffusion folder loaded as one model, and text-to-image sampling with
+//! classifier-free guidance exactly as diffusers' `StableDiffusionPipeline` does it.
+use crate::clip::ClipTextModel;
+use crate::noise::NoiseRng;
+use crate::probes::AttentionRecorder;
+use crate::scheduler::{build_sampler, SamplerKind, SchedulerConfig};
+use crate::tokenizer::ClipTokenizer;
+use crate::unet::UNet2DConditionModel;
+use crate::vae::AutoencoderKL;
+use crate::{Result, SdError};
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+
+/// The components of a diffusers `StableDiffusionPipeline` folder.
+pub struct StableDiffusion {
+    pub dir: PathBuf,
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub scheduler: SchedulerConfig,
+    pub device: Device,
+}
+
+/// The sub-folders `StableDiffusion::load` reads, checked up front so that a missing one is
+/// reported by name before any weights are read.
+const COMPONENTS: [&str; 5] = ["tokenizer", "text_encoder", "unet", "vae", "scheduler"];
+
+impl StableDiffusion {
+    /// Loads `dir` (a folder with `model_index.json`), computing in `dtype` on `device`.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let index = dir.join("model_index.json");
+        if !index.is_file() {
+            return Err(SdError::config(
+                dir,
+                "not a diffusers model folder: model_index.json is missing",
+            ));
+        }
+        let _: serde_json::Value = crate::config::read_json(&index)?;
+        for c in COMPONENTS {
+            if !dir.join(c).is_dir() {
+                return Err(SdError::config(
+                    dir,
+                    format!("the `{c}/` sub-folder of the model is missing"),
+                ));
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
+            text_encoder: ClipTextModel::load(&dir.join("text_encoder"), dtype, device)?,
+            unet: UNet2DConditionModel::load(&dir.join("unet"), dtype, device)?,
+            vae: AutoencoderKL::load(&dir.join("vae"), dtype, device)?,
+            scheduler: SchedulerConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?,
+            device: device.clone(),
+        })
+    }
+
+    /// Token ids `[N, 77]` (u32) of `prompts`, padded and truncated as diffusers does.
+    pub fn token_ids(&self, prompts: &[&str]) -> Result<Tensor> {
+        let mut rows = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            rows.push(Tensor::new(self.tokenizer.encode(p)?.as_slice(), &self.device)?);
+        }
+        Ok(Tensor::stack(&rows, 0)?)
+    }
+
+    /// Text-encoder hidden states `[N, 77, D]` of `prompts`.
+    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Tensor> {
+        let ids = self.token_ids(prompts)?;
+        Ok(self.text_encoder.forward(&ids)?)
+    }
+
+    /// Latent channels and the VAE's pixel-to-latent factor.
+    pub fn latent_shape(&self, batch: usize, height: usize, width: usize) -> Result<[usize; 4]> {
+        let f = self.vae.downscale_factor();
+        if height % f != 0 || width % f != 0 || height == 0 || width == 0 {
+            return Err(SdError::Invalid(format!(
+                "image size {width}x{height} must be a positive multiple of {f} (the VAE's downscale factor)"
+            )));
+        }
+        Ok([batch, self.unet.config().in_channels, height / f, width / f])
+    }
+
+    /// Decodes latents `[N, 4, h, w]` to images `[N, 3, H, W]` in `[0, 1]`.
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let z = (latents / self.vae.scaling_factor())?;
+        let x = self.vae.decode(&z)?;
+        Ok(((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
+    }
+}
+
+/// One prompt's sampling job: `init_noise` holds one standard-normal latent per image.
+pub struct SampleRequest<'a> {
+    pub prompt: &'a str,
+    pub negative_prompt: &'a str,
+    pub sampler: SamplerKind,
+    pub steps: usize,
+    pub guidance: f64,
+    /// `[N, C, h, w]` unscaled noise (diffusers' `latents=` argument).
+    pub init_noise: Tensor,
+    /// Denoising step indices whose cross-attention probabilities are kept.
+    pub attention_steps: &'a [usize],
+    /// Seed of the noise ancestral samplers add during the steps.
+    pub step_seed: u64,
+}
+
+pub struct SampleOutput {
+    /// Final latents `[N, C, h, w]` (before VAE decoding).
+    pub latents: Tensor,
+    /// `(step index, module path, probabilities [N, heads, pixels, 77])` of the conditional branch.
+    pub attention: Vec<(usize, String, Tensor)>,
+}
+
+impl StableDiffusion {
+    /// Denoises `req.init_noise` conditioned on the prompt; `on_step` is told each finished step.
+    pub fn sample(&self, req: &SampleRequest, mut on_step: impl FnMut(usize)) -> Result<SampleOutput> {
+        let n = req.init_noise.dim(0)?;
+        let cfg = req.guidance > 1.0;
+        let cond = self.encode_prompts(&[req.prompt])?;
+        let context = if cfg {
+            let uncond = self.encode_prompts(&[req.negative_prompt])?;
+            Tensor::cat(&[uncond.repeat((n, 1, 1))?, cond.repeat((n, 1, 1))?], 0)?
+        } else {
+            cond.repeat((n, 1, 1))?
+        };
+        let mut sampler = build_sampler(req.sampler, &self.scheduler, req.steps)?;
+        let mut latents = (&req.init_noise * sampler.init_noise_sigma())?;
+        let mut rng = NoiseRng::new(req.step_seed);
+        let mut attention = Vec::new();
+        let timesteps = sampler.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let model_in = if cfg {
+                Tensor::cat(&[&latents, &latents], 0)?
+            } else {
+                latents.clone()
+            };
+            let model_in = sampler.scale_model_input(&model_in, i)?;
+            let t_tensor = Tensor::new(&[t as f32], &self.device)?;
+            let recorder = req.attention_steps.contains(&i).then(AttentionRecorder::new);
+            let pred = self
+                .unet
+                .forward_with_probe(&model_in, &t_tensor, &context, recorder.as_ref())?;
+            if let Some(rec) = recorder {
+                for (path, probs) in rec.take() {
+                    let probs = if cfg { probs.narrow(0, n, n)? } else { probs };
+                    attention.push((i, path, probs));
+                }
+            }
+            let pred = if cfg {
+                let uncond = pred.narrow(0, 0, n)?;
+                let cond = pred.narrow(0, n, n)?;
+                (&uncond + ((cond - &uncond)? * req.guidance)?)?
+            } else {
+                pred
+            };
+            latents = sampler.step(&pred, i, &latents, &mut rng)?;
+            on_step(i);
+        }
+        Ok(SampleOutput { latents, attention })
+    }
+}
+
+/// One standard-normal latent per image, image `i` drawn from seed `seed + i`, so that an
+/// image can be reproduced on its own.
+pub fn seeded_noise(shape: [usize; 4], seed: u64, device: &Device) -> Result<Tensor> {
+    let per_image = [1, shape[1], shape[2], shape[3]];
+    let rows = (0..shape[0])
+        .map(|i| NoiseRng::new(seed.wrapping_add(i as u64)).randn(&per_image, device))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&rows, 0)?)
+}
