@@ -1,1 +1,11 @@
-pub fn _x(){}
+//! What every fmn stage shares: atomic output, YAML config loading, progress bars, logging.
+pub mod atomic;
+pub mod config;
+pub mod logging;
+pub mod progress;
+
+pub use atomic::{write_atomic, write_json_atomic, StagingDir};
+pub use config::{load_yaml, ConfigError};
+
+/// The fmn version written into every output's metadata.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,11 +5,19 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+/// Half-precision inputs are normalised in f32; f32 and f64 stay as they are.
+fn compute_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        other => other,
+    }
+}
+
 /// Softmax over the last dimension, composed of differentiable ops; f16/bf16 inputs are
 /// computed in f32 and cast back.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     let dtype = xs.dtype();
-    let xs = xs.to_dtype(DType::F32)?;
+    let xs = xs.to_dtype(compute_dtype(dtype))?;
     // Subtracting the (detached) row maximum changes nothing mathematically and keeps exp finite.
     let max = xs.max_keepdim(D::Minus1)?.detach();
     let exp = xs.broadcast_sub(&max)?.exp()?;
@@ -39,7 +47,7 @@ impl Module for LayerNorm {
     /// `[.., C] -> [.., C]`
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dtype = xs.dtype();
-        let xs = xs.to_dtype(DType::F32)?;
+        let xs = xs.to_dtype(compute_dtype(dtype))?;
         let mean = xs.mean_keepdim(D::Minus1)?;
         let centered = xs.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -67,7 +75,12 @@ pub fn group_norm(
     candle_nn::group_norm(num_groups, channels, eps, vb)
 }
 
-pub fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<candle_nn::Linear> {
+pub fn linear(
+    vb: VarBuilder,
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+) -> Result<candle_nn::Linear> {
     if bias {
         candle_nn::linear(in_dim, out_dim, vb)
     } else {

@@ -19,7 +19,9 @@ impl NoiseRng {
     /// An f32 tensor of `shape` filled with N(0, 1) samples.
     pub fn randn(&mut self, shape: &[usize], device: &Device) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut self.rng)).collect();
+        let data: Vec<f32> = (0..n)
+            .map(|_| StandardNormal.sample(&mut self.rng))
+            .collect();
         Tensor::from_vec(data, shape, device)
     }
 

@@ -30,7 +30,10 @@ impl AttentionRecorder {
     }
 
     pub fn len(&self) -> usize {
-        self.records.lock().expect("attention recorder poisoned").len()
+        self.records
+            .lock()
+            .expect("attention recorder poisoned")
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {

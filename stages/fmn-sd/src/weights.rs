@@ -26,7 +26,10 @@ pub fn find_weights_file(dir: &Path, stem: &str) -> Result<PathBuf> {
     }
     let pickle = dir.join(format!("{stem}.bin"));
     let hint = if pickle.is_file() {
-        format!(" (found {}: pickle weights are never loaded; convert them to safetensors first)", pickle.display())
+        format!(
+            " (found {}: pickle weights are never loaded; convert them to safetensors first)",
+            pickle.display()
+        )
     } else {
         String::new()
     };
@@ -64,10 +67,11 @@ pub fn mmap_var_builder(file: &Path, dtype: DType, device: &Device) -> Result<Va
 /// Loads every tensor of `file` into memory as `dtype` (used when some of them become trainable).
 pub fn load_tensors(file: &Path, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>> {
     validate_safetensors(file)?;
-    let tensors = candle_core::safetensors::load(file, device).map_err(|source| SdError::Weights {
-        path: file.to_path_buf(),
-        source,
-    })?;
+    let tensors =
+        candle_core::safetensors::load(file, device).map_err(|source| SdError::Weights {
+            path: file.to_path_buf(),
+            source,
+        })?;
     tensors
         .into_iter()
         .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))

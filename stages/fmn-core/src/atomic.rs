@@ -1,0 +1,99 @@
+//! Outputs appear whole or not at all: files are written to a temporary sibling and renamed.
+use serde::Serialize;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn with_path(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Writes `path` through `fill`, first into a temporary file in the same folder, then renamed
+/// over `path`; on any error nothing appears at `path`.
+pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut fs::File) -> io::Result<()>) -> io::Result<()> {
+    let dir = parent_of(path);
+    fs::create_dir_all(dir).map_err(|e| with_path(dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".fmn-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| with_path(dir, e))?;
+    fill(tmp.as_file_mut()).map_err(|e| with_path(path, e))?;
+    tmp.as_file_mut().flush()?;
+    tmp.as_file().sync_all().map_err(|e| with_path(path, e))?;
+    tmp.persist(path).map_err(|e| with_path(path, e.error))?;
+    Ok(())
+}
+
+/// Writes `value` as pretty JSON (with a trailing newline) atomically.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+    write_atomic(path, |f| {
+        f.write_all(text.as_bytes())?;
+        f.write_all(b"\n")
+    })
+}
+
+/// A hidden temporary folder beside an output folder: a stage writes its files there and
+/// [`StagingDir::commit`] moves them into the output folder, the manifest last. If the stage
+/// fails (or is killed), the output folder never holds a partial result; a dropped,
+/// uncommitted staging folder is removed.
+pub struct StagingDir {
+    tmp: Option<tempfile::TempDir>,
+    out: PathBuf,
+}
+
+impl StagingDir {
+    pub fn new(out: &Path) -> io::Result<Self> {
+        let parent = parent_of(out);
+        fs::create_dir_all(parent).map_err(|e| with_path(parent, e))?;
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out".into());
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}.partial-"))
+            .tempdir_in(parent)
+            .map_err(|e| with_path(parent, e))?;
+        Ok(Self {
+            tmp: Some(tmp),
+            out: out.to_path_buf(),
+        })
+    }
+
+    /// Where to write the files now.
+    pub fn path(&self) -> &Path {
+        self.tmp.as_ref().expect("staging folder already committed").path()
+    }
+
+    /// The final output folder.
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// Moves every staged file into the output folder (created if needed), files named in
+    /// `last` after all others, replacing files of the same name.
+    pub fn commit(mut self, last: &[&str]) -> io::Result<PathBuf> {
+        let tmp = self.tmp.take().expect("staging folder already committed");
+        fs::create_dir_all(&self.out).map_err(|e| with_path(&self.out, e))?;
+        let mut entries: Vec<PathBuf> = fs::read_dir(tmp.path())?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<io::Result<_>>()?;
+        entries.sort_by_key(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            (last.iter().position(|l| *l == name).map_or(0, |i| i + 1), name)
+        });
+        for src in entries {
+            let dst = self.out.join(src.file_name().unwrap_or_default());
+            fs::rename(&src, &dst).map_err(|e| with_path(&dst, e))?;
+        }
+        Ok(self.out.clone())
+    }
+}
