@@ -98,7 +98,7 @@ impl ClipTextConfig {
                 )));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(SdError::Unsupported(format!(
                 "text encoder config: num_attention_heads = {} does not divide hidden_size = {}",
                 self.num_attention_heads, self.hidden_size
@@ -233,7 +233,9 @@ impl ClipTextModel {
         };
         let d = cfg.hidden_size;
         let emb = vb.pp("embeddings");
-        let token_embedding = emb.pp("token_embedding").get((cfg.vocab_size, d), "weight")?;
+        let token_embedding = emb
+            .pp("token_embedding")
+            .get((cfg.vocab_size, d), "weight")?;
         let position_embedding = emb
             .pp("position_embedding")
             .get((cfg.max_position_embeddings, d), "weight")?;
@@ -318,7 +320,11 @@ impl ClipTextModel {
 
     /// Looks up the token embeddings (no positions): `input_ids [B, T]`, optional
     /// `extra_rows [n, D]` for ids `>= vocab_size` -> `[B, T, D]`.
-    pub fn token_embeddings(&self, input_ids: &Tensor, extra_rows: Option<&Tensor>) -> Result<Tensor> {
+    pub fn token_embeddings(
+        &self,
+        input_ids: &Tensor,
+        extra_rows: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2().map_err(|_| {
             SdError::Invalid(format!(
                 "text encoder input_ids must be [batch, tokens], got {:?}",
@@ -331,7 +337,10 @@ impl ClipTextModel {
             None => 0,
             Some(rows) => {
                 let (n, rd) = rows.dims2().map_err(|_| {
-                    SdError::Invalid(format!("extra_rows must be [n, {d}], got {:?}", rows.dims()))
+                    SdError::Invalid(format!(
+                        "extra_rows must be [n, {d}], got {:?}",
+                        rows.dims()
+                    ))
                 })?;
                 if rd != d {
                     return Err(SdError::Invalid(format!(
@@ -384,12 +393,20 @@ impl ClipTextModel {
             if ids.iter().any(|&id| id >= vocab as i64) {
                 let extra_ids: Vec<u32> = ids
                     .iter()
-                    .map(|&id| if id >= vocab as i64 { (id - vocab as i64) as u32 } else { 0 })
+                    .map(|&id| {
+                        if id >= vocab as i64 {
+                            (id - vocab as i64) as u32
+                        } else {
+                            0
+                        }
+                    })
                     .collect();
-                let is_extra: Vec<u8> = ids.iter().map(|&id| u8::from(id >= vocab as i64)).collect();
+                let is_extra: Vec<u8> =
+                    ids.iter().map(|&id| u8::from(id >= vocab as i64)).collect();
                 let extra_idx = Tensor::from_vec(extra_ids, b * t, device)?;
                 let extra = rows.to_dtype(embeds.dtype())?.index_select(&extra_idx, 0)?;
-                let mask = Tensor::from_vec(is_extra, (b * t, 1), device)?.broadcast_as((b * t, d))?;
+                let mask =
+                    Tensor::from_vec(is_extra, (b * t, 1), device)?.broadcast_as((b * t, d))?;
                 embeds = mask.where_cond(&extra, &embeds)?;
             }
         }

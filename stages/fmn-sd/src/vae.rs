@@ -140,11 +140,23 @@ impl AutoencoderKLConfig {
                 self.up_block_types.len()
             ));
         }
-        if let Some(t) = self.down_block_types.iter().find(|t| *t != "DownEncoderBlock2D") {
-            return unsupported(format!("down_block_types contains {t:?} (only DownEncoderBlock2D)"));
+        if let Some(t) = self
+            .down_block_types
+            .iter()
+            .find(|t| *t != "DownEncoderBlock2D")
+        {
+            return unsupported(format!(
+                "down_block_types contains {t:?} (only DownEncoderBlock2D)"
+            ));
         }
-        if let Some(t) = self.up_block_types.iter().find(|t| *t != "UpDecoderBlock2D") {
-            return unsupported(format!("up_block_types contains {t:?} (only UpDecoderBlock2D)"));
+        if let Some(t) = self
+            .up_block_types
+            .iter()
+            .find(|t| *t != "UpDecoderBlock2D")
+        {
+            return unsupported(format!(
+                "up_block_types contains {t:?} (only UpDecoderBlock2D)"
+            ));
         }
         if self.shift_factor.is_some_and(|s| s != 0.0) {
             return unsupported(format!(
@@ -153,13 +165,20 @@ impl AutoencoderKLConfig {
             ));
         }
         if self.latents_mean.is_some() {
-            return unsupported("latents_mean is set (latent normalisation is not implemented)".into());
+            return unsupported(
+                "latents_mean is set (latent normalisation is not implemented)".into(),
+            );
         }
         if self.latents_std.is_some() {
-            return unsupported("latents_std is set (latent normalisation is not implemented)".into());
+            return unsupported(
+                "latents_std is set (latent normalisation is not implemented)".into(),
+            );
         }
         if self.norm_num_groups == 0
-            || self.block_out_channels.iter().any(|c| c % self.norm_num_groups != 0)
+            || self
+                .block_out_channels
+                .iter()
+                .any(|c| !c.is_multiple_of(self.norm_num_groups))
         {
             return unsupported(format!(
                 "norm_num_groups = {} does not divide block_out_channels {:?}",
@@ -275,7 +294,9 @@ impl SpatialAttention {
         let normed = self.group_norm.forward(xs)?;
         let seq = normed.reshape((b, c, n))?.transpose(1, 2)?.contiguous()?; // [B, N, C]
         let split = |t: Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((b, n, self.heads, dh))?.transpose(1, 2)?.contiguous()
+            t.reshape((b, n, self.heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = split(self.to_q.forward(&seq)?)?;
         let k = split(self.to_k.forward(&seq)?)?;
@@ -310,7 +331,11 @@ impl MidBlock {
         add_attention: bool,
     ) -> candle_core::Result<Self> {
         let attention = if add_attention {
-            Some(SpatialAttention::new(vb.pp("attentions.0"), channels, groups)?)
+            Some(SpatialAttention::new(
+                vb.pp("attentions.0"),
+                channels,
+                groups,
+            )?)
         } else {
             None
         };
@@ -393,7 +418,11 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn new(vb: VarBuilder, cfg: &AutoencoderKLConfig, act: Activation) -> candle_core::Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        cfg: &AutoencoderKLConfig,
+        act: Activation,
+    ) -> candle_core::Result<Self> {
         let ch = &cfg.block_out_channels;
         let g = cfg.norm_num_groups;
         let conv_in = conv2d(vb.pp("conv_in"), cfg.in_channels, ch[0], 3, 1, 1)?;
@@ -410,7 +439,14 @@ impl Encoder {
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let downsample = if i + 1 < ch.len() {
-                Some(conv2d(vbb.pp("downsamplers.0.conv"), out_c, out_c, 3, 2, 0)?)
+                Some(conv2d(
+                    vbb.pp("downsamplers.0.conv"),
+                    out_c,
+                    out_c,
+                    3,
+                    2,
+                    0,
+                )?)
             } else {
                 None
             };
@@ -423,7 +459,13 @@ impl Encoder {
         Ok(Self {
             conv_in,
             down_blocks,
-            mid_block: MidBlock::new(vb.pp("mid_block"), last, g, act, cfg.mid_block_add_attention)?,
+            mid_block: MidBlock::new(
+                vb.pp("mid_block"),
+                last,
+                g,
+                act,
+                cfg.mid_block_add_attention,
+            )?,
             conv_norm_out: group_norm(vb.pp("conv_norm_out"), g, last, RESNET_EPS)?,
             conv_out: conv2d(vb.pp("conv_out"), last, 2 * cfg.latent_channels, 3, 1, 1)?,
             act,
@@ -453,11 +495,21 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn new(vb: VarBuilder, cfg: &AutoencoderKLConfig, act: Activation) -> candle_core::Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        cfg: &AutoencoderKLConfig,
+        act: Activation,
+    ) -> candle_core::Result<Self> {
         let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
         let g = cfg.norm_num_groups;
         let conv_in = conv2d(vb.pp("conv_in"), cfg.latent_channels, rev[0], 3, 1, 1)?;
-        let mid_block = MidBlock::new(vb.pp("mid_block"), rev[0], g, act, cfg.mid_block_add_attention)?;
+        let mid_block = MidBlock::new(
+            vb.pp("mid_block"),
+            rev[0],
+            g,
+            act,
+            cfg.mid_block_add_attention,
+        )?;
         let mut up_blocks = Vec::with_capacity(rev.len());
         let mut out_c = rev[0];
         for (i, &c) in rev.iter().enumerate() {
@@ -513,7 +565,7 @@ impl DiagonalGaussian {
     /// `[-30, 20]` as diffusers does).
     pub fn from_moments(moments: &Tensor) -> Result<Self> {
         let c = moments.dim(1)?;
-        if c % 2 != 0 {
+        if !c.is_multiple_of(2) {
             return Err(SdError::Invalid(format!(
                 "VAE moments need an even channel count, got {:?}",
                 moments.dims()

@@ -62,7 +62,8 @@ fn sd2_text_hidden_matches_transformers() {
 fn accepts_text_model_prefix() {
     let dir = fixtures().join("sd1-tiny/text_encoder");
     let cfg = ClipTextConfig::from_file(&dir.join("config.json")).unwrap();
-    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
     assert!(tensors.contains_key("embeddings.token_embedding.weight"));
     let prefixed: HashMap<String, Tensor> = tensors
         .into_iter()
@@ -79,7 +80,8 @@ fn accepts_text_model_prefix() {
 /// Ids past the table index `extra_rows`; rows equal to existing ones give the same output.
 #[test]
 fn extra_token_rows_replace_table_rows() {
-    let model = ClipTextModel::load(&fixtures().join("sd1-tiny/text_encoder"), &Device::Cpu).unwrap();
+    let model =
+        ClipTextModel::load(&fixtures().join("sd1-tiny/text_encoder"), &Device::Cpu).unwrap();
     let refs = reference("sd1-tiny");
     let ids = refs["prompt_ids"].to_dtype(DType::U32).unwrap();
     let mut rows: Vec<Vec<u32>> = ids.to_vec2().unwrap();
@@ -98,15 +100,22 @@ fn extra_token_rows_replace_table_rows() {
         }
     }
     let new_ids = Tensor::new(rows, &Device::Cpu).unwrap();
-    let out = model.forward_with_token_embeddings(&new_ids, &extra).unwrap();
-    assert_eq!(max_abs_diff(&out, &refs["text_hidden"]) <= 1e-4, true);
+    let out = model
+        .forward_with_token_embeddings(&new_ids, &extra)
+        .unwrap();
+    assert!(max_abs_diff(&out, &refs["text_hidden"]) <= 1e-4);
     let plain = model.forward(&ids).unwrap();
     assert_eq!(max_abs_diff(&out, &plain), 0.0);
     // and different rows change exactly the rows that use them (row 1 has neither token)
     let other = (extra.clone() * 2.0).unwrap();
-    let out2 = model.forward_with_token_embeddings(&new_ids, &other).unwrap();
+    let out2 = model
+        .forward_with_token_embeddings(&new_ids, &other)
+        .unwrap();
     assert!(max_abs_diff(&out2.get(0).unwrap(), &plain.get(0).unwrap()) > 1e-3);
-    assert_eq!(max_abs_diff(&out2.get(1).unwrap(), &plain.get(1).unwrap()), 0.0);
+    assert_eq!(
+        max_abs_diff(&out2.get(1).unwrap(), &plain.get(1).unwrap()),
+        0.0
+    );
     // without extra rows those ids are out of range
     assert!(matches!(model.forward(&new_ids), Err(SdError::Invalid(_))));
     let too_big = Tensor::new(&[[vocab + 2]], &Device::Cpu).unwrap();
@@ -118,7 +127,8 @@ fn extra_token_rows_replace_table_rows() {
 
 #[test]
 fn rejects_bad_inputs_and_configs() {
-    let model = ClipTextModel::load(&fixtures().join("sd2-tiny/text_encoder"), &Device::Cpu).unwrap();
+    let model =
+        ClipTextModel::load(&fixtures().join("sd2-tiny/text_encoder"), &Device::Cpu).unwrap();
     let long = Tensor::zeros((1, 78), DType::U32, &Device::Cpu).unwrap();
     assert!(matches!(model.forward(&long), Err(SdError::Invalid(_))));
     let flat = Tensor::zeros(77, DType::U32, &Device::Cpu).unwrap();
@@ -127,9 +137,10 @@ fn rejects_bad_inputs_and_configs() {
     let short = Tensor::new(&[[49406u32, 320, 49407]], &Device::Cpu).unwrap();
     assert_eq!(model.forward(&short).unwrap().dims(), &[1, 3, 32]);
 
-    let cfg: ClipTextConfig =
-        serde_json::from_str(r#"{"hidden_size": 32, "num_attention_heads": 4, "hidden_act": "gelu_new", "unknown": 1}"#)
-            .unwrap();
+    let cfg: ClipTextConfig = serde_json::from_str(
+        r#"{"hidden_size": 32, "num_attention_heads": 4, "hidden_act": "gelu_new", "unknown": 1}"#,
+    )
+    .unwrap();
     match cfg.validate() {
         Err(SdError::Unsupported(msg)) => assert!(msg.contains("hidden_act"), "{msg}"),
         other => panic!("expected Unsupported, got {other:?}"),

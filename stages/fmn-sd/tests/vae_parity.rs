@@ -45,7 +45,10 @@ fn check_vae(name: &str) {
     let e_dec = max_abs_diff(&decoded, &refs["vae_decoded"]);
     println!("{name}: vae_mean {e_mean:e}, vae_logvar {e_logvar:e}, vae_decoded {e_dec:e}");
     assert!(e_mean <= 1e-4, "{name}: vae_mean max abs error {e_mean}");
-    assert!(e_logvar <= 1e-4, "{name}: vae_logvar max abs error {e_logvar}");
+    assert!(
+        e_logvar <= 1e-4,
+        "{name}: vae_logvar max abs error {e_logvar}"
+    );
     assert!(e_dec <= 1e-4, "{name}: vae_decoded max abs error {e_dec}");
 
     let z = (&refs["ddim_latents"] / vae.scaling_factor()).unwrap();
@@ -55,13 +58,18 @@ fn check_vae(name: &str) {
         .unwrap();
     let e_img = max_abs_diff(&image, &refs["ddim_image"]);
     println!("{name}: ddim_image {e_img:e}");
-    assert!(e_img <= 1.0 / 255.0, "{name}: ddim_image max abs error {e_img}");
+    assert!(
+        e_img <= 1.0 / 255.0,
+        "{name}: ddim_image max abs error {e_img}"
+    );
 
     // sampling is mean + std * eps, reproducible from the seed
     let s1 = post.sample(&mut NoiseRng::new(3)).unwrap();
     let s2 = post.sample(&mut NoiseRng::new(3)).unwrap();
     assert_eq!(max_abs_diff(&s1, &s2), 0.0);
-    let eps = NoiseRng::new(3).randn(post.mean().dims(), &Device::Cpu).unwrap();
+    let eps = NoiseRng::new(3)
+        .randn(post.mean().dims(), &Device::Cpu)
+        .unwrap();
     let expect = (post.mean() + (post.std() * eps).unwrap()).unwrap();
     assert!(max_abs_diff(&s1, &expect) <= 1e-6);
     assert_eq!(post.kl().unwrap().dims(), &[1]);
@@ -82,9 +90,11 @@ fn sd2_vae_matches_diffusers() {
 fn old_and_new_attention_names_agree() {
     let dir = fixtures().join("sd1-tiny/vae");
     let cfg = AutoencoderKLConfig::from_file(&dir.join("config.json")).unwrap();
-    let tensors =
-        candle_core::safetensors::load(dir.join("diffusion_pytorch_model.safetensors"), &Device::Cpu)
-            .unwrap();
+    let tensors = candle_core::safetensors::load(
+        dir.join("diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     assert!(tensors.contains_key("decoder.mid_block.attentions.0.proj_attn.weight"));
     assert!(!tensors.contains_key("decoder.mid_block.attentions.0.to_out.0.weight"));
     let renamed: HashMap<String, Tensor> = tensors
@@ -98,8 +108,16 @@ fn old_and_new_attention_names_agree() {
             (k, v.clone())
         })
         .collect();
-    let old = AutoencoderKL::new(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &cfg).unwrap();
-    let new = AutoencoderKL::new(VarBuilder::from_tensors(renamed, DType::F32, &Device::Cpu), &cfg).unwrap();
+    let old = AutoencoderKL::new(
+        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+        &cfg,
+    )
+    .unwrap();
+    let new = AutoencoderKL::new(
+        VarBuilder::from_tensors(renamed, DType::F32, &Device::Cpu),
+        &cfg,
+    )
+    .unwrap();
     let refs = reference("sd1-tiny");
     let a = old.decode(&refs["vae_mean"]).unwrap();
     let b = new.decode(&refs["vae_mean"]).unwrap();
@@ -129,7 +147,11 @@ fn optional_parts_follow_the_config() {
     );
     cfg.validate().unwrap();
     let varmap = VarMap::new();
-    let vae = AutoencoderKL::new(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &cfg).unwrap();
+    let vae = AutoencoderKL::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        &cfg,
+    )
+    .unwrap();
     let names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
     assert!(!names.iter().any(|n| n.contains("quant_conv")), "{names:?}");
     assert!(!names.iter().any(|n| n.contains("attentions")), "{names:?}");
@@ -140,7 +162,11 @@ fn optional_parts_follow_the_config() {
 
     let varmap = VarMap::new();
     let cfg = tiny_config("");
-    AutoencoderKL::new(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &cfg).unwrap();
+    AutoencoderKL::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        &cfg,
+    )
+    .unwrap();
     let names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
     for n in [
         "quant_conv.weight",
@@ -165,8 +191,14 @@ fn rejects_bad_inputs_and_configs() {
     assert!(matches!(vae.decode(&z), Err(SdError::Invalid(_))));
 
     for (extra, key) in [
-        (r#""down_block_types": ["AttnDownEncoderBlock2D", "DownEncoderBlock2D"]"#, "down_block_types"),
-        (r#""up_block_types": ["UpDecoderBlock2D"]"#, "up_block_types"),
+        (
+            r#""down_block_types": ["AttnDownEncoderBlock2D", "DownEncoderBlock2D"]"#,
+            "down_block_types",
+        ),
+        (
+            r#""up_block_types": ["UpDecoderBlock2D"]"#,
+            "up_block_types",
+        ),
         (r#""act_fn": "mish""#, "act_fn"),
         (r#""_class_name": "AutoencoderTiny""#, "_class_name"),
         (r#""shift_factor": 0.1159"#, "shift_factor"),
@@ -179,7 +211,9 @@ fn rejects_bad_inputs_and_configs() {
         }
     }
     // null optional keys, as diffusers writes them, are fine
-    tiny_config(r#""shift_factor": null, "latents_mean": null, "latents_std": null, "force_upcast": false"#)
-        .validate()
-        .unwrap();
+    tiny_config(
+        r#""shift_factor": null, "latents_mean": null, "latents_std": null, "force_upcast": false"#,
+    )
+    .validate()
+    .unwrap();
 }
