@@ -150,3 +150,39 @@ fn rejects_bad_inputs_and_configs() {
     assert_eq!(cfg.max_position_embeddings, 77);
     cfg.validate().unwrap();
 }
+
+/// The reference files hold exactly the tensors their JSON describes (shapes, dtypes), and the
+/// JSON is strict (serde_json) JSON. Every parity test of the library reads these files.
+#[test]
+fn reference_files_match_their_json() {
+    for name in ["sd1-tiny", "sd2-tiny"] {
+        let text =
+            std::fs::read_to_string(fixtures().join(format!("{name}-reference.json"))).unwrap();
+        let meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let described = meta["tensors"].as_object().unwrap();
+        let refs = reference(name);
+        assert_eq!(refs.len(), described.len(), "{name}");
+        for (key, info) in described {
+            let t = refs
+                .get(key)
+                .unwrap_or_else(|| panic!("{name}: {key} missing"));
+            let shape: Vec<usize> = serde_json::from_value(info["shape"].clone()).unwrap();
+            assert_eq!(t.dims(), shape.as_slice(), "{name}: {key}");
+            let dtype = match info["dtype"].as_str().unwrap() {
+                "float32" => DType::F32,
+                "int64" => DType::I64,
+                other => panic!("{name}: {key}: dtype {other}"),
+            };
+            assert_eq!(t.dtype(), dtype, "{name}: {key}");
+        }
+        let ts = refs["unet_timestep"].to_scalar::<f32>().unwrap();
+        assert_eq!(ts, 901.0);
+        let modules = meta["attn2_modules"].as_array().unwrap();
+        assert_eq!(modules.len(), 11, "{name}");
+        for m in modules {
+            let m = m.as_str().unwrap();
+            assert!(refs.contains_key(&format!("attn_probs/{m}")));
+            assert!(refs.contains_key(&format!("step0_attn/{m}")));
+        }
+    }
+}
