@@ -48,9 +48,9 @@ impl StableDiffusion {
         Ok(Self {
             dir: dir.to_path_buf(),
             tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
-            text_encoder: ClipTextModel::load(&dir.join("text_encoder"), dtype, device)?,
-            unet: UNet2DConditionModel::load(&dir.join("unet"), dtype, device)?,
-            vae: AutoencoderKL::load(&dir.join("vae"), dtype, device)?,
+            text_encoder: ClipTextModel::load_with_dtype(&dir.join("text_encoder"), device, dtype)?,
+            unet: UNet2DConditionModel::load_with_dtype(&dir.join("unet"), device, dtype)?,
+            vae: AutoencoderKL::load_with_dtype(&dir.join("vae"), device, dtype)?,
             scheduler: SchedulerConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?,
             device: device.clone(),
         })

@@ -391,20 +391,10 @@ impl UpDecoderBlock {
             h = r.forward(&h)?;
         }
         if let Some(conv) = &self.upsample {
-            h = conv.forward(&upsample_nearest_2x(&h)?)?;
+            h = conv.forward(&crate::nn::upsample_nearest_2x(&h)?)?;
         }
         Ok(h)
     }
-}
-
-/// Nearest-neighbour x2 upsampling `[B, C, H, W] -> [B, C, 2H, 2W]`, written as a broadcast so
-/// that its gradient accumulates like any other op's.
-pub fn upsample_nearest_2x(xs: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, c, h, w) = xs.dims4()?;
-    xs.reshape((b, c, h, 1, w, 1))?
-        .broadcast_as((b, c, h, 2, w, 2))?
-        .contiguous()?
-        .reshape((b, c, 2 * h, 2 * w))
 }
 
 #[derive(Debug, Clone)]

@@ -126,9 +126,14 @@ impl UNet2DConditionModel {
         })
     }
 
+    /// Reads `dir/config.json` and the weights in f32.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_with_dtype(dir, device, DType::F32)
+    }
+
     /// Reads `dir/config.json` and the weights (`diffusion_pytorch_model[.fp16].safetensors`),
     /// converted to `dtype`.
-    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load_with_dtype(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let cfg = UNetConfig::from_file(&dir.join("config.json"))?;
         let file = find_weights_file(dir, "diffusion_pytorch_model")?;
         let vb = mmap_var_builder(&file, dtype, device)?;

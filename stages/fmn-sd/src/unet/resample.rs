@@ -1,5 +1,5 @@
 //! `Downsample2D` and `Upsample2D` with their convolutions.
-use crate::nn::conv2d;
+use crate::nn::{conv2d, upsample_nearest_2x};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 
@@ -30,7 +30,9 @@ impl Downsample2D {
     }
 }
 
-/// Nearest-neighbour ×2 (or to an explicit size) followed by a 3×3 convolution.
+/// Nearest-neighbour ×2 (or to an explicit size) followed by a 3×3 convolution. The explicit
+/// size (odd latent sizes) uses candle's `upsample_nearest2d`, whose backward overwrites rather
+/// than accumulates the input gradient; it is only reached in inference at such sizes.
 #[derive(Debug, Clone)]
 pub struct Upsample2D {
     conv: Conv2d,
@@ -45,8 +47,10 @@ impl Upsample2D {
 
     /// `[B, C, H, W] -> [B, out, 2H, 2W]`, or `[B, out, size.0, size.1]` when `size` is given.
     pub fn forward(&self, xs: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
-        let (_, _, h, w) = xs.dims4()?;
-        let (th, tw) = size.unwrap_or((2 * h, 2 * w));
-        self.conv.forward(&xs.upsample_nearest2d(th, tw)?)
+        let upsampled = match size {
+            Some((th, tw)) => xs.upsample_nearest2d(th, tw)?,
+            None => upsample_nearest_2x(xs)?,
+        };
+        self.conv.forward(&upsampled)
     }
 }
