@@ -17,7 +17,10 @@ fn with_path(path: &Path, e: io::Error) -> io::Error {
 
 /// Writes `path` through `fill`, first into a temporary file in the same folder, then renamed
 /// over `path`; on any error nothing appears at `path`.
-pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut fs::File) -> io::Result<()>) -> io::Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut fs::File) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = parent_of(path);
     fs::create_dir_all(dir).map_err(|e| with_path(dir, e))?;
     let mut tmp = tempfile::Builder::new()
@@ -70,7 +73,10 @@ impl StagingDir {
 
     /// Where to write the files now.
     pub fn path(&self) -> &Path {
-        self.tmp.as_ref().expect("staging folder already committed").path()
+        self.tmp
+            .as_ref()
+            .expect("staging folder already committed")
+            .path()
     }
 
     /// The final output folder.
@@ -87,8 +93,15 @@ impl StagingDir {
             .map(|e| e.map(|e| e.path()))
             .collect::<io::Result<_>>()?;
         entries.sort_by_key(|p| {
-            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            (last.iter().position(|l| *l == name).map_or(0, |i| i + 1), name)
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            (
+                last.iter().position(|l| *l == name).map_or(0, |i| i + 1),
+                name,
+            )
         });
         for src in entries {
             let dst = self.out.join(src.file_name().unwrap_or_default());

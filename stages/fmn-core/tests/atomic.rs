@@ -11,7 +11,11 @@ fn failed_write_leaves_nothing_behind() {
     });
     assert!(err.is_err());
     assert!(!target.exists());
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "temp file left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "temp file left behind"
+    );
 }
 
 #[test]

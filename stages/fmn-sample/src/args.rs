@@ -84,7 +84,12 @@ impl Args {
         if let Some(file) = &self.prompt_file {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read the prompt file {}", file.display()))?;
-            prompts.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+            prompts.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from),
+            );
         }
         if prompts.is_empty() {
             bail!("no prompt given: use --prompt TEXT or --prompt-file FILE");
@@ -96,7 +101,9 @@ impl Args {
         match self.device.as_str() {
             "cpu" => Ok(Device::Cpu),
             d if d == "cuda" || d.starts_with("cuda:") => {
-                let ordinal = d.strip_prefix("cuda:").map_or(Ok(0), str::parse::<usize>)
+                let ordinal = d
+                    .strip_prefix("cuda:")
+                    .map_or(Ok(0), str::parse::<usize>)
                     .with_context(|| format!("--device {d}: expected cuda:N"))?;
                 Device::new_cuda(ordinal).with_context(|| {
                     format!("--device {d}: CUDA is not available (build with `--features cuda` on a machine with a GPU)")
@@ -108,7 +115,11 @@ impl Args {
 
     pub fn attention_steps(&self) -> Result<Vec<usize>> {
         if let Some(&bad) = self.attention_steps.iter().find(|&&s| s >= self.steps) {
-            bail!("--attention-steps {bad}: there are only {} steps (0..{})", self.steps, self.steps);
+            bail!(
+                "--attention-steps {bad}: there are only {} steps (0..{})",
+                self.steps,
+                self.steps
+            );
         }
         if self.save_attention.is_none() && !self.attention_steps.is_empty() {
             bail!("--attention-steps needs --save-attention FILE");

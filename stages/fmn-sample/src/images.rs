@@ -14,5 +14,6 @@ pub fn save_png(image: &Tensor, path: &Path) -> Result<()> {
         .flatten_all()?
         .to_vec1::<u8>()?;
     let img = image::RgbImage::from_raw(w as u32, h as u32, pixels).context("image buffer size")?;
-    img.save(path).with_context(|| format!("cannot write {}", path.display()))
+    img.save(path)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -51,7 +51,8 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let attention_steps = args.attention_steps()?;
 
-    let staging = StagingDir::new(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let staging = StagingDir::new(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let total_steps = (prompts.len() * args.steps) as u64;
     let bar = fmn_core::progress::bar(total_steps, "sampling", args.quiet);
     let mut entries = Vec::new();
@@ -89,7 +90,10 @@ pub fn run(args: &Args) -> Result<()> {
         }
         all_latents.push(out.latents);
         for (step, path, probs) in out.attention {
-            attention.entry(format!("step{step}/{path}")).or_default().push(probs);
+            attention
+                .entry(format!("step{step}/{path}"))
+                .or_default()
+                .push(probs);
         }
     }
     bar.finish_and_clear();
@@ -127,7 +131,11 @@ pub fn run(args: &Args) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&manifest)?);
     } else {
-        eprintln!("wrote {} images to {}", manifest.images.len(), out.display());
+        eprintln!(
+            "wrote {} images to {}",
+            manifest.images.len(),
+            out.display()
+        );
     }
     Ok(())
 }
@@ -136,11 +144,18 @@ fn load_init_latents(path: &Path, device: &Device) -> Result<Tensor> {
     fmn_sd::weights::validate_safetensors(path)?;
     let mut tensors = candle_core::safetensors::load(path, device)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let t = tensors
-        .remove("latents")
-        .with_context(|| format!("{}: no tensor named `latents` (expected [N, 4, h, w])", path.display()))?;
+    let t = tensors.remove("latents").with_context(|| {
+        format!(
+            "{}: no tensor named `latents` (expected [N, 4, h, w])",
+            path.display()
+        )
+    })?;
     if t.rank() != 4 {
-        bail!("{}: tensor `latents` has shape {:?}, expected [N, 4, h, w]", path.display(), t.dims());
+        bail!(
+            "{}: tensor `latents` has shape {:?}, expected [N, 4, h, w]",
+            path.display(),
+            t.dims()
+        );
     }
     Ok(t.to_dtype(DType::F32)?)
 }

@@ -76,7 +76,8 @@ fn main() -> candle_core::Result<()> {
         }
     }
     let trainable_params: usize = trainable.iter().map(|v| v.elem_count()).sum();
-    let unet = UNet2DConditionModel::new(VarBuilder::from_tensors(tensors, DType::F32, &dev), &cfg)?;
+    let unet =
+        UNet2DConditionModel::new(VarBuilder::from_tensors(tensors, DType::F32, &dev), &cfg)?;
 
     let latent = size / 8;
     let sample = Tensor::randn(0f32, 1f32, (1, 4, latent, latent), &dev)?;
@@ -86,7 +87,9 @@ fn main() -> candle_core::Result<()> {
     for _ in 0..iters {
         let start = Instant::now();
         if mode == "forward" {
-            unet.forward(&sample, &t, &context)?.sum_all()?.to_scalar::<f32>()?;
+            unet.forward(&sample, &t, &context)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
         } else {
             let rec = AttentionRecorder::new();
             unet.forward_with_probe(&sample, &t, &context, Some(&rec))?;
@@ -95,8 +98,14 @@ fn main() -> candle_core::Result<()> {
                 loss = (loss + p.narrow(3, 1, 2)?.sqr()?.sum_all()?)?;
             }
             let grads = loss.backward()?;
-            let missing = trainable.iter().filter(|v| grads.get(v.as_tensor()).is_none()).count();
-            assert!(missing == 0 || mode == "all", "{missing} trainable tensors got no gradient");
+            let missing = trainable
+                .iter()
+                .filter(|v| grads.get(v.as_tensor()).is_none())
+                .count();
+            assert!(
+                missing == 0 || mode == "all",
+                "{missing} trainable tensors got no gradient"
+            );
         }
         times.push(start.elapsed().as_secs_f64());
     }

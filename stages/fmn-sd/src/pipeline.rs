@@ -60,7 +60,10 @@ impl StableDiffusion {
     pub fn token_ids(&self, prompts: &[&str]) -> Result<Tensor> {
         let mut rows = Vec::with_capacity(prompts.len());
         for p in prompts {
-            rows.push(Tensor::new(self.tokenizer.encode(p)?.as_slice(), &self.device)?);
+            rows.push(Tensor::new(
+                self.tokenizer.encode(p)?.as_slice(),
+                &self.device,
+            )?);
         }
         Ok(Tensor::stack(&rows, 0)?)
     }
@@ -114,7 +117,11 @@ pub struct SampleOutput {
 
 impl StableDiffusion {
     /// Denoises `req.init_noise` conditioned on the prompt; `on_step` is told each finished step.
-    pub fn sample(&self, req: &SampleRequest, mut on_step: impl FnMut(usize)) -> Result<SampleOutput> {
+    pub fn sample(
+        &self,
+        req: &SampleRequest,
+        mut on_step: impl FnMut(usize),
+    ) -> Result<SampleOutput> {
         let n = req.init_noise.dim(0)?;
         let cfg = req.guidance > 1.0;
         let cond = self.encode_prompts(&[req.prompt])?;
@@ -137,10 +144,13 @@ impl StableDiffusion {
             };
             let model_in = sampler.scale_model_input(&model_in, i)?;
             let t_tensor = Tensor::new(&[t as f32], &self.device)?;
-            let recorder = req.attention_steps.contains(&i).then(AttentionRecorder::new);
-            let pred = self
-                .unet
-                .forward_with_probe(&model_in, &t_tensor, &context, recorder.as_ref())?;
+            let recorder = req
+                .attention_steps
+                .contains(&i)
+                .then(AttentionRecorder::new);
+            let pred =
+                self.unet
+                    .forward_with_probe(&model_in, &t_tensor, &context, recorder.as_ref())?;
             if let Some(rec) = recorder {
                 for (path, probs) in rec.take() {
                     let probs = if cfg { probs.narrow(0, n, n)? } else { probs };

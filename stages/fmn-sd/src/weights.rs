@@ -101,5 +101,6 @@ pub fn save_safetensors_atomic(
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    fmn_core::write_atomic(path, |f| std::io::Write::write_all(f, &bytes)).map_err(|e| SdError::io(path, e))
+    fmn_core::write_atomic(path, |f| std::io::Write::write_all(f, &bytes))
+        .map_err(|e| SdError::io(path, e))
 }

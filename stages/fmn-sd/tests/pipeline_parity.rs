@@ -23,7 +23,8 @@ fn load(name: &str) -> Fixture {
     let dir = fixtures();
     let model = StableDiffusion::load(&dir.join(name), &dev, DType::F32).unwrap();
     let reference =
-        candle_core::safetensors::load(dir.join(format!("{name}-reference.safetensors")), &dev).unwrap();
+        candle_core::safetensors::load(dir.join(format!("{name}-reference.safetensors")), &dev)
+            .unwrap();
     let meta: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join(format!("{name}-reference.json"))).unwrap(),
     )
@@ -37,16 +38,34 @@ fn load(name: &str) -> Fixture {
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn max_abs(a: &Tensor) -> f32 {
-    a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 impl Fixture {
     fn r(&self, key: &str) -> &Tensor {
-        self.reference.get(key).unwrap_or_else(|| panic!("reference has no `{key}`"))
+        self.reference
+            .get(key)
+            .unwrap_or_else(|| panic!("reference has no `{key}`"))
     }
 
     fn prompts(&self) -> Vec<String> {
@@ -63,7 +82,12 @@ impl Fixture {
     fn check_token_ids(&self) {
         let prompts = self.prompts();
         let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let ids = self.model.token_ids(&refs).unwrap().to_dtype(DType::I64).unwrap();
+        let ids = self
+            .model
+            .token_ids(&refs)
+            .unwrap()
+            .to_dtype(DType::I64)
+            .unwrap();
         assert_eq!(
             ids.to_vec2::<i64>().unwrap(),
             self.r("prompt_ids").to_vec2::<i64>().unwrap()
@@ -73,7 +97,12 @@ impl Fixture {
     fn check_unet(&self) {
         for (sample, t, ctx, out) in [
             ("unet_sample", "unet_timestep", "unet_context", "unet_out"),
-            ("unet_sample2", "unet_timestep2", "unet_context", "unet_out2"),
+            (
+                "unet_sample2",
+                "unet_timestep2",
+                "unet_context",
+                "unet_out2",
+            ),
         ] {
             let rec = AttentionRecorder::new();
             let got = self
@@ -83,10 +112,16 @@ impl Fixture {
                 .unwrap();
             let err = max_abs_diff(&got, self.r(out));
             let scale = max_abs(self.r(out));
-            assert!(err <= 1e-4 * scale.max(1.0), "{out}: max abs error {err} (max |ref| {scale})");
+            assert!(
+                err <= 1e-4 * scale.max(1.0),
+                "{out}: max abs error {err} (max |ref| {scale})"
+            );
             if out == "unet_out" {
                 let records = rec.take();
-                assert_eq!(records.len(), self.meta["attn2_modules"].as_array().unwrap().len());
+                assert_eq!(
+                    records.len(),
+                    self.meta["attn2_modules"].as_array().unwrap().len()
+                );
                 for (path, probs) in records {
                     let err = max_abs_diff(&probs, self.r(&format!("attn_probs/{path}")));
                     assert!(err <= 1e-5, "attn_probs/{path}: max abs error {err}");
@@ -95,7 +130,11 @@ impl Fixture {
         }
     }
 
-    fn run(&self, sampler: SamplerKind, attention_steps: &[usize]) -> fmn_sd::pipeline::SampleOutput {
+    fn run(
+        &self,
+        sampler: SamplerKind,
+        attention_steps: &[usize],
+    ) -> fmn_sd::pipeline::SampleOutput {
         self.model
             .sample(
                 &SampleRequest {
@@ -119,12 +158,19 @@ impl Fixture {
             (SamplerKind::Euler, "euler_latents"),
             (SamplerKind::DpmPp2m, "dpmpp_latents"),
         ] {
-            let steps: &[usize] = if sampler == SamplerKind::Ddim { &[0] } else { &[] };
+            let steps: &[usize] = if sampler == SamplerKind::Ddim {
+                &[0]
+            } else {
+                &[]
+            };
             let out = self.run(sampler, steps);
             let err = max_abs_diff(&out.latents, self.r(key));
             let scale = max_abs(self.r(key));
             eprintln!("{key}: max abs error {err:e}, max |ref| {scale}");
-            assert!(err <= 1e-3 * scale, "{key}: max abs error {err} > 1e-3 × {scale}");
+            assert!(
+                err <= 1e-3 * scale,
+                "{key}: max abs error {err} > 1e-3 × {scale}"
+            );
             if sampler == SamplerKind::Ddim {
                 assert!(!out.attention.is_empty());
                 for (step, path, probs) in &out.attention {

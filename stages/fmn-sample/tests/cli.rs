@@ -1,0 +1,329 @@
+//! Runs the real `fmn-sample` binary on the tiny SD1 fixture model.
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn sample(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fmn-sample"))
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .expect("run fmn-sample")
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn writes_images_manifest_latents_and_attention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out dir");
+    let latents = tmp.path().join("latents.safetensors");
+    let attention = tmp.path().join("attn.safetensors");
+    let model = fixtures().join("sd1-tiny");
+    let res = sample(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a photo of a red circle",
+        "--prompt",
+        "bob",
+        "--num-images",
+        "2",
+        "--steps",
+        "3",
+        "--scheduler",
+        "euler-a",
+        "--seed",
+        "7",
+        "--save-latents",
+        latents.to_str().unwrap(),
+        "--save-attention",
+        attention.to_str().unwrap(),
+        "--attention-steps",
+        "0,2",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest, on_disk);
+    assert_eq!(manifest["scheduler"], "euler-a");
+    assert_eq!(manifest["width"], 32);
+    let images = manifest["images"].as_array().unwrap();
+    assert_eq!(images.len(), 4);
+    assert_eq!(images[3]["prompt"], "bob");
+    assert_eq!(images[3]["seed"], 8);
+    for img in images {
+        let png = image::open(out.join(img["file"].as_str().unwrap())).unwrap();
+        assert_eq!((png.width(), png.height()), (32, 32));
+    }
+    let lat = candle_core::safetensors::load(&latents, &Device::Cpu).unwrap();
+    assert_eq!(lat["latents"].dims(), &[4, 4, 16, 16]);
+    let att = candle_core::safetensors::load(&attention, &Device::Cpu).unwrap();
+    // 11 attn2 modules in the fixture UNet, at 2 steps.
+    assert_eq!(att.len(), 22);
+    let t = &att["step2/down_blocks.0.attentions.0.transformer_blocks.0.attn2"];
+    assert_eq!(t.dims(), &[4, 4, 256, 77]);
+    // Same seed, same prompt: images of prompt 0 and a rerun agree; different seeds differ.
+    let a = image::open(out.join("p000_n00.png")).unwrap().to_rgb8();
+    let b = image::open(out.join("p000_n01.png")).unwrap().to_rgb8();
+    assert_ne!(a.as_raw(), b.as_raw());
+}
+
+/// The CLI path (init latents in, latents and PNG out) reproduces diffusers' 10-step DDIM run.
+#[test]
+fn init_latents_reproduce_the_diffusers_ddim_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = candle_core::safetensors::load(
+        fixtures().join("sd1-tiny-reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let init = tmp.path().join("init.safetensors");
+    candle_core::safetensors::save(
+        &HashMap::from([("latents", reference["init_latents"].clone())]),
+        &init,
+    )
+    .unwrap();
+    let saved = tmp.path().join("final.safetensors");
+    let out = tmp.path().join("out");
+    let res = sample(&[
+        "--model",
+        fixtures().join("sd1-tiny").to_str().unwrap(),
+        "--prompt",
+        "a photo of a red circle",
+        "--scheduler",
+        "ddim",
+        "--steps",
+        "10",
+        "--guidance",
+        "7.5",
+        "--init-latents",
+        init.to_str().unwrap(),
+        "--save-latents",
+        saved.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let got = candle_core::safetensors::load(&saved, &Device::Cpu).unwrap();
+    let want = &reference["ddim_latents"];
+    let scale: f32 = want
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(max_abs_diff(&got["latents"], want) <= 1e-3 * scale);
+    let png = image::open(out.join("p000_n00.png")).unwrap().to_rgb8();
+    let want_img = (reference["ddim_image"]
+        .get(0)
+        .unwrap()
+        .permute((1, 2, 0))
+        .unwrap()
+        * 255.0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    for (g, w) in png.as_raw().iter().zip(&want_img) {
+        assert!((*g as f32 - w).abs() <= 1.0, "pixel {g} vs {w}");
+    }
+}
+
+/// Runs with a broken input: must fail with a message naming `needle`, no panic, no output.
+fn assert_clean_failure(args: &[&str], out: &Path, needle: &str) {
+    let res = sample(args);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "succeeded on bad input: {args:?}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "error does not name `{needle}`: {stderr}"
+    );
+    assert!(!out.exists(), "output folder was created despite the error");
+    if let Some(parent) = out.parent() {
+        for e in std::fs::read_dir(parent).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.contains(".partial-"),
+                "staging folder left behind: {name}"
+            );
+        }
+    }
+}
+
+fn broken_model(tmp: &Path, edit: impl FnOnce(&Path)) -> PathBuf {
+    let dir = tmp.join("model");
+    copy_dir(&fixtures().join("sd1-tiny"), &dir);
+    edit(&dir);
+    dir
+}
+
+fn rewrite_unet(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
+    let file = dir.join("unet/diffusion_pytorch_model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+}
+
+#[test]
+fn bad_inputs_fail_cleanly_naming_the_culprit() {
+    let cases: Vec<(&str, Box<dyn Fn(&Path)>, Vec<&str>, &str)> = vec![
+        (
+            "missing folder",
+            Box::new(|d: &Path| std::fs::remove_dir_all(d).unwrap()),
+            vec![],
+            "model_index.json",
+        ),
+        (
+            "missing unet",
+            Box::new(|d: &Path| std::fs::remove_dir_all(d.join("unet")).unwrap()),
+            vec![],
+            "unet",
+        ),
+        (
+            "bad config",
+            Box::new(|d: &Path| std::fs::write(d.join("unet/config.json"), "{ not json").unwrap()),
+            vec![],
+            "unet/config.json",
+        ),
+        (
+            "truncated weights",
+            Box::new(|d: &Path| {
+                let f = d.join("vae/diffusion_pytorch_model.safetensors");
+                let bytes = std::fs::read(&f).unwrap();
+                std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+            }),
+            vec![],
+            "vae/diffusion_pytorch_model.safetensors",
+        ),
+        (
+            "missing tensor",
+            Box::new(|d: &Path| {
+                rewrite_unet(d, |t| {
+                    t.remove("conv_in.weight");
+                })
+            }),
+            vec![],
+            "conv_in.weight",
+        ),
+        (
+            "wrong shape",
+            Box::new(|d: &Path| {
+                rewrite_unet(d, |t| {
+                    t.insert(
+                        "conv_out.bias".into(),
+                        Tensor::zeros(7, candle_core::DType::F32, &Device::Cpu).unwrap(),
+                    );
+                })
+            }),
+            vec![],
+            "conv_out.bias",
+        ),
+        (
+            "unknown scheduler",
+            Box::new(|_: &Path| {}),
+            vec!["--scheduler", "plms"],
+            "plms",
+        ),
+        (
+            "missing prompt file",
+            Box::new(|_: &Path| {}),
+            vec!["--prompt-file", "/nonexistent/prompts.txt"],
+            "/nonexistent/prompts.txt",
+        ),
+        (
+            "init latents without the tensor",
+            Box::new(|d: &Path| {
+                candle_core::safetensors::save(
+                    &HashMap::from([(
+                        "noise",
+                        Tensor::zeros((1, 4, 16, 16), candle_core::DType::F32, &Device::Cpu)
+                            .unwrap(),
+                    )]),
+                    d.join("init.safetensors"),
+                )
+                .unwrap()
+            }),
+            vec!["--init-latents", "INIT"],
+            "latents",
+        ),
+        (
+            "size not a multiple of the VAE factor",
+            Box::new(|_: &Path| {}),
+            vec!["--width", "33"],
+            "33",
+        ),
+    ];
+    for (what, edit, extra, needle) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let model = broken_model(tmp.path(), |d| edit(d));
+        let out = tmp.path().join("out");
+        let init = model.join("init.safetensors");
+        let mut args = vec![
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--steps",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra.iter().map(|a| {
+            if *a == "INIT" {
+                init.to_str().unwrap()
+            } else {
+                a
+            }
+        }));
+        eprintln!("case: {what}");
+        assert_clean_failure(&args, &out, needle);
+    }
+}
