@@ -10,6 +10,7 @@ pub mod clip;
 pub mod config;
 pub mod error;
 pub mod nn;
+pub mod optim;
 pub mod noise;
 pub mod pipeline;
 pub mod probes;
