@@ -109,4 +109,28 @@ impl StagingDir {
         }
         Ok(self.out.clone())
     }
+
+    /// Replaces the whole output folder with the staged one (for outputs that are folders of
+    /// folders, such as a model): the old folder, if any, is moved aside and deleted only after
+    /// the new one is in place.
+    pub fn commit_replace(mut self) -> io::Result<PathBuf> {
+        let tmp = self.tmp.take().expect("staging folder already committed");
+        let staged = tmp.keep();
+        let mut old = None;
+        if self.out.exists() {
+            let aside = staged.with_extension("old");
+            fs::rename(&self.out, &aside).map_err(|e| with_path(&self.out, e))?;
+            old = Some(aside);
+        }
+        if let Err(e) = fs::rename(&staged, &self.out) {
+            if let Some(aside) = &old {
+                let _ = fs::rename(aside, &self.out);
+            }
+            return Err(with_path(&self.out, e));
+        }
+        if let Some(aside) = old {
+            fs::remove_dir_all(&aside).map_err(|e| with_path(&aside, e))?;
+        }
+        Ok(self.out.clone())
+    }
 }

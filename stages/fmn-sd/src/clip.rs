@@ -7,6 +7,13 @@
 //!
 //! Every op has a backward pass, so the encoder (or extra token rows, as in textual inversion)
 //! can be trained.
+/// transformers' CLIP `initializer_range` (0.02): how fresh embeddings are drawn (only used
+/// when a model is built from scratch, e.g. the toy world's).
+const EMBEDDING_INIT: candle_nn::Init = candle_nn::Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
+
 use crate::nn::{linear, softmax_last_dim, Activation, LayerNorm};
 use crate::{Result, SdError};
 use candle_core::{DType, Device, Module, Tensor};
@@ -233,12 +240,16 @@ impl ClipTextModel {
         };
         let d = cfg.hidden_size;
         let emb = vb.pp("embeddings");
-        let token_embedding = emb
-            .pp("token_embedding")
-            .get((cfg.vocab_size, d), "weight")?;
-        let position_embedding = emb
-            .pp("position_embedding")
-            .get((cfg.max_position_embeddings, d), "weight")?;
+        let token_embedding = emb.pp("token_embedding").get_with_hints(
+            (cfg.vocab_size, d),
+            "weight",
+            EMBEDDING_INIT,
+        )?;
+        let position_embedding = emb.pp("position_embedding").get_with_hints(
+            (cfg.max_position_embeddings, d),
+            "weight",
+            EMBEDDING_INIT,
+        )?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| ClipEncoderLayer::new(vb.pp(format!("encoder.layers.{i}")), cfg, act))
             .collect::<candle_core::Result<Vec<_>>>()?;

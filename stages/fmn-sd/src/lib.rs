@@ -8,10 +8,11 @@
 pub mod attention;
 pub mod clip;
 pub mod config;
+pub mod conv;
 pub mod error;
 pub mod nn;
-pub mod optim;
 pub mod noise;
+pub mod optim;
 pub mod pipeline;
 pub mod probes;
 pub mod scheduler;

@@ -36,8 +36,8 @@ pub struct LayerNorm {
 impl LayerNorm {
     pub fn new(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(size, "weight")?,
-            bias: vb.get(size, "bias")?,
+            weight: vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(size, "bias", candle_nn::Init::Const(0.0))?,
             eps,
         })
     }
@@ -88,6 +88,35 @@ pub fn linear(
     }
 }
 
+/// A 2-D convolution (`torch.nn.Conv2d` weights `[out, in, k, k]` and optional bias) computed
+/// by [`crate::conv::conv2d`], whose backward pass is fast on the CPU.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Conv2d {
+    /// `[B, in, H, W] -> [B, out, H', W']`
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let ys = crate::conv::conv2d(xs, &self.weight, self.stride, self.padding)?;
+        match &self.bias {
+            Some(b) => ys.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(ys),
+        }
+    }
+}
+
+/// A biased convolution read from `vb` (`weight`, `bias`); fresh weights are initialised as
+/// candle-nn's `conv2d` does (Kaiming-normal kernel, uniform bias).
 pub fn conv2d(
     vb: VarBuilder,
     in_channels: usize,
@@ -95,13 +124,27 @@ pub fn conv2d(
     kernel: usize,
     stride: usize,
     padding: usize,
-) -> Result<candle_nn::Conv2d> {
-    let cfg = candle_nn::Conv2dConfig {
-        padding,
+) -> Result<Conv2d> {
+    let weight = vb.get_with_hints(
+        (out_channels, in_channels, kernel, kernel),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let bound = 1.0 / ((in_channels * kernel * kernel) as f64).sqrt();
+    let bias = vb.get_with_hints(
+        out_channels,
+        "bias",
+        candle_nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )?;
+    Ok(Conv2d {
+        weight,
+        bias: Some(bias),
         stride,
-        ..Default::default()
-    };
-    candle_nn::conv2d(in_channels, out_channels, kernel, cfg, vb)
+        padding,
+    })
 }
 
 /// The activations diffusers and transformers name in their configs.

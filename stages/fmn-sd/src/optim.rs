@@ -66,7 +66,11 @@ impl AdamW {
         let mut total = 0f64;
         for p in &self.params {
             if let Some(g) = grads.get(p.var.as_tensor()) {
-                total += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                total += g
+                    .to_dtype(DType::F64)?
+                    .sqr()?
+                    .sum_all()?
+                    .to_scalar::<f64>()?;
             }
         }
         Ok(total.sqrt())
@@ -115,7 +119,11 @@ impl AdamW {
             out.insert(format!("m/{}", p.name), p.m.clone());
             out.insert(format!("v/{}", p.name), p.v.clone());
         }
-        let device = self.params.first().map(|p| p.var.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        let device = self
+            .params
+            .first()
+            .map(|p| p.var.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
         out.insert("step".into(), Tensor::new(self.step as u32, &device)?);
         Ok(out)
     }
@@ -123,7 +131,10 @@ impl AdamW {
     /// Restores what [`Self::state`] saved; every parameter's moments must be present.
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         for p in &mut self.params {
-            for (key, slot) in [(format!("m/{}", p.name), &mut p.m), (format!("v/{}", p.name), &mut p.v)] {
+            for (key, slot) in [
+                (format!("m/{}", p.name), &mut p.m),
+                (format!("v/{}", p.name), &mut p.v),
+            ] {
                 let t = state
                     .get(&key)
                     .ok_or_else(|| SdError::Invalid(format!("optimizer state has no `{key}`")))?;

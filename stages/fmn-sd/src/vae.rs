@@ -7,11 +7,12 @@
 //!
 //! Every op has a backward pass (nearest upsampling is written as a broadcast, the downsampling
 //! pad as a concatenation), so gradients flow through `encode` and `decode`.
+use crate::nn::Conv2d;
 use crate::nn::{conv2d, group_norm, linear, softmax_last_dim, Activation};
 use crate::noise::NoiseRng;
 use crate::{Result, SdError};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, GroupNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, Linear, VarBuilder};
 use serde::Deserialize;
 use std::path::Path;
 

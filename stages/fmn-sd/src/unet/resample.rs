@@ -1,7 +1,8 @@
 //! `Downsample2D` and `Upsample2D` with their convolutions.
+use crate::nn::Conv2d;
 use crate::nn::{conv2d, upsample_nearest_2x};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// Stride-2 convolution; with `padding == 0` the input is first padded by one pixel on the
 /// right and bottom, as diffusers does for the VAE encoder.

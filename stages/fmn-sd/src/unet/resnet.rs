@@ -1,7 +1,8 @@
 //! diffusers' `ResnetBlock2D` (pre-norm, additive timestep embedding).
+use crate::nn::Conv2d;
 use crate::nn::{conv2d, group_norm, linear, Activation};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, Linear, VarBuilder};
 
 #[derive(Debug, Clone)]
 pub struct ResnetBlock2D {
