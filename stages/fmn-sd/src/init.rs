@@ -20,7 +20,9 @@ pub struct SeededVars {
 
 /// FNV-1a: a stable hash of the variable name (std's hasher is not stable across releases).
 fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl SeededVars {
@@ -49,7 +51,14 @@ impl SeededVars {
         v
     }
 
-    fn create(&self, shape: &Shape, name: &str, hint: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+    fn create(
+        &self,
+        shape: &Shape,
+        name: &str,
+        hint: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
         let mut rng = NoiseRng::new(self.seed ^ name_hash(name));
         let dims = shape.dims();
         let n = shape.elem_count();
@@ -58,7 +67,9 @@ impl SeededVars {
             Tensor::from_vec(v, dims, dev)
         };
         let normal = |rng: &mut NoiseRng, mean: f64, std: f64| -> Result<Tensor> {
-            rng.randn(dims, dev)?.to_dtype(DType::F64)?.affine(std, mean)
+            rng.randn(dims, dev)?
+                .to_dtype(DType::F64)?
+                .affine(std, mean)
         };
         let t = match hint {
             Init::Const(c) => Tensor::full(c, dims, dev)?,
@@ -106,6 +117,9 @@ impl SimpleBackend for SeededVars {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.vars.lock().expect("seeded vars lock").contains_key(name)
+        self.vars
+            .lock()
+            .expect("seeded vars lock")
+            .contains_key(name)
     }
 }

@@ -16,6 +16,7 @@ pub mod noise;
 pub mod optim;
 pub mod pipeline;
 pub mod probes;
+pub mod resnet;
 pub mod scheduler;
 pub mod tokenizer;
 pub mod unet;

@@ -10,6 +10,7 @@
 use crate::nn::Conv2d;
 use crate::nn::{conv2d, group_norm, linear, softmax_last_dim, Activation};
 use crate::noise::NoiseRng;
+use crate::resnet::{ResnetBlock2D, ResnetSettings};
 use crate::{Result, SdError};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{GroupNorm, Linear, VarBuilder};
@@ -208,52 +209,22 @@ fn to_candle(e: SdError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 
-/// `ResnetBlock2D` without a time embedding.
-#[derive(Debug, Clone)]
-struct ResnetBlock {
-    norm1: GroupNorm,
-    conv1: Conv2d,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    conv_shortcut: Option<Conv2d>,
+/// `ResnetBlock2D` without a time embedding, as the VAE uses it.
+fn resnet(
+    vb: VarBuilder,
+    in_c: usize,
+    out_c: usize,
+    groups: usize,
     act: Activation,
-}
-
-impl ResnetBlock {
-    fn new(
-        vb: VarBuilder,
-        in_c: usize,
-        out_c: usize,
-        groups: usize,
-        act: Activation,
-    ) -> candle_core::Result<Self> {
-        let conv_shortcut = if in_c != out_c {
-            Some(conv2d(vb.pp("conv_shortcut"), in_c, out_c, 1, 1, 0)?)
-        } else {
-            None
-        };
-        Ok(Self {
-            norm1: group_norm(vb.pp("norm1"), groups, in_c, RESNET_EPS)?,
-            conv1: conv2d(vb.pp("conv1"), in_c, out_c, 3, 1, 1)?,
-            norm2: group_norm(vb.pp("norm2"), groups, out_c, RESNET_EPS)?,
-            conv2: conv2d(vb.pp("conv2"), out_c, out_c, 3, 1, 1)?,
-            conv_shortcut,
-            act,
-        })
-    }
-
-    /// `[B, C_in, H, W] -> [B, C_out, H, W]`
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.act.apply(&self.norm1.forward(xs)?)?;
-        let h = self.conv1.forward(&h)?;
-        let h = self.act.apply(&self.norm2.forward(&h)?)?;
-        let h = self.conv2.forward(&h)?;
-        let skip = match &self.conv_shortcut {
-            Some(c) => c.forward(xs)?,
-            None => xs.clone(),
-        };
-        skip + h
-    }
+) -> candle_core::Result<ResnetBlock2D> {
+    let settings = ResnetSettings {
+        groups,
+        eps: RESNET_EPS,
+        act,
+        temb_channels: None,
+        output_scale_factor: 1.0,
+    };
+    ResnetBlock2D::new(vb, in_c, out_c, &settings)
 }
 
 /// The single-head spatial self-attention of the VAE mid-block (residual, group-normed input).
@@ -318,9 +289,9 @@ impl SpatialAttention {
 /// `UNetMidBlock2D` with one attention layer: resnet, (attention), resnet.
 #[derive(Debug, Clone)]
 struct MidBlock {
-    resnet0: ResnetBlock,
+    resnet0: ResnetBlock2D,
     attention: Option<SpatialAttention>,
-    resnet1: ResnetBlock,
+    resnet1: ResnetBlock2D,
 }
 
 impl MidBlock {
@@ -341,18 +312,18 @@ impl MidBlock {
             None
         };
         Ok(Self {
-            resnet0: ResnetBlock::new(vb.pp("resnets.0"), channels, channels, groups, act)?,
+            resnet0: resnet(vb.pp("resnets.0"), channels, channels, groups, act)?,
             attention,
-            resnet1: ResnetBlock::new(vb.pp("resnets.1"), channels, channels, groups, act)?,
+            resnet1: resnet(vb.pp("resnets.1"), channels, channels, groups, act)?,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = self.resnet0.forward(xs)?;
+        let mut h = self.resnet0.forward(xs, None)?;
         if let Some(a) = &self.attention {
             h = a.forward(&h)?;
         }
-        self.resnet1.forward(&h)
+        self.resnet1.forward(&h, None)
     }
 }
 
@@ -360,7 +331,7 @@ impl MidBlock {
 /// zero-padding the right and bottom edges by one.
 #[derive(Debug, Clone)]
 struct DownEncoderBlock {
-    resnets: Vec<ResnetBlock>,
+    resnets: Vec<ResnetBlock2D>,
     downsample: Option<Conv2d>,
 }
 
@@ -368,7 +339,7 @@ impl DownEncoderBlock {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = xs.clone();
         for r in &self.resnets {
-            h = r.forward(&h)?;
+            h = r.forward(&h, None)?;
         }
         if let Some(conv) = &self.downsample {
             let padded = h.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?;
@@ -381,7 +352,7 @@ impl DownEncoderBlock {
 /// `UpDecoderBlock2D`: resnets, then (except in the last block) nearest x2 upsampling and a conv.
 #[derive(Debug, Clone)]
 struct UpDecoderBlock {
-    resnets: Vec<ResnetBlock>,
+    resnets: Vec<ResnetBlock2D>,
     upsample: Option<Conv2d>,
 }
 
@@ -389,7 +360,7 @@ impl UpDecoderBlock {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = xs.clone();
         for r in &self.resnets {
-            h = r.forward(&h)?;
+            h = r.forward(&h, None)?;
         }
         if let Some(conv) = &self.upsample {
             h = conv.forward(&crate::nn::upsample_nearest_2x(&h)?)?;
@@ -426,7 +397,7 @@ impl Encoder {
             let resnets = (0..cfg.layers_per_block)
                 .map(|j| {
                     let rin = if j == 0 { in_c } else { out_c };
-                    ResnetBlock::new(vbb.pp(format!("resnets.{j}")), rin, out_c, g, act)
+                    resnet(vbb.pp(format!("resnets.{j}")), rin, out_c, g, act)
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let downsample = if i + 1 < ch.len() {
@@ -510,7 +481,7 @@ impl Decoder {
             let resnets = (0..cfg.layers_per_block + 1)
                 .map(|j| {
                     let rin = if j == 0 { prev_c } else { out_c };
-                    ResnetBlock::new(vbb.pp(format!("resnets.{j}")), rin, out_c, g, act)
+                    resnet(vbb.pp(format!("resnets.{j}")), rin, out_c, g, act)
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let upsample = if i + 1 < rev.len() {

@@ -15,7 +15,16 @@ fn build(seed: u64) -> Vec<(String, Vec<f32>)> {
     UNet2DConditionModel::new(vars.var_builder(DType::F32, &Device::Cpu), &cfg).unwrap();
     vars.sorted()
         .into_iter()
-        .map(|(k, v)| (k, v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .map(|(k, v)| {
+            (
+                k,
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -24,15 +33,28 @@ fn same_seed_same_weights_other_seed_other_weights() {
     let a = build(5);
     assert_eq!(a, build(5));
     let b = build(6);
-    let conv = |v: &[(String, Vec<f32>)]| v.iter().find(|(k, _)| k == "conv_in.weight").unwrap().1.clone();
+    let conv = |v: &[(String, Vec<f32>)]| {
+        v.iter()
+            .find(|(k, _)| k == "conv_in.weight")
+            .unwrap()
+            .1
+            .clone()
+    };
     assert_ne!(conv(&a), conv(&b));
     // Hints: GroupNorm/LayerNorm weights start at one, their biases at zero.
     let get = |k: &str| &a.iter().find(|(n, _)| n == k).unwrap().1;
     assert!(get("conv_norm_out.weight").iter().all(|&v| v == 1.0));
-    assert!(get("down_blocks.0.attentions.0.transformer_blocks.0.norm1.bias").iter().all(|&v| v == 0.0));
+    assert!(
+        get("down_blocks.0.attentions.0.transformer_blocks.0.norm1.bias")
+            .iter()
+            .all(|&v| v == 0.0)
+    );
     // Kaiming-normal conv kernel: std ≈ sqrt(2 / fan_in) with fan_in = 4 * 3 * 3.
     let w = conv(&a);
     let std = (w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32).sqrt();
     let expected = (2.0f32 / 36.0).sqrt();
-    assert!((std / expected - 1.0).abs() < 0.25, "std {std} vs {expected}");
+    assert!(
+        (std / expected - 1.0).abs() < 0.25,
+        "std {std} vs {expected}"
+    );
 }

@@ -1,8 +1,8 @@
 //! The down, mid and up blocks of `UNet2DConditionModel`.
 use super::resample::{Downsample2D, Upsample2D};
-use super::resnet::{ResnetBlock2D, ResnetSettings};
 use super::transformer::{Transformer2DModel, TransformerSettings};
 use crate::probes::AttentionRecorder;
+use crate::resnet::{ResnetBlock2D, ResnetSettings};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 

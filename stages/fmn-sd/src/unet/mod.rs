@@ -3,12 +3,12 @@ pub mod blocks;
 pub mod config;
 pub mod embeddings;
 pub mod resample;
-pub mod resnet;
 pub mod transformer;
 
 use crate::nn::Conv2d;
 use crate::nn::{conv2d, group_norm};
 use crate::probes::AttentionRecorder;
+use crate::resnet::ResnetSettings;
 use crate::weights::{find_weights_file, in_file, mmap_var_builder};
 use crate::Result;
 use blocks::{DownBlock, MidBlock, UpBlock, UpChannels};
@@ -16,7 +16,6 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{GroupNorm, VarBuilder};
 pub use config::UNetConfig;
 use embeddings::{TimestepEmbedding, Timesteps};
-use resnet::ResnetSettings;
 use std::path::Path;
 use transformer::TransformerSettings;
 

@@ -1,4 +1,5 @@
-//! diffusers' `ResnetBlock2D` (pre-norm, additive timestep embedding).
+//! diffusers' `ResnetBlock2D` (pre-norm, additive timestep embedding when given), shared by
+//! the UNet and the VAE.
 use crate::nn::Conv2d;
 use crate::nn::{conv2d, group_norm, linear, Activation};
 use candle_core::{Module, Result, Tensor};
