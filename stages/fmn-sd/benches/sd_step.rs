@@ -98,12 +98,14 @@ fn main() -> candle_core::Result<()> {
                 loss = (loss + p.narrow(3, 1, 2)?.sqr()?.sum_all()?)?;
             }
             let grads = loss.backward()?;
+            // The last attn2's value/output projections cannot change any attention probability,
+            // so an attention-only loss leaves exactly those 3 tensors without a gradient.
             let missing = trainable
                 .iter()
                 .filter(|v| grads.get(v.as_tensor()).is_none())
                 .count();
             assert!(
-                missing == 0 || mode == "all",
+                mode == "all" || missing <= 3,
                 "{missing} trainable tensors got no gradient"
             );
         }
