@@ -22,6 +22,7 @@ pub mod dataset;
 pub mod judge;
 pub mod render;
 pub mod scene;
+pub mod train;
 
 pub use caption::{caption, caption_with, subject, STYLE_SUFFIX, TEMPLATES};
 pub use judge::{Guess, Judge, Verdict};

@@ -1,0 +1,110 @@
+//! Training checkpoints: weights, optimizer moments and progress, written atomically.
+use super::TrainSettings;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, Var};
+use fmn_sd::optim::AdamW;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Progress {
+    settings: TrainSettings,
+    stage: String,
+    step: usize,
+}
+
+pub struct Checkpoints {
+    dir: PathBuf,
+}
+
+impl Checkpoints {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn progress_file(&self) -> PathBuf {
+        self.dir.join("progress.json")
+    }
+
+    /// The completed step of `stage` to resume from (0: start), refusing other settings.
+    pub fn resume_point(&self, settings: &TrainSettings, stage: &str) -> Result<Option<usize>> {
+        let file = self.progress_file();
+        if !file.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let p: Progress = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a checkpoint", file.display()))?;
+        if &p.settings != settings {
+            bail!(
+                "{}: the checkpoint was made with other settings ({:?}); use another --checkpoints folder or the same settings",
+                file.display(),
+                p.settings
+            );
+        }
+        Ok(match (p.stage.as_str(), stage) {
+            (s, want) if s == want => Some(p.step),
+            ("unet", "vae") => Some(usize::MAX), // the VAE stage finished earlier
+            _ => None,
+        })
+    }
+
+    /// Saves `vars` and the optimizer under `stage`, then marks `step` as done.
+    pub fn save(
+        &self,
+        settings: &TrainSettings,
+        stage: &str,
+        step: usize,
+        vars: &[(String, Var)],
+        opt: &AdamW,
+    ) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let weights: HashMap<String, Tensor> = vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        fmn_sd::weights::save_safetensors_atomic(
+            &self.dir.join(format!("{stage}.safetensors")),
+            &weights,
+            None,
+        )?;
+        fmn_sd::weights::save_safetensors_atomic(
+            &self.dir.join(format!("{stage}-optimizer.safetensors")),
+            &opt.state()?,
+            None,
+        )?;
+        let progress = Progress {
+            settings: settings.clone(),
+            stage: stage.to_string(),
+            step,
+        };
+        fmn_core::write_json_atomic(&self.progress_file(), &progress)?;
+        Ok(())
+    }
+
+    /// Restores the weights of `vars` and the optimizer state saved for `stage`.
+    pub fn load(&self, stage: &str, vars: &[(String, Var)], opt: Option<&mut AdamW>) -> Result<()> {
+        let file = self.dir.join(format!("{stage}.safetensors"));
+        let saved = candle_core::safetensors::load(&file, &Device::Cpu)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        for (name, var) in vars {
+            let t = saved
+                .get(name)
+                .with_context(|| format!("{}: no tensor `{name}`", file.display()))?;
+            var.set(t)
+                .with_context(|| format!("{}: tensor `{name}`", file.display()))?;
+        }
+        if let Some(opt) = opt {
+            let file = self.dir.join(format!("{stage}-optimizer.safetensors"));
+            let state = candle_core::safetensors::load(&file, &Device::Cpu)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            opt.load_state(&state)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,112 @@
+//! Stage 2: the text encoder and the UNet learn to denoise the cached latents (epsilon
+//! prediction), with captions dropped to "" at `cfg_dropout` for classifier-free guidance.
+use super::vae_stage::batch_indices;
+use super::{architecture, step_seed, Checkpoints, Dataset, TrainSettings};
+use anyhow::Result;
+use candle_core::{DType, Tensor, Var};
+use fmn_sd::clip::{ClipTextConfig, ClipTextModel};
+use fmn_sd::init::SeededVars;
+use fmn_sd::noise::NoiseRng;
+use fmn_sd::optim::{AdamW, AdamWConfig};
+use fmn_sd::scheduler::training::NoiseSchedule;
+use fmn_sd::scheduler::SchedulerConfig;
+use fmn_sd::unet::{UNet2DConditionModel, UNetConfig};
+
+pub const STAGE: &str = "unet";
+
+pub struct TrainedDiffusion {
+    pub unet_vars: Vec<(String, Var)>,
+    pub text_vars: Vec<(String, Var)>,
+    pub final_loss: f64,
+}
+
+pub fn train(
+    s: &TrainSettings,
+    data: &Dataset,
+    latents: &Tensor,
+    ckpt: &Checkpoints,
+    on_step: &mut dyn FnMut(usize, f64),
+) -> Result<TrainedDiffusion> {
+    let device = latents.device().clone();
+    let unet_map = SeededVars::new(step_seed(s.seed, 2, usize::MAX));
+    let text_map = SeededVars::new(step_seed(s.seed, 3, usize::MAX));
+    let unet_cfg: UNetConfig = serde_json::from_value(architecture::unet_config())?;
+    let text_cfg: ClipTextConfig = serde_json::from_value(architecture::text_encoder_config())?;
+    let unet = UNet2DConditionModel::new(unet_map.var_builder(DType::F32, &device), &unet_cfg)?;
+    let text = ClipTextModel::new(text_map.var_builder(DType::F32, &device), &text_cfg)?;
+    let unet_vars = unet_map.sorted();
+    let text_vars = text_map.sorted();
+    let named: Vec<(String, Var)> = unet_vars
+        .iter()
+        .map(|(k, v)| (format!("unet/{k}"), v.clone()))
+        .chain(
+            text_vars
+                .iter()
+                .map(|(k, v)| (format!("text_encoder/{k}"), v.clone())),
+        )
+        .collect();
+    let mut opt = AdamW::new(
+        named.clone(),
+        AdamWConfig {
+            lr: s.unet_lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    let start = match ckpt.resume_point(s, STAGE)? {
+        Some(step) => {
+            ckpt.load(STAGE, &named, Some(&mut opt))?;
+            step
+        }
+        None => 0,
+    };
+    let sched_cfg = SchedulerConfig::from_map(
+        architecture::scheduler_config()
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    );
+    let schedule = NoiseSchedule::from_config(&sched_cfg)?;
+    let train_steps = schedule.num_train_timesteps();
+    let mut last = f64::NAN;
+    for step in start..s.unet_steps {
+        let mut rng = NoiseRng::new(step_seed(s.seed, 2, step));
+        let (idx_vec, idx) = batch_indices(&mut rng, data.len(), s.unet_batch, &device)?;
+        let x0 = latents.index_select(&idx, 0)?;
+        let noise = rng.randn(x0.dims(), &device)?;
+        let t: Vec<usize> = (0..idx_vec.len())
+            .map(|_| rng.below(0, train_steps))
+            .collect();
+        let x_t = schedule.add_noise(&x0, &noise, &t)?;
+        let mut rows = Vec::with_capacity(idx_vec.len());
+        for &i in &idx_vec {
+            let row = if rng.uniform() < s.cfg_dropout {
+                Tensor::new(data.empty_ids.as_slice(), &device)?
+            } else {
+                data.ids.get(i as usize)?
+            };
+            rows.push(row);
+        }
+        let ids = Tensor::stack(&rows, 0)?;
+        let context = text.forward(&ids)?;
+        let t_tensor = Tensor::new(
+            t.iter().map(|&v| v as f32).collect::<Vec<_>>().as_slice(),
+            &device,
+        )?;
+        let pred = unet.forward(&x_t, &t_tensor, &context)?;
+        let loss = (pred - &noise)?.sqr()?.mean_all()?;
+        let grads = loss.backward()?;
+        opt.config.lr = s.unet_lr * ((step + 1) as f64 / s.warmup_steps.max(1) as f64).min(1.0);
+        opt.step(&grads, Some(1.0))?;
+        last = loss.to_scalar::<f32>()? as f64;
+        on_step(step, last);
+        if (step + 1) % s.checkpoint_every == 0 || step + 1 == s.unet_steps {
+            ckpt.save(s, STAGE, step + 1, &named, &opt)?;
+        }
+    }
+    Ok(TrainedDiffusion {
+        unet_vars,
+        text_vars,
+        final_loss: last,
+    })
+}

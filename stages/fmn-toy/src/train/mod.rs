@@ -1,0 +1,148 @@
+//! `fmn-toy train`: trains the toy world's VAE, then its text encoder and UNet together, from
+//! rendered images and captions, on the CPU, deterministically from a seed; resumable.
+pub mod architecture;
+mod checkpoint;
+mod dataset;
+mod diffusion_stage;
+mod export;
+mod vae_stage;
+
+pub use checkpoint::Checkpoints;
+pub use dataset::Dataset;
+pub use export::export_model;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything that determines a training run (written into checkpoints: resuming with other
+/// settings is refused).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSettings {
+    pub seed: u64,
+    /// Rendered training images.
+    pub images: usize,
+    pub vae_steps: usize,
+    pub vae_batch: usize,
+    pub vae_lr: f64,
+    /// Weight of the KL term against the per-pixel reconstruction error.
+    pub vae_kl_weight: f64,
+    pub unet_steps: usize,
+    pub unet_batch: usize,
+    pub unet_lr: f64,
+    /// Linear learning-rate warm-up of the diffusion stage.
+    pub warmup_steps: usize,
+    /// Share of captions replaced by "" so that classifier-free guidance works.
+    pub cfg_dropout: f64,
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            images: 6000,
+            vae_steps: 800,
+            vae_batch: 16,
+            vae_lr: 1e-3,
+            vae_kl_weight: 1e-6,
+            unet_steps: 2500,
+            unet_batch: 32,
+            unet_lr: 1e-3,
+            warmup_steps: 100,
+            cfg_dropout: 0.1,
+            checkpoint_every: 100,
+        }
+    }
+}
+
+/// What a finished run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub vae_final_loss: f64,
+    pub unet_final_loss: f64,
+    pub scaling_factor: f64,
+    pub vae_seconds: f64,
+    pub unet_seconds: f64,
+}
+
+/// Seeds for step `step` of `stage`: derived, so that a resumed run draws exactly what an
+/// uninterrupted one would.
+pub(crate) fn step_seed(seed: u64, stage: u64, step: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(stage << 40)
+        .wrapping_add(step as u64)
+}
+
+/// Trains both stages (resuming from `checkpoints` where a run stopped) and writes the
+/// diffusers folder `out`.
+pub fn train(
+    settings: &TrainSettings,
+    examples: &[(image::RgbImage, String)],
+    clip_tokenizer: &std::path::Path,
+    checkpoints: &std::path::Path,
+    out: &std::path::Path,
+    quiet: bool,
+) -> anyhow::Result<TrainReport> {
+    use anyhow::Context;
+    let device = candle_core::Device::Cpu;
+    let tokenizer = fmn_sd::tokenizer::ClipTokenizer::from_files(
+        &clip_tokenizer.join("vocab.json"),
+        &clip_tokenizer.join("merges.txt"),
+    )
+    .context("cannot load the CLIP tokenizer")?;
+    let data = Dataset::new(examples, &tokenizer, &device)?;
+    let ckpt = Checkpoints::new(checkpoints);
+
+    let started = std::time::Instant::now();
+    let bar = fmn_core::progress::bar(settings.vae_steps as u64, "vae", quiet);
+    let vae = vae_stage::train(settings, &data, &ckpt, &mut |step, loss| {
+        bar.set_position(step as u64 + 1);
+        bar.set_message(format!("vae {loss:.4}"));
+        if step % 50 == 0 {
+            tracing::info!(step, loss, "vae");
+        }
+    })?;
+    bar.finish_and_clear();
+    let vae_seconds = started.elapsed().as_secs_f64();
+
+    let latents = vae_stage::encode_all(&vae.vae, &data.images)?;
+    let std = latents.flatten_all()?.to_dtype(candle_core::DType::F64)?;
+    let mean = std.mean_all()?.to_scalar::<f64>()?;
+    let var = std
+        .broadcast_sub(&candle_core::Tensor::new(mean, &device)?)?
+        .sqr()?
+        .mean_all()?
+        .to_scalar::<f64>()?;
+    // As Stable Diffusion's 0.18215: the factor that gives the latents unit variance.
+    let scaling_factor = 1.0 / var.sqrt();
+    let latents = (latents * scaling_factor)?;
+
+    let started = std::time::Instant::now();
+    let bar = fmn_core::progress::bar(settings.unet_steps as u64, "unet", quiet);
+    let diffusion = diffusion_stage::train(settings, &data, &latents, &ckpt, &mut |step, loss| {
+        bar.set_position(step as u64 + 1);
+        bar.set_message(format!("unet {loss:.4}"));
+        if step % 50 == 0 {
+            tracing::info!(step, loss, "unet");
+        }
+    })?;
+    bar.finish_and_clear();
+    let report = TrainReport {
+        vae_final_loss: vae.final_loss,
+        unet_final_loss: diffusion.final_loss,
+        scaling_factor,
+        vae_seconds,
+        unet_seconds: started.elapsed().as_secs_f64(),
+    };
+    let record = serde_json::json!({ "settings": settings, "report": report, "fmn_version": fmn_core::VERSION });
+    export_model(
+        out,
+        &diffusion.unet_vars,
+        &diffusion.text_vars,
+        &vae.vars,
+        scaling_factor,
+        clip_tokenizer,
+        &record,
+    )?;
+    Ok(report)
+}
