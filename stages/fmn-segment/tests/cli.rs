@@ -54,7 +54,7 @@ fn unreadable_image_is_named_counted_and_the_rest_written() {
     fs::write(imgs.join("00001b.png"), b"this is not a png").unwrap();
     fs::write(imgs.join("zz-truncated.png"), &fs::read(imgs.join("00000.png")).unwrap()[..60]).unwrap();
     let out = run(&["--model", "toy", s(&imgs), "--out", s(&masks)]);
-    assert_eq!(out.status.code(), Some(fmn_segment::cli::EXIT_SOME_FAILED), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(fmn_segment::cli::EXIT_SOME_FAILED as i32), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("00001b.png") && err.contains("zz-truncated.png"), "{err}");
     assert!(err.contains("2 images failed"), "{err}");
@@ -77,7 +77,7 @@ fn earlier_masks_survive_a_later_run_that_fails() {
     fs::create_dir(&other).unwrap();
     fs::write(other.join("bad.png"), b"nope").unwrap();
     let out = run(&["--model", "toy", s(&other), "--out", s(&masks), "-q"]);
-    assert_eq!(out.status.code(), Some(fmn_segment::cli::EXIT_SOME_FAILED));
+    assert_eq!(out.status.code(), Some(fmn_segment::cli::EXIT_SOME_FAILED as i32));
     assert_eq!(fs::read(masks.join("00000.png")).unwrap(), before);
 }
 
