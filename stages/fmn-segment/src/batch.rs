@@ -70,7 +70,11 @@ fn canonical_or_absolute(p: &Path) -> PathBuf {
     // A folder that does not exist yet: its parent's canonical path and its name.
     match (p.parent(), p.file_name()) {
         (Some(parent), Some(name)) => {
-            let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
             canonical_or_absolute(parent).join(name)
         }
         _ => std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
@@ -81,10 +85,16 @@ fn canonical_or_absolute(p: &Path) -> PathBuf {
 /// inside are not entered.
 pub fn list_images(dir: &Path) -> Result<(Vec<PathBuf>, usize)> {
     if !dir.exists() {
-        return Err(SegmentError::Input(format!("images folder {} does not exist", dir.display())));
+        return Err(SegmentError::Input(format!(
+            "images folder {} does not exist",
+            dir.display()
+        )));
     }
     if !dir.is_dir() {
-        return Err(SegmentError::Input(format!("{} is not a folder of images", dir.display())));
+        return Err(SegmentError::Input(format!(
+            "{} is not a folder of images",
+            dir.display()
+        )));
     }
     let mut images = Vec::new();
     let mut skipped = 0;
@@ -105,27 +115,37 @@ pub fn list_images(dir: &Path) -> Result<(Vec<PathBuf>, usize)> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().unwrap_or_default().to_string_lossy().into_owned()
+    p.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// `NAME.png` for an image `NAME.ext`.
 pub fn mask_name(image: &Path) -> String {
-    format!("{}.png", image.file_stem().unwrap_or_default().to_string_lossy())
+    format!(
+        "{}.png",
+        image.file_stem().unwrap_or_default().to_string_lossy()
+    )
 }
 
-fn png_bytes(write: impl FnOnce(&mut std::io::Cursor<Vec<u8>>) -> image::ImageResult<()>) -> std::io::Result<Vec<u8>> {
+fn png_bytes(
+    write: impl FnOnce(&mut std::io::Cursor<Vec<u8>>) -> image::ImageResult<()>,
+) -> std::io::Result<Vec<u8>> {
     let mut buf = std::io::Cursor::new(Vec::new());
     write(&mut buf).map_err(std::io::Error::other)?;
     Ok(buf.into_inner())
 }
 
 fn write_png_gray(path: &Path, img: &GrayImage) -> Result<()> {
-    let bytes = png_bytes(|b| img.write_to(b, ImageFormat::Png)).map_err(|e| SegmentError::io(path, e))?;
+    let bytes =
+        png_bytes(|b| img.write_to(b, ImageFormat::Png)).map_err(|e| SegmentError::io(path, e))?;
     fmn_core::write_atomic(path, |f| f.write_all(&bytes)).map_err(|e| SegmentError::io(path, e))
 }
 
 fn write_png_rgb(path: &Path, img: &RgbImage) -> Result<()> {
-    let bytes = png_bytes(|b| img.write_to(b, ImageFormat::Png)).map_err(|e| SegmentError::io(path, e))?;
+    let bytes =
+        png_bytes(|b| img.write_to(b, ImageFormat::Png)).map_err(|e| SegmentError::io(path, e))?;
     fmn_core::write_atomic(path, |f| f.write_all(&bytes)).map_err(|e| SegmentError::io(path, e))
 }
 
@@ -152,14 +172,21 @@ pub fn check_job(job: &FolderJob) -> Result<(Vec<PathBuf>, usize)> {
         }
     }
     if masks.is_file() {
-        return Err(SegmentError::Input(format!("--out {} is a file, not a folder", job.masks.display())));
+        return Err(SegmentError::Input(format!(
+            "--out {} is a file, not a folder",
+            job.masks.display()
+        )));
     }
     if images.is_empty() {
         return Err(SegmentError::Input(format!(
             "no images in {} (looked for {} files{})",
             job.images.display(),
             imaging::IMAGE_EXTENSIONS.join(", "),
-            if skipped > 0 { format!("; {skipped} other files") } else { String::new() }
+            if skipped > 0 {
+                format!("; {skipped} other files")
+            } else {
+                String::new()
+            }
         )));
     }
     let mut seen: HashMap<String, &Path> = HashMap::new();
@@ -235,10 +262,12 @@ pub fn segment_folder(segmenter: &mut Segmenter, job: &FolderJob) -> Result<Mani
         };
         for ((path, img), mask) in loaded.iter().zip(masks) {
             let name = mask_name(path);
-            let written = write_png_gray(&job.masks.join(&name), &mask).and_then(|()| match &job.overlays {
-                Some(dir) => write_png_rgb(&dir.join(&name), &post::overlay(img, &mask)).map(|()| Some(name.clone())),
-                None => Ok(None),
-            });
+            let written =
+                write_png_gray(&job.masks.join(&name), &mask).and_then(|()| match &job.overlays {
+                    Some(dir) => write_png_rgb(&dir.join(&name), &post::overlay(img, &mask))
+                        .map(|()| Some(name.clone())),
+                    None => Ok(None),
+                });
             match written {
                 Ok(overlay) => manifest.masks.push(MaskEntry {
                     image: file_name(path),

@@ -21,7 +21,12 @@ pub const EXIT_SOME_FAILED: u8 = 3;
 /// Needs the ONNX Runtime 1.31+ library: `ORT_DYLIB_PATH` or `--ort-lib` (see
 /// `scripts/install-onnxruntime.sh`).
 #[derive(Debug, Parser)]
-#[command(name = "fmn-segment", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    name = "fmn-segment",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -121,8 +126,12 @@ pub struct TrainArgs {
 }
 
 /// Resolves `--model` and `--preset` to a preset and, for an ONNX `--model`, its file.
-pub fn resolve_model(model: &str, preset: Option<&str>) -> Result<(Preset, Option<PathBuf>), SegmentError> {
-    let is_onnx = model.ends_with(".onnx") || (Path::new(model).is_file() && !model.ends_with(".yaml") && !model.ends_with(".yml"));
+pub fn resolve_model(
+    model: &str,
+    preset: Option<&str>,
+) -> Result<(Preset, Option<PathBuf>), SegmentError> {
+    let is_onnx = model.ends_with(".onnx")
+        || (Path::new(model).is_file() && !model.ends_with(".yaml") && !model.ends_with(".yml"));
     if is_onnx {
         let Some(preset) = preset else {
             return Err(SegmentError::Input(format!(
@@ -151,7 +160,12 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             } else {
                 for (what, list) in [("input", &info.inputs), ("output", &info.outputs)] {
                     for i in list {
-                        println!("{what} {} {} {:?}", i.name, i.element, i.shape.clone().unwrap_or_default());
+                        println!(
+                            "{what} {} {} {:?}",
+                            i.name,
+                            i.element,
+                            i.shape.clone().unwrap_or_default()
+                        );
                     }
                 }
             }
@@ -191,7 +205,11 @@ fn run_segment(cli: &Cli, args: &SegmentArgs) -> Result<ExitCode> {
         manifest.count,
         out.display(),
         start.elapsed().as_secs_f64(),
-        if manifest.failed > 0 { format!("; {} images failed", manifest.failed) } else { String::new() }
+        if manifest.failed > 0 {
+            format!("; {} images failed", manifest.failed)
+        } else {
+            String::new()
+        }
     );
     if manifest.failed > 0 {
         for f in &manifest.failures {
@@ -216,7 +234,10 @@ pub struct EvalReport {
 }
 
 /// Runs `segmenter` over renders with exact masks and measures IoU.
-pub fn evaluate(segmenter: &mut crate::Segmenter, samples: &[toy::Sample]) -> Result<EvalReport, SegmentError> {
+pub fn evaluate(
+    segmenter: &mut crate::Segmenter,
+    samples: &[toy::Sample],
+) -> Result<EvalReport, SegmentError> {
     let start = Instant::now();
     let (mut sum, mut min, mut inter, mut union) = (0.0, f64::INFINITY, 0u64, 0u64);
     for chunk in samples.chunks(64) {
@@ -236,7 +257,11 @@ pub fn evaluate(segmenter: &mut crate::Segmenter, samples: &[toy::Sample]) -> Re
         preset: segmenter.preset().name.clone(),
         images: samples.len(),
         mean_iou: sum / samples.len().max(1) as f64,
-        total_iou: if union == 0 { 1.0 } else { inter as f64 / union as f64 },
+        total_iou: if union == 0 {
+            1.0
+        } else {
+            inter as f64 / union as f64
+        },
         min_iou: if samples.is_empty() { 1.0 } else { min },
         seconds: start.elapsed().as_secs_f64(),
     })
@@ -253,7 +278,12 @@ fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
     } else {
         println!(
             "{}: {} images, mean IoU {:.4}, total IoU {:.4}, min IoU {:.4} ({:.2}s)",
-            report.preset, report.images, report.mean_iou, report.total_iou, report.min_iou, report.seconds
+            report.preset,
+            report.images,
+            report.mean_iou,
+            report.total_iou,
+            report.min_iou,
+            report.seconds
         );
     }
     if let Some(min) = args.min_iou {
@@ -297,7 +327,12 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
         last = loss;
         bar.set_position(step as u64);
         if step % 100 == 0 {
-            bar.suspend(|| eprintln!("step {step}: loss {loss:.4} ({:.0}s)", start.elapsed().as_secs_f64()));
+            bar.suspend(|| {
+                eprintln!(
+                    "step {step}: loss {loss:.4} ({:.0}s)",
+                    start.elapsed().as_secs_f64()
+                )
+            });
         }
     })?;
     bar.finish_and_clear();
@@ -312,7 +347,9 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
         parameters: net.parameter_count(),
         seconds,
         final_loss: last,
-        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         holdout_images: holdout.as_ref().map(Vec::len),
         holdout_mean_iou_candle: iou,
     };
@@ -324,12 +361,14 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
     );
     let path = toy::export(&net, &args.out, &cfg, &note)?;
     let record_path = args.out.join("train.json");
-    fmn_core::write_json_atomic(&record_path, &record).with_context(|| record_path.display().to_string())?;
+    fmn_core::write_json_atomic(&record_path, &record)
+        .with_context(|| record_path.display().to_string())?;
     eprintln!(
         "wrote {} ({} parameters, {seconds:.0}s{})",
         path.display(),
         net.parameter_count(),
-        iou.map(|i| format!(", held-out mean IoU {i:.4} (candle)")).unwrap_or_default()
+        iou.map(|i| format!(", held-out mean IoU {i:.4} (candle)"))
+            .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -22,13 +22,21 @@ pub enum SegmentError {
     #[error("preset {path}: {message}")]
     Preset { path: PathBuf, message: String },
     #[error("no preset named {name:?}: looked for {looked}; built-in presets: {known}")]
-    UnknownPreset { name: String, looked: String, known: String },
+    UnknownPreset {
+        name: String,
+        looked: String,
+        known: String,
+    },
     #[error("preset {preset:?} names no ONNX file (its weights are not shipped: {hint}); pass --model MODEL.onnx --preset {preset}")]
     NoModelFile { preset: String, hint: String },
     #[error("model {path} does not exist")]
     ModelMissing { path: PathBuf },
     #[error("model {path} does not fit preset {preset:?}: {message}")]
-    ModelMismatch { path: PathBuf, preset: String, message: String },
+    ModelMismatch {
+        path: PathBuf,
+        preset: String,
+        message: String,
+    },
 
     #[error("cannot read image {path}: {message}")]
     Image { path: PathBuf, message: String },

@@ -147,7 +147,13 @@ pub fn prepare(img: &RgbImage, spec: &InputSpec) -> (Vec<f32>, Geometry) {
 /// Bilinear resize (pixel centres aligned, as PyTorch's `align_corners=False`) of the region
 /// `(x0, y0, rw, rh)` of a `sw`-wide map to `dw × dh`.
 #[allow(clippy::too_many_arguments)]
-fn resize_region(src: &[f32], sw: usize, (x0, y0, rw, rh): (usize, usize, usize, usize), dw: usize, dh: usize) -> Vec<f32> {
+fn resize_region(
+    src: &[f32],
+    sw: usize,
+    (x0, y0, rw, rh): (usize, usize, usize, usize),
+    dw: usize,
+    dh: usize,
+) -> Vec<f32> {
     let taps = |d: usize, r: usize| -> Vec<(usize, usize, f32)> {
         (0..d)
             .map(|i| {
@@ -181,7 +187,13 @@ pub fn resize_map(map: &[f32], sw: u32, sh: u32, dw: u32, dh: u32) -> Vec<f32> {
     if (sw, sh) == (dw, dh) {
         return map.to_vec();
     }
-    resize_region(map, sw as usize, (0, 0, sw as usize, sh as usize), dw as usize, dh as usize)
+    resize_region(
+        map,
+        sw as usize,
+        (0, 0, sw as usize, sh as usize),
+        dw as usize,
+        dh as usize,
+    )
 }
 
 /// The model's `mw × mh` map (the model's input size) brought back to the image: `width × height` values.
@@ -190,9 +202,13 @@ pub fn map_back(map: &[f32], mw: u32, mh: u32, geometry: &Geometry) -> Vec<f32> 
     let (w, h) = (geometry.width as usize, geometry.height as usize);
     match geometry.placement {
         Placement::Stretch => resize_region(map, mw, (0, 0, mw, mh), w, h),
-        Placement::Letterbox { x, y, w: rw, h: rh } => {
-            resize_region(map, mw, (x as usize, y as usize, rw as usize, rh as usize), w, h)
-        }
+        Placement::Letterbox { x, y, w: rw, h: rh } => resize_region(
+            map,
+            mw,
+            (x as usize, y as usize, rw as usize, rh as usize),
+            w,
+            h,
+        ),
         Placement::Crop { x, y, w: cw, h: ch } => {
             let inner = resize_region(map, mw, (0, 0, mw, mh), cw as usize, ch as usize);
             let mut out = vec![0f32; w * h];
@@ -226,11 +242,27 @@ mod tests {
     fn letterbox_and_crop_geometry() {
         let img = RgbImage::from_pixel(200, 100, image::Rgb([255, 0, 0]));
         let (data, g) = prepare(&img, &spec(ResizeMode::Letterbox, [64, 64]));
-        assert_eq!(g.placement, Placement::Letterbox { x: 0, y: 16, w: 64, h: 32 });
+        assert_eq!(
+            g.placement,
+            Placement::Letterbox {
+                x: 0,
+                y: 16,
+                w: 64,
+                h: 32
+            }
+        );
         assert_eq!(data[0], 0.0); // padding
         assert_eq!(data[20 * 64], 1.0); // red inside
         let (_, g) = prepare(&img, &spec(ResizeMode::Crop, [64, 64]));
-        assert_eq!(g.placement, Placement::Crop { x: 50, y: 0, w: 100, h: 100 });
+        assert_eq!(
+            g.placement,
+            Placement::Crop {
+                x: 50,
+                y: 0,
+                w: 100,
+                h: 100
+            }
+        );
         let back = map_back(&vec![1.0; 64 * 64], 64, 64, &g);
         assert_eq!(back.len(), 200 * 100);
         assert_eq!(back[0], 0.0);
@@ -269,6 +301,9 @@ mod tests {
     fn alpha_over_white() {
         let mut rgba = image::RgbaImage::new(1, 1);
         rgba.put_pixel(0, 0, image::Rgba([0, 0, 0, 0]));
-        assert_eq!(to_rgb(DynamicImage::ImageRgba8(rgba)).get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(
+            to_rgb(DynamicImage::ImageRgba8(rgba)).get_pixel(0, 0).0,
+            [255, 255, 255]
+        );
     }
 }

@@ -322,7 +322,12 @@ impl GraphBuilder {
     /// Adds a float constant.
     pub fn initializer(&mut self, name: &str, dims: &[i64], data: &[f32]) -> String {
         let expected: i64 = dims.iter().product();
-        assert_eq!(expected as usize, data.len(), "initializer {name}: shape {dims:?} vs {} values", data.len());
+        assert_eq!(
+            expected as usize,
+            data.len(),
+            "initializer {name}: shape {dims:?} vs {} values",
+            data.len()
+        );
         let raw_data = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.graph.initializer.push(TensorProto {
             dims: dims.to_vec(),
@@ -355,7 +360,14 @@ impl GraphBuilder {
 
     /// `Conv` with weight `[c_out, c_in, k, k]` (row-major values) and an optional bias, stored
     /// as initializers `NAME.weight` and `NAME.bias`.
-    pub fn conv(&mut self, name: &str, x: &str, weight: (&[i64; 4], &[f32]), bias: Option<&[f32]>, spec: ConvSpec) -> String {
+    pub fn conv(
+        &mut self,
+        name: &str,
+        x: &str,
+        weight: (&[i64; 4], &[f32]),
+        bias: Option<&[f32]>,
+        spec: ConvSpec,
+    ) -> String {
         let (dims, w) = weight;
         let base = name.to_string();
         let w_name = self.initializer(&format!("{base}.weight"), dims, w);
@@ -405,7 +417,10 @@ impl GraphBuilder {
             &[x, "", &scales],
             &[
                 ("mode", Attr::Str("nearest".into())),
-                ("coordinate_transformation_mode", Attr::Str("asymmetric".into())),
+                (
+                    "coordinate_transformation_mode",
+                    Attr::Str("asymmetric".into()),
+                ),
                 ("nearest_mode", Attr::Str("floor".into())),
             ],
         )
@@ -449,7 +464,13 @@ mod tests {
     fn round_trips_through_prost() {
         let mut g = GraphBuilder::new("t");
         let x = g.input("x", &["N".into(), 3.into(), 4.into(), 4.into()]);
-        let c = g.conv("c", &x, (&[1, 3, 1, 1], &[1.0, 0.0, 0.0]), Some(&[0.5]), ConvSpec::default());
+        let c = g.conv(
+            "c",
+            &x,
+            (&[1, 3, 1, 1], &[1.0, 0.0, 0.0]),
+            Some(&[0.5]),
+            ConvSpec::default(),
+        );
         let y = g.sigmoid(&c);
         g.output(&y, &["N".into(), 1.into(), 4.into(), 4.into()]);
         let model = g.finish("doc", &[("k", "v")]);

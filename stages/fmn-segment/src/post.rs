@@ -11,7 +11,9 @@ pub fn output_to_map(values: &[f32], channels: usize, spec: &OutputSpec) -> Vec<
     let mut map: Vec<f32> = match spec.kind {
         OutputKind::Logits => (0..plane)
             .map(|i| {
-                let max = (0..channels).map(|c| values[c * plane + i]).fold(f32::NEG_INFINITY, f32::max);
+                let max = (0..channels)
+                    .map(|c| values[c * plane + i])
+                    .fold(f32::NEG_INFINITY, f32::max);
                 let mut total = 0f32;
                 let mut chosen = 0f32;
                 for c in 0..channels {
@@ -35,7 +37,9 @@ pub fn output_to_map(values: &[f32], channels: usize, spec: &OutputSpec) -> Vec<
     if spec.minmax {
         let (lo, hi) = map
             .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(*v), hi.max(*v))
+            });
         let range = hi - lo;
         for v in &mut map {
             *v = if range > 0.0 { (*v - lo) / range } else { 0.0 };
@@ -102,7 +106,12 @@ pub fn keep_largest(mask: &mut [u8], w: usize, h: usize) {
         }
         sizes.push(size);
     }
-    let Some(best) = sizes.iter().enumerate().max_by_key(|(_, s)| **s).map(|(i, _)| i as u32) else {
+    let Some(best) = sizes
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, s)| **s)
+        .map(|(i, _)| i as u32)
+    else {
         return;
     };
     for (m, l) in mask.iter_mut().zip(&label) {
@@ -114,21 +123,42 @@ pub fn keep_largest(mask: &mut [u8], w: usize, h: usize) {
 
 /// Running min or max over a window of `2r + 1` along a line (van Herk / Gil-Werman),
 /// `edge` standing for values beyond the ends.
-fn filter_line(line: &mut [u8], r: usize, op: fn(u8, u8) -> u8, edge: u8, g: &mut Vec<u8>, hh: &mut Vec<u8>) {
+fn filter_line(
+    line: &mut [u8],
+    r: usize,
+    op: fn(u8, u8) -> u8,
+    edge: u8,
+    g: &mut Vec<u8>,
+    hh: &mut Vec<u8>,
+) {
     let n = line.len();
     let k = 2 * r + 1;
     let padded = n + 2 * r;
     let len = padded.div_ceil(k) * k;
-    let get = |i: usize| if i < r || i >= r + n { edge } else { line[i - r] };
+    let get = |i: usize| {
+        if i < r || i >= r + n {
+            edge
+        } else {
+            line[i - r]
+        }
+    };
     g.clear();
     hh.clear();
     g.resize(len, edge);
     hh.resize(len, edge);
     for i in 0..len {
-        g[i] = if i % k == 0 { get(i) } else { op(g[i - 1], get(i)) };
+        g[i] = if i % k == 0 {
+            get(i)
+        } else {
+            op(g[i - 1], get(i))
+        };
     }
     for i in (0..len).rev() {
-        hh[i] = if i % k == k - 1 || i == len - 1 { get(i) } else { op(hh[i + 1], get(i)) };
+        hh[i] = if i % k == k - 1 || i == len - 1 {
+            get(i)
+        } else {
+            op(hh[i + 1], get(i))
+        };
     }
     // Output i covers padded indices i ..= i + 2r.
     for (i, v) in line.iter_mut().enumerate() {
@@ -157,7 +187,9 @@ fn filter_2d(mask: &mut [u8], w: usize, h: usize, r: usize, op: fn(u8, u8) -> u8
 /// Separable Gaussian blur (edges clamped).
 fn gaussian_blur(mask: &mut [u8], w: usize, h: usize, sigma: f32) {
     let r = (3.0 * sigma).ceil() as isize;
-    let kernel: Vec<f32> = (-r..=r).map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+    let kernel: Vec<f32> = (-r..=r)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
     let total: f32 = kernel.iter().sum();
     let kernel: Vec<f32> = kernel.iter().map(|k| k / total).collect();
     let src: Vec<f32> = mask.iter().map(|&v| v as f32).collect();
@@ -196,7 +228,9 @@ pub fn overlay(image: &RgbImage, mask: &GrayImage) -> RgbImage {
     let mut out = image.clone();
     for (p, m) in out.pixels_mut().zip(mask.pixels()) {
         let a = m[0] as f32 / 255.0 * 0.55;
-        *p = Rgb(std::array::from_fn(|k| (p[k] as f32 * (1.0 - a) + TINT[k] * a).round() as u8));
+        *p = Rgb(std::array::from_fn(|k| {
+            (p[k] as f32 * (1.0 - a) + TINT[k] * a).round() as u8
+        }));
     }
     out
 }
@@ -275,12 +309,18 @@ mod tests {
     #[test]
     fn threshold_soft_feather() {
         let map = [0.2, 0.6, 0.5, 1.0];
-        assert_eq!(finish(&map, 2, 2, &post()).into_raw(), vec![0, 255, 255, 255]);
+        assert_eq!(
+            finish(&map, 2, 2, &post()).into_raw(),
+            vec![0, 255, 255, 255]
+        );
         let soft = PostProcess {
             threshold: None,
             ..post()
         };
-        assert_eq!(finish(&map, 2, 2, &soft).into_raw(), vec![51, 153, 128, 255]);
+        assert_eq!(
+            finish(&map, 2, 2, &soft).into_raw(),
+            vec![51, 153, 128, 255]
+        );
         let mut m = vec![0u8; 25];
         m[12] = 255;
         gaussian_blur(&mut m, 5, 5, 1.0);

@@ -228,7 +228,11 @@ pub fn known_presets() -> Vec<String> {
 /// Whether `arg` names a file (has a path separator or a YAML/ONNX extension) rather than a
 /// preset name.
 fn looks_like_path(arg: &str) -> bool {
-    arg.contains('/') || arg.contains('\\') || arg.ends_with(".yaml") || arg.ends_with(".yml") || arg.ends_with(".onnx")
+    arg.contains('/')
+        || arg.contains('\\')
+        || arg.ends_with(".yaml")
+        || arg.ends_with(".yml")
+        || arg.ends_with(".onnx")
 }
 
 impl Preset {
@@ -267,7 +271,10 @@ impl Preset {
             looked: if dirs.is_empty() {
                 "no configs/segment folder found".into()
             } else {
-                dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             },
             known: known_presets().join(", "),
         })
@@ -277,7 +284,9 @@ impl Preset {
     pub fn validate(&self) -> std::result::Result<(), String> {
         let [w, h] = self.input.size;
         if w == 0 || h == 0 || w > 8192 || h > 8192 {
-            return Err(format!("input.size {w}x{h} must be between 1 and 8192 on each side"));
+            return Err(format!(
+                "input.size {w}x{h} must be between 1 and 8192 on each side"
+            ));
         }
         if self.input.std.iter().any(|s| !s.is_finite() || *s == 0.0) {
             return Err("input.std must be finite and non-zero".into());
@@ -291,14 +300,22 @@ impl Preset {
                     return Err("output.kind logits needs output.classes (the class ids that are the concept)".into());
                 }
                 if self.output.activation != Activation::None {
-                    return Err("output.activation is for kind probability only (logits get a softmax)".into());
+                    return Err(
+                        "output.activation is for kind probability only (logits get a softmax)"
+                            .into(),
+                    );
                 }
             }
             OutputKind::Probability | OutputKind::Matte => {
                 if !self.output.classes.is_empty() {
-                    return Err(format!("output.classes is for kind logits only, not {:?}", self.output.kind));
+                    return Err(format!(
+                        "output.classes is for kind logits only, not {:?}",
+                        self.output.kind
+                    ));
                 }
-                if self.output.kind == OutputKind::Matte && self.output.activation != Activation::None {
+                if self.output.kind == OutputKind::Matte
+                    && self.output.activation != Activation::None
+                {
                     return Err("output.activation is for kind probability only".into());
                 }
             }
@@ -341,7 +358,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = parse("name: t\ninput: {size: [8, 8], sise: 3}\noutput: {kind: probability}\n").unwrap_err();
+        let err = parse("name: t\ninput: {size: [8, 8], sise: 3}\noutput: {kind: probability}\n")
+            .unwrap_err();
         assert!(err.contains("sise"), "{err}");
     }
 
@@ -349,13 +367,18 @@ mod tests {
     fn kind_specific_fields() {
         let err = parse("name: t\ninput: {size: [8, 8]}\noutput: {kind: logits}\n").unwrap_err();
         assert!(err.contains("classes"), "{err}");
-        let err = parse("name: t\ninput: {size: [8, 8]}\noutput: {kind: matte, classes: [1]}\n").unwrap_err();
+        let err = parse("name: t\ninput: {size: [8, 8]}\noutput: {kind: matte, classes: [1]}\n")
+            .unwrap_err();
         assert!(err.contains("logits only"), "{err}");
         let err = parse("name: t\ninput: {size: [0, 8]}\noutput: {kind: matte}\n").unwrap_err();
         assert!(err.contains("input.size"), "{err}");
-        let err = parse("name: t\ninput: {size: [8, 8], std: [1, 0, 1]}\noutput: {kind: matte}\n").unwrap_err();
+        let err = parse("name: t\ninput: {size: [8, 8], std: [1, 0, 1]}\noutput: {kind: matte}\n")
+            .unwrap_err();
         assert!(err.contains("std"), "{err}");
-        let p = parse("name: t\ninput: {size: [8, 8]}\noutput: {kind: matte}\npost: {threshold: null}\n").unwrap();
+        let p = parse(
+            "name: t\ninput: {size: [8, 8]}\noutput: {kind: matte}\npost: {threshold: null}\n",
+        )
+        .unwrap();
         assert_eq!(p.post.threshold, None);
     }
 
@@ -367,7 +390,10 @@ mod tests {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "yaml") {
                 let preset = Preset::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-                assert_eq!(Some(preset.name.as_str()), p.file_stem().and_then(|s| s.to_str()));
+                assert_eq!(
+                    Some(preset.name.as_str()),
+                    p.file_stem().and_then(|s| s.to_str())
+                );
                 n += 1;
             }
         }

@@ -51,7 +51,9 @@ impl Runtime {
         if !path.is_file() {
             return Err(SegmentError::RuntimeMissing { path });
         }
-        let path = path.canonicalize().map_err(|e| SegmentError::io(&path, e))?;
+        let path = path
+            .canonicalize()
+            .map_err(|e| SegmentError::io(&path, e))?;
         let load_err = |message: String| SegmentError::RuntimeLoad {
             path: path.clone(),
             message,
@@ -85,9 +87,13 @@ impl Runtime {
         }
         let mut builder = Session::builder(&self.loaded.env)?;
         if threads > 0 {
-            builder = builder.with_intra_threads(threads).map_err(|e| SegmentError::Ort(e.to_string()))?;
+            builder = builder
+                .with_intra_threads(threads)
+                .map_err(|e| SegmentError::Ort(e.to_string()))?;
         }
-        builder.commit_from_file(model).map_err(|e| SegmentError::Ort(format!("cannot load model {}: {e}", model.display())))
+        builder
+            .commit_from_file(model)
+            .map_err(|e| SegmentError::Ort(format!("cannot load model {}: {e}", model.display())))
     }
 
     /// The inputs and outputs of an ONNX model.
@@ -98,7 +104,14 @@ impl Runtime {
 
     /// Runs a float model on one input and returns one output's values, with no preset (for
     /// checks and tests).
-    pub fn run_raw(&self, model: &Path, input: &str, shape: &[usize], data: Vec<f32>, output: &str) -> Result<Vec<f32>> {
+    pub fn run_raw(
+        &self,
+        model: &Path,
+        input: &str,
+        shape: &[usize],
+        data: Vec<f32>,
+        output: &str,
+    ) -> Result<Vec<f32>> {
         let mut session = self.session(model, 0)?;
         let tensor = Tensor::from_array((shape.to_vec(), data))?;
         let outputs = session.run(vec![(input, tensor)])?;
@@ -115,7 +128,10 @@ impl Runtime {
             None => {
                 return Err(SegmentError::NoModelFile {
                     preset: preset.name.clone(),
-                    hint: preset.weights.clone().unwrap_or_else(|| "no source given".into()),
+                    hint: preset
+                        .weights
+                        .clone()
+                        .unwrap_or_else(|| "no source given".into()),
                 })
             }
         };
@@ -165,8 +181,16 @@ impl ModelInfo {
             is_f32: t.tensor_type() == Some(TensorElementType::Float32),
         };
         Self {
-            inputs: session.inputs().iter().map(|o| io(o.name(), o.dtype())).collect(),
-            outputs: session.outputs().iter().map(|o| io(o.name(), o.dtype())).collect(),
+            inputs: session
+                .inputs()
+                .iter()
+                .map(|o| io(o.name(), o.dtype()))
+                .collect(),
+            outputs: session
+                .outputs()
+                .iter()
+                .map(|o| io(o.name(), o.dtype()))
+                .collect(),
         }
     }
 }
@@ -182,7 +206,12 @@ impl std::fmt::Display for ModelInfo {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        write!(f, "inputs: {}; outputs: {}", list(&self.inputs), list(&self.outputs))
+        write!(
+            f,
+            "inputs: {}; outputs: {}",
+            list(&self.inputs),
+            list(&self.outputs)
+        )
     }
 }
 
@@ -195,13 +224,20 @@ struct Fit {
     fixed_batch: Option<usize>,
 }
 
-fn pick<'a>(list: &'a [IoInfo], wanted: Option<&str>, what: &str, info: &ModelInfo) -> Result<&'a IoInfo, String> {
+fn pick<'a>(
+    list: &'a [IoInfo],
+    wanted: Option<&str>,
+    what: &str,
+    info: &ModelInfo,
+) -> Result<&'a IoInfo, String> {
     match wanted {
         Some(name) => list
             .iter()
             .find(|i| i.name == name)
             .ok_or_else(|| format!("the preset's {what} {name:?} is not in the model ({info})")),
-        None => list.first().ok_or_else(|| format!("the model has no {what}")),
+        None => list
+            .first()
+            .ok_or_else(|| format!("the model has no {what}")),
     }
 }
 
@@ -213,7 +249,10 @@ fn check_fit(info: &ModelInfo, preset: &Preset) -> Result<Fit, String> {
         .as_ref()
         .ok_or_else(|| format!("input {} is a {}, not a tensor", input.name, input.element))?;
     if !input.is_f32 {
-        return Err(format!("input {} holds {}, not float32", input.name, input.element));
+        return Err(format!(
+            "input {} holds {}, not float32",
+            input.name, input.element
+        ));
     }
     if ishape.len() != 4 {
         return Err(format!(
@@ -232,12 +271,17 @@ fn check_fit(info: &ModelInfo, preset: &Preset) -> Result<Fit, String> {
             ));
         }
     }
-    let oshape = output
-        .shape
-        .as_ref()
-        .ok_or_else(|| format!("output {} is a {}, not a tensor", output.name, output.element))?;
+    let oshape = output.shape.as_ref().ok_or_else(|| {
+        format!(
+            "output {} is a {}, not a tensor",
+            output.name, output.element
+        )
+    })?;
     if !output.is_f32 {
-        return Err(format!("output {} holds {}, not float32", output.name, output.element));
+        return Err(format!(
+            "output {} holds {}, not float32",
+            output.name, output.element
+        ));
     }
     match (preset.output.kind, oshape.len()) {
         (OutputKind::Logits, 4) => {
@@ -266,12 +310,10 @@ fn check_fit(info: &ModelInfo, preset: &Preset) -> Result<Fit, String> {
                 ));
             }
         }
-        (kind, r) => {
-            return Err(format!(
-                "output {} has rank {r} ({oshape:?}); a {kind:?} output is [N, 1, H, W] or [N, H, W]",
-                output.name
-            ))
-        }
+        (kind, r) => return Err(format!(
+            "output {} has rank {r} ({oshape:?}); a {kind:?} output is [N, 1, H, W] or [N, H, W]",
+            output.name
+        )),
     }
     Ok(Fit {
         input: input.name.clone(),
@@ -317,9 +359,9 @@ impl Segmenter {
         }
         let tensor = Tensor::from_array(([n, 3, h as usize, w as usize], data))?;
         let outputs = self.session.run(vec![(self.fit.input.as_str(), tensor)])?;
-        let value = outputs
-            .get(&self.fit.output)
-            .ok_or_else(|| SegmentError::Ort(format!("model gave no output {}", self.fit.output)))?;
+        let value = outputs.get(&self.fit.output).ok_or_else(|| {
+            SegmentError::Ort(format!("model gave no output {}", self.fit.output))
+        })?;
         let (shape, values) = value.try_extract_tensor::<f32>()?;
         let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
         let (channels, oh, ow) = match dims.as_slice() {
@@ -333,7 +375,10 @@ impl Segmenter {
             }
         };
         if channels == 0 || oh == 0 || ow == 0 {
-            return Err(SegmentError::Ort(format!("output {} is empty: {dims:?}", self.fit.output)));
+            return Err(SegmentError::Ort(format!(
+                "output {} is empty: {dims:?}",
+                self.fit.output
+            )));
         }
         let per = channels * oh * ow;
         let maps = values
@@ -350,15 +395,22 @@ impl Segmenter {
         let mut masks = Vec::with_capacity(images.len());
         let step = self.max_batch().max(1);
         for chunk in images.chunks(step) {
-            let prepared: Vec<(Vec<f32>, Geometry)> =
-                chunk.iter().map(|img| imaging::prepare(img, &self.preset.input)).collect();
+            let prepared: Vec<(Vec<f32>, Geometry)> = chunk
+                .iter()
+                .map(|img| imaging::prepare(img, &self.preset.input))
+                .collect();
             let inputs: Vec<Vec<f32>> = prepared.iter().map(|(d, _)| d.clone()).collect();
             let (maps, mw, mh) = self.run_maps(&inputs)?;
             let [iw, ih] = self.preset.input.size;
             for (map, (_, geometry)) in maps.iter().zip(&prepared) {
                 let map = imaging::resize_map(map, mw, mh, iw, ih);
                 let full = imaging::map_back(&map, iw, ih, geometry);
-                masks.push(post::finish(&full, geometry.width, geometry.height, &self.preset.post));
+                masks.push(post::finish(
+                    &full,
+                    geometry.width,
+                    geometry.height,
+                    &self.preset.post,
+                ));
             }
         }
         Ok(masks)

@@ -37,7 +37,11 @@ pub struct Widths {
 
 impl Default for Widths {
     fn default() -> Self {
-        Self { c1: 8, c2: 16, c3: 32 }
+        Self {
+            c1: 8,
+            c2: 16,
+            c3: 32,
+        }
     }
 }
 
@@ -99,7 +103,11 @@ pub fn conv2d(x: &Tensor, w: &Tensor, k: usize, spec: ConvSpec) -> candle_core::
     let (p, d) = (spec.padding as usize, spec.dilation as usize);
     // Output size at stride 1.
     let (oh, ow) = (h + 2 * p - d * (k - 1), wd + 2 * p - d * (k - 1));
-    let xp = if p > 0 { x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)? } else { x.clone() };
+    let xp = if p > 0 {
+        x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?
+    } else {
+        x.clone()
+    };
     let stride = spec.stride as usize;
     if stride != 1 && stride != 2 {
         candle_core::bail!("stride {stride} not supported");
@@ -111,8 +119,16 @@ pub fn conv2d(x: &Tensor, w: &Tensor, k: usize, spec: ConvSpec) -> candle_core::
         for kx in 0..k {
             let v = xp.narrow(2, ky * d, oh)?.narrow(3, kx * d, ow)?;
             let v = if stride == 2 {
-                let v = if oh % 2 == 1 || ow % 2 == 1 { v.pad_with_zeros(2, 0, oh % 2)?.pad_with_zeros(3, 0, ow % 2)? } else { v };
-                v.reshape((n, c, sh, 2, sw, 2))?.narrow(3, 0, 1)?.narrow(5, 0, 1)?.reshape((n, c, sh, sw))?
+                let v = if oh % 2 == 1 || ow % 2 == 1 {
+                    v.pad_with_zeros(2, 0, oh % 2)?
+                        .pad_with_zeros(3, 0, ow % 2)?
+                } else {
+                    v
+                };
+                v.reshape((n, c, sh, 2, sw, 2))?
+                    .narrow(3, 0, 1)?
+                    .narrow(5, 0, 1)?
+                    .reshape((n, c, sh, sw))?
             } else {
                 v
             };
@@ -120,7 +136,9 @@ pub fn conv2d(x: &Tensor, w: &Tensor, k: usize, spec: ConvSpec) -> candle_core::
         }
     }
     let patches = Tensor::stack(&shifts, 2)?.reshape((n, c * k * k, sh * sw))?;
-    w.reshape((c_out, c * k * k))?.broadcast_matmul(&patches)?.reshape((n, c_out, sh, sw))
+    w.reshape((c_out, c * k * k))?
+        .broadcast_matmul(&patches)?
+        .reshape((n, c_out, sh, sw))
 }
 
 impl ToyNet {
@@ -145,11 +163,17 @@ impl ToyNet {
     }
 
     pub fn parameter_count(&self) -> usize {
-        self.params.iter().map(|(w, b)| w.elem_count() + b.elem_count()).sum()
+        self.params
+            .iter()
+            .map(|(w, b)| w.elem_count() + b.elem_count())
+            .sum()
     }
 
     fn vars(&self) -> Vec<Var> {
-        self.params.iter().flat_map(|(w, b)| [w.clone(), b.clone()]).collect()
+        self.params
+            .iter()
+            .flat_map(|(w, b)| [w.clone(), b.clone()])
+            .collect()
     }
 
     fn conv(&self, i: usize, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
@@ -225,12 +249,19 @@ impl ToyNet {
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
-            Ok(Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu)?)?)
+            Ok(Var::from_tensor(&Tensor::from_vec(
+                v,
+                shape,
+                &Device::Cpu,
+            )?)?)
         };
         let mut params = Vec::new();
         for l in layers(widths) {
             params.push((
-                find(format!("{}.weight", l.name), vec![l.c_out, l.c_in, l.k, l.k])?,
+                find(
+                    format!("{}.weight", l.name),
+                    vec![l.c_out, l.c_in, l.k, l.k],
+                )?,
                 find(format!("{}.bias", l.name), vec![l.c_out])?,
             ));
         }
@@ -262,7 +293,9 @@ pub fn load_render_folder(dir: &Path) -> Result<Vec<Sample>> {
                 message: e.to_string(),
             })?
             .into_luma8();
-        if image.dimensions() != (SIZE as u32, SIZE as u32) || mask.dimensions() != image.dimensions() {
+        if image.dimensions() != (SIZE as u32, SIZE as u32)
+            || mask.dimensions() != image.dimensions()
+        {
             return Err(SegmentError::Train(format!(
                 "{}: toy renders are {SIZE}x{SIZE} with a mask of the same size",
                 path.display()
@@ -317,7 +350,9 @@ pub fn degrade(img: &RgbImage, rng: &mut ChaCha8Rng) -> RgbImage {
         // Smooth blotches: a coarse random grid, upsampled.
         let g = 6usize;
         let amp = rng.random_range(0.01..0.07);
-        let grid: Vec<f32> = (0..g * g * 3).map(|_| rng.random_range(-amp..amp)).collect();
+        let grid: Vec<f32> = (0..g * g * 3)
+            .map(|_| rng.random_range(-amp..amp))
+            .collect();
         for y in 0..h as usize {
             for x in 0..w as usize {
                 let gx = x * (g - 1) / w as usize;
@@ -328,7 +363,10 @@ pub fn degrade(img: &RgbImage, rng: &mut ChaCha8Rng) -> RgbImage {
             }
         }
     }
-    let raw = px.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+    let raw = px
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
     RgbImage::from_raw(w, h, raw).expect("same size")
 }
 
@@ -376,7 +414,9 @@ fn batch_tensors(items: &[(RgbImage, GrayImage)]) -> candle_core::Result<(Tensor
 
 /// Binary cross-entropy on logits plus soft Dice loss.
 fn loss(logits: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
-    let bce = (logits.relu()? - (logits * target)? + ((logits.abs()?.neg()?.exp()? + 1.0)?.log()?))?.mean_all()?;
+    let bce = (logits.relu()? - (logits * target)?
+        + ((logits.abs()?.neg()?.exp()? + 1.0)?.log()?))?
+    .mean_all()?;
     let p = candle_nn::ops::sigmoid(logits)?;
     let inter = (&p * target)?.sum_all()?;
     let total = (p.sum_all()? + target.sum_all()?)?;
@@ -423,7 +463,11 @@ fn keep_freed_memory() {
 
 /// Trains a [`ToyNet`] on `samples`; `progress(step, loss)` is called after every step.
 /// Deterministic for a given seed, sample list and thread count.
-pub fn train(samples: &[Sample], cfg: &TrainConfig, mut progress: impl FnMut(usize, f32)) -> Result<ToyNet> {
+pub fn train(
+    samples: &[Sample],
+    cfg: &TrainConfig,
+    mut progress: impl FnMut(usize, f32),
+) -> Result<ToyNet> {
     if samples.is_empty() {
         return Err(SegmentError::Train("no training samples".into()));
     }
@@ -452,7 +496,11 @@ pub fn train(samples: &[Sample], cfg: &TrainConfig, mut progress: impl FnMut(usi
             .map(|_| {
                 let s = &samples[rng.random_range(0..samples.len())];
                 let (img, mask) = flip_turn(&s.image, &s.mask, &mut rng);
-                let img = if rng.random_bool(cfg.degrade) { degrade(&img, &mut rng) } else { img };
+                let img = if rng.random_bool(cfg.degrade) {
+                    degrade(&img, &mut rng)
+                } else {
+                    img
+                };
                 (img, mask)
             })
             .collect();
@@ -468,12 +516,19 @@ pub fn train(samples: &[Sample], cfg: &TrainConfig, mut progress: impl FnMut(usi
 pub fn evaluate(net: &ToyNet, samples: &[Sample]) -> Result<f64> {
     let mut total = 0.0;
     for chunk in samples.chunks(64) {
-        let items: Vec<(RgbImage, GrayImage)> = chunk.iter().map(|s| (s.image.clone(), s.mask.clone())).collect();
+        let items: Vec<(RgbImage, GrayImage)> = chunk
+            .iter()
+            .map(|s| (s.image.clone(), s.mask.clone()))
+            .collect();
         let (x, _) = batch_tensors(&items)?;
         let logits: Vec<f32> = net.forward(&x)?.flatten_all()?.to_vec1()?;
         for (s, l) in chunk.iter().zip(logits.chunks(SIZE * SIZE)) {
-            let pred = GrayImage::from_raw(SIZE as u32, SIZE as u32, l.iter().map(|&v| if v >= 0.0 { 255 } else { 0 }).collect())
-                .expect("size");
+            let pred = GrayImage::from_raw(
+                SIZE as u32,
+                SIZE as u32,
+                l.iter().map(|&v| if v >= 0.0 { 255 } else { 0 }).collect(),
+            )
+            .expect("size");
             total += crate::post::iou(&pred, &s.mask);
         }
     }
@@ -489,6 +544,7 @@ pub fn export(net: &ToyNet, dir: &Path, cfg: &TrainConfig, note: &str) -> Result
     )?;
     let path = dir.join("model.onnx");
     let bytes = onnx::encode(&model);
-    fmn_core::write_atomic(&path, |f| std::io::Write::write_all(f, &bytes)).map_err(|e| SegmentError::io(&path, e))?;
+    fmn_core::write_atomic(&path, |f| std::io::Write::write_all(f, &bytes))
+        .map_err(|e| SegmentError::io(&path, e))?;
     Ok(path)
 }

@@ -81,11 +81,24 @@ pub fn toy_preset() -> PathBuf {
 
 /// Writes an ONNX model: input `x` `[N, 3, size, size]`, a 1×1 convolution with `weight`
 /// (`[c_out, 3]`) and `bias`, then `post` ("sigmoid" or ""), output `y`.
-pub fn conv1x1_model(path: &Path, size: i64, batch: Dim, weight: &[f32], bias: &[f32], sigmoid: bool) {
+pub fn conv1x1_model(
+    path: &Path,
+    size: i64,
+    batch: Dim,
+    weight: &[f32],
+    bias: &[f32],
+    sigmoid: bool,
+) {
     let c_out = bias.len() as i64;
     let mut g = GraphBuilder::new("test");
     let x = g.input("x", &[batch.clone(), 3.into(), size.into(), size.into()]);
-    let c = g.conv("c", &x, (&[c_out, 3, 1, 1], weight), Some(bias), ConvSpec::default());
+    let c = g.conv(
+        "c",
+        &x,
+        (&[c_out, 3, 1, 1], weight),
+        Some(bias),
+        ConvSpec::default(),
+    );
     let out = if sigmoid { g.sigmoid(&c) } else { c };
     g.node_into("Identity", &[&out], "y", &[]);
     g.output("y", &[batch, c_out.into(), size.into(), size.into()]);
@@ -94,7 +107,14 @@ pub fn conv1x1_model(path: &Path, size: i64, batch: Dim, weight: &[f32], bias: &
 }
 
 /// Writes a preset YAML for `model` with the given `input`, `output` and `post` blocks.
-pub fn preset(dir: &Path, name: &str, model: &Path, input: &str, output: &str, post: &str) -> PathBuf {
+pub fn preset(
+    dir: &Path,
+    name: &str,
+    model: &Path,
+    input: &str,
+    output: &str,
+    post: &str,
+) -> PathBuf {
     let path = dir.join(format!("{name}.yaml"));
     let text = format!(
         "name: {name}\nmodel: {}\ninput:\n{input}\noutput:\n{output}\npost:\n{post}\n",
@@ -106,7 +126,12 @@ pub fn preset(dir: &Path, name: &str, model: &Path, input: &str, output: &str, p
 
 pub fn read_gray(path: &Path) -> GrayImage {
     let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(img.color(), image::ColorType::L8, "{} is not 8-bit gray", path.display());
+    assert_eq!(
+        img.color(),
+        image::ColorType::L8,
+        "{} is not 8-bit gray",
+        path.display()
+    );
     img.into_luma8()
 }
 
