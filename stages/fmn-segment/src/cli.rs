@@ -21,12 +21,7 @@ pub const EXIT_SOME_FAILED: u8 = 3;
 /// Needs the ONNX Runtime 1.31+ library: `ORT_DYLIB_PATH` or `--ort-lib` (see
 /// `scripts/install-onnxruntime.sh`).
 #[derive(Debug, Parser)]
-#[command(
-    name = "fmn-segment",
-    version,
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
-)]
+#[command(name = "fmn-segment", version, subcommand_negates_reqs = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

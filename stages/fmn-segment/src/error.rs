@@ -3,8 +3,8 @@ use std::path::PathBuf;
 
 /// How to get the ONNX Runtime library; appended to every runtime-loading error.
 pub const ORT_HELP: &str = "fmn-segment needs the ONNX Runtime 1.31 (or newer) shared library: run \
-`scripts/install-onnxruntime.sh` (it pip-installs the onnxruntime 1.31 wheel into .cache/onnxruntime \
-and prints the path), then set ORT_DYLIB_PATH to that libonnxruntime.so.* file or pass --ort-lib PATH";
+`scripts/install-onnxruntime.sh` (it fetches the onnxruntime 1.31 wheel with pip, unpacks the library \
+into .cache/onnxruntime and prints its path), then set ORT_DYLIB_PATH to that libonnxruntime.so.* file or pass --ort-lib PATH";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {

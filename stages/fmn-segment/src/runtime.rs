@@ -310,10 +310,12 @@ fn check_fit(info: &ModelInfo, preset: &Preset) -> Result<Fit, String> {
                 ));
             }
         }
-        (kind, r) => return Err(format!(
+        (kind, r) => {
+            return Err(format!(
             "output {} has rank {r} ({oshape:?}); a {kind:?} output is [N, 1, H, W] or [N, H, W]",
             output.name
-        )),
+        ))
+        }
     }
     Ok(Fit {
         input: input.name.clone(),
