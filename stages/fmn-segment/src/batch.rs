@@ -232,7 +232,6 @@ pub fn segment_folder(segmenter: &mut Segmenter, job: &FolderJob) -> Result<Mani
             match imaging::load_rgb(path) {
                 Ok(img) => loaded.push((path, img)),
                 Err(e) => {
-                    tracing::warn!("{e}");
                     bar.suspend(|| eprintln!("failed: {}: {e}", file_name(path)));
                     manifest.failures.push(Failure {
                         image: file_name(path),

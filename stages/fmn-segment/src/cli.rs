@@ -116,6 +116,11 @@ pub struct TrainArgs {
     pub batch: usize,
     #[arg(long, default_value_t = toy::TrainConfig::default().lr)]
     pub lr: f64,
+    /// CPU threads for candle. 1 (the default) gives the same weights on every machine and is
+    /// the fastest where other work shares the cores (candle's worker threads spin while
+    /// waiting); 0 leaves candle's own choice (RAYON_NUM_THREADS, else all cores).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     #[arg(short, long)]
     pub quiet: bool,
 }
@@ -207,9 +212,6 @@ fn run_segment(cli: &Cli, args: &SegmentArgs) -> Result<ExitCode> {
         }
     );
     if manifest.failed > 0 {
-        for f in &manifest.failures {
-            eprintln!("  {}: {}", f.image, f.error);
-        }
         return Ok(ExitCode::from(EXIT_SOME_FAILED));
     }
     Ok(ExitCode::SUCCESS)
@@ -303,6 +305,11 @@ struct TrainRecord {
 }
 
 fn run_train(args: &TrainArgs) -> Result<ExitCode> {
+    if args.threads > 0 {
+        // Read by candle when its thread pool first starts, which is later than this.
+        std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", args.threads.to_string());
+    }
     let samples = toy::load_render_folder(&args.data).context("training renders")?;
     let holdout = match &args.holdout {
         Some(d) => Some(toy::load_render_folder(d).context("held-out renders")?),
@@ -342,9 +349,7 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
         parameters: net.parameter_count(),
         seconds,
         final_loss: last,
-        threads: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        threads: candle_core::utils::get_num_threads(),
         holdout_images: holdout.as_ref().map(Vec::len),
         holdout_mean_iou_candle: iou,
     };

@@ -179,7 +179,8 @@ pub struct Preset {
 
 /// The folder of the shipped presets in this source tree.
 pub fn builtin_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/segment")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/segment");
+    dir.canonicalize().unwrap_or(dir)
 }
 
 /// Where a preset named `name` is looked for: `configs/segment/` under the current folder and
@@ -242,7 +243,8 @@ impl Preset {
         if let Some(m) = &preset.model {
             if m.is_relative() {
                 let dir = path.parent().unwrap_or(Path::new("."));
-                preset.model = Some(dir.join(m));
+                let joined = dir.join(m);
+                preset.model = Some(joined.canonicalize().unwrap_or(joined));
             }
         }
         preset.validate().map_err(|message| SegmentError::Preset {
