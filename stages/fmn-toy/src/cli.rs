@@ -1,0 +1,294 @@
+//! The `fmn-toy` command line: `render`, `judge`, `train-judge`.
+use crate::dataset::{self, MANIFEST};
+use crate::judge::{train, Judge, Verdict, DEFAULT_WEIGHTS_PATH};
+use crate::scene::{Concept, IMAGE_SIZE};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use image::imageops::FilterType;
+use image::RgbImage;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fmn-toy",
+    version,
+    about = "The toy world: render captioned 64x64 images of named concepts, and judge what images show."
+)]
+pub struct Cli {
+    /// Log at info level (FMN_LOG=debug etc. overrides).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Render a set of captioned images with masks and a manifest.
+    Render(RenderArgs),
+    /// Say what images show: object, colour, striped, character, each with a confidence.
+    Judge(JudgeArgs),
+    /// Train the judge from scratch (reproducible from the seed).
+    TrainJudge(TrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Output folder (must not exist or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of images.
+    #[arg(long)]
+    pub count: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Only images showing this concept: circle, square, triangle, cross, red, green, blue,
+    /// yellow, stripes, bob, kiki.
+    #[arg(long)]
+    pub only: Option<Concept>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JudgeArgs {
+    /// PNG/JPEG files, or folders (their PNG/JPEG files, not recursively).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Judge weights (default: the committed ones, compiled in).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Probability a figure needs to be reported.
+    #[arg(long, default_value_t = 0.5)]
+    pub min_figure: f32,
+    /// Probability an attribute needs to be reported as sure (else "unknown").
+    #[arg(long, default_value_t = 0.6)]
+    pub min_confidence: f32,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Where to write the weights.
+    #[arg(long, default_value = DEFAULT_WEIGHTS_PATH)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = train::TrainOptions::default().seed)]
+    pub seed: u64,
+    #[arg(long, default_value_t = train::TrainOptions::default().steps)]
+    pub steps: usize,
+    #[arg(long, default_value_t = train::TrainOptions::default().batch)]
+    pub batch: usize,
+    #[arg(long, default_value_t = train::TrainOptions::default().lr)]
+    pub lr: f64,
+    /// Print the training report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+pub fn run(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Render(a) => render(a),
+        Command::Judge(a) => judge(a),
+        Command::TrainJudge(a) => train_judge(a),
+    }
+}
+
+#[derive(Serialize)]
+struct RenderSummary<'a> {
+    out: &'a Path,
+    manifest: PathBuf,
+    count: usize,
+    seed: u64,
+    only: Option<Concept>,
+}
+
+fn render(a: &RenderArgs) -> Result<ExitCode> {
+    let bar = fmn_core::progress::bar(a.count as u64, "rendering", a.quiet);
+    let manifest = dataset::render_set(&a.out, a.count, a.seed, a.only, |i| {
+        bar.set_position(i as u64)
+    })?;
+    bar.finish_and_clear();
+    if a.json {
+        let summary = RenderSummary {
+            out: &a.out,
+            manifest: a.out.join(MANIFEST),
+            count: manifest.count,
+            seed: a.seed,
+            only: a.only,
+        };
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!(
+            "rendered {} images into {}",
+            manifest.count,
+            a.out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn is_image_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+}
+
+/// The image files named by `inputs`: files as given, folders' PNG/JPEG files sorted by name.
+pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        let meta = std::fs::metadata(input)
+            .with_context(|| format!("{}: cannot open", input.display()))?;
+        if meta.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("{}: cannot read folder", input.display()))?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<std::io::Result<_>>()
+                .with_context(|| format!("{}: cannot read folder", input.display()))?;
+            found.retain(|p| p.is_file() && is_image_name(p));
+            if found.is_empty() {
+                bail!("{}: no PNG or JPEG images in this folder", input.display());
+            }
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(input.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Reads an image (format guessed from its content), as 64×64 RGB.
+pub fn load_image(path: &Path) -> Result<RgbImage> {
+    let image = image::ImageReader::open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("{}: cannot read", path.display()))?
+        .decode()
+        .with_context(|| format!("{}: not a readable PNG or JPEG image", path.display()))?
+        .to_rgb8();
+    if image.width() == 0 || image.height() == 0 {
+        bail!("{}: empty image", path.display());
+    }
+    Ok(if image.dimensions() == (IMAGE_SIZE, IMAGE_SIZE) {
+        image
+    } else {
+        image::imageops::resize(&image, IMAGE_SIZE, IMAGE_SIZE, FilterType::Triangle)
+    })
+}
+
+#[derive(Serialize)]
+struct JudgedImage<'a> {
+    file: String,
+    description: String,
+    #[serde(flatten)]
+    verdict: &'a Verdict,
+}
+
+#[derive(Serialize)]
+struct JudgeOutput<'a> {
+    weights: String,
+    min_figure: f32,
+    min_confidence: f32,
+    images: Vec<JudgedImage<'a>>,
+}
+
+fn judge(a: &JudgeArgs) -> Result<ExitCode> {
+    let files = collect_images(&a.images)?;
+    let images: Vec<RgbImage> = files.iter().map(|f| load_image(f)).collect::<Result<_>>()?;
+    let (judge, weights) = match &a.weights {
+        Some(p) => (
+            Judge::load(p).with_context(|| format!("cannot load judge weights {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            Judge::load_default()?,
+            format!("{DEFAULT_WEIGHTS_PATH} (built in)"),
+        ),
+    };
+    let judge = judge.with_thresholds(a.min_figure, a.min_confidence);
+    let verdicts = judge.try_judge_batch(&images)?;
+    if a.json {
+        let out = JudgeOutput {
+            weights,
+            min_figure: a.min_figure,
+            min_confidence: a.min_confidence,
+            images: files
+                .iter()
+                .zip(&verdicts)
+                .map(|(f, v)| JudgedImage {
+                    file: f.display().to_string(),
+                    description: v.description(),
+                    verdict: v,
+                })
+                .collect(),
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for (f, v) in files.iter().zip(&verdicts) {
+            let p = &v.probabilities;
+            println!(
+                "{}\t{}\t(figure {:.2}, object {:.2}, colour {:.2}, striped {:.2}, character {:.2})",
+                f.display(),
+                v.description(),
+                p.figure,
+                v.object.confidence,
+                v.colour.confidence,
+                v.striped.confidence,
+                v.character.confidence
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn train_judge(a: &TrainArgs) -> Result<ExitCode> {
+    if a.steps == 0 || a.batch == 0 {
+        bail!("--steps and --batch must be at least 1");
+    }
+    let opts = train::TrainOptions {
+        seed: a.seed,
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        quiet: a.quiet,
+        ..train::TrainOptions::default()
+    };
+    let (judge, report) = train::train(&opts)?;
+    let command = format!(
+        "fmn-toy train-judge --seed {} --steps {} --batch {} --lr {}",
+        a.seed, a.steps, a.batch, a.lr
+    );
+    train::save(&judge, &a.out, &[("command", command)])
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let line = |name: &str, acc: &train::Accuracy| {
+            eprintln!(
+                "{name}: object {:.4} colour {:.4} striped {:.4} character {:.4} figure {:.4} garbage rejected {:.4}",
+                acc.object, acc.colour, acc.striped, acc.character, acc.figure, acc.garbage_rejected
+            )
+        };
+        eprintln!(
+            "trained in {:.0} s, final loss {:.4}; wrote {}",
+            report.seconds,
+            report.final_loss,
+            a.out.display()
+        );
+        line("clean held-out renders", &report.clean);
+        line("degraded held-out renders", &report.degraded);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,19 @@
+use clap::Parser;
+use fmn_toy::cli::Cli;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    fmn_core::logging::init(cli.verbose);
+    fmn_toy::cli::run(&cli)
+}
