@@ -99,10 +99,20 @@ pub struct EvalArgs {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Training renders: a folder as `fmn-toy render` writes it (NAME.png + masks/NAME.png).
+    /// Training renders drawn with fmn-toy's renderer (images `0..N` of seed --render-seed).
+    #[arg(long, default_value_t = 4000, conflicts_with = "data")]
+    pub renders: usize,
+    #[arg(long, default_value_t = 101)]
+    pub render_seed: u64,
+    /// Train on a folder instead, as `fmn-toy render` writes it (NAME.png + masks/NAME.png).
     #[arg(long)]
-    pub data: PathBuf,
-    /// Held-out renders to report IoU on (same layout).
+    pub data: Option<PathBuf>,
+    /// Held-out renders to report IoU on (drawn with --holdout-seed; 0: none).
+    #[arg(long, default_value_t = 500, conflicts_with = "holdout")]
+    pub holdout_renders: usize,
+    #[arg(long, default_value_t = 202)]
+    pub holdout_seed: u64,
+    /// Held-out renders from a folder instead (same layout as --data).
     #[arg(long)]
     pub holdout: Option<PathBuf>,
     /// Where model.onnx and train.json go.
@@ -295,6 +305,7 @@ fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
 #[derive(Serialize)]
 struct TrainRecord {
     config: toy::TrainConfig,
+    training_data: String,
     training_images: usize,
     parameters: usize,
     seconds: f64,
@@ -310,10 +321,22 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
         std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", args.threads.to_string());
     }
-    let samples = toy::load_render_folder(&args.data).context("training renders")?;
+    let samples = match &args.data {
+        Some(d) => toy::load_render_folder(d).context("training renders")?,
+        None if args.renders == 0 => bail!("--renders must be at least 1"),
+        None => toy::render_samples(args.render_seed, args.renders),
+    };
     let holdout = match &args.holdout {
         Some(d) => Some(toy::load_render_folder(d).context("held-out renders")?),
-        None => None,
+        None if args.holdout_renders == 0 => None,
+        None => Some(toy::render_samples(args.holdout_seed, args.holdout_renders)),
+    };
+    let source = match &args.data {
+        Some(d) => format!("the renders in {}", d.display()),
+        None => format!(
+            "fmn-toy renders 0..{} of seed {}",
+            args.renders, args.render_seed
+        ),
     };
     let cfg = toy::TrainConfig {
         seed: args.seed,
@@ -345,6 +368,7 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
     };
     let record = TrainRecord {
         config: cfg.clone(),
+        training_data: source.clone(),
         training_images: samples.len(),
         parameters: net.parameter_count(),
         seconds,
@@ -354,10 +378,8 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
         holdout_mean_iou_candle: iou,
     };
     let note = format!(
-        "trained by `fmn-segment train-toy` on {} renders, {} steps, seed {}",
-        samples.len(),
-        cfg.steps,
-        cfg.seed
+        "trained by `fmn-segment train-toy` on {source}, {} steps, seed {}",
+        cfg.steps, cfg.seed
     );
     let path = toy::export(&net, &args.out, &cfg, &note)?;
     let record_path = args.out.join("train.json");
