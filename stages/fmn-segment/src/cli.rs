@@ -1,0 +1,396 @@
+//! The `fmn-segment` command line.
+use crate::batch::{segment_folder, FolderJob};
+use crate::error::SegmentError;
+use crate::preset::Preset;
+use crate::runtime::Runtime;
+use crate::toy;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Exit status when some images failed (the others were written).
+pub const EXIT_SOME_FAILED: u8 = 3;
+
+/// Concept masks from ONNX segmentation models.
+///
+/// `fmn-segment --model toy IMAGES_DIR --out MASKS_DIR` writes one 8-bit PNG mask per image
+/// (same base name), optional overlays and `manifest.json` with each image's coverage.
+/// Needs the ONNX Runtime 1.31+ library: `ORT_DYLIB_PATH` or `--ort-lib` (see
+/// `scripts/install-onnxruntime.sh`).
+#[derive(Debug, Parser)]
+#[command(name = "fmn-segment", version, subcommand_negates_reqs = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub segment: SegmentArgs,
+    /// Log progress (FMN_LOG=debug for more).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// The ONNX Runtime shared library (default: $ORT_DYLIB_PATH).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List an ONNX model's inputs and outputs (to write a preset for it).
+    Inspect {
+        model: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure a model's IoU on a folder of renders with masks (`NAME.png` + `masks/NAME.png`).
+    Eval(EvalArgs),
+    /// Train the toy segmenter on toy-world renders and export it to ONNX.
+    TrainToy(TrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SegmentArgs {
+    /// A preset name (configs/segment/NAME.yaml), a preset file, or an ONNX file (with
+    /// --preset).
+    #[arg(long, value_name = "PRESET_OR_ONNX", required = true)]
+    pub model: Option<String>,
+    /// The preset (name or file) for an ONNX --model.
+    #[arg(long, value_name = "FILE")]
+    pub preset: Option<String>,
+    /// Folder of images (.png, .jpg, .jpeg); other files are left alone.
+    #[arg(value_name = "IMAGES_DIR", required = true)]
+    pub images: Option<PathBuf>,
+    /// Folder for the masks and manifest.json.
+    #[arg(long, value_name = "MASKS_DIR", required = true)]
+    pub out: Option<PathBuf>,
+    /// Folder for overlays (the image with its mask tinted in).
+    #[arg(long, value_name = "DIR")]
+    pub overlay: Option<PathBuf>,
+    /// Print the manifest as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Images per model run.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// ONNX Runtime threads (0: its default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Preset name, preset file, or ONNX file (with --preset).
+    #[arg(long, default_value = "toy")]
+    pub model: String,
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Folder of renders with masks/.
+    pub images: PathBuf,
+    /// Exit non-zero if the mean IoU is below this.
+    #[arg(long)]
+    pub min_iou: Option<f64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Training renders drawn with fmn-toy's renderer (images `0..N` of seed --render-seed).
+    #[arg(long, default_value_t = 4000, conflicts_with = "data")]
+    pub renders: usize,
+    #[arg(long, default_value_t = 101)]
+    pub render_seed: u64,
+    /// Train on a folder instead, as `fmn-toy render` writes it (NAME.png + masks/NAME.png).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Held-out renders to report IoU on (drawn with --holdout-seed; 0: none).
+    #[arg(long, default_value_t = 500, conflicts_with = "holdout")]
+    pub holdout_renders: usize,
+    #[arg(long, default_value_t = 202)]
+    pub holdout_seed: u64,
+    /// Held-out renders from a folder instead (same layout as --data).
+    #[arg(long)]
+    pub holdout: Option<PathBuf>,
+    /// Where model.onnx and train.json go.
+    #[arg(long, default_value = "data/toy-segmenter")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = toy::TrainConfig::default().steps)]
+    pub steps: usize,
+    #[arg(long, default_value_t = toy::TrainConfig::default().batch)]
+    pub batch: usize,
+    #[arg(long, default_value_t = toy::TrainConfig::default().lr)]
+    pub lr: f64,
+    /// CPU threads for candle. 1 (the default) gives the same weights on every machine and is
+    /// the fastest where other work shares the cores (candle's worker threads spin while
+    /// waiting); 0 leaves candle's own choice (RAYON_NUM_THREADS, else all cores).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Resolves `--model` and `--preset` to a preset and, for an ONNX `--model`, its file.
+pub fn resolve_model(
+    model: &str,
+    preset: Option<&str>,
+) -> Result<(Preset, Option<PathBuf>), SegmentError> {
+    let is_onnx = model.ends_with(".onnx")
+        || (Path::new(model).is_file() && !model.ends_with(".yaml") && !model.ends_with(".yml"));
+    if is_onnx {
+        let Some(preset) = preset else {
+            return Err(SegmentError::Input(format!(
+                "--model {model} is an ONNX file: say how to feed it with --preset NAME_OR_FILE (e.g. --preset u2net)"
+            )));
+        };
+        Ok((Preset::find(preset)?, Some(PathBuf::from(model))))
+    } else {
+        if let Some(p) = preset {
+            return Err(SegmentError::Input(format!(
+                "--preset {p} goes with an ONNX --model; --model {model} is already a preset"
+            )));
+        }
+        Ok((Preset::find(model)?, None))
+    }
+}
+
+pub fn run(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        None => run_segment(cli, &cli.segment),
+        Some(Command::Inspect { model, json }) => {
+            let rt = Runtime::load(cli.ort_lib.as_deref())?;
+            let info = rt.inspect(model)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                for (what, list) in [("input", &info.inputs), ("output", &info.outputs)] {
+                    for i in list {
+                        println!(
+                            "{what} {} {} {:?}",
+                            i.name,
+                            i.element,
+                            i.shape.clone().unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Eval(args)) => run_eval(cli, args),
+        Some(Command::TrainToy(args)) => run_train(args),
+    }
+}
+
+fn run_segment(cli: &Cli, args: &SegmentArgs) -> Result<ExitCode> {
+    let (Some(model), Some(images), Some(out)) = (&args.model, &args.images, &args.out) else {
+        bail!("--model, IMAGES_DIR and --out are required");
+    };
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let job = FolderJob {
+        images: images.clone(),
+        masks: out.clone(),
+        overlays: args.overlay.clone(),
+        batch_size: args.batch_size,
+        quiet: args.quiet || args.json,
+    };
+    // Folder mistakes are reported before the runtime or the model is touched.
+    crate::batch::check_job(&job)?;
+    let (preset, onnx) = resolve_model(model, args.preset.as_deref())?;
+    let rt = Runtime::load(cli.ort_lib.as_deref())?;
+    let mut segmenter = rt.open(&preset, onnx.as_deref(), args.threads)?;
+    let start = Instant::now();
+    let manifest = segment_folder(&mut segmenter, &job)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&manifest)?);
+    }
+    eprintln!(
+        "{} masks in {} ({:.1}s){}",
+        manifest.count,
+        out.display(),
+        start.elapsed().as_secs_f64(),
+        if manifest.failed > 0 {
+            format!("; {} images failed", manifest.failed)
+        } else {
+            String::new()
+        }
+    );
+    if manifest.failed > 0 {
+        return Ok(ExitCode::from(EXIT_SOME_FAILED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// IoU of a model's masks against exact masks.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub preset: String,
+    pub images: usize,
+    /// Mean of per-image IoU.
+    pub mean_iou: f64,
+    /// Intersection over union summed over all images.
+    pub total_iou: f64,
+    pub min_iou: f64,
+    pub seconds: f64,
+}
+
+/// Runs `segmenter` over renders with exact masks and measures IoU.
+pub fn evaluate(
+    segmenter: &mut crate::Segmenter,
+    samples: &[toy::Sample],
+) -> Result<EvalReport, SegmentError> {
+    let start = Instant::now();
+    let (mut sum, mut min, mut inter, mut union) = (0.0, f64::INFINITY, 0u64, 0u64);
+    for chunk in samples.chunks(64) {
+        let refs: Vec<&image::RgbImage> = chunk.iter().map(|s| &s.image).collect();
+        let masks = segmenter.segment(&refs)?;
+        for (m, s) in masks.iter().zip(chunk) {
+            let iou = crate::post::iou(m, &s.mask);
+            sum += iou;
+            min = min.min(iou);
+            for (a, b) in m.as_raw().iter().zip(s.mask.as_raw()) {
+                inter += (*a >= 128 && *b >= 128) as u64;
+                union += (*a >= 128 || *b >= 128) as u64;
+            }
+        }
+    }
+    Ok(EvalReport {
+        preset: segmenter.preset().name.clone(),
+        images: samples.len(),
+        mean_iou: sum / samples.len().max(1) as f64,
+        total_iou: if union == 0 {
+            1.0
+        } else {
+            inter as f64 / union as f64
+        },
+        min_iou: if samples.is_empty() { 1.0 } else { min },
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
+    let samples = toy::load_render_folder(&args.images)?;
+    let (preset, onnx) = resolve_model(&args.model, args.preset.as_deref())?;
+    let rt = Runtime::load(cli.ort_lib.as_deref())?;
+    let mut segmenter = rt.open(&preset, onnx.as_deref(), 0)?;
+    let report = evaluate(&mut segmenter, &samples)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{}: {} images, mean IoU {:.4}, total IoU {:.4}, min IoU {:.4} ({:.2}s)",
+            report.preset,
+            report.images,
+            report.mean_iou,
+            report.total_iou,
+            report.min_iou,
+            report.seconds
+        );
+    }
+    if let Some(min) = args.min_iou {
+        if report.mean_iou < min {
+            eprintln!("mean IoU {:.4} is below --min-iou {min}", report.mean_iou);
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct TrainRecord {
+    config: toy::TrainConfig,
+    training_data: String,
+    training_images: usize,
+    parameters: usize,
+    seconds: f64,
+    final_loss: f32,
+    threads: usize,
+    holdout_images: Option<usize>,
+    holdout_mean_iou_candle: Option<f64>,
+}
+
+fn run_train(args: &TrainArgs) -> Result<ExitCode> {
+    if args.threads > 0 {
+        // Read by candle when its thread pool first starts, which is later than this.
+        std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", args.threads.to_string());
+    }
+    let samples = match &args.data {
+        Some(d) => toy::load_render_folder(d).context("training renders")?,
+        None if args.renders == 0 => bail!("--renders must be at least 1"),
+        None => toy::render_samples(args.render_seed, args.renders),
+    };
+    let holdout = match &args.holdout {
+        Some(d) => Some(toy::load_render_folder(d).context("held-out renders")?),
+        None if args.holdout_renders == 0 => None,
+        None => Some(toy::render_samples(args.holdout_seed, args.holdout_renders)),
+    };
+    let source = match &args.data {
+        Some(d) => format!("the renders in {}", d.display()),
+        None => format!(
+            "fmn-toy renders 0..{} of seed {}",
+            args.renders, args.render_seed
+        ),
+    };
+    let cfg = toy::TrainConfig {
+        seed: args.seed,
+        steps: args.steps,
+        batch: args.batch,
+        lr: args.lr,
+        ..Default::default()
+    };
+    let bar = fmn_core::progress::bar(cfg.steps as u64, "train", args.quiet);
+    let start = Instant::now();
+    let mut last = f32::NAN;
+    let net = toy::train(&samples, &cfg, |step, loss| {
+        last = loss;
+        bar.set_position(step as u64);
+        if step % 100 == 0 {
+            bar.suspend(|| {
+                eprintln!(
+                    "step {step}: loss {loss:.4} ({:.0}s)",
+                    start.elapsed().as_secs_f64()
+                )
+            });
+        }
+    })?;
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let iou = match &holdout {
+        Some(h) => Some(toy::evaluate(&net, h)?),
+        None => None,
+    };
+    let record = TrainRecord {
+        config: cfg.clone(),
+        training_data: source.clone(),
+        training_images: samples.len(),
+        parameters: net.parameter_count(),
+        seconds,
+        final_loss: last,
+        threads: candle_core::utils::get_num_threads(),
+        holdout_images: holdout.as_ref().map(Vec::len),
+        holdout_mean_iou_candle: iou,
+    };
+    let note = format!(
+        "trained by `fmn-segment train-toy` on {source}, {} steps, seed {}",
+        cfg.steps, cfg.seed
+    );
+    let path = toy::export(&net, &args.out, &cfg, &note)?;
+    let record_path = args.out.join("train.json");
+    fmn_core::write_json_atomic(&record_path, &record)
+        .with_context(|| record_path.display().to_string())?;
+    eprintln!(
+        "wrote {} ({} parameters, {seconds:.0}s{})",
+        path.display(),
+        net.parameter_count(),
+        iou.map(|i| format!(", held-out mean IoU {i:.4} (candle)"))
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,24 @@
+//! `fmn-segment`: concept masks (which pixels are the concept) from ONNX segmentation models
+//! run through ONNX Runtime (the `ort` crate, loading the runtime library at run time).
+//!
+//! - [`preset`]: YAML presets describing a model's input, output and mask post-processing;
+//! - [`runtime`]: loading ONNX Runtime ([`Runtime`]) and models checked against a preset
+//!   ([`Segmenter`]);
+//! - [`imaging`] and [`post`]: pre- and post-processing;
+//! - [`batch`]: a folder of images to a folder of masks, overlays and a manifest;
+//! - [`onnx`]: a minimal ONNX writer; [`toy`]: the toy segmenter (training and export);
+//! - [`cli`]: the `fmn-segment` command line.
+pub mod batch;
+pub mod cli;
+pub mod error;
+pub mod imaging;
+pub mod onnx;
+pub mod post;
+pub mod preset;
+pub mod runtime;
+pub mod toy;
+
+pub use batch::{segment_folder, FolderJob, Manifest};
+pub use error::{Result, SegmentError};
+pub use preset::Preset;
+pub use runtime::{Runtime, Segmenter};
