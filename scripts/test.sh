@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The project's test command (README command 2, called by .ci/run): installs the ONNX Runtime
+# library fmn-segment loads at run time, then runs every crate's tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ORT_DYLIB_PATH="$(scripts/install-onnxruntime.sh)"
+export ORT_DYLIB_PATH
+cargo test --workspace "$@"
