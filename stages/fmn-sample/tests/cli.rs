@@ -214,7 +214,8 @@ fn rewrite_unet(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
 
 #[test]
 fn bad_inputs_fail_cleanly_naming_the_culprit() {
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, Vec<&str>, &str)> = vec![
+    type Case<'a> = (&'a str, Box<dyn Fn(&Path)>, Vec<&'a str>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "missing folder",
             Box::new(|d: &Path| std::fs::remove_dir_all(d).unwrap()),

@@ -66,7 +66,7 @@ pub fn group_norm(
     channels: usize,
     eps: f64,
 ) -> Result<candle_nn::GroupNorm> {
-    if num_groups == 0 || channels % num_groups != 0 {
+    if num_groups == 0 || !channels.is_multiple_of(num_groups) {
         candle_core::bail!(
             "{}: {channels} channels cannot be split into {num_groups} groups",
             vb.prefix()

@@ -51,7 +51,7 @@ impl StableDiffusion {
             text_encoder: ClipTextModel::load_with_dtype(&dir.join("text_encoder"), device, dtype)?,
             unet: UNet2DConditionModel::load_with_dtype(&dir.join("unet"), device, dtype)?,
             vae: AutoencoderKL::load_with_dtype(&dir.join("vae"), device, dtype)?,
-            scheduler: SchedulerConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?,
+            scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
             device: device.clone(),
         })
     }
@@ -71,13 +71,13 @@ impl StableDiffusion {
     /// Text-encoder hidden states `[N, 77, D]` of `prompts`.
     pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Tensor> {
         let ids = self.token_ids(prompts)?;
-        Ok(self.text_encoder.forward(&ids)?)
+        self.text_encoder.forward(&ids)
     }
 
     /// Latent channels and the VAE's pixel-to-latent factor.
     pub fn latent_shape(&self, batch: usize, height: usize, width: usize) -> Result<[usize; 4]> {
         let f = self.vae.downscale_factor();
-        if height % f != 0 || width % f != 0 || height == 0 || width == 0 {
+        if !height.is_multiple_of(f) || !width.is_multiple_of(f) || height == 0 || width == 0 {
             return Err(SdError::Invalid(format!(
                 "image size {width}x{height} must be a positive multiple of {f} (the VAE's downscale factor)"
             )));

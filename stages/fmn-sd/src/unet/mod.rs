@@ -57,9 +57,9 @@ impl UNet2DConditionModel {
 
         let mut down_blocks = Vec::with_capacity(n);
         let mut out_ch = ch[0];
-        for i in 0..n {
+        for (i, &block_ch) in ch.iter().enumerate() {
             let in_ch = out_ch;
-            out_ch = ch[i];
+            out_ch = block_ch;
             let t = transformer(i, out_ch);
             down_blocks.push(DownBlock::new(
                 vb.pp(format!("down_blocks.{i}")),
