@@ -271,9 +271,7 @@ impl ClipTextModel {
     /// As [`ClipTextModel::load`], with the weights converted to `dtype`.
     pub fn load_with_dtype(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
-        let file = crate::weights::find_weights_file(dir, "model")?;
-        let vb = crate::weights::mmap_var_builder(&file, dtype, device)?;
-        crate::weights::in_file(&file, Self::new(vb, &cfg))
+        crate::weights::build_from_dir(dir, "model", dtype, device, |vb| Self::new(vb, &cfg))
     }
 
     pub fn config(&self) -> &ClipTextConfig {

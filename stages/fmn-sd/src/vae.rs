@@ -619,9 +619,9 @@ impl AutoencoderKL {
     /// As [`AutoencoderKL::load`], with the weights converted to `dtype`.
     pub fn load_with_dtype(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let cfg = AutoencoderKLConfig::from_file(&dir.join("config.json"))?;
-        let file = crate::weights::find_weights_file(dir, "diffusion_pytorch_model")?;
-        let vb = crate::weights::mmap_var_builder(&file, dtype, device)?;
-        crate::weights::in_file(&file, Self::new(vb, &cfg))
+        crate::weights::build_from_dir(dir, "diffusion_pytorch_model", dtype, device, |vb| {
+            Self::new(vb, &cfg)
+        })
     }
 
     pub fn config(&self) -> &AutoencoderKLConfig {

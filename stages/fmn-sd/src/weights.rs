@@ -104,3 +104,17 @@ pub fn save_safetensors_atomic(
     fmn_core::write_atomic(path, |f| std::io::Write::write_all(f, &bytes))
         .map_err(|e| SdError::io(path, e))
 }
+
+/// Builds a model from the weights file `{stem}[.fp16|.bf16].safetensors` of the component
+/// folder `dir` (converted to `dtype`), naming that file in any error.
+pub fn build_from_dir<T>(
+    dir: &Path,
+    stem: &str,
+    dtype: DType,
+    device: &Device,
+    build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<T> {
+    let file = find_weights_file(dir, stem)?;
+    let vb = mmap_var_builder(&file, dtype, device)?;
+    in_file(&file, build(vb))
+}

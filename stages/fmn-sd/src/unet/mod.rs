@@ -9,7 +9,6 @@ use crate::nn::Conv2d;
 use crate::nn::{conv2d, group_norm};
 use crate::probes::AttentionRecorder;
 use crate::resnet::ResnetSettings;
-use crate::weights::{find_weights_file, in_file, mmap_var_builder};
 use crate::Result;
 use blocks::{DownBlock, MidBlock, UpBlock, UpChannels};
 use candle_core::{DType, Device, Module, Tensor};
@@ -135,9 +134,9 @@ impl UNet2DConditionModel {
     /// converted to `dtype`.
     pub fn load_with_dtype(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let cfg = UNetConfig::from_file(&dir.join("config.json"))?;
-        let file = find_weights_file(dir, "diffusion_pytorch_model")?;
-        let vb = mmap_var_builder(&file, dtype, device)?;
-        in_file(&file, Self::new(vb, &cfg))
+        crate::weights::build_from_dir(dir, "diffusion_pytorch_model", dtype, device, |vb| {
+            Self::new(vb, &cfg)
+        })
     }
 
     pub fn config(&self) -> &UNetConfig {
