@@ -166,6 +166,26 @@ pub(crate) struct ClassReader<'a> {
 }
 
 impl ClassReader<'_> {
+    /// `use_karras_sigmas`, after checking that at most one of the three sigma-spacing options
+    /// (Karras, exponential, beta) is set, as diffusers does.
+    pub(crate) fn karras_sigmas(&self) -> Result<bool> {
+        let karras = self.bool("use_karras_sigmas", false)?;
+        let exponential = self.bool("use_exponential_sigmas", false)?;
+        let beta_sigmas = self.bool("use_beta_sigmas", false)?;
+        if [karras, exponential, beta_sigmas]
+            .iter()
+            .filter(|b| **b)
+            .count()
+            > 1
+        {
+            return Err(self.invalid(
+                "use_karras_sigmas",
+                "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be set",
+            ));
+        }
+        Ok(karras)
+    }
+
     fn bad_type(&self, key: &str, want: &str, got: &Value) -> SdError {
         SdError::config(
             self.cfg.where_(),

@@ -104,20 +104,7 @@ impl Euler {
                 "only \"linear\" is implemented",
             ));
         }
-        let karras = r.bool("use_karras_sigmas", false)?;
-        let exponential = r.bool("use_exponential_sigmas", false)?;
-        let beta_sigmas = r.bool("use_beta_sigmas", false)?;
-        if [karras, exponential, beta_sigmas]
-            .iter()
-            .filter(|b| **b)
-            .count()
-            > 1
-        {
-            return Err(r.invalid(
-                "use_karras_sigmas",
-                "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be set",
-            ));
-        }
+        let karras = r.karras_sigmas()?;
         r.require_false("use_exponential_sigmas")?;
         r.require_false("use_beta_sigmas")?;
         let spacing = TimestepSpacing::read(&r, "linspace")?;
