@@ -59,20 +59,42 @@ impl Module for LayerNorm {
     }
 }
 
-/// GroupNorm as `torch.nn.GroupNorm` (candle-nn's implementation is made of differentiable ops).
+/// `torch.nn.GroupNorm`, computed by [`crate::group_norm::group_norm`] (one op with its own
+/// backward on the CPU).
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl Module for GroupNorm {
+    /// `[B, C, ...] -> [B, C, ...]`
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        crate::group_norm::group_norm(xs, self.groups, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// A GroupNorm read from `vb` (`weight` starts at one, `bias` at zero when created fresh).
 pub fn group_norm(
     vb: VarBuilder,
     num_groups: usize,
     channels: usize,
     eps: f64,
-) -> Result<candle_nn::GroupNorm> {
+) -> Result<GroupNorm> {
     if num_groups == 0 || !channels.is_multiple_of(num_groups) {
         candle_core::bail!(
             "{}: {channels} channels cannot be split into {num_groups} groups",
             vb.prefix()
         )
     }
-    candle_nn::group_norm(num_groups, channels, eps, vb)
+    Ok(GroupNorm {
+        weight: vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.0))?,
+        bias: vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.0))?,
+        groups: num_groups,
+        eps,
+    })
 }
 
 pub fn linear(

@@ -5,14 +5,14 @@ pub mod embeddings;
 pub mod resample;
 pub mod transformer;
 
-use crate::nn::Conv2d;
 use crate::nn::{conv2d, group_norm};
+use crate::nn::{Conv2d, GroupNorm};
 use crate::probes::AttentionRecorder;
 use crate::resnet::ResnetSettings;
 use crate::Result;
 use blocks::{DownBlock, MidBlock, UpBlock, UpChannels};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 pub use config::UNetConfig;
 use embeddings::{TimestepEmbedding, Timesteps};
 use std::path::Path;

@@ -1,0 +1,261 @@
+//! GroupNorm as one op with its own backward pass.
+//!
+//! Composed of candle primitives, GroupNorm costs about twenty full-size temporaries per
+//! training step (broadcast subtractions, squares, divisions, and their gradients), which
+//! dominates the toy model's training time (BENCHMARKS.md). This op reads the input twice
+//! forward and three times backward.
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    batch: usize,
+    channels: usize,
+    groups: usize,
+    /// Elements per channel (H·W).
+    spatial: usize,
+    eps: f64,
+}
+
+impl Dims {
+    fn per_group(&self) -> usize {
+        self.channels / self.groups * self.spatial
+    }
+}
+
+fn slice<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("group_norm: {what} must be contiguous"),
+    }
+}
+
+/// Mean and 1/σ of one group's values.
+fn stats<T: WithDType>(xs: &[T], eps: f64) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().map(|v| v.to_f64()).sum::<f64>() / n;
+    let var = xs.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+fn forward<T: WithDType + Send + Sync>(x: &[T], gamma: &[T], beta: &[T], d: Dims) -> Vec<T> {
+    let m = d.per_group();
+    let cpg = d.channels / d.groups;
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(m).enumerate().for_each(|(bg, dst)| {
+        let src = &x[bg * m..(bg + 1) * m];
+        let (mean, inv) = stats(src, d.eps);
+        let g = bg % d.groups;
+        for (i, (o, v)) in dst.iter_mut().zip(src).enumerate() {
+            let c = g * cpg + i / d.spatial;
+            let xhat = (v.to_f64() - mean) * inv;
+            *o = T::from_f64(xhat * gamma[c].to_f64() + beta[c].to_f64());
+        }
+    });
+    out
+}
+
+/// `dx` for the whole input.
+fn backward_x<T: WithDType + Send + Sync>(x: &[T], gamma: &[T], dy: &[T], d: Dims) -> Vec<T> {
+    let m = d.per_group();
+    let cpg = d.channels / d.groups;
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(m).enumerate().for_each(|(bg, dst)| {
+        let src = &x[bg * m..(bg + 1) * m];
+        let gy = &dy[bg * m..(bg + 1) * m];
+        let (mean, inv) = stats(src, d.eps);
+        let g = bg % d.groups;
+        let (mut mean_dxhat, mut mean_dxhat_xhat) = (0.0, 0.0);
+        for (i, (v, gyv)) in src.iter().zip(gy).enumerate() {
+            let c = g * cpg + i / d.spatial;
+            let dxhat = gyv.to_f64() * gamma[c].to_f64();
+            mean_dxhat += dxhat;
+            mean_dxhat_xhat += dxhat * (v.to_f64() - mean) * inv;
+        }
+        mean_dxhat /= m as f64;
+        mean_dxhat_xhat /= m as f64;
+        for (i, ((o, v), gyv)) in dst.iter_mut().zip(src).zip(gy).enumerate() {
+            let c = g * cpg + i / d.spatial;
+            let xhat = (v.to_f64() - mean) * inv;
+            let dxhat = gyv.to_f64() * gamma[c].to_f64();
+            *o = T::from_f64(inv * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
+        }
+    });
+    out
+}
+
+/// `[dγ; dβ]` as `[2, C]`.
+fn backward_affine<T: WithDType>(x: &[T], dy: &[T], d: Dims) -> Vec<T> {
+    let m = d.per_group();
+    let cpg = d.channels / d.groups;
+    let mut acc = vec![0f64; 2 * d.channels];
+    for bg in 0..d.batch * d.groups {
+        let src = &x[bg * m..(bg + 1) * m];
+        let gy = &dy[bg * m..(bg + 1) * m];
+        let (mean, inv) = stats(src, d.eps);
+        let g = bg % d.groups;
+        for (i, (v, gyv)) in src.iter().zip(gy).enumerate() {
+            let c = g * cpg + i / d.spatial;
+            acc[c] += gyv.to_f64() * (v.to_f64() - mean) * inv;
+            acc[d.channels + c] += gyv.to_f64();
+        }
+    }
+    acc.into_iter().map(T::from_f64).collect()
+}
+
+struct GroupNormOp(Dims);
+/// Inputs (x, γ, dy) -> dx.
+struct GroupNormGradX(Dims);
+/// Inputs (x, dy, unused) -> [dγ; dβ].
+struct GroupNormGradAffine(Dims);
+
+macro_rules! dispatch {
+    ($name:literal, $s1:expr, $s2:expr, $s3:expr, |$a:ident, $b:ident, $c:ident| $body:expr) => {
+        match ($s1, $s2, $s3) {
+            ((CpuStorage::F32($a), l1), (CpuStorage::F32($b), l2), (CpuStorage::F32($c), l3)) => {
+                let ($a, $b, $c) = (
+                    slice($a, l1, "x")?,
+                    slice($b, l2, "weight")?,
+                    slice($c, l3, "third input")?,
+                );
+                CpuStorage::F32($body)
+            }
+            ((CpuStorage::F64($a), l1), (CpuStorage::F64($b), l2), (CpuStorage::F64($c), l3)) => {
+                let ($a, $b, $c) = (
+                    slice($a, l1, "x")?,
+                    slice($b, l2, "weight")?,
+                    slice($c, l3, "third input")?,
+                );
+                CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!(concat!($name, ": f32 or f64 inputs of one dtype expected")),
+        }
+    };
+}
+
+impl CustomOp3 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "fmn-group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = self.0;
+        let out = dispatch!("group_norm", (s1, l1), (s2, l2), (s3, l3), |x, g, b| {
+            forward(x, g, b, d)
+        });
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = x.apply_op3_no_bwd(gamma, &grad, &GroupNormGradX(self.0))?;
+        let affine = x.apply_op3_no_bwd(&grad, gamma, &GroupNormGradAffine(self.0))?;
+        Ok((Some(dx), Some(affine.get(0)?), Some(affine.get(1)?)))
+    }
+}
+
+impl CustomOp3 for GroupNormGradX {
+    fn name(&self) -> &'static str {
+        "fmn-group-norm-grad-x"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = self.0;
+        let out = dispatch!(
+            "group_norm backward",
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            |x, g, dy| backward_x(x, g, dy, d)
+        );
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+impl CustomOp3 for GroupNormGradAffine {
+    fn name(&self) -> &'static str {
+        "fmn-group-norm-grad-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = self.0;
+        let out = dispatch!(
+            "group_norm backward",
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            |x, dy, _unused| backward_affine(x, dy, d)
+        );
+        Ok((out, Shape::from((2, d.channels))))
+    }
+}
+
+/// `torch.nn.functional.group_norm(x, groups, weight, bias, eps)` for `x: [B, C, ...]`
+/// (f32/f64 on the CPU; elsewhere, and for half precision, candle's composed GroupNorm).
+pub fn group_norm(
+    x: &Tensor,
+    groups: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let dims = x.dims();
+    if dims.len() < 3 {
+        candle_core::bail!(
+            "group_norm: input of rank {} (expected [B, C, ...])",
+            dims.len()
+        );
+    }
+    let d = Dims {
+        batch: dims[0],
+        channels: dims[1],
+        groups,
+        spatial: dims[2..].iter().product(),
+        eps,
+    };
+    if groups == 0 || d.channels % groups != 0 {
+        candle_core::bail!(
+            "group_norm: {} channels cannot form {groups} groups",
+            d.channels
+        );
+    }
+    let fused = x.device().is_cpu()
+        && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
+    if !fused {
+        return candle_nn::GroupNorm::new(weight.clone(), bias.clone(), d.channels, groups, eps)
+            .and_then(|gn| candle_core::Module::forward(&gn, x));
+    }
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, GroupNormOp(d))
+}
