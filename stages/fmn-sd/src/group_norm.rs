@@ -244,7 +244,7 @@ pub fn group_norm(
         spatial: dims[2..].iter().product(),
         eps,
     };
-    if groups == 0 || d.channels % groups != 0 {
+    if groups == 0 || !d.channels.is_multiple_of(groups) {
         candle_core::bail!(
             "group_norm: {} channels cannot form {groups} groups",
             d.channels
