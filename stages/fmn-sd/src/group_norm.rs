@@ -103,11 +103,18 @@ fn backward_affine<T: WithDType>(x: &[T], dy: &[T], d: Dims) -> Vec<T> {
     acc.into_iter().map(T::from_f64).collect()
 }
 
-struct GroupNormOp(Dims);
-/// Inputs (x, γ, dy) -> dx.
-struct GroupNormGradX(Dims);
-/// Inputs (x, dy, unused) -> [dγ; dβ].
-struct GroupNormGradAffine(Dims);
+/// Which computation a [`GroupNormOp`] performs on its three inputs.
+#[derive(Debug, Clone, Copy)]
+enum Pass {
+    /// (x, γ, β) -> y
+    Forward,
+    /// (x, γ, dy) -> dx
+    GradX,
+    /// (x, dy, γ unused) -> [dγ; dβ] as `[2, C]`
+    GradAffine,
+}
+
+struct GroupNormOp(Dims, Pass);
 
 macro_rules! dispatch {
     ($name:literal, $s1:expr, $s2:expr, $s3:expr, |$a:ident, $b:ident, $c:ident| $body:expr) => {
@@ -135,7 +142,11 @@ macro_rules! dispatch {
 
 impl CustomOp3 for GroupNormOp {
     fn name(&self) -> &'static str {
-        "fmn-group-norm"
+        match self.1 {
+            Pass::Forward => "fmn-group-norm",
+            Pass::GradX => "fmn-group-norm-grad-x",
+            Pass::GradAffine => "fmn-group-norm-grad-affine",
+        }
     }
 
     fn cpu_fwd(
@@ -147,11 +158,23 @@ impl CustomOp3 for GroupNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = self.0;
-        let out = dispatch!("group_norm", (s1, l1), (s2, l2), (s3, l3), |x, g, b| {
-            forward(x, g, b, d)
-        });
-        Ok((out, l1.shape().clone()))
+        let GroupNormOp(d, pass) = *self;
+        let out = dispatch!(
+            "group_norm",
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            |a, b, c| match pass {
+                Pass::Forward => forward(a, b, c, d),
+                Pass::GradX => backward_x(a, b, c, d),
+                Pass::GradAffine => backward_affine(a, b, d),
+            }
+        );
+        let shape = match pass {
+            Pass::GradAffine => Shape::from((2, d.channels)),
+            _ => l1.shape().clone(),
+        };
+        Ok((out, shape))
     }
 
     fn bwd(
@@ -162,62 +185,13 @@ impl CustomOp3 for GroupNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if !matches!(self.1, Pass::Forward) {
+            candle_core::bail!("group_norm: second derivatives are not implemented");
+        }
         let grad = grad.contiguous()?;
-        let dx = x.apply_op3_no_bwd(gamma, &grad, &GroupNormGradX(self.0))?;
-        let affine = x.apply_op3_no_bwd(&grad, gamma, &GroupNormGradAffine(self.0))?;
+        let dx = x.apply_op3_no_bwd(gamma, &grad, &GroupNormOp(self.0, Pass::GradX))?;
+        let affine = x.apply_op3_no_bwd(&grad, gamma, &GroupNormOp(self.0, Pass::GradAffine))?;
         Ok((Some(dx), Some(affine.get(0)?), Some(affine.get(1)?)))
-    }
-}
-
-impl CustomOp3 for GroupNormGradX {
-    fn name(&self) -> &'static str {
-        "fmn-group-norm-grad-x"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let d = self.0;
-        let out = dispatch!(
-            "group_norm backward",
-            (s1, l1),
-            (s2, l2),
-            (s3, l3),
-            |x, g, dy| backward_x(x, g, dy, d)
-        );
-        Ok((out, l1.shape().clone()))
-    }
-}
-
-impl CustomOp3 for GroupNormGradAffine {
-    fn name(&self) -> &'static str {
-        "fmn-group-norm-grad-affine"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let d = self.0;
-        let out = dispatch!(
-            "group_norm backward",
-            (s1, l1),
-            (s2, l2),
-            (s3, l3),
-            |x, dy, _unused| backward_affine(x, dy, d)
-        );
-        Ok((out, Shape::from((2, d.channels))))
     }
 }
 
@@ -256,6 +230,9 @@ pub fn group_norm(
         return candle_nn::GroupNorm::new(weight.clone(), bias.clone(), d.channels, groups, eps)
             .and_then(|gn| candle_core::Module::forward(&gn, x));
     }
-    x.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, GroupNormOp(d))
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        GroupNormOp(d, Pass::Forward),
+    )
 }
