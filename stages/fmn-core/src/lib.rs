@@ -1,4 +1,5 @@
 //! What every fmn stage shares: atomic output, YAML config loading, progress bars, logging.
+pub mod allocator;
 pub mod atomic;
 pub mod config;
 pub mod logging;

@@ -25,44 +25,68 @@ impl Geometry {
         self.channels * self.kh * self.kw
     }
 
-    /// Calls `f(k, src)` for each patch entry `k` of output pixel `(oy, ox)` that lies inside
-    /// the (unpadded) input, with `src` the offset within one image `[C, H, W]`.
+    /// For kernel tap `(ki, kj)` and output row `oy`: the input row it reads, if inside.
     #[inline]
-    fn for_each_tap(&self, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
-        for c in 0..self.channels {
-            for ki in 0..self.kh {
-                let iy = (oy * self.stride + ki) as isize - self.padding as isize;
-                if iy < 0 || iy >= self.h as isize {
-                    continue;
-                }
-                for kj in 0..self.kw {
-                    let ix = (ox * self.stride + kj) as isize - self.padding as isize;
-                    if ix < 0 || ix >= self.w as isize {
-                        continue;
-                    }
-                    let k = (c * self.kh + ki) * self.kw + kj;
-                    f(k, (c * self.h + iy as usize) * self.w + ix as usize);
-                }
-            }
-        }
+    fn input_row(&self, oy: usize, ki: usize) -> Option<usize> {
+        let iy = (oy * self.stride + ki).checked_sub(self.padding)?;
+        (iy < self.h).then_some(iy)
+    }
+
+    /// For kernel column `kj`: the output columns `lo..hi` whose input column lies inside the
+    /// image, and the input column of output column 0 (may be negative: only used from `lo`).
+    #[inline]
+    fn column_span(&self, kj: usize) -> (usize, usize, isize) {
+        let first = kj as isize - self.padding as isize;
+        let s = self.stride as isize;
+        let lo = if first >= 0 {
+            0
+        } else {
+            ((-first + s - 1) / s) as usize
+        };
+        let last_inside = self.w as isize - 1 - first;
+        let hi = if last_inside < 0 {
+            0
+        } else {
+            ((last_inside / s) as usize + 1).min(self.w_out)
+        };
+        (lo, hi.max(lo), first)
     }
 }
 
-/// `[B, C, H, W] -> [B, H_out·W_out, C·kh·kw]`
+/// `[B, C, H, W] -> [C·kh·kw, B·H_out·W_out]`: one row per kernel tap, ready for
+/// `weight[O, C·kh·kw] × cols`.
 struct Im2Col(Geometry);
-/// `[B, H_out·W_out, C·kh·kw] -> [B, C, H, W]` (overlapping taps summed): the adjoint of Im2Col.
+/// `[C·kh·kw, B·H_out·W_out] -> [B, C, H, W]` (overlapping taps summed): the adjoint of Im2Col.
 struct Col2Im(Geometry);
 
 fn im2col<T: WithDType + Send + Sync>(src: &[T], batch: usize, g: &Geometry) -> Vec<T> {
-    let k = g.patch_len();
     let l = g.h_out * g.w_out;
     let image = g.channels * g.h * g.w;
-    let mut out = vec![T::zero(); batch * l * k];
-    out.par_chunks_mut(k).enumerate().for_each(|(row, dst)| {
-        let (b, pix) = (row / l, row % l);
-        let img = &src[b * image..(b + 1) * image];
-        g.for_each_tap(pix / g.w_out, pix % g.w_out, |k, s| dst[k] = img[s]);
-    });
+    let mut out = vec![T::zero(); g.patch_len() * batch * l];
+    out.par_chunks_mut(batch * l)
+        .enumerate()
+        .for_each(|(k, row)| {
+            let (c, ki, kj) = (k / (g.kh * g.kw), (k / g.kw) % g.kh, k % g.kw);
+            let (lo, hi, first) = g.column_span(kj);
+            for b in 0..batch {
+                let plane = &src[b * image + c * g.h * g.w..][..g.h * g.w];
+                for oy in 0..g.h_out {
+                    let Some(iy) = g.input_row(oy, ki) else {
+                        continue;
+                    };
+                    let line = &plane[iy * g.w..(iy + 1) * g.w];
+                    let dst = &mut row[(b * g.h_out + oy) * g.w_out..][..g.w_out];
+                    if g.stride == 1 {
+                        let x0 = (lo as isize + first) as usize;
+                        dst[lo..hi].copy_from_slice(&line[x0..x0 + (hi - lo)]);
+                    } else {
+                        for ox in lo..hi {
+                            dst[ox] = line[(ox as isize * g.stride as isize + first) as usize];
+                        }
+                    }
+                }
+            }
+        });
     out
 }
 
@@ -71,17 +95,29 @@ fn col2im<T: WithDType + Send + Sync + std::ops::AddAssign>(
     batch: usize,
     g: &Geometry,
 ) -> Vec<T> {
-    let k = g.patch_len();
     let l = g.h_out * g.w_out;
-    let image = g.channels * g.h * g.w;
-    let mut out = vec![T::zero(); batch * image];
-    out.par_chunks_mut(image).enumerate().for_each(|(b, dst)| {
-        let cols = &src[b * l * k..(b + 1) * l * k];
-        for pix in 0..l {
-            let row = &cols[pix * k..(pix + 1) * k];
-            g.for_each_tap(pix / g.w_out, pix % g.w_out, |k, s| dst[s] += row[k]);
-        }
-    });
+    let taps = g.kh * g.kw;
+    let mut out = vec![T::zero(); batch * g.channels * g.h * g.w];
+    out.par_chunks_mut(g.h * g.w)
+        .enumerate()
+        .for_each(|(bc, plane)| {
+            let (b, c) = (bc / g.channels, bc % g.channels);
+            for tap in 0..taps {
+                let (ki, kj) = (tap / g.kw, tap % g.kw);
+                let (lo, hi, first) = g.column_span(kj);
+                let row = &src[(c * taps + tap) * batch * l + b * l..][..l];
+                for oy in 0..g.h_out {
+                    let Some(iy) = g.input_row(oy, ki) else {
+                        continue;
+                    };
+                    let line = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    let from = &row[oy * g.w_out..(oy + 1) * g.w_out];
+                    for ox in lo..hi {
+                        line[(ox as isize * g.stride as isize + first) as usize] += from[ox];
+                    }
+                }
+            }
+        });
     out
 }
 
@@ -100,7 +136,7 @@ impl CustomOp1 for Im2Col {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
         let batch = layout.shape().dims()[0];
-        let shape = Shape::from((batch, g.h_out * g.w_out, g.patch_len()));
+        let shape = Shape::from((g.patch_len(), batch * g.h_out * g.w_out));
         let out = match storage {
             CpuStorage::F32(d) => CpuStorage::F32(im2col(contiguous_slice(d, layout)?, batch, g)),
             CpuStorage::F64(d) => CpuStorage::F64(im2col(contiguous_slice(d, layout)?, batch, g)),
@@ -121,7 +157,7 @@ impl CustomOp1 for Col2Im {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
-        let batch = layout.shape().dims()[0];
+        let batch = layout.shape().dims()[1] / (g.h_out * g.w_out);
         let shape = Shape::from((batch, g.channels, g.h, g.w));
         let out = match storage {
             CpuStorage::F32(d) => CpuStorage::F32(col2im(contiguous_slice(d, layout)?, batch, g)),
@@ -162,16 +198,18 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
         h_out: (h + 2 * padding - kh) / stride + 1,
         w_out: (w + 2 * padding - kw) / stride + 1,
     };
+    let l = g.h_out * g.w_out;
     let cols = if kh == 1 && kw == 1 && stride == 1 && padding == 0 {
-        x.flatten_from(2)?.transpose(1, 2)?
+        x.reshape((b, c, l))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((c, b * l))?
     } else {
         x.contiguous()?.apply_op1(Im2Col(g))?
     };
-    let l = g.h_out * g.w_out;
-    let out = cols
-        .reshape((b * l, g.patch_len()))?
-        .matmul(&weight.reshape((o, g.patch_len()))?.t()?)?;
-    out.reshape((b, g.h_out, g.w_out, o))?
-        .permute((0, 3, 1, 2))?
+    // [O, K] × [K, B·L] -> [O, B·L]: one GEMM for the whole batch, in both passes.
+    let out = weight.reshape((o, g.patch_len()))?.matmul(&cols)?;
+    out.reshape((o, b, g.h_out, g.w_out))?
+        .transpose(0, 1)?
         .contiguous()
 }

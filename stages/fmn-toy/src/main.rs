@@ -14,6 +14,7 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    fmn_core::allocator::tune_for_tensors();
     fmn_core::logging::init(cli.verbose);
     fmn_toy::cli::run(&cli)
 }

@@ -1,0 +1,18 @@
+//! Allocator settings for tensor workloads.
+//!
+//! Training allocates and frees many tensors of a few MB per step. glibc serves each of them
+//! with a fresh `mmap` and returns it on free, so every step pays page faults for memory it just
+//! gave back: on the toy model's UNet step this was 20 s of 60 s CPU time (`sys` in `time`).
+//! Keeping such blocks in the heap removes that.
+
+/// Serve blocks up to 32 MiB (glibc's largest mmap threshold on 64-bit) from the heap and keep
+/// up to 1 GiB of freed heap memory for reuse. Does nothing off glibc.
+pub fn tune_for_tensors() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
