@@ -20,6 +20,7 @@ pub mod probes;
 pub mod resnet;
 pub mod scheduler;
 pub mod tokenizer;
+pub mod training_images;
 pub mod unet;
 pub mod vae;
 pub mod weights;

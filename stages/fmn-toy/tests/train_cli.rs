@@ -82,6 +82,35 @@ fn trains_exports_resumes_and_refuses_other_settings() {
         "{err}"
     );
     assert!(!tmp.path().join("model3").exists());
+
+    // More UNet steps continue the finished run and give what a fresh run with that many
+    // steps gives; fewer steps than already done are refused.
+    let longer = tmp.path().join("longer.yaml");
+    std::fs::write(&longer, TINY.replace("unet_steps: 2", "unet_steps: 3")).unwrap();
+    let res4 = train(tmp.path(), &longer, "model4");
+    assert!(
+        res4.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res4.stderr)
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    let res5 = train(fresh.path(), &longer, "model");
+    assert!(
+        res5.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res5.stderr)
+    );
+    let f = "unet/diffusion_pytorch_model.safetensors";
+    assert_eq!(
+        std::fs::read(tmp.path().join("model4").join(f)).unwrap(),
+        std::fs::read(fresh.path().join("model").join(f)).unwrap()
+    );
+    let shorter = tmp.path().join("shorter.yaml");
+    std::fs::write(&shorter, TINY.replace("unet_steps: 2", "unet_steps: 1")).unwrap();
+    let res6 = train(tmp.path(), &shorter, "model6");
+    assert!(!res6.status.success());
+    let err = String::from_utf8_lossy(&res6.stderr);
+    assert!(err.contains("already ran 3 steps"), "{err}");
 }
 
 #[test]

@@ -14,6 +14,20 @@ struct Progress {
     step: usize,
 }
 
+/// Whether a run with `new` settings may continue a checkpoint of `stage` made with `saved`:
+/// everything that shaped the finished work must match. The learning rates are constant after
+/// warm-up, so the step count of the running stage (and of later stages) and the checkpoint
+/// interval may change: the continued run equals an uninterrupted one with the new counts.
+fn resumable(saved: &TrainSettings, new: &TrainSettings, stage: &str) -> bool {
+    let mut relaxed = saved.clone();
+    relaxed.checkpoint_every = new.checkpoint_every;
+    relaxed.unet_steps = new.unet_steps;
+    if stage == "vae" {
+        relaxed.vae_steps = new.vae_steps;
+    }
+    &relaxed == new
+}
+
 pub struct Checkpoints {
     dir: PathBuf,
 }
@@ -39,11 +53,23 @@ impl Checkpoints {
             .with_context(|| format!("cannot read {}", file.display()))?;
         let p: Progress = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a checkpoint", file.display()))?;
-        if &p.settings != settings {
+        if !resumable(&p.settings, settings, &p.stage) {
             bail!(
                 "{}: the checkpoint was made with other settings ({:?}); use another --checkpoints folder or the same settings",
                 file.display(),
                 p.settings
+            );
+        }
+        let total = match p.stage.as_str() {
+            "vae" => settings.vae_steps,
+            _ => settings.unet_steps,
+        };
+        if p.step > total {
+            bail!(
+                "{}: the {} stage already ran {} steps, more than the {total} asked for",
+                file.display(),
+                p.stage,
+                p.step
             );
         }
         Ok(match (p.stage.as_str(), stage) {
