@@ -338,7 +338,7 @@ fn apply_writes_a_patched_model_folder() {
     assert_eq!(record["patched"][0]["component"], "unet");
     assert_eq!(record["patched"][0]["tensors"], 6);
     assert_eq!(record["patched"][1]["component"], "text_encoder");
-    assert_eq!(record["patched"][1]["tensors"], 1);
+    assert_eq!(record["patched"][1]["tensors"], 2);
 
     let p = Patch::load(&patch).unwrap();
     let base_unet = load(&model.join("unet/diffusion_pytorch_model.safetensors"));
@@ -413,4 +413,66 @@ fn apply_refuses_a_patch_for_another_base() {
     // Not a model folder.
     fails(&["apply", s(&patch), "--model", s(tmp.path()), "-o", s(&out)], &["model_index.json"]);
     assert!(!out.exists());
+}
+
+/// The LoRA file `fmn-patch lora --rank 3` wrote for the Python-made patch, as diffusers'
+/// `load_lora_weights` read it: our model with the LoRA's own products `up·down` as deltas
+/// gives diffusers' LoRA outputs (to float precision), so the key layout, orientation and
+/// alpha scale are read as meant. A fresh run of `lora` gives the same products.
+#[test]
+fn lora_file_matches_diffusers_load_lora_weights() {
+    let dir = fixtures().join("patch");
+    let patch_file = dir.join("sd1-tiny-forget.safetensors");
+    let committed = load(&dir.join("sd1-tiny-forget-lora.safetensors"));
+    let tmp = tempfile::tempdir().unwrap();
+    let fresh_file = tmp.path().join("lora.safetensors");
+    ok_json(&["lora", s(&patch_file), "--rank", "3", "--dtype", "f32", "-o", s(&fresh_file), "--json"]);
+    let fresh = load(&fresh_file);
+    assert_eq!(fresh.len(), committed.len());
+
+    let patch = Patch::load(&patch_file).unwrap();
+    let model = fixtures().join("sd1-tiny");
+    let mut base = BTreeMap::new();
+    let mut low_rank = BTreeMap::new();
+    for (component, file) in [
+        ("unet", "unet/diffusion_pytorch_model.safetensors"),
+        ("text_encoder", "text_encoder/model.safetensors"),
+    ] {
+        let weights = load(&model.join(file));
+        for (key, delta) in &patch.deltas {
+            let Some(name) = key.strip_prefix(&format!("{component}.")) else {
+                continue;
+            };
+            let lora = fmn_patch::lora::lora_module_name(key, delta.dims()).unwrap();
+            let product = |ts: &HashMap<String, Tensor>| {
+                let up = &ts[&format!("{lora}.lora_up.weight")];
+                let down = &ts[&format!("{lora}.lora_down.weight")];
+                let alpha = vals(&ts[&format!("{lora}.alpha")])[0] as f64;
+                let r = down.dim(0).unwrap();
+                let p = matmul(&up.flatten_from(1).unwrap(), &down.flatten_from(1).unwrap());
+                (p * (alpha / r as f64)).unwrap()
+            };
+            let (c, f) = (product(&committed), product(&fresh));
+            assert!(rel_err(&f, &c.to_dtype(DType::F32).unwrap()) < 1e-6, "{key}");
+            base.insert(key.clone(), weights[name].clone());
+            low_rank.insert(
+                key.clone(),
+                c.to_dtype(DType::F32).unwrap().reshape(delta.shape()).unwrap(),
+            );
+        }
+    }
+    let lr = Patch::from_deltas(&base, low_rank, vec![], serde_json::json!({}), DType::F32).unwrap();
+    let m = fmn_sd::pipeline::StableDiffusion::load_with_patches(&model, &Device::Cpu, DType::F32, &[lr])
+        .unwrap();
+    let reference = load(&dir.join("sd1-tiny-forget-reference.safetensors"));
+    let unet = m
+        .unet
+        .forward(&reference["sample"], &reference["timestep"], &reference["context"])
+        .unwrap();
+    let ids = reference["input_ids"].to_dtype(DType::U32).unwrap();
+    let te = m.text_encoder.forward(&ids).unwrap();
+    let e_unet = rel_err(&unet.to_dtype(DType::F64).unwrap(), &reference["unet_lora"]);
+    let e_te = rel_err(&te.to_dtype(DType::F64).unwrap(), &reference["te_lora"]);
+    eprintln!("ours with LoRA deltas vs diffusers load_lora_weights: unet {e_unet:.2e}, te {e_te:.2e}");
+    assert!(e_unet < 1e-5 && e_te < 1e-5, "unet {e_unet}, te {e_te}");
 }
