@@ -35,7 +35,17 @@ pub fn run(args: &Args) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let model = StableDiffusion::load_with_patches(&model_dir, &device, DType::F32, &patches)
-        .with_context(|| format!("cannot load the model {}", model_dir.display()))?;
+        .with_context(|| {
+            let names: Vec<String> = args.patch.iter().map(|p| p.display().to_string()).collect();
+            match names.len() {
+                0 => format!("cannot load the model {}", model_dir.display()),
+                _ => format!(
+                    "cannot load the model {} with the patches {}",
+                    model_dir.display(),
+                    names.join(", ")
+                ),
+            }
+        })?;
 
     let (height, width) = args.size(&model, init.as_ref())?;
     let num_images = match (&init, args.num_images) {
