@@ -476,3 +476,42 @@ fn lora_file_matches_diffusers_load_lora_weights() {
     eprintln!("ours with LoRA deltas vs diffusers load_lora_weights: unet {e_unet:.2e}, te {e_te:.2e}");
     assert!(e_unet < 1e-5 && e_te < 1e-5, "unet {e_unet}, te {e_te}");
 }
+
+/// On the SD2-style fixture (fp16 weights only, `*.fp16.safetensors`), `apply` keeps the file
+/// names and the f16 dtype: patched values are f16(base + delta), as PyTorch would round them.
+#[test]
+fn apply_keeps_fp16_variant_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("sd2-tiny");
+    let rel = "unet/diffusion_pytorch_model.fp16.safetensors";
+    let weights = load(&model.join(rel));
+    let name = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v.weight";
+    let w = &weights[name];
+    assert_eq!(w.dtype(), DType::F16);
+    let key = format!("unet.{name}");
+    let n = w.elem_count();
+    let delta: Vec<f32> = (0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+    let delta = t(&delta, w.dims());
+    let patch = tmp.path().join("p.safetensors");
+    Patch::from_deltas(
+        &BTreeMap::from([(key.clone(), w.clone())]),
+        BTreeMap::from([(key.clone(), delta.clone())]),
+        vec![],
+        serde_json::json!({}),
+        DType::F32,
+    )
+    .unwrap()
+    .save(&patch)
+    .unwrap();
+    let out = tmp.path().join("out");
+    ok_json(&["apply", s(&patch), "--model", s(&model), "-o", s(&out), "--json"]);
+    let new = load(&out.join(rel));
+    assert_eq!(new[name].dtype(), DType::F16);
+    let want = (w.to_dtype(DType::F32).unwrap() + &delta)
+        .unwrap()
+        .to_dtype(DType::F16)
+        .unwrap();
+    assert_eq!(vals(&new[name]), vals(&want));
+    assert_ne!(vals(&new[name]), vals(w));
+    assert_eq!(vals(&new["conv_in.weight"]), vals(&weights["conv_in.weight"]));
+}
