@@ -47,14 +47,9 @@ pub fn run(inputs: &[PathBuf], model: &Path, out: &Path, as_json: bool) -> Resul
         let file = fmn_sd::weights::find_weights_file(&model.join(folder), stem)?;
         let rel = file.strip_prefix(model).unwrap_or(&file).to_path_buf();
         let n = patch_file(&file, &staging.path().join(&rel), component, &patches)
-            .with_context(|| {
-                format!(
-                    "cannot apply {} to {}",
-                    names.join(", "),
-                    model.display()
-                )
-            })?;
-        summary.push(json!({"component": component, "file": rel.display().to_string(), "tensors": n}));
+            .with_context(|| format!("cannot apply {} to {}", names.join(", "), model.display()))?;
+        summary
+            .push(json!({"component": component, "file": rel.display().to_string(), "tensors": n}));
         rewritten.push((rel, stem));
     }
     copy_tree(model, staging.path(), Path::new(""), &rewritten)?;
@@ -123,14 +118,16 @@ fn patch_file(src: &Path, dst: &Path, component: &str, patches: &[Patch]) -> Res
 /// other weight files of their components (variants the patch was not checked against).
 fn copy_tree(src: &Path, dst: &Path, rel: &Path, rewritten: &[(PathBuf, &str)]) -> Result<()> {
     let dir = src.join(rel);
-    let entries = std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let entries =
+        std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
         let rel_child = rel.join(entry.file_name());
         let from = entry.path();
         let to = dst.join(&rel_child);
         if from.is_dir() {
-            std::fs::create_dir_all(&to).with_context(|| format!("cannot create {}", to.display()))?;
+            std::fs::create_dir_all(&to)
+                .with_context(|| format!("cannot create {}", to.display()))?;
             copy_tree(src, dst, &rel_child, rewritten)?;
             continue;
         }

@@ -132,8 +132,15 @@ pub fn relative_error(f: &Factors, delta: &Tensor, dtype: DType) -> Result<f64> 
     let out = delta.dim(0)?;
     let d = delta.to_dtype(DType::F64)?.reshape((out, ()))?;
     let norm = d.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
-    let up = f.up.to_dtype(dtype)?.to_dtype(DType::F64)?.reshape((out, f.rank))?;
-    let down = f.down.to_dtype(dtype)?.to_dtype(DType::F64)?.reshape((f.rank, ()))?;
+    let up =
+        f.up.to_dtype(dtype)?
+            .to_dtype(DType::F64)?
+            .reshape((out, f.rank))?;
+    let down = f
+        .down
+        .to_dtype(dtype)?
+        .to_dtype(DType::F64)?
+        .reshape((f.rank, ()))?;
     let err = if f.rank == 0 {
         norm
     } else {
@@ -161,12 +168,18 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// What [`lora_tensors`] makes of a patch.
+pub struct LoraOutput {
+    /// The tensors of the LoRA file.
+    pub tensors: HashMap<String, Tensor>,
+    /// One per factorised delta.
+    pub reports: Vec<TensorReport>,
+    /// The deltas left out, with the reason.
+    pub skipped: Vec<Skipped>,
+}
+
 /// The LoRA tensors of `patch`, a report per factorised tensor, and the deltas left out.
-pub fn lora_tensors(
-    patch: &Patch,
-    choice: RankChoice,
-    dtype: DType,
-) -> Result<(HashMap<String, Tensor>, Vec<TensorReport>, Vec<Skipped>)> {
+pub fn lora_tensors(patch: &Patch, choice: RankChoice, dtype: DType) -> Result<LoraOutput> {
     let mut tensors = HashMap::new();
     let mut reports = Vec::new();
     let mut skipped = Vec::new();
@@ -202,7 +215,11 @@ pub fn lora_tensors(
             relative_error,
         });
     }
-    Ok((tensors, reports, skipped))
+    Ok(LoraOutput {
+        tensors,
+        reports,
+        skipped,
+    })
 }
 
 pub fn run(args: &LoraArgs, as_json: bool) -> Result<ExitCode> {
@@ -220,7 +237,11 @@ pub fn run(args: &LoraArgs, as_json: bool) -> Result<ExitCode> {
         Some(LoraDtype::F32) => DType::F32,
         None => patch.meta.delta_dtype,
     };
-    let (tensors, reports, skipped) = lora_tensors(&patch, choice, dtype)?;
+    let LoraOutput {
+        tensors,
+        reports,
+        skipped,
+    } = lora_tensors(&patch, choice, dtype)?;
     if !skipped.is_empty() {
         let list: Vec<String> = skipped
             .iter()

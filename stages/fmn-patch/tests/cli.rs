@@ -104,7 +104,13 @@ fn rel_err(approx: &Tensor, exact: &Tensor) -> f64 {
         .unwrap()
         .to_scalar::<f64>()
         .unwrap();
-    let n = exact.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    let n = exact
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     (d / n).sqrt()
 }
 
@@ -118,7 +124,10 @@ fn lora_rank_2_reproduces_an_exact_rank_2_delta() {
     let tmp = tempfile::tempdir().unwrap();
     // D = A·B with A [4, 2], B [2, 5] (hand-picked), rank 2.
     let a = t(&[1.0, 0.0, 2.0, -1.0, 0.5, 3.0, -2.0, 1.0], &[4, 2]);
-    let b = t(&[1.0, 2.0, 0.0, -1.0, 0.5, 0.0, 1.0, 3.0, 2.0, -2.0], &[2, 5]);
+    let b = t(
+        &[1.0, 2.0, 0.0, -1.0, 0.5, 0.0, 1.0, 3.0, 2.0, -2.0],
+        &[2, 5],
+    );
     let d = a.matmul(&b).unwrap();
     // A 3×3 conv [3, 2, 3, 3] whose [3, 18] matrix is rank 2: rows r0, r1, r0 + r1.
     let r0: Vec<f32> = (0..18).map(|i| (i as f32 * 0.37).sin()).collect();
@@ -151,8 +160,14 @@ fn lora_rank_2_reproduces_an_exact_rank_2_delta() {
     let name = "lora_unet_down_blocks_1_resnets_0_conv1";
     let up = &tensors[&format!("{name}.lora_up.weight")];
     let down = &tensors[&format!("{name}.lora_down.weight")];
-    assert_eq!((up.dims(), down.dims()), (&[3, 2, 1, 1][..], &[2, 2, 3, 3][..]));
-    let prod = matmul(&up.reshape((3, 2)).unwrap(), &down.reshape((2, 18)).unwrap());
+    assert_eq!(
+        (up.dims(), down.dims()),
+        (&[3, 2, 1, 1][..], &[2, 2, 3, 3][..])
+    );
+    let prod = matmul(
+        &up.reshape((3, 2)).unwrap(),
+        &down.reshape((2, 18)).unwrap(),
+    );
     let e = rel_err(&prod, &conv);
     assert!(e < 1e-6, "conv relative error {e}");
 
@@ -189,12 +204,23 @@ fn lora_energy_picks_the_rank_from_singular_values() {
         ("1", 3, 0.0),
     ] {
         let lora = tmp.path().join(format!("l{energy}.safetensors"));
-        let summary = ok_json(&["lora", s(&patch), "--energy", energy, "-o", s(&lora), "--json"]);
+        let summary = ok_json(&[
+            "lora",
+            s(&patch),
+            "--energy",
+            energy,
+            "-o",
+            s(&lora),
+            "--json",
+        ]);
         let r = &summary["tensors"][0];
         assert_eq!(r["rank"], rank, "--energy {energy}");
         // Factors are stored as f16 (the patch's dtype): rounding of ~2^-11 on top.
         let got = r["relative_error"].as_f64().unwrap();
-        assert!((got - err).abs() < 2e-3, "--energy {energy}: {got} vs {err}");
+        assert!(
+            (got - err).abs() < 2e-3,
+            "--energy {energy}: {got} vs {err}"
+        );
         let tensors = load(&lora);
         let up = tensors.values().find(|t| t.dims() == [3, rank]).unwrap();
         assert_eq!(up.dtype(), DType::F16);
@@ -220,17 +246,34 @@ fn lora_reports_deltas_without_a_lora_form() {
     let out = fmn_patch(&["lora", s(&patch), "--rank", "1", "-o", s(&lora)]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("warning") && stderr.contains(BIAS) && stderr.contains(emb), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains(BIAS) && stderr.contains(emb),
+        "{stderr}"
+    );
     assert_eq!(load(&lora).len(), 3);
 
     let strict = tmp.path().join("strict.safetensors");
     fails(
-        &["lora", s(&patch), "--rank", "1", "--strict", "-o", s(&strict)],
+        &[
+            "lora",
+            s(&patch),
+            "--rank",
+            "1",
+            "--strict",
+            "-o",
+            s(&strict),
+        ],
         &["p.safetensors", BIAS, emb],
     );
     assert!(!strict.exists());
-    fails(&["lora", s(&patch), "--energy", "1.5", "-o", s(&strict)], &["--energy"]);
-    fails(&["lora", s(&patch), "--rank", "0", "-o", s(&strict)], &["--rank"]);
+    fails(
+        &["lora", s(&patch), "--energy", "1.5", "-o", s(&strict)],
+        &["--energy"],
+    );
+    fails(
+        &["lora", s(&patch), "--rank", "0", "-o", s(&strict)],
+        &["--rank"],
+    );
 }
 
 #[test]
@@ -240,11 +283,19 @@ fn inspect_and_merge() {
     let b = tmp.path().join("b.safetensors");
     write_patch(
         &a,
-        &[(TO_K, t(&[1.0, 2.0, 3.0, 4.0], &[2, 2])), (BIAS, t(&[0.5, 0.5], &[2]))],
+        &[
+            (TO_K, t(&[1.0, 2.0, 3.0, 4.0], &[2, 2])),
+            (BIAS, t(&[0.5, 0.5], &[2])),
+        ],
         "cat",
         DType::F16,
     );
-    let pb = write_patch(&b, &[(TO_K, t(&[0.5, -1.0, 0.25, 0.0], &[2, 2]))], "dog", DType::F16);
+    let pb = write_patch(
+        &b,
+        &[(TO_K, t(&[0.5, -1.0, 0.25, 0.0], &[2, 2]))],
+        "dog",
+        DType::F16,
+    );
 
     let info = ok_json(&["inspect", s(&a), "--json"]);
     assert_eq!(info["num_tensors"], 2);
@@ -278,7 +329,10 @@ fn inspect_and_merge() {
         .save(&c)
         .unwrap();
     let bad = tmp.path().join("bad.safetensors");
-    fails(&["merge", s(&a), s(&c), "-o", s(&bad)], &[TO_K, "another base"]);
+    fails(
+        &["merge", s(&a), s(&c), "-o", s(&bad)],
+        &[TO_K, "another base"],
+    );
     assert!(!bad.exists());
     // The output may not overwrite an input.
     let before = std::fs::read(&a).unwrap();
@@ -292,15 +346,28 @@ fn bad_inputs_fail_cleanly_naming_the_file() {
     let missing = tmp.path().join("missing.safetensors");
     fails(&["inspect", s(&missing)], &["missing.safetensors"]);
     let corrupt = tmp.path().join("corrupt.safetensors");
-    std::fs::write(&corrupt, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all").unwrap();
+    std::fs::write(
+        &corrupt,
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all",
+    )
+    .unwrap();
     fails(&["inspect", s(&corrupt)], &["corrupt.safetensors"]);
     let out = tmp.path().join("o.safetensors");
-    fails(&["lora", s(&corrupt), "--rank", "1", "-o", s(&out)], &["corrupt.safetensors"]);
-    fails(&["merge", s(&missing), s(&corrupt), "-o", s(&out)], &["missing.safetensors"]);
+    fails(
+        &["lora", s(&corrupt), "--rank", "1", "-o", s(&out)],
+        &["corrupt.safetensors"],
+    );
+    fails(
+        &["merge", s(&missing), s(&corrupt), "-o", s(&out)],
+        &["missing.safetensors"],
+    );
     assert!(!out.exists());
     // A plain safetensors file (a model's weights) is not a patch.
     let weights = fixtures().join("sd1-tiny/vae/diffusion_pytorch_model.safetensors");
-    fails(&["inspect", s(&weights)], &["diffusion_pytorch_model.safetensors", "fmn-patch/1"]);
+    fails(
+        &["inspect", s(&weights)],
+        &["diffusion_pytorch_model.safetensors", "fmn-patch/1"],
+    );
 }
 
 fn copy_dir(src: &Path, dst: &Path) {
@@ -334,7 +401,15 @@ fn apply_writes_a_patched_model_folder() {
     let model = fixtures().join("sd1-tiny");
     let patch = fixtures().join("patch/sd1-tiny-forget.safetensors");
     let out = tmp.path().join("patched");
-    let record = ok_json(&["apply", s(&patch), "--model", s(&model), "-o", s(&out), "--json"]);
+    let record = ok_json(&[
+        "apply",
+        s(&patch),
+        "--model",
+        s(&model),
+        "-o",
+        s(&out),
+        "--json",
+    ]);
     assert_eq!(record["patched"][0]["component"], "unet");
     assert_eq!(record["patched"][0]["tensors"], 6);
     assert_eq!(record["patched"][1]["component"], "text_encoder");
@@ -367,7 +442,11 @@ fn apply_writes_a_patched_model_folder() {
         if name.ends_with("model.safetensors") && !name.starts_with("vae") {
             continue;
         }
-        assert_eq!(std::fs::read(model.join(&rel)).unwrap(), std::fs::read(out.join(&rel)).unwrap(), "{name}");
+        assert_eq!(
+            std::fs::read(model.join(&rel)).unwrap(),
+            std::fs::read(out.join(&rel)).unwrap(),
+            "{name}"
+        );
     }
     assert!(out.join("fmn_patches.json").is_file());
 
@@ -375,9 +454,13 @@ fn apply_writes_a_patched_model_folder() {
     // fmn-sample's tests; here: the written folder loads and its UNet differs from the base.
     let base = fmn_sd::pipeline::StableDiffusion::load(&model, &Device::Cpu, DType::F32).unwrap();
     let patched = fmn_sd::pipeline::StableDiffusion::load(&out, &Device::Cpu, DType::F32).unwrap();
-    let via_patch =
-        fmn_sd::pipeline::StableDiffusion::load_with_patches(&model, &Device::Cpu, DType::F32, &[p])
-            .unwrap();
+    let via_patch = fmn_sd::pipeline::StableDiffusion::load_with_patches(
+        &model,
+        &Device::Cpu,
+        DType::F32,
+        &[p],
+    )
+    .unwrap();
     let x = Tensor::ones((1, 4, 8, 8), DType::F32, &Device::Cpu).unwrap();
     let ts = Tensor::new(&[300f32], &Device::Cpu).unwrap();
     let ctx = Tensor::ones((1, 77, 32), DType::F32, &Device::Cpu).unwrap();
@@ -407,11 +490,18 @@ fn apply_refuses_a_patch_for_another_base() {
     let out = tmp.path().join("patched");
     fails(
         &["apply", s(&patch), "--model", s(&model), "-o", s(&out)],
-        &["sd1-tiny-forget.safetensors", "another base model", &format!("unet.{name}")],
+        &[
+            "sd1-tiny-forget.safetensors",
+            "another base model",
+            &format!("unet.{name}"),
+        ],
     );
     assert!(!out.exists());
     // Not a model folder.
-    fails(&["apply", s(&patch), "--model", s(tmp.path()), "-o", s(&out)], &["model_index.json"]);
+    fails(
+        &["apply", s(&patch), "--model", s(tmp.path()), "-o", s(&out)],
+        &["model_index.json"],
+    );
     assert!(!out.exists());
 }
 
@@ -426,7 +516,17 @@ fn lora_file_matches_diffusers_load_lora_weights() {
     let committed = load(&dir.join("sd1-tiny-forget-lora.safetensors"));
     let tmp = tempfile::tempdir().unwrap();
     let fresh_file = tmp.path().join("lora.safetensors");
-    ok_json(&["lora", s(&patch_file), "--rank", "3", "--dtype", "f32", "-o", s(&fresh_file), "--json"]);
+    ok_json(&[
+        "lora",
+        s(&patch_file),
+        "--rank",
+        "3",
+        "--dtype",
+        "f32",
+        "-o",
+        s(&fresh_file),
+        "--json",
+    ]);
     let fresh = load(&fresh_file);
     assert_eq!(fresh.len(), committed.len());
 
@@ -453,27 +553,45 @@ fn lora_file_matches_diffusers_load_lora_weights() {
                 (p * (alpha / r as f64)).unwrap()
             };
             let (c, f) = (product(&committed), product(&fresh));
-            assert!(rel_err(&f, &c.to_dtype(DType::F32).unwrap()) < 1e-6, "{key}");
+            assert!(
+                rel_err(&f, &c.to_dtype(DType::F32).unwrap()) < 1e-6,
+                "{key}"
+            );
             base.insert(key.clone(), weights[name].clone());
             low_rank.insert(
                 key.clone(),
-                c.to_dtype(DType::F32).unwrap().reshape(delta.shape()).unwrap(),
+                c.to_dtype(DType::F32)
+                    .unwrap()
+                    .reshape(delta.shape())
+                    .unwrap(),
             );
         }
     }
-    let lr = Patch::from_deltas(&base, low_rank, vec![], serde_json::json!({}), DType::F32).unwrap();
-    let m = fmn_sd::pipeline::StableDiffusion::load_with_patches(&model, &Device::Cpu, DType::F32, &[lr])
-        .unwrap();
+    let lr =
+        Patch::from_deltas(&base, low_rank, vec![], serde_json::json!({}), DType::F32).unwrap();
+    let m = fmn_sd::pipeline::StableDiffusion::load_with_patches(
+        &model,
+        &Device::Cpu,
+        DType::F32,
+        &[lr],
+    )
+    .unwrap();
     let reference = load(&dir.join("sd1-tiny-forget-reference.safetensors"));
     let unet = m
         .unet
-        .forward(&reference["sample"], &reference["timestep"], &reference["context"])
+        .forward(
+            &reference["sample"],
+            &reference["timestep"],
+            &reference["context"],
+        )
         .unwrap();
     let ids = reference["input_ids"].to_dtype(DType::U32).unwrap();
     let te = m.text_encoder.forward(&ids).unwrap();
     let e_unet = rel_err(&unet.to_dtype(DType::F64).unwrap(), &reference["unet_lora"]);
     let e_te = rel_err(&te.to_dtype(DType::F64).unwrap(), &reference["te_lora"]);
-    eprintln!("ours with LoRA deltas vs diffusers load_lora_weights: unet {e_unet:.2e}, te {e_te:.2e}");
+    eprintln!(
+        "ours with LoRA deltas vs diffusers load_lora_weights: unet {e_unet:.2e}, te {e_te:.2e}"
+    );
     assert!(e_unet < 1e-5 && e_te < 1e-5, "unet {e_unet}, te {e_te}");
 }
 
@@ -504,7 +622,15 @@ fn apply_keeps_fp16_variant_files() {
     .save(&patch)
     .unwrap();
     let out = tmp.path().join("out");
-    ok_json(&["apply", s(&patch), "--model", s(&model), "-o", s(&out), "--json"]);
+    ok_json(&[
+        "apply",
+        s(&patch),
+        "--model",
+        s(&model),
+        "-o",
+        s(&out),
+        "--json",
+    ]);
     let new = load(&out.join(rel));
     assert_eq!(new[name].dtype(), DType::F16);
     let want = (w.to_dtype(DType::F32).unwrap() + &delta)
@@ -513,5 +639,8 @@ fn apply_keeps_fp16_variant_files() {
         .unwrap();
     assert_eq!(vals(&new[name]), vals(&want));
     assert_ne!(vals(&new[name]), vals(w));
-    assert_eq!(vals(&new["conv_in.weight"]), vals(&weights["conv_in.weight"]));
+    assert_eq!(
+        vals(&new["conv_in.weight"]),
+        vals(&weights["conv_in.weight"])
+    );
 }

@@ -30,9 +30,7 @@ pub fn run(args: &Args) -> Result<()> {
     let patches = args
         .patch
         .iter()
-        .map(|p| {
-            Patch::load(p).with_context(|| format!("cannot load the patch {}", p.display()))
-        })
+        .map(|p| Patch::load(p).with_context(|| format!("cannot load the patch {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
     let model = StableDiffusion::load_with_patches(&model_dir, &device, DType::F32, &patches)
         .with_context(|| {

@@ -374,7 +374,11 @@ fn patch_applies_deltas_at_load_time() {
             args.extend(["--patch", p.to_str().unwrap()]);
         }
         let res = sample(&args);
-        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
         let manifest: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
         let lat = candle_core::safetensors::load(&latents, &Device::Cpu).unwrap();
         (manifest, lat["latents"].clone())
@@ -403,5 +407,8 @@ fn patch_applies_deltas_at_load_time() {
     assert_clean_failure(&args, &out, "sd1-tiny-forget.safetensors");
     let res = sample(&args);
     let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(stderr.contains("another base model") && stderr.contains("differs"), "{stderr}");
+    assert!(
+        stderr.contains("another base model") && stderr.contains("differs"),
+        "{stderr}"
+    );
 }

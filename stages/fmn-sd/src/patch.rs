@@ -98,10 +98,10 @@ fn dtype_name(dtype: DType) -> Result<&'static str> {
 }
 
 fn component_of(key: &str) -> Option<&'static str> {
-    COMPONENTS
-        .iter()
-        .map(|c| c.0)
-        .find(|p| key.strip_prefix(p).is_some_and(|rest| rest.starts_with('.')))
+    COMPONENTS.iter().map(|c| c.0).find(|p| {
+        key.strip_prefix(p)
+            .is_some_and(|rest| rest.starts_with('.'))
+    })
 }
 
 /// Whether every value of `t` is finite.
@@ -227,12 +227,11 @@ impl Patch {
     pub fn load(path: &Path) -> Result<Patch> {
         let bad = |message: String| SdError::patch(path, message);
         let bytes = std::fs::read(path).map_err(|e| SdError::io(path, e))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-            SdError::Safetensors {
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| SdError::Safetensors {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         let meta = header.metadata().clone().unwrap_or_default();
         let get = |name: &str| {
             meta.get(name).ok_or_else(|| {
@@ -343,7 +342,9 @@ impl Patch {
     /// becomes the list of the inputs' settings, and deltas are stored as f32 if any input's are.
     pub fn merge(patches: &[Patch]) -> Result<Patch> {
         if patches.is_empty() {
-            return Err(SdError::Invalid("nothing to merge: no patches given".into()));
+            return Err(SdError::Invalid(
+                "nothing to merge: no patches given".into(),
+            ));
         }
         let mut deltas: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut base_hashes: BTreeMap<String, String> = BTreeMap::new();
@@ -418,7 +419,9 @@ impl Patch {
 
     /// Whether any delta belongs to `component` (`unet`, `text_encoder`, `vae`).
     pub fn touches(&self, component: &str) -> bool {
-        self.deltas.keys().any(|k| component_of(k) == Some(component))
+        self.deltas
+            .keys()
+            .any(|k| component_of(k) == Some(component))
     }
 }
 
@@ -520,10 +523,8 @@ pub fn build_patched<T>(
     }
     let file = crate::weights::find_weights_file(dir, stem)?;
     crate::weights::validate_safetensors(&file)?;
-    let mut weights = crate::weights::in_file(
-        &file,
-        candle_core::safetensors::load(&file, &Device::Cpu),
-    )?;
+    let mut weights =
+        crate::weights::in_file(&file, candle_core::safetensors::load(&file, &Device::Cpu))?;
     let n = apply_to_component(component, &mut weights, patches)?;
     tracing::info!("{component}: {n} tensors patched");
     let weights = weights

@@ -1,8 +1,8 @@
 //! A diffusers Stable Diffusion folder loaded as one model, and text-to-image sampling with
 //! classifier-free guidance exactly as diffusers' `StableDiffusionPipeline` does it.
 use crate::clip::{ClipTextConfig, ClipTextModel};
-use crate::patch::{build_patched, Patch};
 use crate::noise::NoiseRng;
+use crate::patch::{build_patched, Patch};
 use crate::probes::AttentionRecorder;
 use crate::scheduler::{build_sampler, SamplerKind, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;

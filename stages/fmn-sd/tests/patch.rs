@@ -155,7 +155,10 @@ fn load_refuses_bad_files_naming_file_and_tensor() {
         m.insert("format".into(), "fmn-patch/0".into());
     });
     let e = load_err(&f);
-    assert!(e.contains("format.safetensors") && e.contains("`fmn-patch/0`"), "{e}");
+    assert!(
+        e.contains("format.safetensors") && e.contains("`fmn-patch/0`"),
+        "{e}"
+    );
 
     let f = copy("nan.safetensors");
     rewrite(&f, |ts, _| {
@@ -163,14 +166,23 @@ fn load_refuses_bad_files_naming_file_and_tensor() {
         ts.insert(KEY_B.into(), x);
     });
     let e = load_err(&f);
-    assert!(e.contains("nan.safetensors") && e.contains(KEY_B) && e.contains("non-finite"), "{e}");
+    assert!(
+        e.contains("nan.safetensors") && e.contains(KEY_B) && e.contains("non-finite"),
+        "{e}"
+    );
 
     let f = copy("shape.safetensors");
     rewrite(&f, |ts, _| {
-        ts.insert(KEY_B.into(), t(&[1.0; 4], &[4]).to_dtype(DType::F16).unwrap());
+        ts.insert(
+            KEY_B.into(),
+            t(&[1.0; 4], &[4]).to_dtype(DType::F16).unwrap(),
+        );
     });
     let e = load_err(&f);
-    assert!(e.contains(KEY_B) && e.contains("[4]") && e.contains("[3]"), "{e}");
+    assert!(
+        e.contains(KEY_B) && e.contains("[4]") && e.contains("[3]"),
+        "{e}"
+    );
 
     let f = copy("fingerprint.safetensors");
     rewrite(&f, |_, m| {
@@ -207,7 +219,12 @@ fn load_refuses_bad_files_naming_file_and_tensor() {
 #[test]
 fn merge_sums_deltas_and_refuses_other_bases() {
     let p = small_patch(&[1.0, 2.0, 3.0, 4.0], &[0.5, 0.5, 0.5], "cat", DType::F16);
-    let q = small_patch(&[0.5, -1.0, 0.0, 0.25], &[1.0, 2.0, -3.0], "dog", DType::F32);
+    let q = small_patch(
+        &[0.5, -1.0, 0.0, 0.25],
+        &[1.0, 2.0, -3.0],
+        "dog",
+        DType::F32,
+    );
     let m = Patch::merge(&[p.clone(), q]).unwrap();
     assert_eq!(vals(&m.deltas[KEY_A]), vec![1.5, 1.0, 3.0, 4.25]);
     assert_eq!(vals(&m.deltas[KEY_B]), vec![1.5, 2.5, -2.5]);
@@ -219,8 +236,14 @@ fn merge_sums_deltas_and_refuses_other_bases() {
     // A patch of another key only: kept as is, and the fingerprint covers both keys' hashes.
     let base = BTreeMap::from([("unet.c.weight".to_string(), t(&[9.0], &[1]))]);
     let deltas = BTreeMap::from([("unet.c.weight".to_string(), t(&[-1.0], &[1]))]);
-    let r = Patch::from_deltas(&base, deltas, vec![concept("car")], serde_json::json!({}), DType::F16)
-        .unwrap();
+    let r = Patch::from_deltas(
+        &base,
+        deltas,
+        vec![concept("car")],
+        serde_json::json!({}),
+        DType::F16,
+    )
+    .unwrap();
     let m = Patch::merge(&[p.clone(), r.clone()]).unwrap();
     assert_eq!(m.deltas.len(), 3);
     assert_eq!(vals(&m.deltas["unet.c.weight"]), vec![-1.0]);
@@ -231,15 +254,29 @@ fn merge_sums_deltas_and_refuses_other_bases() {
     // Same key, other base value.
     let base = BTreeMap::from([(KEY_A.to_string(), t(&[1.0, 2.0, 3.0, 4.5], &[2, 2]))]);
     let deltas = BTreeMap::from([(KEY_A.to_string(), t(&[1.0; 4], &[2, 2]))]);
-    let other = Patch::from_deltas(&base, deltas, vec![concept("owl")], serde_json::json!({}), DType::F16)
-        .unwrap();
+    let other = Patch::from_deltas(
+        &base,
+        deltas,
+        vec![concept("owl")],
+        serde_json::json!({}),
+        DType::F16,
+    )
+    .unwrap();
     let e = Patch::merge(&[p, other]).unwrap_err().to_string();
-    assert!(e.contains(KEY_A) && e.contains("owl") && e.contains("another base"), "{e}");
+    assert!(
+        e.contains(KEY_A) && e.contains("owl") && e.contains("another base"),
+        "{e}"
+    );
 }
 
 #[test]
 fn apply_adds_deltas_after_checking_base_hashes() {
-    let p = small_patch(&[0.5, -1.0, 0.0, 0.25], &[1.0, 2.0, -3.0], "cat", DType::F32);
+    let p = small_patch(
+        &[0.5, -1.0, 0.0, 0.25],
+        &[1.0, 2.0, -3.0],
+        "cat",
+        DType::F32,
+    );
     let q = small_patch(&[1.0, 1.0, 1.0, 1.0], &[0.0; 3], "dog", DType::F32);
     let mut unet = HashMap::from([
         ("a.weight".to_string(), t(&[1.0, 2.0, 3.0, 4.0], &[2, 2])),
@@ -266,13 +303,28 @@ fn apply_adds_deltas_after_checking_base_hashes() {
     assert_eq!(vals(&te["b.bias"]), vec![0.5, -1.0, 2.001]);
 
     let mut empty = HashMap::new();
-    let e = apply_to_component("unet", &mut empty, &[p]).unwrap_err().to_string();
+    let e = apply_to_component("unet", &mut empty, &[p])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("has no tensor") && e.contains(KEY_A), "{e}");
 }
 
 fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-    let n = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let n = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     (d / n).sqrt()
 }
 
@@ -284,11 +336,14 @@ fn python_written_patch_matches_diffusers() {
     let dir = fixtures().join("patch");
     let patch = Patch::load(&dir.join("sd1-tiny-forget.safetensors")).unwrap();
     assert_eq!(patch.meta.concepts, vec![concept("red circle")]);
-    let reference =
-        candle_core::safetensors::load(dir.join("sd1-tiny-forget-reference.safetensors"), &Device::Cpu)
-            .unwrap();
+    let reference = candle_core::safetensors::load(
+        dir.join("sd1-tiny-forget-reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let r = |k: &str| reference[k].clone();
-    let base = StableDiffusion::load(&fixtures().join("sd1-tiny"), &Device::Cpu, DType::F32).unwrap();
+    let base =
+        StableDiffusion::load(&fixtures().join("sd1-tiny"), &Device::Cpu, DType::F32).unwrap();
     let patched = StableDiffusion::load_with_patches(
         &fixtures().join("sd1-tiny"),
         &Device::Cpu,
@@ -339,12 +394,24 @@ fn load_with_patches_refuses_another_base() {
     v[5] += 1e-3;
     let key = format!("unet.{name}");
     let base = BTreeMap::from([(key.clone(), t(&v, w.dims()))]);
-    let deltas = BTreeMap::from([(key.clone(), Tensor::zeros(w.shape(), DType::F32, &Device::Cpu).unwrap())]);
-    let p = Patch::from_deltas(&base, deltas, vec![concept("cat")], serde_json::json!({}), DType::F16)
-        .unwrap();
+    let deltas = BTreeMap::from([(
+        key.clone(),
+        Tensor::zeros(w.shape(), DType::F32, &Device::Cpu).unwrap(),
+    )]);
+    let p = Patch::from_deltas(
+        &base,
+        deltas,
+        vec![concept("cat")],
+        serde_json::json!({}),
+        DType::F16,
+    )
+    .unwrap();
     let e = match StableDiffusion::load_with_patches(&model, &Device::Cpu, DType::F32, &[p]) {
         Ok(_) => panic!("a patch for another base was applied"),
         Err(e) => e.to_string(),
     };
-    assert!(e.contains("another base model") && e.contains(&key) && e.contains("cat"), "{e}");
+    assert!(
+        e.contains("another base model") && e.contains(&key) && e.contains("cat"),
+        "{e}"
+    );
 }
