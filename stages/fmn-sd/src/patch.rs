@@ -217,7 +217,16 @@ impl Patch {
         let tensors = self
             .deltas
             .iter()
-            .map(|(k, t)| Ok((k.clone(), t.to_dtype(self.meta.delta_dtype)?)))
+            .map(|(k, t)| {
+                let stored = t.to_dtype(self.meta.delta_dtype)?;
+                if !all_finite(&stored)? {
+                    return Err(SdError::Invalid(format!(
+                        "delta `{k}` does not fit in {}: store the patch as f32",
+                        dtype_name(self.meta.delta_dtype)?
+                    )));
+                }
+                Ok((k.clone(), stored))
+            })
             .collect::<Result<HashMap<_, _>>>()?;
         crate::weights::save_safetensors_atomic(path, &tensors, Some(metadata))
     }

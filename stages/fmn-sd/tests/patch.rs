@@ -208,6 +208,13 @@ fn load_refuses_bad_files_naming_file_and_tensor() {
     let e = load_err(&tmp.path().join("absent.safetensors"));
     assert!(e.contains("absent.safetensors"), "{e}");
 
+    // A delta beyond f16's range (65504) is refused when saved as f16, and nothing is written.
+    let big = small_patch(&[1e5, 0.0, 0.0, 0.0], &[0.0; 3], "cat", DType::F16);
+    let f = tmp.path().join("big.safetensors");
+    let e = big.save(&f).unwrap_err().to_string();
+    assert!(e.contains(KEY_A) && e.contains("f32"), "{e}");
+    assert!(!f.exists());
+
     // from_deltas refuses non-finite deltas and shape mismatches too.
     let base = BTreeMap::from([(KEY_A.to_string(), t(&[1.0; 4], &[2, 2]))]);
     let nan = BTreeMap::from([(KEY_A.to_string(), t(&[f32::INFINITY; 4], &[2, 2]))]);
