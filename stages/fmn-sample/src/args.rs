@@ -13,6 +13,9 @@ pub struct Args {
     /// The diffusers model folder (with model_index.json).
     #[arg(long)]
     pub model: PathBuf,
+    /// A weight patch (`fmn-patch/1` file) applied at load time; repeat to apply several.
+    #[arg(long = "patch")]
+    pub patch: Vec<PathBuf>,
     /// A prompt; repeat for several. Each prompt gets --num-images images.
     #[arg(long = "prompt")]
     pub prompt: Vec<String>,

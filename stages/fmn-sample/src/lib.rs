@@ -9,6 +9,7 @@ pub use args::Args;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use fmn_core::StagingDir;
+use fmn_sd::patch::Patch;
 use fmn_sd::pipeline::{seeded_noise, SampleRequest, StableDiffusion};
 use manifest::{ImageEntry, Manifest};
 use std::collections::HashMap;
@@ -26,8 +27,23 @@ pub fn run(args: &Args) -> Result<()> {
         Some(path) => Some(load_init_latents(path, &device)?),
         None => None,
     };
-    let model = StableDiffusion::load(&model_dir, &device, DType::F32)
-        .with_context(|| format!("cannot load the model {}", model_dir.display()))?;
+    let patches = args
+        .patch
+        .iter()
+        .map(|p| Patch::load(p).with_context(|| format!("cannot load the patch {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let model = StableDiffusion::load_with_patches(&model_dir, &device, DType::F32, &patches)
+        .with_context(|| {
+            let names: Vec<String> = args.patch.iter().map(|p| p.display().to_string()).collect();
+            match names.len() {
+                0 => format!("cannot load the model {}", model_dir.display()),
+                _ => format!(
+                    "cannot load the model {} with the patches {}",
+                    model_dir.display(),
+                    names.join(", ")
+                ),
+            }
+        })?;
 
     let (height, width) = args.size(&model, init.as_ref())?;
     let num_images = match (&init, args.num_images) {
@@ -122,6 +138,7 @@ pub fn run(args: &Args) -> Result<()> {
         seed: args.seed,
         num_images,
         init_latents: args.init_latents.as_ref().map(|p| p.display().to_string()),
+        patches: args.patch.iter().map(|p| p.display().to_string()).collect(),
         images: entries,
     };
     fmn_core::write_json_atomic(&staging.path().join("manifest.json"), &manifest)?;

@@ -15,6 +15,9 @@ pub struct Manifest {
     pub seed: u64,
     pub num_images: usize,
     pub init_latents: Option<String>,
+    /// The `--patch` files applied to the model's weights, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<String>,
     pub images: Vec<ImageEntry>,
 }
 

@@ -328,3 +328,87 @@ fn bad_inputs_fail_cleanly_naming_the_culprit() {
         assert_clean_failure(&args, &out, needle);
     }
 }
+
+/// `--patch` adds a patch's deltas at load time: the run equals one on a folder whose weights
+/// files hold base + delta (written here by hand), differs from the unpatched run, and a patch
+/// for another base is refused naming the patch file and the tensor.
+#[test]
+fn patch_applies_deltas_at_load_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = fixtures().join("sd1-tiny");
+    let patch = fixtures().join("patch/sd1-tiny-forget.safetensors");
+    let deltas = candle_core::safetensors::load(&patch, &Device::Cpu).unwrap();
+    let by_hand = tmp.path().join("by-hand");
+    copy_dir(&base, &by_hand);
+    for (component, file) in [
+        ("unet", "unet/diffusion_pytorch_model.safetensors"),
+        ("text_encoder", "text_encoder/model.safetensors"),
+    ] {
+        let path = by_hand.join(file);
+        let mut w = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        for (key, d) in &deltas {
+            if let Some(name) = key.strip_prefix(&format!("{component}.")) {
+                let sum = (&w[name] + d).unwrap();
+                w.insert(name.to_string(), sum);
+            }
+        }
+        candle_core::safetensors::save(&w, &path).unwrap();
+    }
+    let run = |model: &Path, patch: Option<&Path>, name: &str| {
+        let out = tmp.path().join(name);
+        let latents = tmp.path().join(format!("{name}.safetensors"));
+        let mut args = vec![
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a photo of a red circle",
+            "--steps",
+            "2",
+            "--save-latents",
+            latents.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ];
+        if let Some(p) = patch {
+            args.extend(["--patch", p.to_str().unwrap()]);
+        }
+        let res = sample(&args);
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        let manifest: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+        let lat = candle_core::safetensors::load(&latents, &Device::Cpu).unwrap();
+        (manifest, lat["latents"].clone())
+    };
+    let (manifest, patched) = run(&base, Some(&patch), "patched");
+    assert_eq!(manifest["patches"][0], patch.to_str().unwrap());
+    let (_, hand) = run(&by_hand, None, "hand");
+    let (_, plain) = run(&base, None, "plain");
+    assert_eq!(max_abs_diff(&patched, &hand), 0.0);
+    assert!(max_abs_diff(&patched, &plain) > 1e-2);
+
+    // The by-hand folder is another base for this patch.
+    let out = tmp.path().join("refused");
+    let args = [
+        "--model",
+        by_hand.to_str().unwrap(),
+        "--patch",
+        patch.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    assert_clean_failure(&args, &out, "sd1-tiny-forget.safetensors");
+    let res = sample(&args);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        stderr.contains("another base model") && stderr.contains("differs"),
+        "{stderr}"
+    );
+}

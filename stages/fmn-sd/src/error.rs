@@ -38,6 +38,12 @@ pub enum SdError {
     Unsupported(String),
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// A patch file that cannot be read as an `fmn-patch/1` file.
+    #[error("{path}: {message}")]
+    Patch { path: PathBuf, message: String },
+    /// Patches that do not fit the model (or each other) they are applied to or merged with.
+    #[error("{0}")]
+    PatchMismatch(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
@@ -49,6 +55,12 @@ impl SdError {
         SdError::Io {
             path: path.into(),
             source,
+        }
+    }
+    pub fn patch(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        SdError::Patch {
+            path: path.into(),
+            message: message.into(),
         }
     }
     pub fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {

@@ -15,6 +15,7 @@ pub mod init;
 pub mod nn;
 pub mod noise;
 pub mod optim;
+pub mod patch;
 pub mod pipeline;
 pub mod probes;
 pub mod resnet;

@@ -1,12 +1,13 @@
 //! A diffusers Stable Diffusion folder loaded as one model, and text-to-image sampling with
 //! classifier-free guidance exactly as diffusers' `StableDiffusionPipeline` does it.
-use crate::clip::ClipTextModel;
+use crate::clip::{ClipTextConfig, ClipTextModel};
 use crate::noise::NoiseRng;
+use crate::patch::{build_patched, Patch};
 use crate::probes::AttentionRecorder;
 use crate::scheduler::{build_sampler, SamplerKind, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;
-use crate::unet::UNet2DConditionModel;
-use crate::vae::AutoencoderKL;
+use crate::unet::{UNet2DConditionModel, UNetConfig};
+use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::{Result, SdError};
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,17 @@ const COMPONENTS: [&str; 5] = ["tokenizer", "text_encoder", "unet", "vae", "sche
 impl StableDiffusion {
     /// Loads `dir` (a folder with `model_index.json`), computing in `dtype` on `device`.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with_patches(dir, device, dtype, &[])
+    }
+
+    /// As [`Self::load`], with `patches` added to the weights (see [`crate::patch`]): each
+    /// patched tensor must hash as the patch recorded, else an error naming patch and tensor.
+    pub fn load_with_patches(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        patches: &[Patch],
+    ) -> Result<Self> {
         let index = dir.join("model_index.json");
         if !index.is_file() {
             return Err(SdError::config(
@@ -45,12 +57,32 @@ impl StableDiffusion {
                 ));
             }
         }
+        crate::patch::check_components(patches)?;
+        let te_dir = dir.join("text_encoder");
+        let te_cfg = ClipTextConfig::from_file(&te_dir.join("config.json"))?;
+        let unet_dir = dir.join("unet");
+        let unet_cfg = UNetConfig::from_file(&unet_dir.join("config.json"))?;
+        let vae_dir = dir.join("vae");
+        let vae_cfg = AutoencoderKLConfig::from_file(&vae_dir.join("config.json"))?;
+        const DIFFUSERS: &str = "diffusion_pytorch_model";
         Ok(Self {
             dir: dir.to_path_buf(),
             tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
-            text_encoder: ClipTextModel::load_with_dtype(&dir.join("text_encoder"), device, dtype)?,
-            unet: UNet2DConditionModel::load_with_dtype(&dir.join("unet"), device, dtype)?,
-            vae: AutoencoderKL::load_with_dtype(&dir.join("vae"), device, dtype)?,
+            text_encoder: build_patched(
+                &te_dir,
+                "text_encoder",
+                "model",
+                dtype,
+                device,
+                patches,
+                |vb| ClipTextModel::new(vb, &te_cfg),
+            )?,
+            unet: build_patched(&unet_dir, "unet", DIFFUSERS, dtype, device, patches, |vb| {
+                UNet2DConditionModel::new(vb, &unet_cfg)
+            })?,
+            vae: build_patched(&vae_dir, "vae", DIFFUSERS, dtype, device, patches, |vb| {
+                AutoencoderKL::new(vb, &vae_cfg)
+            })?,
             scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
             device: device.clone(),
         })

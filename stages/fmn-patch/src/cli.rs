@@ -1,0 +1,78 @@
+//! Command-line options of `fmn-patch`.
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Inspect, merge, apply and LoRA-compress fmn weight patches (`fmn-patch/1` safetensors files).
+#[derive(Debug, Parser)]
+#[command(name = "fmn-patch", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Print a machine-readable summary as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log details on stderr.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Concepts, tensors, size, dtype, base fingerprint and settings of a patch.
+    Inspect {
+        /// The patch file.
+        patch: PathBuf,
+    },
+    /// Combine patches into one (deltas of the same tensor summed, concept lists concatenated).
+    Merge {
+        /// The patches (at least two).
+        #[arg(required = true, num_args = 2..)]
+        patches: Vec<PathBuf>,
+        /// The merged patch to write.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Compress a patch's matrix deltas into LoRA factors (kohya / AUTOMATIC1111 key layout).
+    Lora(LoraArgs),
+    /// Write a full diffusers model folder with the patches added to its weights.
+    Apply {
+        /// The patches, applied together.
+        #[arg(required = true)]
+        patches: Vec<PathBuf>,
+        /// The base diffusers model folder (with model_index.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// The patched model folder to write (replaced if it exists).
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LoraArgs {
+    /// The patch file.
+    pub patch: PathBuf,
+    /// The same rank for every tensor (clamped to the matrix's smaller side).
+    #[arg(long, conflicts_with = "energy", required_unless_present = "energy")]
+    pub rank: Option<usize>,
+    /// Per tensor, the smallest rank keeping this fraction (0 < e ≤ 1) of the squared
+    /// singular values.
+    #[arg(long)]
+    pub energy: Option<f64>,
+    /// Dtype of the LoRA factors (default: the patch's delta dtype).
+    #[arg(long)]
+    pub dtype: Option<LoraDtype>,
+    /// Fail instead of warning when a delta cannot be expressed as LoRA (biases, norms,
+    /// embedding tables).
+    #[arg(long)]
+    pub strict: bool,
+    /// The LoRA file to write.
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LoraDtype {
+    F16,
+    F32,
+}
