@@ -1,5 +1,6 @@
 //! diffusers' `Attention` module (self- and cross-attention) with an optional probe on the
 //! attention probabilities.
+use crate::fused_attention;
 use crate::nn::{linear, softmax_last_dim};
 use crate::probes::AttentionRecorder;
 use candle_core::{Module, Result, Tensor};
@@ -69,12 +70,19 @@ impl Attention {
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let probs = softmax_last_dim(&scores)?;
-        if let Some(recorder) = recorder {
-            recorder.record(&self.path, &probs);
-        }
-        let out = probs.matmul(&v)?; // [B, H, N, D]
+        let out = if recorder.is_none() && fused_attention::supported(&q) {
+            let (_, h, m, d) = k.dims4()?;
+            let flat = |t: &Tensor, len: usize| t.reshape((b * h, len, d));
+            fused_attention::attention(&flat(&q, n)?, &flat(&k, m)?, &flat(&v, m)?, scale)?
+                .reshape((b, h, n, d))?
+        } else {
+            let scores = (q.matmul(&k.t()?)? * scale)?;
+            let probs = softmax_last_dim(&scores)?;
+            if let Some(recorder) = recorder {
+                recorder.record(&self.path, &probs);
+            }
+            probs.matmul(&v)? // [B, H, N, D]
+        };
         let out = out
             .transpose(1, 2)?
             .reshape((b, n, self.heads * self.head_dim))?;

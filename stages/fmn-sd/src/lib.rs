@@ -10,6 +10,7 @@ pub mod clip;
 pub mod config;
 pub mod conv;
 pub mod error;
+pub mod fused_attention;
 pub mod group_norm;
 pub mod init;
 pub mod nn;
