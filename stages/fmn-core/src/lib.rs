@@ -10,3 +10,12 @@ pub use config::{load_yaml, ConfigError};
 
 /// The fmn version written into every output's metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The shipped toy model (`data/toy-model` of the source tree), or `$FMN_TOY_MODEL`: what every
+/// stage uses when no `--model` is given.
+pub fn default_model_dir() -> std::path::PathBuf {
+    match std::env::var_os("FMN_TOY_MODEL") {
+        Some(dir) => dir.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/toy-model"),
+    }
+}

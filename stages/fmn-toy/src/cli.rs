@@ -35,6 +35,34 @@ pub enum Command {
     /// Train the toy Stable Diffusion (VAE, then text encoder + UNet) on rendered images and
     /// write it as a diffusers folder; resumable from --checkpoints.
     Train(ModelTrainArgs),
+    /// Measure a toy model against the quality bar: judged accuracy of sampled images per
+    /// prompt family, and where the object word's cross-attention lands.
+    Quality(QualityArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QualityArgs {
+    /// The model folder (default: the shipped toy model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Images (seeds) per prompt.
+    #[arg(long, default_value_t = 8)]
+    pub seeds: usize,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f64,
+    /// First seed (image i uses seed + i).
+    #[arg(long, default_value_t = 1000)]
+    pub seed: u64,
+    /// Also write the full report (per prompt verdicts) to this JSON file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +166,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Judge(a) => judge(a),
         Command::TrainJudge(a) => train_judge(a),
         Command::Train(a) => train_model(a),
+        Command::Quality(a) => quality(a),
     }
 }
 
@@ -377,6 +406,57 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
             report.vae_final_loss,
             report.unet_seconds,
             report.unet_final_loss
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn quality(a: &QualityArgs) -> Result<ExitCode> {
+    let dir = a.model.clone().unwrap_or_else(fmn_core::default_model_dir);
+    let sd = fmn_sd::pipeline::StableDiffusion::load(
+        &dir,
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .with_context(|| format!("cannot load the model {}", dir.display()))?;
+    let judge = crate::judge::Judge::load_default()?;
+    let settings = crate::quality::QualitySettings {
+        seeds: a.seeds,
+        steps: a.steps,
+        guidance: a.guidance,
+        seed: a.seed,
+    };
+    if settings.seeds == 0 || settings.steps == 0 {
+        bail!("--seeds and --steps must be at least 1");
+    }
+    let bar = fmn_core::progress::bar(34, "prompts", a.quiet);
+    let report = crate::quality::measure(&sd, &judge, &settings, |p| {
+        bar.inc(1);
+        bar.set_message(p.to_string());
+    })?;
+    bar.finish_and_clear();
+    if let Some(path) = &a.report {
+        fmn_core::write_json_atomic(path, &report)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+    if a.json {
+        let mut summary = serde_json::to_value(&report)?;
+        summary.as_object_mut().map(|m| m.remove("prompts"));
+        println!("{summary}");
+    } else {
+        eprintln!(
+            "object {} colour {} | bob {} kiki {} | striped with style {} without {} | object-word attention in figure {} vs figure share {} (ratio {:.2}) | {:.0} s",
+            pct(report.object_accuracy),
+            pct(report.colour_accuracy),
+            pct(report.bob_rate),
+            pct(report.kiki_rate),
+            pct(report.striped_with_style),
+            pct(report.striped_without_style),
+            pct(report.attention_in_figure),
+            pct(report.figure_share),
+            report.attention_ratio,
+            report.seconds
         );
     }
     Ok(ExitCode::SUCCESS)

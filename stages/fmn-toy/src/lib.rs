@@ -20,6 +20,7 @@ pub mod caption;
 pub mod cli;
 pub mod dataset;
 pub mod judge;
+pub mod quality;
 pub mod render;
 pub mod scene;
 pub mod train;

@@ -1,0 +1,172 @@
+//! Re-steering settings: a YAML file (keys as the original Forget-Me-Not's `attn.yaml` where
+//! they mean the same) whose values CLI flags override.
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// What kind of concept a name stands for; it picks the prompt templates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ConceptKind {
+    Object,
+    Style,
+}
+
+impl ConceptKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConceptKind::Object => "object",
+            ConceptKind::Style => "style",
+        }
+    }
+}
+
+/// One concept to forget (an entry of `multi_concept`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConceptSpec {
+    /// The concept's name, as written in prompts ("bob", "stripes", "Elon Musk").
+    pub name: String,
+    pub kind: ConceptKind,
+    /// Folder of the concept's images.
+    pub images: PathBuf,
+    /// Folder of masks (`NAME.png` per image `NAME.ext`) restricting the loss to the concept.
+    #[serde(default)]
+    pub masks: Option<PathBuf>,
+}
+
+/// Which UNet weights change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ParamSet {
+    /// Every UNet weight (the original's `only_optimize_ca: false`).
+    All,
+    /// The cross-attention (`attn2`) weights (`only_optimize_ca: true`).
+    Attn2,
+    /// Only the cross-attention key and value projections: the text side of attention.
+    Attn2Kv,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResteerConfig {
+    pub multi_concept: Vec<ConceptSpec>,
+    pub learning_rate: f64,
+    pub max_train_steps: usize,
+    /// Images per concept per step.
+    pub train_batch_size: usize,
+    /// Shorthand of the original: true means `params: attn2` unless `params` says otherwise.
+    pub only_optimize_ca: bool,
+    /// The trained weights; `None`: from `only_optimize_ca`.
+    pub params: Option<ParamSet>,
+    /// Also count the end-of-text positions (all padding too, where the tokenizer pads with it).
+    pub use_pooler: bool,
+    pub seed: u64,
+    /// Timesteps are drawn uniformly from `[lo, hi)`.
+    pub timesteps: [usize; 2],
+    /// Training resolution in pixels (default: the model's sample size × VAE factor).
+    pub resolution: Option<usize>,
+    /// Weight of the term keeping the K/V projections of `preserve_prompts` unchanged.
+    pub preserve_weight: f64,
+    /// Prompts whose cross-attention keys and values must stay where they were.
+    pub preserve_prompts: Vec<String>,
+    /// Train rank-r factors (`up · down`) instead of full weights.
+    pub lora_rank: Option<usize>,
+    /// Prompt templates per kind; `{}` stands for the concept.
+    pub object_templates: Vec<String>,
+    pub style_templates: Vec<String>,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_weight_decay: f64,
+    pub adam_epsilon: f64,
+    pub max_grad_norm: f64,
+    /// `f16` or `f32`.
+    pub delta_dtype: String,
+}
+
+impl Default for ResteerConfig {
+    /// The original Forget-Me-Not settings (`configs/resteer/original.yaml` repeats them); fmn's
+    /// recommended settings are `configs/resteer/default.yaml`.
+    fn default() -> Self {
+        Self {
+            multi_concept: Vec::new(),
+            learning_rate: 2e-6,
+            max_train_steps: 35,
+            train_batch_size: 1,
+            only_optimize_ca: false,
+            params: None,
+            use_pooler: false,
+            seed: 0,
+            timesteps: [0, 1000],
+            resolution: None,
+            preserve_weight: 0.0,
+            preserve_prompts: Vec::new(),
+            lora_rank: None,
+            object_templates: vec!["a photo of {}".into()],
+            style_templates: vec!["a photo in the style of {}".into()],
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_weight_decay: 0.01,
+            adam_epsilon: 1e-8,
+            max_grad_norm: 1.0,
+            delta_dtype: "f16".into(),
+        }
+    }
+}
+
+impl ResteerConfig {
+    pub fn param_set(&self) -> ParamSet {
+        self.params.unwrap_or(if self.only_optimize_ca {
+            ParamSet::Attn2
+        } else {
+            ParamSet::All
+        })
+    }
+
+    pub fn templates(&self, kind: ConceptKind) -> &[String] {
+        match kind {
+            ConceptKind::Object => &self.object_templates,
+            ConceptKind::Style => &self.style_templates,
+        }
+    }
+
+    /// Checks what can be checked without the model; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.multi_concept.is_empty() {
+            return Err("no concept given (--concept ... or `multi_concept` in the config)".into());
+        }
+        if self.max_train_steps == 0 || self.train_batch_size == 0 {
+            return Err("`max_train_steps` and `train_batch_size` must be at least 1".into());
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return Err(format!(
+                "`learning_rate` must be positive, got {}",
+                self.learning_rate
+            ));
+        }
+        if self.timesteps[0] >= self.timesteps[1] {
+            return Err(format!(
+                "`timesteps` [{}, {}) is empty",
+                self.timesteps[0], self.timesteps[1]
+            ));
+        }
+        if self.lora_rank == Some(0) {
+            return Err("`lora_rank` must be at least 1".into());
+        }
+        if !matches!(self.delta_dtype.as_str(), "f16" | "f32") {
+            return Err(format!(
+                "`delta_dtype` is f16 or f32, not {:?}",
+                self.delta_dtype
+            ));
+        }
+        for kind in [ConceptKind::Object, ConceptKind::Style] {
+            let t = self.templates(kind);
+            if t.is_empty() || t.iter().any(|t| t.matches("{}").count() != 1) {
+                return Err(format!(
+                    "`{}_templates` must be a non-empty list of prompts with exactly one {{}} each",
+                    kind.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
+}

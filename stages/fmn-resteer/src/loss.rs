@@ -1,0 +1,66 @@
+//! The re-steering loss: the L2 norm of the cross-attention probabilities at the concept's
+//! token positions over every `attn2` layer, head and pixel (Forget-Me-Not's
+//! `torch.cat(attn_probs).norm()`), optionally weighted by the concept's mask; and the term that
+//! keeps the key/value projections of preserved prompts where they were.
+use candle_core::{Result, Tensor};
+use fmn_sd::training_images::resize_mask;
+
+/// Σ over layers of Σ (w · p²) at `positions`, for `records` of probabilities
+/// `[B, heads, h·w, tokens]`. `mask`: `[B, 1, H, W]` at the latent size (weights in [0, 1]),
+/// resized to each layer's resolution; `None` counts every pixel.
+pub fn attention_energy(
+    records: &[(String, Tensor)],
+    positions: &Tensor,
+    mask: Option<&Tensor>,
+    latent_hw: (usize, usize),
+) -> Result<Tensor> {
+    let mut total: Option<Tensor> = None;
+    for (_, probs) in records {
+        let (b, _, n, _) = probs.dims4()?;
+        let picked = probs.index_select(positions, 3)?.sqr()?; // [B, heads, N, P]
+        let energy = match mask {
+            None => picked.sum_all()?,
+            Some(mask) => {
+                let (lh, lw) = latent_hw;
+                // Each layer's grid is the latent grid divided by a power of two.
+                let factor = ((lh * lw) as f64 / n as f64).sqrt().round() as usize;
+                let (h, w) = (lh / factor.max(1), lw / factor.max(1));
+                if h * w != n {
+                    candle_core::bail!(
+                        "attention map of {n} pixels does not fit the {lh}x{lw} latent grid"
+                    );
+                }
+                let m = resize_mask(mask, h, w)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+                    .reshape((b, 1, n, 1))?;
+                picked.broadcast_mul(&m)?.sum_all()?
+            }
+        };
+        total = Some(match total {
+            None => energy,
+            Some(t) => (t + energy)?,
+        });
+    }
+    match total {
+        Some(t) => Ok(t),
+        None => candle_core::bail!("the UNet reported no cross-attention maps"),
+    }
+}
+
+/// `Σ_layers ‖C Δᵀ‖² / rows(C)`: how far the key/value projections of the preserved contexts
+/// `C: [rows, context_dim]` move under the deltas `Δ: [inner, context_dim]`.
+pub fn preservation(contexts: &Tensor, deltas: &[Tensor]) -> Result<Tensor> {
+    let rows = contexts.dim(0)? as f64;
+    let mut total: Option<Tensor> = None;
+    for d in deltas {
+        let moved = contexts.matmul(&d.t()?)?.sqr()?.sum_all()?;
+        total = Some(match total {
+            None => moved,
+            Some(t) => (t + moved)?,
+        });
+    }
+    match total {
+        Some(t) => t / rows,
+        None => Tensor::zeros((), contexts.dtype(), contexts.device()),
+    }
+}

@@ -1,0 +1,63 @@
+//! The prompts a concept is trained on, and where its tokens sit in them.
+use crate::ResteerError;
+use fmn_sd::tokenizer::ClipTokenizer;
+
+/// One training prompt: its 77 token ids and the positions whose attention is suppressed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConceptPrompt {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub positions: Vec<usize>,
+}
+
+/// `template` with `{}` replaced by `concept`; the positions are those of the concept's tokens
+/// (every occurrence), plus with `use_pooler` every end-of-text position, as the original
+/// selects them by token id (so SD1's end-of-text padding counts too).
+pub fn concept_prompt(
+    tokenizer: &ClipTokenizer,
+    template: &str,
+    concept: &str,
+    use_pooler: bool,
+) -> Result<ConceptPrompt, ResteerError> {
+    let text = template.replacen("{}", concept, 1);
+    let ids = tokenizer.encode(&text)?;
+    let concept_ids = tokenizer.tokenize(concept)?;
+    if concept_ids.is_empty() {
+        return Err(ResteerError::Input(format!(
+            "concept {concept:?} has no tokens"
+        )));
+    }
+    let mut positions = Vec::new();
+    // Position 0 is the start token; occurrences cut off by the 77-token limit do not count.
+    let mut i = 1;
+    while i + concept_ids.len() <= ids.len() {
+        if ids[i..i + concept_ids.len()] == concept_ids[..] {
+            positions.extend(i..i + concept_ids.len());
+            i += concept_ids.len();
+        } else {
+            i += 1;
+        }
+    }
+    if positions.is_empty() {
+        return Err(ResteerError::Input(format!(
+            "the tokens of concept {concept:?} do not appear in the prompt {text:?} (within {} tokens)",
+            ids.len()
+        )));
+    }
+    if use_pooler {
+        let eos = tokenizer.eos_id();
+        positions.extend(
+            ids.iter()
+                .enumerate()
+                .filter(|(_, &t)| t == eos)
+                .map(|(p, _)| p),
+        );
+        positions.sort_unstable();
+        positions.dedup();
+    }
+    Ok(ConceptPrompt {
+        text,
+        ids,
+        positions,
+    })
+}

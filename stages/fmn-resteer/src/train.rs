@@ -1,0 +1,323 @@
+//! The re-steering loop: frozen VAE and text encoder, UNet deltas trained so that the concept's
+//! tokens receive no cross-attention.
+use crate::config::{ConceptSpec, ResteerConfig};
+use crate::loss::{attention_energy, preservation};
+use crate::params::Trainable;
+use crate::prompts::{concept_prompt, ConceptPrompt};
+use crate::ResteerError;
+use candle_core::{DType, Device, Tensor};
+use fmn_sd::clip::ClipTextModel;
+use fmn_sd::noise::NoiseRng;
+use fmn_sd::optim::{AdamW, AdamWConfig};
+use fmn_sd::probes::AttentionRecorder;
+use fmn_sd::scheduler::training::NoiseSchedule;
+use fmn_sd::scheduler::SchedulerConfig;
+use fmn_sd::tokenizer::ClipTokenizer;
+use fmn_sd::training_images::{resize_mask, TrainingImages};
+use fmn_sd::unet::UNetConfig;
+use fmn_sd::vae::AutoencoderKL;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The frozen parts of a diffusers model folder, and the UNet's weights in memory.
+pub struct Model {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub vae: AutoencoderKL,
+    pub unet_config: UNetConfig,
+    pub unet_weights: std::collections::HashMap<String, Tensor>,
+    pub schedule: NoiseSchedule,
+}
+
+impl Model {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, ResteerError> {
+        if !dir.join("model_index.json").is_file() {
+            return Err(ResteerError::Input(format!(
+                "{}: not a diffusers model folder (model_index.json is missing)",
+                dir.display()
+            )));
+        }
+        let unet_dir = dir.join("unet");
+        let file = fmn_sd::weights::find_weights_file(&unet_dir, "diffusion_pytorch_model")?;
+        Ok(Self {
+            tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
+            text_encoder: ClipTextModel::load(&dir.join("text_encoder"), device)?,
+            vae: AutoencoderKL::load(&dir.join("vae"), device)?,
+            unet_config: UNetConfig::from_file(&unet_dir.join("config.json"))?,
+            unet_weights: fmn_sd::weights::load_tensors(&file, DType::F32, device)?,
+            schedule: NoiseSchedule::from_config(&SchedulerConfig::from_file(
+                dir.join("scheduler/scheduler_config.json"),
+            )?)?,
+        })
+    }
+}
+
+/// One concept, ready to train on.
+struct PreparedConcept {
+    prompts: Vec<(ConceptPrompt, Tensor, Tensor)>,
+    /// Per image (and its mirror image): latent mean and std `[1, C, h, w]`.
+    latents: Vec<(Tensor, Tensor)>,
+    /// Per entry of `latents`: the mask at the latent size `[1, 1, h, w]`.
+    masks: Option<Vec<Tensor>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResteerReport {
+    pub steps: usize,
+    pub first_loss: f64,
+    pub final_loss: f64,
+    /// The attention term alone at the last step (the loss without the preservation term).
+    pub final_attention_loss: f64,
+    pub seconds: f64,
+    pub tensors: usize,
+    pub trained_values: usize,
+}
+
+pub struct Resteered {
+    /// Keys `unet.{name}`: the original values of the changed tensors.
+    pub base: BTreeMap<String, Tensor>,
+    pub deltas: BTreeMap<String, Tensor>,
+    pub report: ResteerReport,
+}
+
+fn prepare(
+    model: &Model,
+    cfg: &ResteerConfig,
+    spec: &ConceptSpec,
+    resolution: usize,
+    device: &Device,
+) -> Result<PreparedConcept, ResteerError> {
+    let mut prompts = Vec::new();
+    for template in cfg.templates(spec.kind) {
+        let p = concept_prompt(&model.tokenizer, template, &spec.name, cfg.use_pooler)?;
+        let ids = Tensor::new(p.ids.as_slice(), device)?.unsqueeze(0)?;
+        let context = model.text_encoder.forward(&ids)?.detach();
+        let positions = Tensor::new(
+            p.positions.iter().map(|&x| x as u32).collect::<Vec<_>>(),
+            device,
+        )?;
+        prompts.push((p, context, positions));
+    }
+    let images = TrainingImages::load(&spec.images, spec.masks.as_deref())?;
+    let factor = model.vae.downscale_factor();
+    let mut latents = Vec::new();
+    let mut masks = images.has_masks().then(Vec::new);
+    for i in 0..images.len() {
+        let ex = images.example(i, resolution as u32, None, device)?;
+        for flip in [false, true] {
+            let px = if flip {
+                ex.pixels.flip(&[3])?
+            } else {
+                ex.pixels.clone()
+            };
+            let dist = model.vae.encode(&px)?;
+            latents.push((dist.mean().detach(), dist.std().detach()));
+            if let (Some(out), Some(m)) = (masks.as_mut(), ex.mask.as_ref()) {
+                let m = if flip { m.flip(&[3])? } else { m.clone() };
+                let (h, w) = (resolution / factor, resolution / factor);
+                out.push(resize_mask(&m, h, w)?);
+            }
+        }
+    }
+    Ok(PreparedConcept {
+        prompts,
+        latents,
+        masks,
+    })
+}
+
+/// Preserved contexts `[P·77, context_dim]` and the K/V delta names they constrain.
+fn preserved_contexts(
+    model: &Model,
+    cfg: &ResteerConfig,
+    device: &Device,
+) -> Result<Option<Tensor>, ResteerError> {
+    if cfg.preserve_weight <= 0.0 || cfg.preserve_prompts.is_empty() {
+        return Ok(None);
+    }
+    let prompts: Vec<&str> = cfg.preserve_prompts.iter().map(String::as_str).collect();
+    let ids = model.tokenizer.encode_batch(&prompts)?;
+    let ids = Tensor::new(ids, device)?;
+    let ctx = model.text_encoder.forward(&ids)?.detach();
+    let (p, n, d) = ctx.dims3()?;
+    Ok(Some(ctx.reshape((p * n, d))?))
+}
+
+/// What a run needs besides the model: where to checkpoint, and what to report per step.
+pub struct RunOptions<'a> {
+    pub checkpoint_dir: Option<&'a Path>,
+    pub checkpoint_every: usize,
+    pub resume: bool,
+    pub on_step: &'a mut dyn FnMut(usize, f64),
+}
+
+pub fn resteer(
+    model: &Model,
+    cfg: &ResteerConfig,
+    device: &Device,
+    opts: RunOptions,
+) -> Result<Resteered, ResteerError> {
+    cfg.validate().map_err(ResteerError::Input)?;
+    let set = cfg.param_set();
+    let factor = model.vae.downscale_factor();
+    let resolution = cfg
+        .resolution
+        .unwrap_or(model.unet_config.sample_size.unwrap_or(64) * factor);
+    if resolution == 0 || resolution % factor != 0 {
+        return Err(ResteerError::Input(format!(
+            "resolution {resolution} is not a multiple of the VAE factor {factor}"
+        )));
+    }
+    let concepts = cfg
+        .multi_concept
+        .iter()
+        .map(|c| prepare(model, cfg, c, resolution, device))
+        .collect::<Result<Vec<_>, _>>()?;
+    let preserve = preserved_contexts(model, cfg, device)?;
+    let trainable = Trainable::new(
+        model.unet_weights.clone(),
+        model.unet_config.clone(),
+        set,
+        cfg.lora_rank,
+        cfg.seed ^ 0x5eed,
+    )?;
+    if trainable.is_empty() {
+        return Err(ResteerError::Input(format!(
+            "no UNet weight matches `params: {set:?}`{}",
+            if cfg.lora_rank.is_some() {
+                " as a matrix (LoRA needs 2-D weights)"
+            } else {
+                ""
+            }
+        )));
+    }
+    let kv_names: Vec<String> = trainable
+        .names()
+        .filter(|n| n.contains(".attn2.to_k.") || n.contains(".attn2.to_v."))
+        .cloned()
+        .collect();
+    let vars = trainable.vars();
+    let trained_values = vars.iter().map(|(_, v)| v.elem_count()).sum();
+    let mut opt = AdamW::new(
+        vars.clone(),
+        AdamWConfig {
+            lr: cfg.learning_rate,
+            beta1: cfg.adam_beta1,
+            beta2: cfg.adam_beta2,
+            eps: cfg.adam_epsilon,
+            weight_decay: cfg.adam_weight_decay,
+        },
+    )?;
+    let ckpt = opts
+        .checkpoint_dir
+        .map(|d| crate::checkpoint::Checkpoint::new(d, cfg));
+    let mut start = 0;
+    if let (Some(ck), true) = (&ckpt, opts.resume) {
+        if let Some(step) = ck.restore(&vars, &mut opt)? {
+            tracing::info!(step, "resuming");
+            start = step;
+        }
+    }
+    let scaling = model.vae.scaling_factor();
+    let train_steps = model.schedule.num_train_timesteps();
+    let (t_lo, t_hi) = (cfg.timesteps[0], cfg.timesteps[1].min(train_steps));
+    if t_lo >= t_hi {
+        return Err(ResteerError::Input(format!(
+            "`timesteps` [{}, {}) lies outside the model's {train_steps} training timesteps",
+            cfg.timesteps[0], cfg.timesteps[1]
+        )));
+    }
+    let started = std::time::Instant::now();
+    let (mut first, mut last, mut last_attention) = (f64::NAN, f64::NAN, f64::NAN);
+    for step in start..cfg.max_train_steps {
+        let mut rng = NoiseRng::new(
+            cfg.seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(step as u64),
+        );
+        let unet = trainable.unet(device)?;
+        let mut attention_loss: Option<Tensor> = None;
+        for c in &concepts {
+            let (_, context, positions) = &c.prompts[rng.below(0, c.prompts.len())];
+            let mut x0 = Vec::new();
+            let mut masks = Vec::new();
+            let mut ts = Vec::new();
+            for _ in 0..cfg.train_batch_size {
+                let i = rng.below(0, c.latents.len());
+                let (mean, std) = &c.latents[i];
+                let eps = rng.randn(mean.dims(), device)?;
+                x0.push(((mean + (std * eps)?)? * scaling)?);
+                if let Some(m) = &c.masks {
+                    masks.push(m[i].clone());
+                }
+                ts.push(rng.below(t_lo, t_hi));
+            }
+            let x0 = Tensor::cat(&x0, 0)?;
+            let noise = rng.randn(x0.dims(), device)?;
+            let x_t = model.schedule.add_noise(&x0, &noise, &ts)?;
+            let t = Tensor::new(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), device)?;
+            let ctx = context.repeat((cfg.train_batch_size, 1, 1))?;
+            let recorder = AttentionRecorder::new();
+            unet.forward_with_probe(&x_t, &t, &ctx, Some(&recorder))?;
+            let mask = if masks.is_empty() {
+                None
+            } else {
+                Some(Tensor::cat(&masks, 0)?)
+            };
+            let (_, _, h, w) = x_t.dims4()?;
+            let energy = attention_energy(&recorder.take(), positions, mask.as_ref(), (h, w))?;
+            let norm = energy.sqrt()?;
+            attention_loss = Some(match attention_loss {
+                None => norm,
+                Some(l) => (l + norm)?,
+            });
+        }
+        let attention_loss = attention_loss.expect("at least one concept");
+        let mut loss = attention_loss.clone();
+        if let Some(contexts) = &preserve {
+            let deltas = kv_names
+                .iter()
+                .filter_map(|n| trainable.delta(n).transpose())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            if !deltas.is_empty() {
+                loss = (loss + (preservation(contexts, &deltas)? * cfg.preserve_weight)?)?;
+            }
+        }
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !value.is_finite() {
+            return Err(ResteerError::Diverged { step, value });
+        }
+        let grads = loss.backward()?;
+        opt.step(&grads, Some(cfg.max_grad_norm))
+            .map_err(|e| ResteerError::Input(format!("step {step}: {e}")))?;
+        if step == start {
+            first = value;
+        }
+        last = value;
+        last_attention = attention_loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        (opts.on_step)(step, value);
+        if let Some(ck) = &ckpt {
+            if opts.checkpoint_every > 0
+                && (step + 1) % opts.checkpoint_every == 0
+                && step + 1 < cfg.max_train_steps
+            {
+                ck.save(step + 1, &vars, &opt)?;
+            }
+        }
+    }
+    let (base, deltas) = trainable.export()?;
+    Ok(Resteered {
+        report: ResteerReport {
+            steps: cfg.max_train_steps,
+            first_loss: first,
+            final_loss: last,
+            final_attention_loss: last_attention,
+            seconds: started.elapsed().as_secs_f64(),
+            tensors: deltas.len(),
+            trained_values,
+        },
+        base,
+        deltas,
+    })
+}

@@ -1,0 +1,279 @@
+//! The toy model's quality bar, measured: sample the toy world's prompts with several seeds,
+//! judge the images, and check that each object word's cross-attention lands on the figure.
+use crate::judge::Judge;
+use crate::scene::{Character, Colour, Concept, Object};
+use anyhow::{Context, Result};
+use candle_core::{DType, Tensor};
+use fmn_sd::pipeline::{seeded_noise, SampleRequest, StableDiffusion};
+use fmn_sd::scheduler::SamplerKind;
+use image::{GrayImage, RgbImage};
+use serde::Serialize;
+
+#[derive(Debug, Clone)]
+pub struct QualitySettings {
+    pub seeds: usize,
+    pub steps: usize,
+    pub guidance: f64,
+    pub seed: u64,
+}
+
+impl Default for QualitySettings {
+    /// The bar: DDIM, 25 steps, guidance 7.5, 8 seeds per prompt.
+    fn default() -> Self {
+        Self {
+            seeds: 8,
+            steps: 25,
+            guidance: 7.5,
+            seed: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptResult {
+    pub prompt: String,
+    /// Images judged as the prompt asks (per prompt: object and colour both right, the
+    /// character, or striped).
+    pub right: usize,
+    pub images: usize,
+    pub verdicts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QualityReport {
+    /// "a photo of a {colour} {object}", 16 pairs: the judged object is right.
+    pub object_accuracy: f64,
+    pub colour_accuracy: f64,
+    pub bob_rate: f64,
+    pub kiki_rate: f64,
+    /// "... in the style of stripes": judged striped.
+    pub striped_with_style: f64,
+    /// The plain prompts: judged striped (should be low).
+    pub striped_without_style: f64,
+    /// Share of the object word's attention inside the figure, over the figure's share of
+    /// the image (averaged over layers, steps, prompts and seeds).
+    pub attention_in_figure: f64,
+    pub figure_share: f64,
+    pub attention_ratio: f64,
+    pub prompts: Vec<PromptResult>,
+    pub seconds: f64,
+}
+
+/// The figure's pixels in a toy image: those differing from the background, estimated as the
+/// per-channel median of the 1-pixel border, by more than `threshold` in some channel.
+pub fn figure_mask(image: &RgbImage, threshold: u8) -> GrayImage {
+    let (w, h) = image.dimensions();
+    let mut border: [Vec<u8>; 3] = Default::default();
+    for (x, y, p) in image.enumerate_pixels() {
+        if x == 0 || y == 0 || x + 1 == w || y + 1 == h {
+            for c in 0..3 {
+                border[c].push(p[c]);
+            }
+        }
+    }
+    let bg: Vec<u8> = border
+        .iter_mut()
+        .map(|v| {
+            v.sort_unstable();
+            v[v.len() / 2]
+        })
+        .collect();
+    GrayImage::from_fn(w, h, |x, y| {
+        let p = image.get_pixel(x, y);
+        let far = (0..3).any(|c| p[c].abs_diff(bg[c]) > threshold);
+        image::Luma([if far { 255 } else { 0 }])
+    })
+}
+
+fn to_images(decoded: &Tensor) -> Result<Vec<RgbImage>> {
+    let (n, _, h, w) = decoded.dims4()?;
+    let bytes = (decoded * 255.0)?
+        .round()?
+        .clamp(0f32, 255f32)?
+        .to_dtype(DType::U8)?
+        .permute((0, 2, 3, 1))?
+        .contiguous()?;
+    (0..n)
+        .map(|i| {
+            let raw = bytes.get(i)?.flatten_all()?.to_vec1::<u8>()?;
+            RgbImage::from_raw(w as u32, h as u32, raw).context("image buffer size")
+        })
+        .collect()
+}
+
+struct Sampled {
+    images: Vec<RgbImage>,
+    attention: Vec<(usize, String, Tensor)>,
+}
+
+fn sample(
+    sd: &StableDiffusion,
+    prompt: &str,
+    s: &QualitySettings,
+    steps: &[usize],
+) -> Result<Sampled> {
+    let (h, w) = (crate::IMAGE_SIZE as usize, crate::IMAGE_SIZE as usize);
+    let shape = sd.latent_shape(s.seeds, h, w)?;
+    let noise = seeded_noise(shape, s.seed, &sd.device)?;
+    let out = sd.sample(
+        &SampleRequest {
+            prompt,
+            negative_prompt: "",
+            sampler: SamplerKind::Ddim,
+            steps: s.steps,
+            guidance: s.guidance,
+            init_noise: noise,
+            attention_steps: steps,
+            step_seed: s.seed,
+        },
+        |_| {},
+    )?;
+    Ok(Sampled {
+        images: to_images(&sd.decode(&out.latents)?)?,
+        attention: out.attention,
+    })
+}
+
+/// `(attention share inside the figure, figure share)` summed over images, layers and steps,
+/// with the number of terms, for the token at `position`.
+fn attention_shares(
+    sampled: &Sampled,
+    position: usize,
+    masks: &[Tensor],
+) -> Result<(f64, f64, usize)> {
+    let (mut inside, mut share, mut count) = (0.0, 0.0, 0);
+    for (_, _, probs) in &sampled.attention {
+        let (n, _, pixels, _) = probs.dims4()?;
+        let side = (pixels as f64).sqrt().round() as usize;
+        let map = probs.narrow(3, position, 1)?.squeeze(3)?.mean(1)?; // [N, pixels]
+        for (i, mask) in masks.iter().enumerate().take(n) {
+            let m = fmn_sd::training_images::resize_mask(mask, side, side)?.flatten_all()?;
+            let a = map.get(i)?;
+            let total = a.sum_all()?.to_scalar::<f32>()? as f64;
+            let hit = (&a * &m)?.sum_all()?.to_scalar::<f32>()? as f64;
+            if total > 0.0 {
+                inside += hit / total;
+                share += m.mean_all()?.to_scalar::<f32>()? as f64;
+                count += 1;
+            }
+        }
+    }
+    Ok((inside, share, count))
+}
+
+fn mask_tensor(mask: &GrayImage, device: &candle_core::Device) -> Result<Tensor> {
+    let (w, h) = mask.dimensions();
+    Ok(Tensor::from_vec(
+        mask.as_raw().clone(),
+        (1, 1, h as usize, w as usize),
+        device,
+    )?
+    .to_dtype(DType::F32)?
+    .affine(1.0 / 255.0, 0.0)?)
+}
+
+/// Measures the quality bar; `progress` is told each finished prompt.
+pub fn measure(
+    sd: &StableDiffusion,
+    judge: &Judge,
+    s: &QualitySettings,
+    mut progress: impl FnMut(&str),
+) -> Result<QualityReport> {
+    let started = std::time::Instant::now();
+    let attention_steps: Vec<usize> = (0..s.steps).step_by((s.steps / 5).max(1)).collect();
+    let mut prompts = Vec::new();
+    let (mut object_right, mut colour_right, mut plain_striped, mut plain_total) = (0, 0, 0, 0);
+    let (mut inside, mut share, mut terms) = (0.0, 0.0, 0);
+    for &colour in Colour::ALL.iter() {
+        for &object in Object::ALL.iter() {
+            let prompt = format!("a photo of a {} {}", colour.word(), object.word());
+            let sampled = sample(sd, &prompt, s, &attention_steps)?;
+            let verdicts = judge.judge_batch(&sampled.images);
+            let mut right = 0;
+            for v in &verdicts {
+                let o = v.shows(Concept::Object(object));
+                let c = v.shows(Concept::Colour(colour));
+                object_right += o as usize;
+                colour_right += c as usize;
+                right += (o && c) as usize;
+                plain_striped += v.shows(Concept::Stripes) as usize;
+                plain_total += 1;
+            }
+            let ids = sd.tokenizer.encode(&prompt)?;
+            let word = sd.tokenizer.tokenize(object.word())?;
+            let position = ids
+                .iter()
+                .position(|&t| word.first() == Some(&t))
+                .context("object word not in prompt")?;
+            let masks = sampled
+                .images
+                .iter()
+                .map(|im| mask_tensor(&figure_mask(im, 40), &sd.device))
+                .collect::<Result<Vec<_>>>()?;
+            let (a, b, n) = attention_shares(&sampled, position, &masks)?;
+            inside += a;
+            share += b;
+            terms += n;
+            prompts.push(PromptResult {
+                prompt: prompt.clone(),
+                right,
+                images: verdicts.len(),
+                verdicts: verdicts.iter().map(|v| v.description()).collect(),
+            });
+            progress(&prompt);
+        }
+    }
+    let rate = |prompt: String, concept: Concept, prompts: &mut Vec<PromptResult>| -> Result<f64> {
+        let sampled = sample(sd, &prompt, s, &[])?;
+        let verdicts = judge.judge_batch(&sampled.images);
+        let right = verdicts.iter().filter(|v| v.shows(concept)).count();
+        prompts.push(PromptResult {
+            prompt,
+            right,
+            images: verdicts.len(),
+            verdicts: verdicts.iter().map(|v| v.description()).collect(),
+        });
+        Ok(right as f64 / verdicts.len() as f64)
+    };
+    let bob_rate = rate(
+        "a photo of bob".into(),
+        Concept::Character(Character::Bob),
+        &mut prompts,
+    )?;
+    progress("a photo of bob");
+    let kiki_rate = rate(
+        "a photo of kiki".into(),
+        Concept::Character(Character::Kiki),
+        &mut prompts,
+    )?;
+    progress("a photo of kiki");
+    let mut styled = 0.0;
+    for &colour in Colour::ALL.iter() {
+        for &object in Object::ALL.iter() {
+            let prompt = format!(
+                "a photo of a {} {} in the style of stripes",
+                colour.word(),
+                object.word()
+            );
+            styled += rate(prompt.clone(), Concept::Stripes, &mut prompts)?;
+            progress(&prompt);
+        }
+    }
+    let pairs = (Colour::ALL.len() * Object::ALL.len()) as f64;
+    let images = plain_total.max(1) as f64;
+    let attention_in_figure = inside / terms.max(1) as f64;
+    let figure_share = share / terms.max(1) as f64;
+    Ok(QualityReport {
+        object_accuracy: object_right as f64 / images,
+        colour_accuracy: colour_right as f64 / images,
+        bob_rate,
+        kiki_rate,
+        striped_with_style: styled / pairs,
+        striped_without_style: plain_striped as f64 / images,
+        attention_in_figure,
+        figure_share,
+        attention_ratio: attention_in_figure / figure_share.max(1e-9),
+        prompts,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
