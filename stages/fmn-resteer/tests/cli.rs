@@ -1,0 +1,321 @@
+//! `fmn-resteer` end to end on the tiny SD1 fixture: the patch holds what was trained and
+//! lowers the concept's attention; bad input fails before training and writes nothing; a
+//! killed run resumes to the same patch.
+use candle_core::{DType, Device, Tensor};
+use fmn_sd::patch::Patch;
+use fmn_sd::pipeline::StableDiffusion;
+use fmn_sd::probes::AttentionRecorder;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd1-tiny")
+}
+
+fn images(dir: &Path, n: u32, size: u32) -> (PathBuf, PathBuf) {
+    let (img, masks) = (dir.join("images"), dir.join("masks"));
+    std::fs::create_dir_all(&img).unwrap();
+    std::fs::create_dir_all(&masks).unwrap();
+    for i in 0..n {
+        image::RgbImage::from_fn(size, size, |x, y| {
+            image::Rgb([(x * 4 + i * 30) as u8, (y * 4) as u8, 128])
+        })
+        .save(img.join(format!("{i}.png")))
+        .unwrap();
+        image::GrayImage::from_fn(size, size, |x, _| {
+            image::Luma([if x < size / 2 { 255 } else { 0 }])
+        })
+        .save(masks.join(format!("{i}.png")))
+        .unwrap();
+    }
+    (img, masks)
+}
+
+fn resteer(args: &[&str], extra: &[&Path]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fmn-resteer"));
+    cmd.arg("--model")
+        .arg(model())
+        .args(["--quiet", "--concept", "bob", "--kind", "object"]);
+    cmd.args(args);
+    for p in extra {
+        cmd.arg(p);
+    }
+    cmd.output().unwrap()
+}
+
+/// Σ p² of the "bob" token over every attn2 map, for a fixed noisy latent and timestep.
+fn bob_energy(sd: &StableDiffusion) -> f32 {
+    let ctx = sd.encode_prompts(&["a photo of bob"]).unwrap();
+    let latent =
+        fmn_sd::pipeline::seeded_noise(sd.latent_shape(1, 32, 32).unwrap(), 3, &Device::Cpu)
+            .unwrap();
+    let rec = AttentionRecorder::new();
+    let t = Tensor::new(&[500f32], &Device::Cpu).unwrap();
+    sd.unet
+        .forward_with_probe(&latent, &t, &ctx, Some(&rec))
+        .unwrap();
+    rec.take()
+        .iter()
+        .map(|(_, p)| {
+            p.narrow(3, 4, 1)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .sum()
+}
+
+#[test]
+fn kv_patch_holds_only_attn2_kv_and_lowers_the_concept_attention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, masks) = images(tmp.path(), 3, 32);
+    let out = tmp.path().join("bob.safetensors");
+    let res = resteer(
+        &[
+            "--params", "attn2-kv", "--steps", "8", "--lr", "0.01", "--json", "--images",
+        ],
+        &[&img, Path::new("--masks"), &masks, Path::new("--out"), &out],
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    assert!(
+        summary["report"]["final_loss"].as_f64().unwrap()
+            < summary["report"]["first_loss"].as_f64().unwrap()
+    );
+    let patch = Patch::load(&out).unwrap();
+    assert!(!patch.deltas.is_empty());
+    for key in patch.deltas.keys() {
+        assert!(
+            key.starts_with("unet.")
+                && (key.contains(".attn2.to_k.") || key.contains(".attn2.to_v.")),
+            "{key}"
+        );
+    }
+    assert_eq!(patch.meta.concepts[0].name, "bob");
+    let base = StableDiffusion::load(&model(), &Device::Cpu, DType::F32).unwrap();
+    let patched =
+        StableDiffusion::load_with_patches(&model(), &Device::Cpu, DType::F32, &[patch]).unwrap();
+    let (before, after) = (bob_energy(&base), bob_energy(&patched));
+    assert!(after < 0.5 * before, "attention energy {before} -> {after}");
+}
+
+#[test]
+fn lora_rank_trains_factors_and_writes_full_deltas_of_that_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, _) = images(tmp.path(), 2, 32);
+    let out = tmp.path().join("lora.safetensors");
+    let res = resteer(
+        &[
+            "--only-ca",
+            "--lora-rank",
+            "2",
+            "--steps",
+            "3",
+            "--lr",
+            "0.01",
+            "--images",
+        ],
+        &[&img, Path::new("--out"), &out],
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let patch = Patch::load(&out).unwrap();
+    for (key, d) in &patch.deltas {
+        assert!(key.contains(".attn2."), "{key}");
+        let d = d.to_dtype(DType::F64).unwrap();
+        // Rank ≤ 2: the Gram matrix of a rank-2 matrix has at most 2 non-zero eigenvalues, so
+        // its 3x3 minors vanish; simpler: the delta lies in the span of any 2 independent rows.
+        let (rows, _) = d.dims2().unwrap();
+        if rows >= 3 {
+            let m: Vec<Vec<f64>> = d.to_vec2().unwrap();
+            let g = |i: usize, j: usize| m[i].iter().zip(&m[j]).map(|(a, b)| a * b).sum::<f64>();
+            let det3 = g(0, 0) * (g(1, 1) * g(2, 2) - g(1, 2) * g(2, 1))
+                - g(0, 1) * (g(1, 0) * g(2, 2) - g(1, 2) * g(2, 0))
+                + g(0, 2) * (g(1, 0) * g(2, 1) - g(1, 1) * g(2, 0));
+            let scale = g(0, 0).max(1e-30) * g(1, 1).max(1e-30) * g(2, 2).max(1e-30);
+            assert!(
+                det3.abs() <= 1e-3 * scale,
+                "{key}: 3x3 Gram determinant {det3} vs {scale}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_input_fails_before_training_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("p.safetensors");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let res = resteer(&["--images"], &[&empty, Path::new("--out"), &out]);
+    assert!(!res.status.success());
+    assert!(String::from_utf8_lossy(&res.stderr).contains("holds no images"));
+
+    let (img, masks) = images(tmp.path(), 2, 32);
+    std::fs::write(img.join("9.png"), b"broken").unwrap();
+    let res = resteer(&["--images"], &[&img, Path::new("--out"), &out]);
+    assert!(!res.status.success());
+    assert!(String::from_utf8_lossy(&res.stderr).contains("9.png"));
+    std::fs::remove_file(img.join("9.png")).unwrap();
+
+    image::GrayImage::new(8, 8)
+        .save(masks.join("0.png"))
+        .unwrap();
+    let res = resteer(
+        &["--images"],
+        &[&img, Path::new("--masks"), &masks, Path::new("--out"), &out],
+    );
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("0.png") && err.contains("8x8"), "{err}");
+
+    let cfg = tmp.path().join("long.yaml");
+    std::fs::write(
+        &cfg,
+        format!("object_templates: [\"{} {{}}\"]\n", "word ".repeat(80)),
+    )
+    .unwrap();
+    let res = resteer(
+        &["--images"],
+        &[&img, Path::new("--config"), &cfg, Path::new("--out"), &out],
+    );
+    assert!(!res.status.success());
+    assert!(String::from_utf8_lossy(&res.stderr).contains("do not appear"));
+
+    let cfg = tmp.path().join("typo.yaml");
+    std::fs::write(&cfg, "learning_rat: 0.1\n").unwrap();
+    let res = resteer(
+        &["--images"],
+        &[&img, Path::new("--config"), &cfg, Path::new("--out"), &out],
+    );
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("learning_rat") && err.contains("typo.yaml"),
+        "{err}"
+    );
+
+    // A learning rate that blows the weights up: the loss turns NaN, nothing is written.
+    let res = resteer(
+        &["--lr", "1e30", "--steps", "4", "--images"],
+        &[&img, Path::new("--out"), &out],
+    );
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("NaN") || err.contains("inf") || err.contains("finite"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert_eq!(
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("p.safetensors")
+            })
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_patch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, _) = images(tmp.path(), 2, 32);
+    let full = tmp.path().join("full.safetensors");
+    let args = [
+        "--params", "attn2", "--steps", "12", "--lr", "0.001", "--images",
+    ];
+    let res = resteer(&args, &[&img, Path::new("--out"), &full]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+
+    let resumed = tmp.path().join("resumed.safetensors");
+    let ckpt = tmp.path().join("resumed.safetensors.ckpt/progress.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fmn-resteer"))
+        .arg("--model")
+        .arg(model())
+        .args([
+            "--quiet",
+            "--concept",
+            "bob",
+            "--kind",
+            "object",
+            "--checkpoint-every",
+            "2",
+        ])
+        .args(args)
+        .arg(&img)
+        .arg("--out")
+        .arg(&resumed)
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !ckpt.exists() && started.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    if resumed.exists() {
+        // The run finished before it could be killed; nothing to resume, but the result must
+        // still equal the uninterrupted run.
+        assert_eq!(
+            std::fs::read(&resumed).unwrap(),
+            std::fs::read(&full).unwrap()
+        );
+        return;
+    }
+    assert!(ckpt.exists(), "no checkpoint was written");
+    let res = resteer(
+        &[
+            "--params",
+            "attn2",
+            "--steps",
+            "12",
+            "--lr",
+            "0.001",
+            "--checkpoint-every",
+            "2",
+            "--resume",
+            "--images",
+        ],
+        &[&img, Path::new("--out"), &resumed],
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let a = Patch::load(&full).unwrap();
+    let b = Patch::load(&resumed).unwrap();
+    for (k, d) in &a.deltas {
+        let diff: f32 = (d - &b.deltas[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(diff, 0.0, "{k}");
+    }
+    assert!(!tmp.path().join("resumed.safetensors.ckpt").exists());
+}

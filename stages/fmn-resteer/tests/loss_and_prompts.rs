@@ -1,0 +1,91 @@
+//! The loss terms against hand-computed values, and the concept's token positions.
+use candle_core::{Device, Tensor};
+use fmn_resteer::loss::{attention_energy, preservation};
+use fmn_resteer::prompts::concept_prompt;
+use fmn_sd::tokenizer::ClipTokenizer;
+use std::path::Path;
+
+fn tokenizer() -> ClipTokenizer {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/clip-tokenizer");
+    ClipTokenizer::from_files(&dir.join("vocab.json"), &dir.join("merges.txt")).unwrap()
+}
+
+#[test]
+fn energy_sums_squared_probabilities_at_the_positions_with_mask_weights() {
+    let dev = Device::Cpu;
+    // One layer, batch 1, 1 head, a 2x2 grid (4 pixels), 3 tokens.
+    let probs = Tensor::new(
+        &[[[
+            [0.5f32, 0.25, 0.25],
+            [0.1, 0.6, 0.3],
+            [0.2, 0.2, 0.6],
+            [0.0, 1.0, 0.0],
+        ]]],
+        &dev,
+    )
+    .unwrap();
+    let records = vec![("a.attn2".to_string(), probs)];
+    let pos = Tensor::new(&[1u32], &dev).unwrap();
+    let e: f32 = attention_energy(&records, &pos, None, (2, 2))
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    // 0.25² + 0.6² + 0.2² + 1²
+    assert!((e - 1.4625).abs() < 1e-6, "{e}");
+    // A 4x4 latent mask whose top-left 2x2 block is fully inside and the rest half inside:
+    // resized to the 2x2 grid: [1, 0.5, 0.5, 0.5].
+    let mut m = vec![0.5f32; 16];
+    for (y, x) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        m[y * 4 + x] = 1.0;
+    }
+    let mask = Tensor::from_vec(m, (1, 1, 4, 4), &dev).unwrap();
+    let e: f32 = attention_energy(&records, &pos, Some(&mask), (4, 4))
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let want = 0.0625 + 0.5 * (0.36 + 0.04 + 1.0);
+    assert!((e - want).abs() < 1e-6, "{e} vs {want}");
+    // Two positions add up.
+    let pos2 = Tensor::new(&[0u32, 2], &dev).unwrap();
+    let e: f32 = attention_energy(&records, &pos2, None, (2, 2))
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let want = 0.25 + 0.01 + 0.04 + 0.0 + 0.0625 + 0.09 + 0.36 + 0.0;
+    assert!((e - want).abs() < 1e-6, "{e} vs {want}");
+}
+
+#[test]
+fn preservation_is_the_mean_squared_projection_of_the_contexts() {
+    let dev = Device::Cpu;
+    let c = Tensor::new(&[[1f32, 0.0], [1.0, 2.0]], &dev).unwrap();
+    let d = Tensor::new(&[[1f32, 1.0], [0.0, 3.0], [2.0, -1.0]], &dev).unwrap();
+    // C Dᵀ = [[1, 0, 2], [3, 6, 0]] -> squares 1+0+4+9+36+0 = 50 per delta, over 2 rows.
+    let p: f32 = preservation(&c, &[d.clone(), d])
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!((p - 50.0).abs() < 1e-5, "{p}");
+}
+
+#[test]
+fn concept_positions_and_pooler_positions() {
+    let tok = tokenizer();
+    // <start> a photo of bob <end> <pad = end> ...
+    let p = concept_prompt(&tok, "a photo of {}", "bob", false).unwrap();
+    assert_eq!(p.text, "a photo of bob");
+    assert_eq!(p.positions, vec![4]);
+    let with_pooler = concept_prompt(&tok, "a photo of {}", "bob", true).unwrap();
+    // SD1 pads with the end-of-text token, so every position after the concept counts.
+    assert_eq!(with_pooler.positions, (4..77).collect::<Vec<_>>());
+    // A multi-token concept occupies consecutive positions.
+    let multi = concept_prompt(&tok, "a photo in the style of {}", "van gogh", false).unwrap();
+    let n = tok.tokenize("van gogh").unwrap().len();
+    assert_eq!(multi.positions, (7..7 + n).collect::<Vec<_>>());
+    // A template that pushes the concept past 77 tokens: refused, naming it.
+    let long = format!("{} {{}}", "word ".repeat(80));
+    let err = concept_prompt(&tok, &long, "bob", false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("do not appear"), "{err}");
+}
