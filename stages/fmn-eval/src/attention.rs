@@ -68,11 +68,7 @@ impl AttentionFile {
                 if let Some(&p) = positions.iter().find(|&&p| p >= tokens) {
                     bail!("token position {p} beyond the {tokens} tokens of `{name}`");
                 }
-                let m = t
-                    .i(row)?
-                    .index_select(&idx, 2)?
-                    .sum(D::Minus1)?
-                    .mean(0)?;
+                let m = t.i(row)?.index_select(&idx, 2)?.sum(D::Minus1)?.mean(0)?;
                 Ok(m.to_vec1::<f32>()?)
             })
             .collect()

@@ -15,7 +15,10 @@ pub fn accuracy_chart(m: &ConceptMetrics) -> Result<String> {
         let root = SVGBackend::with_string(&mut svg, (420, 260)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("{}: accuracy before / after", m.concept), ("sans-serif", 16))
+            .caption(
+                format!("{}: accuracy before / after", m.concept),
+                ("sans-serif", 16),
+            )
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(40)

@@ -47,7 +47,12 @@ fn load_image(path: &Path) -> Result<RgbImage> {
 }
 
 /// Checks the suite against the judge and the folders' prompts.
-fn check_suite(suite: &Suite, settings: &Settings, judge: &dyn Judge, dirs: &[&SampleDir]) -> Result<()> {
+fn check_suite(
+    suite: &Suite,
+    settings: &Settings,
+    judge: &dyn Judge,
+    dirs: &[&SampleDir],
+) -> Result<()> {
     for c in &suite.concepts {
         for g in Group::ALL {
             for p in c.group(g) {
@@ -148,7 +153,11 @@ pub fn evaluate(settings: &Settings, staging: &Path, quiet: bool) -> Result<Resu
             let (bi, ai) = (&b_imgs[i], &a_imgs[i]);
             let d = Drift {
                 mean_abs_diff: drift::mean_abs_diff(bi, ai).with_context(|| {
-                    format!("{} vs {}", pair.before_file.display(), pair.after_file.display())
+                    format!(
+                        "{} vs {}",
+                        pair.before_file.display(),
+                        pair.after_file.display()
+                    )
                 })?,
                 ssim: drift::ssim(bi, ai)?,
             };

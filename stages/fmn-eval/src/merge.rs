@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 fn load(dir: &Path) -> Result<Results> {
     let path = dir.join("results.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("{}: no results.json (is it an fmn-eval report folder?)", dir.display())
+        format!(
+            "{}: no results.json (is it an fmn-eval report folder?)",
+            dir.display()
+        )
     })?;
     serde_json::from_str(&text).with_context(|| format!("{}: bad results", path.display()))
 }
@@ -53,7 +56,9 @@ pub fn merge(dirs: &[PathBuf], staging: &Path) -> Result<Results> {
         let dst = staging.join("images");
         std::fs::create_dir_all(&dst)?;
         if src.is_dir() {
-            for e in std::fs::read_dir(&src).with_context(|| format!("cannot read {}", src.display()))? {
+            for e in
+                std::fs::read_dir(&src).with_context(|| format!("cannot read {}", src.display()))?
+            {
                 let e = e?;
                 std::fs::copy(e.path(), dst.join(e.file_name()))
                     .with_context(|| format!("cannot copy {}", e.path().display()))?;
@@ -62,7 +67,10 @@ pub fn merge(dirs: &[PathBuf], staging: &Path) -> Result<Results> {
     }
     let n = shards[0].count;
     if let Some(s) = shards.iter().find(|s| s.count != n) {
-        bail!("cannot merge: shard {s} is not one of {n} like shard {}", shards[0]);
+        bail!(
+            "cannot merge: shard {s} is not one of {n} like shard {}",
+            shards[0]
+        );
     }
     if let Some(missing) = (0..n).find(|i| !shards.iter().any(|s| s.index == *i)) {
         bail!("cannot merge: shard {missing}/{n} is missing");

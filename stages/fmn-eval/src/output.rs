@@ -32,7 +32,10 @@ pub fn write_report(dir: &Path, results: &Results) -> Result<MetricsFile> {
     let mut svgs = Vec::new();
     for m in &concepts {
         let svg = charts::accuracy_chart(m)?;
-        std::fs::write(charts_dir.join(format!("{}.svg", safe_name(&m.concept))), &svg)?;
+        std::fs::write(
+            charts_dir.join(format!("{}.svg", safe_name(&m.concept))),
+            &svg,
+        )?;
         svgs.push(svg);
     }
     let file = MetricsFile {
@@ -56,6 +59,12 @@ pub fn write_report(dir: &Path, results: &Results) -> Result<MetricsFile> {
 /// A concept name as a file name.
 pub fn safe_name(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

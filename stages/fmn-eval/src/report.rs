@@ -16,8 +16,8 @@ pub fn escape(s: &str) -> String {
 }
 
 fn data_uri(dir: &Path, rel: &str) -> Result<String> {
-    let bytes =
-        std::fs::read(dir.join(rel)).with_context(|| format!("cannot read {rel} for the report"))?;
+    let bytes = std::fs::read(dir.join(rel))
+        .with_context(|| format!("cannot read {rel} for the report"))?;
     Ok(format!(
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -25,7 +25,9 @@ fn data_uri(dir: &Path, rel: &str) -> Result<String> {
 }
 
 fn ba(v: Option<BeforeAfter>) -> String {
-    v.map_or("–".into(), |v| format!("{:.2} → {:.2}", v.before, v.after))
+    v.map_or("–".into(), |v| {
+        format!("{:.2} → {:.2}", v.before, v.after)
+    })
 }
 
 fn metrics_table(concepts: &[ConceptMetrics]) -> String {
@@ -100,12 +102,32 @@ fn grids(dir: &Path, concept: &str, items: &[Item]) -> Result<String> {
                     .seed
                     .map_or(format!("image {}", i.image_index), |s| format!("seed {s}"));
                 let _ = write!(h, "<div class=\"row\"><span class=\"seed\">{seed}</span>");
-                h += &cell(dir, &i.before.image, &format!("before: {}", i.before.verdict), Some(i.before.correct))?;
-                h += &cell(dir, &i.after.image, &format!("after: {}", i.after.verdict), Some(i.after.correct))?;
+                h += &cell(
+                    dir,
+                    &i.before.image,
+                    &format!("before: {}", i.before.verdict),
+                    Some(i.before.correct),
+                )?;
+                h += &cell(
+                    dir,
+                    &i.after.image,
+                    &format!("after: {}", i.after.verdict),
+                    Some(i.after.correct),
+                )?;
                 if let (Some(b), Some(a)) = (&i.before.heatmap, &i.after.heatmap) {
                     let share = |s: Option<f64>| s.map_or(String::new(), |s| format!(" {s:.3}"));
-                    h += &cell(dir, b, &format!("attention before{}", share(i.before.attention_share)), None)?;
-                    h += &cell(dir, a, &format!("attention after{}", share(i.after.attention_share)), None)?;
+                    h += &cell(
+                        dir,
+                        b,
+                        &format!("attention before{}", share(i.before.attention_share)),
+                        None,
+                    )?;
+                    h += &cell(
+                        dir,
+                        a,
+                        &format!("attention after{}", share(i.after.attention_share)),
+                        None,
+                    )?;
                 }
                 h.push_str("</div>\n");
             }
@@ -128,8 +150,17 @@ figure.ok img{border-color:#3a3}figure.bad img{border-color:#c33}\
 figcaption{word-wrap:break-word}";
 
 /// The whole page; images are read from `dir` (the report folder) and embedded.
-pub fn render(dir: &Path, results: &Results, concepts: &[ConceptMetrics], charts: &[String]) -> Result<String> {
-    let title = results.suite.name.clone().unwrap_or_else(|| "fmn-eval report".into());
+pub fn render(
+    dir: &Path,
+    results: &Results,
+    concepts: &[ConceptMetrics],
+    charts: &[String],
+) -> Result<String> {
+    let title = results
+        .suite
+        .name
+        .clone()
+        .unwrap_or_else(|| "fmn-eval report".into());
     let mut h = String::new();
     let _ = write!(
         h,

@@ -230,8 +230,7 @@ pub fn prepare(spec: &InputSpec, images: &[RgbImage]) -> Vec<f32> {
         };
         for (p, px) in img.pixels().enumerate() {
             for c in 0..3 {
-                out[(i * 3 + c) * plane + p] =
-                    (px[c] as f32 / 255.0 - spec.mean[c]) / spec.std[c];
+                out[(i * 3 + c) * plane + p] = (px[c] as f32 / 255.0 - spec.mean[c]) / spec.std[c];
             }
         }
     }
@@ -256,7 +255,12 @@ impl Judge for OnnxJudge {
                 "group" if !self.preset.groups.contains_key(v) => {
                     return Err(format!(
                         "`group: {v}` is not a group of the judge preset (groups: {})",
-                        self.preset.groups.keys().cloned().collect::<Vec<_>>().join(", ")
+                        self.preset
+                            .groups
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ))
                 }
                 "label" | "group" => {}
@@ -274,16 +278,20 @@ impl Judge for OnnxJudge {
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(32) {
             for probs in self.probabilities(chunk)? {
-                let (best, p) = probs
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |acc, (i, &p)| {
-                        if p > acc.1 {
-                            (i, p)
-                        } else {
-                            acc
-                        }
-                    });
+                let (best, p) =
+                    probs
+                        .iter()
+                        .enumerate()
+                        .fold(
+                            (0, f32::NEG_INFINITY),
+                            |acc, (i, &p)| {
+                                if p > acc.1 {
+                                    (i, p)
+                                } else {
+                                    acc
+                                }
+                            },
+                        );
                 let label = &self.labels[best];
                 let sure = p >= self.preset.min_confidence;
                 let group = self
