@@ -22,45 +22,51 @@ pub fn accuracy_chart(m: &ConceptMetrics) -> Result<String> {
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(40)
-            .build_cartesian_2d(0f64..3f64, 0f64..1.05f64)
+            // A segmented 0..2 holds the three segments 0, 1, 2.
+            .build_cartesian_2d((0u32..2u32).into_segmented(), 0f64..1.3f64)
             .map_err(err)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(3)
-            .x_label_formatter(&|x| {
-                let i = (x - 0.5).round() as usize;
-                bars.get(i).map_or(String::new(), |b| b.0.to_string())
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) => bars
+                    .get(*i as usize)
+                    .map_or(String::new(), |b| b.0.to_string()),
+                _ => String::new(),
             })
             .y_desc("accuracy")
             .draw()
             .map_err(err)?;
         for (i, (_, v)) in bars.iter().enumerate() {
             let Some(v) = v else { continue };
-            let x = i as f64;
-            chart
-                .draw_series([
-                    Rectangle::new([(x + 0.15, 0.0), (x + 0.5, v.before)], BEFORE.filled()),
-                    Rectangle::new([(x + 0.5, 0.0), (x + 0.85, v.after)], AFTER.filled()),
-                ])
-                .map_err(err)?;
-        }
-        chart
-            .draw_series(std::iter::once(Rectangle::new(
-                [(2.2, 1.04), (2.25, 1.0)],
+            let i = i as u32;
+            let mut before = Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::CenterOf(i), v.before),
+                ],
                 BEFORE.filled(),
-            )))
-            .map_err(err)?
-            .label("before")
-            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], BEFORE.filled()));
-        chart
-            .draw_series(std::iter::once(Rectangle::new(
-                [(2.2, 1.04), (2.25, 1.0)],
+            );
+            before.set_margin(0, 0, 12, 0);
+            let mut after = Rectangle::new(
+                [
+                    (SegmentValue::CenterOf(i), 0.0),
+                    (SegmentValue::Exact(i + 1), v.after),
+                ],
                 AFTER.filled(),
-            )))
-            .map_err(err)?
-            .label("after")
-            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], AFTER.filled()));
+            );
+            after.set_margin(0, 0, 0, 12);
+            chart.draw_series([before, after]).map_err(err)?;
+        }
+        for (label, colour) in [("before", BEFORE), ("after", AFTER)] {
+            chart
+                .draw_series(std::iter::empty::<Rectangle<(SegmentValue<u32>, f64)>>())
+                .map_err(err)?
+                .label(label)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled())
+                });
+        }
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
