@@ -15,6 +15,9 @@ pub struct Manifest {
     pub seed: u64,
     pub num_images: usize,
     pub init_latents: Option<String>,
+    /// The `--shard I/N` this run sampled (absent: every image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<fmn_core::Shard>,
     pub images: Vec<ImageEntry>,
 }
 
