@@ -167,3 +167,45 @@ fn the_toy_suite_loads_and_fits_the_toy_judge() {
         }
     }
 }
+
+#[test]
+fn every_shipped_suite_is_valid() {
+    let dir = common::repo_root().join("configs/eval");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            fmn_eval::suite::Suite::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert_eq!(n, 4);
+}
+
+#[test]
+fn a_config_file_supplies_options_and_flags_override_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path(), 1, GOOD);
+    let r = tmp.path().to_str().unwrap();
+    let cfg = tmp.path().join("eval.yaml");
+    std::fs::write(
+        &cfg,
+        format!("before: {r}/before\nafter: {r}/after\nsuite: {r}/suite.yaml\njudge: toy\nout: {r}/from-config\nshard: 0/1\n"),
+    )
+    .unwrap();
+    let o = run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        &format!("{r}/from-flag"),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(tmp.path().join("from-flag/metrics.json").is_file());
+    assert!(!tmp.path().join("from-config").exists());
+    assert!(
+        common::stdout(&o).starts_with("bob: Acc_e 1.00 -> 1.00 (forgetting 0.00)"),
+        "{}",
+        common::stdout(&o)
+    );
+}
