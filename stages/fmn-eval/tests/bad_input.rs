@@ -209,3 +209,12 @@ fn a_config_file_supplies_options_and_flags_override_it() {
         common::stdout(&o)
     );
 }
+
+#[test]
+fn the_toy_prompt_file_lists_the_toy_suite_prompts() {
+    let root = common::repo_root();
+    let suite = fmn_eval::suite::Suite::load(&root.join("configs/eval/toy.yaml")).unwrap();
+    let text = std::fs::read_to_string(root.join("configs/eval/toy-prompts.txt")).unwrap();
+    let file: Vec<&str> = text.lines().collect();
+    assert_eq!(file, suite.prompts());
+}
