@@ -68,7 +68,7 @@ fn check_suite(
                 for d in dirs {
                     if !d.manifest.prompts.contains(&p.prompt) {
                         bail!(
-                            "suite {}: concept `{}`, {} prompt \"{}\" was not sampled in {} (its manifest has {} other prompts)",
+                            "suite {}: concept `{}`, {} prompt \"{}\" was not sampled in {} (its manifest lists {} prompts)",
                             settings.suite.display(),
                             c.name,
                             g.word(),
