@@ -136,7 +136,34 @@ fn preserved_contexts(
     if cfg.preserve_weight <= 0.0 || cfg.preserve_prompts.is_empty() {
         return Ok(None);
     }
-    let prompts: Vec<&str> = cfg.preserve_prompts.iter().map(String::as_str).collect();
+    // A prompt naming a concept being forgotten is not preserved (one list serves every concept).
+    let names: Vec<String> = cfg
+        .multi_concept
+        .iter()
+        .map(|c| c.name.to_lowercase())
+        .collect();
+    let names_concept = |p: &str| {
+        let words: Vec<String> = p
+            .to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .map(str::to_string)
+            .collect();
+        names.iter().any(|n| {
+            let n: Vec<&str> = n.split(|c: char| !c.is_alphanumeric()).collect();
+            words
+                .windows(n.len())
+                .any(|w| w.iter().zip(&n).all(|(a, b)| a == b))
+        })
+    };
+    let prompts: Vec<&str> = cfg
+        .preserve_prompts
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !names_concept(p))
+        .collect();
+    if prompts.is_empty() {
+        return Ok(None);
+    }
     let ids = model.tokenizer.encode_batch(&prompts)?;
     let ids = Tensor::new(ids, device)?;
     let ctx = model.text_encoder.forward(&ids)?.detach();

@@ -60,6 +60,8 @@ pub struct Args {
     /// Step indices for --save-attention, e.g. `0,5,10`.
     #[arg(long, value_delimiter = ',')]
     pub attention_steps: Vec<usize>,
+    #[command(flatten)]
+    pub shard: crate::shard::ShardArgs,
     /// cpu, or cuda / cuda:N (needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,

@@ -3,6 +3,7 @@
 mod args;
 mod images;
 mod manifest;
+mod shard;
 
 pub use args::Args;
 
@@ -69,13 +70,25 @@ pub fn run(args: &Args) -> Result<()> {
 
     let staging = StagingDir::new(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let total_steps = (prompts.len() * args.steps) as u64;
+    let shard = args.shard.shard;
+    let batches: Vec<Vec<usize>> = (0..prompts.len())
+        .map(|pi| shard::images_of(shard, pi, num_images))
+        .collect();
+    let total_steps = (batches.iter().filter(|ks| !ks.is_empty()).count() * args.steps) as u64;
     let bar = fmn_core::progress::bar(total_steps, "sampling", args.quiet);
     let mut entries = Vec::new();
     let mut all_latents = Vec::new();
     let mut attention: HashMap<String, Vec<Tensor>> = HashMap::new();
     for (pi, prompt) in prompts.iter().enumerate() {
+        let ks = &batches[pi];
+        if ks.is_empty() {
+            continue;
+        }
         let noise = match &init {
+            _ if ks.len() < num_images => {
+                let per_image = [1, shape[1], shape[2], shape[3]];
+                shard::noise(per_image, ks, args.seed, init.as_ref(), &device)?
+            }
             Some(t) => t.clone(),
             None => seeded_noise(shape, args.seed, &device)?,
         };
@@ -93,9 +106,9 @@ pub fn run(args: &Args) -> Result<()> {
             |_| bar.inc(1),
         )?;
         let images = model.decode(&out.latents)?;
-        for k in 0..num_images {
+        for (row, &k) in ks.iter().enumerate() {
             let file = format!("p{pi:03}_n{k:02}.png");
-            images::save_png(&images.get(k)?, &staging.path().join(&file))?;
+            images::save_png(&images.get(row)?, &staging.path().join(&file))?;
             entries.push(ImageEntry {
                 file,
                 prompt_index: pi,
@@ -139,6 +152,7 @@ pub fn run(args: &Args) -> Result<()> {
         num_images,
         init_latents: args.init_latents.as_ref().map(|p| p.display().to_string()),
         patches: args.patch.iter().map(|p| p.display().to_string()).collect(),
+        shard,
         images: entries,
     };
     fmn_core::write_json_atomic(&staging.path().join("manifest.json"), &manifest)?;

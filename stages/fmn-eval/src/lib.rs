@@ -1,0 +1,56 @@
+//! `fmn-eval`: how well a model forgot a concept. Judges the images of two `fmn-sample`
+//! folders (before and after editing, same prompts and seeds) against a suite of prompts per
+//! concept — the prompts that name it, synonyms, and neighbours to preserve — and reports
+//! accuracies, MACE's harmonic scores, drift and cross-attention shares (`metrics.json`,
+//! `report.html`).
+pub mod attention;
+pub mod charts;
+pub mod cli;
+pub mod drift;
+pub mod eval;
+pub mod items;
+pub mod judge;
+pub mod merge;
+pub mod metrics;
+pub mod output;
+pub mod report;
+pub mod samples;
+pub mod suite;
+
+pub use cli::Cli;
+
+use anyhow::{Context, Result};
+use fmn_core::StagingDir;
+use std::path::Path;
+use std::process::ExitCode;
+
+pub fn run(cli: &Cli) -> Result<ExitCode> {
+    let (results, staging, out) = match &cli.command {
+        Some(cli::Command::Merge(m)) => {
+            let staging = StagingDir::new(&m.out)
+                .with_context(|| format!("cannot create {}", m.out.display()))?;
+            let results = merge::merge(&m.shards, staging.path())?;
+            (results, staging, m.out.clone())
+        }
+        None => {
+            let settings = cli.eval.settings()?;
+            let staging = StagingDir::new(&settings.out)
+                .with_context(|| format!("cannot create {}", settings.out.display()))?;
+            let results = eval::evaluate(&settings, staging.path(), cli.quiet)?;
+            (results, staging, settings.out.clone())
+        }
+    };
+    let metrics = output::write_report(staging.path(), &results)?;
+    staging
+        .commit_replace()
+        .with_context(|| format!("cannot move the report into {}", out.display()))?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&metrics)?);
+    } else {
+        for m in &metrics.concepts {
+            println!("{}", metrics::summary_line(m));
+        }
+        eprintln!("report: {}", Path::new(&out).join("report.html").display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
