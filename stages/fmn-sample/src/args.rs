@@ -10,9 +10,9 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "fmn-sample", version)]
 pub struct Args {
-    /// The diffusers model folder (with model_index.json).
+    /// The diffusers model folder (with model_index.json); default: the shipped toy model.
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// A weight patch (`fmn-patch/1` file) applied at load time; repeat to apply several.
     #[arg(long = "patch")]
     pub patch: Vec<PathBuf>,
@@ -81,7 +81,7 @@ pub struct Args {
 
 impl Args {
     pub fn model_dir(&self) -> PathBuf {
-        self.model.clone()
+        self.model.clone().unwrap_or_else(fmn_core::default_model_dir)
     }
 
     pub fn prompts(&self) -> Result<Vec<String>> {
