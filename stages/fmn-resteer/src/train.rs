@@ -191,7 +191,7 @@ pub fn resteer(
     let resolution = cfg
         .resolution
         .unwrap_or(model.unet_config.sample_size.unwrap_or(64) * factor);
-    if resolution == 0 || resolution % factor != 0 {
+    if resolution == 0 || !resolution.is_multiple_of(factor) {
         return Err(ResteerError::Input(format!(
             "resolution {resolution} is not a multiple of the VAE factor {factor}"
         )));

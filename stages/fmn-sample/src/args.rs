@@ -81,7 +81,9 @@ pub struct Args {
 
 impl Args {
     pub fn model_dir(&self) -> PathBuf {
-        self.model.clone().unwrap_or_else(fmn_core::default_model_dir)
+        self.model
+            .clone()
+            .unwrap_or_else(fmn_core::default_model_dir)
     }
 
     pub fn prompts(&self) -> Result<Vec<String>> {
