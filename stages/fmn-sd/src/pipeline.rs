@@ -212,3 +212,21 @@ pub fn seeded_noise(shape: [usize; 4], seed: u64, device: &Device) -> Result<Ten
         .collect::<candle_core::Result<Vec<_>>>()?;
     Ok(Tensor::cat(&rows, 0)?)
 }
+
+/// A decoded image `[3, H, W]` with values in `[0, 1]` as 8-bit RGB (rounded as diffusers does).
+pub fn to_rgb_image(image: &Tensor) -> Result<image::RgbImage> {
+    let (c, h, w) = image.dims3()?;
+    if c != 3 {
+        return Err(SdError::Invalid(format!(
+            "expected an RGB image tensor, got {c} channels"
+        )));
+    }
+    let pixels = (image.permute((1, 2, 0))? * 255.0)?
+        .round()?
+        .clamp(0f32, 255f32)?
+        .to_dtype(DType::U8)?
+        .flatten_all()?
+        .to_vec1::<u8>()?;
+    image::RgbImage::from_raw(w as u32, h as u32, pixels)
+        .ok_or_else(|| SdError::Invalid("image buffer size".into()))
+}

@@ -86,18 +86,8 @@ pub fn figure_mask(image: &RgbImage, threshold: u8) -> GrayImage {
 }
 
 fn to_images(decoded: &Tensor) -> Result<Vec<RgbImage>> {
-    let (n, _, h, w) = decoded.dims4()?;
-    let bytes = (decoded * 255.0)?
-        .round()?
-        .clamp(0f32, 255f32)?
-        .to_dtype(DType::U8)?
-        .permute((0, 2, 3, 1))?
-        .contiguous()?;
-    (0..n)
-        .map(|i| {
-            let raw = bytes.get(i)?.flatten_all()?.to_vec1::<u8>()?;
-            RgbImage::from_raw(w as u32, h as u32, raw).context("image buffer size")
-        })
+    (0..decoded.dim(0)?)
+        .map(|i| Ok(fmn_sd::pipeline::to_rgb_image(&decoded.get(i)?)?))
         .collect()
 }
 
