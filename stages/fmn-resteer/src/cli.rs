@@ -31,6 +31,10 @@ pub struct Args {
     /// Folder of masks (NAME.png per image): the loss counts only pixels inside them.
     #[arg(long)]
     pub masks: Option<PathBuf>,
+    /// Learned tokens for the concept (`fmn-invert` output, AUTOMATIC1111 or diffusers
+    /// embedding): the prompts use them instead of the concept's name.
+    #[arg(long)]
+    pub embedding: Option<PathBuf>,
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long)]
@@ -79,9 +83,10 @@ impl Args {
                 kind,
                 images: images.clone(),
                 masks: self.masks.clone(),
+                embedding: self.embedding.clone(),
             }];
-        } else if self.masks.is_some() {
-            bail!("--masks goes with --concept/--kind/--images; in a config, give `masks` per concept");
+        } else if self.masks.is_some() || self.embedding.is_some() {
+            bail!("--masks and --embedding go with --concept/--kind/--images; in a config, give `masks` and `embedding` per concept");
         }
         if let Some(v) = self.steps {
             cfg.max_train_steps = v;
@@ -114,12 +119,6 @@ impl Args {
     }
 }
 
-fn checkpoint_dir(out: &std::path::Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".ckpt");
-    out.with_file_name(name)
-}
-
 pub fn run(args: &Args) -> Result<ExitCode> {
     let cfg = args.settings()?;
     let model_dir = args
@@ -134,7 +133,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     } else {
         DType::F16
     };
-    let ckpt = checkpoint_dir(&args.out);
+    let ckpt = fmn_sd::checkpoint::folder_for(&args.out);
     let bar = fmn_core::progress::bar(cfg.max_train_steps as u64, "re-steering", args.quiet);
     let mut on_step = |step: usize, loss: f64| {
         bar.set_position(step as u64 + 1);
@@ -168,7 +167,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .save(&args.out)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     if args.checkpoint_every > 0 || args.resume {
-        crate::checkpoint::Checkpoint::new(&ckpt, &cfg).remove();
+        fmn_sd::checkpoint::Checkpoint::new(&ckpt, serde_json::Value::Null).remove();
     }
     let r = &result.report;
     if args.json {

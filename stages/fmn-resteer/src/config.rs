@@ -32,6 +32,10 @@ pub struct ConceptSpec {
     /// Folder of masks (`NAME.png` per image `NAME.ext`) restricting the loss to the concept.
     #[serde(default)]
     pub masks: Option<PathBuf>,
+    /// Learned tokens (`fmn-invert` output, or an AUTOMATIC1111 / diffusers embedding) that
+    /// stand for the concept in the training prompts instead of its name.
+    #[serde(default)]
+    pub embedding: Option<PathBuf>,
 }
 
 /// Which UNet weights change.

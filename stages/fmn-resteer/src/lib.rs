@@ -1,7 +1,6 @@
 //! `fmn-resteer`: attention re-steering (Forget-Me-Not) — fine-tunes UNet weights so that the
 //! cross-attention on a concept's tokens goes to zero, and returns the change as deltas for a
 //! patch file.
-pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod loss;

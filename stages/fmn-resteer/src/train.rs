@@ -1,12 +1,14 @@
 //! The re-steering loop: frozen VAE and text encoder, UNet deltas trained so that the concept's
 //! tokens receive no cross-attention.
-use crate::config::{ConceptSpec, ResteerConfig};
+use crate::config::ResteerConfig;
 use crate::loss::{attention_energy, preservation};
 use crate::params::Trainable;
 use crate::prompts::{concept_prompt, ConceptPrompt};
 use crate::ResteerError;
 use candle_core::{DType, Device, Tensor};
+use fmn_sd::checkpoint::Checkpoint;
 use fmn_sd::clip::ClipTextModel;
+use fmn_sd::embedding::{AddedTokens, TokenEmbedding};
 use fmn_sd::noise::NoiseRng;
 use fmn_sd::optim::{AdamW, AdamWConfig};
 use fmn_sd::probes::AttentionRecorder;
@@ -81,18 +83,79 @@ pub struct Resteered {
     pub report: ResteerReport,
 }
 
+/// The tokenizer and text encoder with the concepts' learned tokens (if any) added.
+struct TextSide<'a> {
+    tokenizer: ClipTokenizer,
+    text_encoder: &'a ClipTextModel,
+    added: Option<AddedTokens>,
+    /// Per concept: what stands for it in prompts (its name, or its learned tokens).
+    concept_texts: Vec<String>,
+}
+
+impl<'a> TextSide<'a> {
+    fn new(model: &'a Model, cfg: &ResteerConfig) -> Result<Self, ResteerError> {
+        let mut tokenizer = model.tokenizer.clone();
+        let (mut embeddings, mut names, mut concept_texts) = (Vec::new(), Vec::new(), Vec::new());
+        for c in &cfg.multi_concept {
+            match &c.embedding {
+                Some(path) => {
+                    let e = TokenEmbedding::load(path)?;
+                    concept_texts.push(e.tokens.join(" "));
+                    embeddings.push(e);
+                    names.push(path.display().to_string());
+                }
+                None => concept_texts.push(c.name.clone()),
+            }
+        }
+        let added = if embeddings.is_empty() {
+            None
+        } else {
+            Some(AddedTokens::install(
+                embeddings,
+                &names,
+                &mut tokenizer,
+                &model.text_encoder,
+            )?)
+        };
+        Ok(Self {
+            tokenizer,
+            text_encoder: &model.text_encoder,
+            added,
+            concept_texts,
+        })
+    }
+
+    /// `ids [B, 77]` -> hidden states `[B, 77, D]`, detached.
+    fn encode(&self, ids: &Tensor) -> Result<Tensor, ResteerError> {
+        let out = match &self.added {
+            Some(a) => self
+                .text_encoder
+                .forward_with_token_embeddings(ids, &a.rows)?,
+            None => self.text_encoder.forward(ids)?,
+        };
+        Ok(out.detach())
+    }
+}
+
 fn prepare(
     model: &Model,
+    text: &TextSide,
+    index: usize,
     cfg: &ResteerConfig,
-    spec: &ConceptSpec,
     resolution: usize,
     device: &Device,
 ) -> Result<PreparedConcept, ResteerError> {
+    let spec = &cfg.multi_concept[index];
     let mut prompts = Vec::new();
     for template in cfg.templates(spec.kind) {
-        let p = concept_prompt(&model.tokenizer, template, &spec.name, cfg.use_pooler)?;
+        let p = concept_prompt(
+            &text.tokenizer,
+            template,
+            &text.concept_texts[index],
+            cfg.use_pooler,
+        )?;
         let ids = Tensor::new(p.ids.as_slice(), device)?.unsqueeze(0)?;
-        let context = model.text_encoder.forward(&ids)?.detach();
+        let context = text.encode(&ids)?;
         let positions = Tensor::new(
             p.positions.iter().map(|&x| x as u32).collect::<Vec<_>>(),
             device,
@@ -129,7 +192,7 @@ fn prepare(
 
 /// Preserved contexts `[P·77, context_dim]` and the K/V delta names they constrain.
 fn preserved_contexts(
-    model: &Model,
+    text: &TextSide,
     cfg: &ResteerConfig,
     device: &Device,
 ) -> Result<Option<Tensor>, ResteerError> {
@@ -164,9 +227,9 @@ fn preserved_contexts(
     if prompts.is_empty() {
         return Ok(None);
     }
-    let ids = model.tokenizer.encode_batch(&prompts)?;
+    let ids = text.tokenizer.encode_batch(&prompts)?;
     let ids = Tensor::new(ids, device)?;
-    let ctx = model.text_encoder.forward(&ids)?.detach();
+    let ctx = text.encode(&ids)?;
     let (p, n, d) = ctx.dims3()?;
     Ok(Some(ctx.reshape((p * n, d))?))
 }
@@ -196,12 +259,11 @@ pub fn resteer(
             "resolution {resolution} is not a multiple of the VAE factor {factor}"
         )));
     }
-    let concepts = cfg
-        .multi_concept
-        .iter()
-        .map(|c| prepare(model, cfg, c, resolution, device))
+    let text = TextSide::new(model, cfg)?;
+    let concepts = (0..cfg.multi_concept.len())
+        .map(|i| prepare(model, &text, i, cfg, resolution, device))
         .collect::<Result<Vec<_>, _>>()?;
-    let preserve = preserved_contexts(model, cfg, device)?;
+    let preserve = preserved_contexts(&text, cfg, device)?;
     let trainable = Trainable::new(
         model.unet_weights.clone(),
         model.unet_config.clone(),
@@ -238,7 +300,7 @@ pub fn resteer(
     )?;
     let ckpt = opts
         .checkpoint_dir
-        .map(|d| crate::checkpoint::Checkpoint::new(d, cfg));
+        .map(|d| Checkpoint::new(d, serde_json::to_value(cfg).unwrap_or_default()));
     let mut start = 0;
     if let (Some(ck), true) = (&ckpt, opts.resume) {
         if let Some(step) = ck.restore(&vars, &mut opt)? {

@@ -319,3 +319,92 @@ fn a_killed_run_resumes_to_the_same_patch() {
     }
     assert!(!tmp.path().join("resumed.safetensors.ckpt").exists());
 }
+
+#[test]
+fn an_embedding_of_the_concepts_own_row_gives_the_same_patch_as_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, _) = images(tmp.path(), 2, 32);
+    let sd = StableDiffusion::load(&model(), &Device::Cpu, DType::F32).unwrap();
+    let bob = sd.tokenizer.tokenize("bob").unwrap();
+    assert_eq!(bob.len(), 1);
+    let row = sd
+        .text_encoder
+        .token_embedding_table()
+        .get(bob[0] as usize)
+        .unwrap();
+    let emb = tmp.path().join("bob-tokens.safetensors");
+    fmn_sd::embedding::TokenEmbedding::new(
+        vec!["<s1>".into()],
+        row.unsqueeze(0).unwrap(),
+        Default::default(),
+    )
+    .unwrap()
+    .save(&emb, fmn_sd::embedding::EmbeddingLayout::Fmn)
+    .unwrap();
+    let args = [
+        "--params", "attn2-kv", "--steps", "3", "--lr", "0.001", "--images",
+    ];
+    let by_name = tmp.path().join("name.safetensors");
+    let res = resteer(&args, &[&img, Path::new("--out"), &by_name]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let by_tokens = tmp.path().join("tokens.safetensors");
+    let res = resteer(
+        &args,
+        &[
+            &img,
+            Path::new("--embedding"),
+            &emb,
+            Path::new("--out"),
+            &by_tokens,
+        ],
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let a = Patch::load(&by_name).unwrap();
+    let b = Patch::load(&by_tokens).unwrap();
+    assert_eq!(a.deltas.len(), b.deltas.len());
+    for (k, da) in &a.deltas {
+        let db = &b.deltas[k];
+        let diff: f32 = (da.to_dtype(DType::F32).unwrap() - db.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-6, "{k}: {diff}");
+    }
+    let wide = tmp.path().join("wide.safetensors");
+    let t: std::collections::HashMap<String, Tensor> = [(
+        "<w>".to_string(),
+        Tensor::zeros(768, DType::F32, &Device::Cpu).unwrap(),
+    )]
+    .into();
+    fmn_sd::weights::save_safetensors_atomic(&wide, &t, None).unwrap();
+    let out = tmp.path().join("bad.safetensors");
+    let res = resteer(
+        &args,
+        &[
+            &img,
+            Path::new("--embedding"),
+            &wide,
+            Path::new("--out"),
+            &out,
+        ],
+    );
+    assert!(!res.status.success());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("wide.safetensors") && err.contains("768"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

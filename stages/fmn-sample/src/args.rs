@@ -16,6 +16,10 @@ pub struct Args {
     /// A weight patch (`fmn-patch/1` file) applied at load time; repeat to apply several.
     #[arg(long = "patch")]
     pub patch: Vec<PathBuf>,
+    /// Learned tokens to add (`fmn-invert` output, or an AUTOMATIC1111 / diffusers embedding
+    /// `.safetensors`); prompts then use its tokens (or its trigger word). Repeatable.
+    #[arg(long = "embedding")]
+    pub embedding: Vec<PathBuf>,
     /// A prompt; repeat for several. Each prompt gets --num-images images.
     #[arg(long = "prompt")]
     pub prompt: Vec<String>,

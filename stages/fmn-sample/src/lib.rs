@@ -10,6 +10,7 @@ pub use args::Args;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use fmn_core::StagingDir;
+use fmn_sd::embedding::TokenEmbedding;
 use fmn_sd::patch::Patch;
 use fmn_sd::pipeline::{seeded_noise, SampleRequest, StableDiffusion};
 use manifest::{ImageEntry, Manifest};
@@ -33,18 +34,30 @@ pub fn run(args: &Args) -> Result<()> {
         .iter()
         .map(|p| Patch::load(p).with_context(|| format!("cannot load the patch {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
-    let model = StableDiffusion::load_with_patches(&model_dir, &device, DType::F32, &patches)
+    let mut model = StableDiffusion::load_with_patches(&model_dir, &device, DType::F32, &patches)
         .with_context(|| {
-            let names: Vec<String> = args.patch.iter().map(|p| p.display().to_string()).collect();
-            match names.len() {
-                0 => format!("cannot load the model {}", model_dir.display()),
-                _ => format!(
-                    "cannot load the model {} with the patches {}",
-                    model_dir.display(),
-                    names.join(", ")
-                ),
-            }
-        })?;
+        let names: Vec<String> = args.patch.iter().map(|p| p.display().to_string()).collect();
+        match names.len() {
+            0 => format!("cannot load the model {}", model_dir.display()),
+            _ => format!(
+                "cannot load the model {} with the patches {}",
+                model_dir.display(),
+                names.join(", ")
+            ),
+        }
+    })?;
+    if !args.embedding.is_empty() {
+        let mut embeddings = Vec::new();
+        let mut names = Vec::new();
+        for p in &args.embedding {
+            embeddings.push(
+                TokenEmbedding::load(p)
+                    .with_context(|| format!("cannot load the embedding {}", p.display()))?,
+            );
+            names.push(p.display().to_string());
+        }
+        model.add_embeddings(embeddings, &names)?;
+    }
 
     let (height, width) = args.size(&model, init.as_ref())?;
     let num_images = match (&init, args.num_images) {
@@ -152,6 +165,11 @@ pub fn run(args: &Args) -> Result<()> {
         num_images,
         init_latents: args.init_latents.as_ref().map(|p| p.display().to_string()),
         patches: args.patch.iter().map(|p| p.display().to_string()).collect(),
+        embeddings: args
+            .embedding
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
         shard,
         images: entries,
     };

@@ -18,6 +18,9 @@ pub struct Manifest {
     /// The `--patch` files applied to the model's weights, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patches: Vec<String>,
+    /// Learned-token files added to the tokenizer (`--embedding`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embeddings: Vec<String>,
     /// The `--shard I/N` this run sampled (absent: every image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<fmn_core::Shard>,

@@ -412,3 +412,86 @@ fn patch_applies_deltas_at_load_time() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_embedding_of_word_rows_samples_the_same_images_as_the_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("sd1-tiny");
+    let sd = fmn_sd::pipeline::StableDiffusion::load(&model, &Device::Cpu, candle_core::DType::F32)
+        .unwrap();
+    let row = |w: &str| {
+        let id = sd.tokenizer.tokenize(w).unwrap()[0] as usize;
+        sd.text_encoder.token_embedding_table().get(id).unwrap()
+    };
+    let emb = tmp.path().join("reddog.safetensors");
+    fmn_sd::embedding::TokenEmbedding::new(
+        vec!["<s1>".into(), "<s2>".into()],
+        Tensor::stack(&[row("red"), row("dog")], 0).unwrap(),
+        Default::default(),
+    )
+    .unwrap()
+    .save(&emb, fmn_sd::embedding::EmbeddingLayout::Fmn)
+    .unwrap();
+    let (words, tokens) = (tmp.path().join("words"), tmp.path().join("tokens"));
+    let m = model.to_str().unwrap();
+    let common = ["--model", m, "--steps", "3", "--seed", "5", "--out"];
+    let res = sample(
+        &[
+            &common[..],
+            &[words.to_str().unwrap(), "--prompt", "a red dog"],
+        ]
+        .concat(),
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let res = sample(
+        &[
+            &common[..],
+            &[
+                tokens.to_str().unwrap(),
+                "--prompt",
+                "a <s1> <s2>",
+                "--embedding",
+                emb.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let a = image::open(words.join("p000_n00.png")).unwrap().to_rgb8();
+    let b = image::open(tokens.join("p000_n00.png")).unwrap().to_rgb8();
+    assert_eq!(a.as_raw(), b.as_raw());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tokens.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["embeddings"][0], emb.to_str().unwrap());
+
+    let wide = tmp.path().join("wide.safetensors");
+    let t: HashMap<String, Tensor> = [(
+        "<w>".to_string(),
+        Tensor::zeros(768, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    )]
+    .into();
+    fmn_sd::weights::save_safetensors_atomic(&wide, &t, None).unwrap();
+    let out = tmp.path().join("bad");
+    assert_clean_failure(
+        &[
+            "--model",
+            m,
+            "--prompt",
+            "a <w>",
+            "--embedding",
+            wide.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &out,
+        "768",
+    );
+}

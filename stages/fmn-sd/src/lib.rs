@@ -6,9 +6,11 @@
 //! silently drop gradients.
 
 pub mod attention;
+pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod conv;
+pub mod embedding;
 pub mod error;
 pub mod fused_attention;
 pub mod group_norm;

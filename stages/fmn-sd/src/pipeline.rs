@@ -1,6 +1,7 @@
 //! A diffusers Stable Diffusion folder loaded as one model, and text-to-image sampling with
 //! classifier-free guidance exactly as diffusers' `StableDiffusionPipeline` does it.
 use crate::clip::{ClipTextConfig, ClipTextModel};
+use crate::embedding::{AddedTokens, TokenEmbedding};
 use crate::noise::NoiseRng;
 use crate::patch::{build_patched, Patch};
 use crate::probes::AttentionRecorder;
@@ -21,6 +22,8 @@ pub struct StableDiffusion {
     pub vae: AutoencoderKL,
     pub scheduler: SchedulerConfig,
     pub device: Device,
+    /// Learned tokens added with [`StableDiffusion::add_embeddings`].
+    pub added_tokens: Option<AddedTokens>,
 }
 
 /// The sub-folders `StableDiffusion::load` reads, checked up front so that a missing one is
@@ -85,15 +88,41 @@ impl StableDiffusion {
             })?,
             scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
             device: device.clone(),
+            added_tokens: None,
         })
+    }
+
+    /// Adds learned tokens (textual inversion) so that prompts can use them; `names[i]` names
+    /// embedding `i` (its file) in errors. Call once, with every embedding.
+    pub fn add_embeddings(
+        &mut self,
+        embeddings: Vec<TokenEmbedding>,
+        names: &[String],
+    ) -> Result<()> {
+        if self.added_tokens.is_some() {
+            return Err(SdError::Invalid(
+                "embeddings were already added to this model".into(),
+            ));
+        }
+        self.added_tokens = Some(AddedTokens::install(
+            embeddings,
+            names,
+            &mut self.tokenizer,
+            &self.text_encoder,
+        )?);
+        Ok(())
     }
 
     /// Token ids `[N, 77]` (u32) of `prompts`, padded and truncated as diffusers does.
     pub fn token_ids(&self, prompts: &[&str]) -> Result<Tensor> {
         let mut rows = Vec::with_capacity(prompts.len());
         for p in prompts {
+            let p = match &self.added_tokens {
+                Some(added) => added.expand(p),
+                None => p.to_string(),
+            };
             rows.push(Tensor::new(
-                self.tokenizer.encode(p)?.as_slice(),
+                self.tokenizer.encode(&p)?.as_slice(),
                 &self.device,
             )?);
         }
@@ -103,7 +132,12 @@ impl StableDiffusion {
     /// Text-encoder hidden states `[N, 77, D]` of `prompts`.
     pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Tensor> {
         let ids = self.token_ids(prompts)?;
-        self.text_encoder.forward(&ids)
+        match &self.added_tokens {
+            Some(added) => self
+                .text_encoder
+                .forward_with_token_embeddings(&ids, &added.rows),
+            None => self.text_encoder.forward(&ids),
+        }
     }
 
     /// Latent channels and the VAE's pixel-to-latent factor.
