@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Forget one concept end to end: segment -> invert -> re-steer -> sample before/after -> eval.
+# Every step writes a file (or folder) under OUT and is skipped when that output exists, so a
+# rerun redoes only what was removed (pipelines/Makefile does the same with make's timestamps).
+#
+#   pipelines/forget.sh CONCEPT KIND IMAGES_DIR [OUT_DIR]
+#
+# Environment (defaults in brackets):
+#   MODEL          diffusers model folder [data/toy-model]
+#   SEGMENT        fmn-segment preset for the masks, or "none" [toy]
+#   USE_TI         1: invert the concept first and re-steer its learned tokens [1]
+#   INVERT_CONFIG  [configs/invert/toy.yaml]      RESTEER_CONFIG [configs/resteer/toy.yaml]
+#   PROMPTS        prompts sampled before/after [configs/eval/toy-prompts.txt]
+#   SUITE          fmn-eval suite [configs/eval/toy.yaml]     JUDGE  fmn-eval judge [toy]
+#   SEEDS          images per prompt [8]          SAMPLE_STEPS  denoising steps [25]
+#   BIN            folder of the fmn binaries [target/debug]
+# Exit status: that of the first failing stage (each stage prints its error on stderr).
+set -euo pipefail
+if [ $# -lt 3 ]; then
+  sed -n '2,18p' "$0" >&2
+  exit 2
+fi
+CONCEPT=$1 KIND=$2 IMAGES=$3 OUT=${4:-out/forget-$1}
+MODEL=${MODEL:-data/toy-model}
+SEGMENT=${SEGMENT:-toy}
+USE_TI=${USE_TI:-1}
+INVERT_CONFIG=${INVERT_CONFIG:-configs/invert/toy.yaml}
+RESTEER_CONFIG=${RESTEER_CONFIG:-configs/resteer/toy.yaml}
+PROMPTS=${PROMPTS:-configs/eval/toy-prompts.txt}
+SUITE=${SUITE:-configs/eval/toy.yaml}
+JUDGE=${JUDGE:-toy}
+SEEDS=${SEEDS:-8}
+SAMPLE_STEPS=${SAMPLE_STEPS:-25}
+BIN=${BIN:-target/debug}
+mkdir -p "$OUT"
+step() { printf '== %s\n' "$*" >&2; }
+
+masks=()
+if [ "$SEGMENT" != none ]; then
+  if [ ! -f "$OUT/masks/manifest.json" ]; then
+    step "segment $IMAGES -> $OUT/masks"
+    "$BIN/fmn-segment" --model "$SEGMENT" "$IMAGES" --out "$OUT/masks" >/dev/null
+  fi
+  masks=(--masks "$OUT/masks")
+fi
+
+embedding=()
+if [ "$USE_TI" = 1 ]; then
+  if [ ! -f "$OUT/embedding.safetensors" ]; then
+    step "invert -> $OUT/embedding.safetensors"
+    "$BIN/fmn-invert" --model "$MODEL" --config "$INVERT_CONFIG" --kind "$KIND" \
+      --images "$IMAGES" "${masks[@]}" --checkpoint-every 100 --resume \
+      --out "$OUT/embedding.safetensors"
+  fi
+  embedding=(--embedding "$OUT/embedding.safetensors")
+fi
+
+if [ ! -f "$OUT/patch.safetensors" ]; then
+  step "re-steer -> $OUT/patch.safetensors"
+  "$BIN/fmn-resteer" --model "$MODEL" --config "$RESTEER_CONFIG" --concept "$CONCEPT" \
+    --kind "$KIND" --images "$IMAGES" "${masks[@]}" "${embedding[@]}" \
+    --out "$OUT/patch.safetensors"
+fi
+
+sample() { # OUT_DIR [fmn-sample flags...]
+  local dir=$1; shift
+  [ -f "$dir/manifest.json" ] && return 0
+  step "sample -> $dir"
+  "$BIN/fmn-sample" --model "$MODEL" --prompt-file "$PROMPTS" --num-images "$SEEDS" \
+    --steps "$SAMPLE_STEPS" --seed 4242 --save-attention "$dir.attention.safetensors" \
+    --attention-steps "0,$((SAMPLE_STEPS / 2)),$((SAMPLE_STEPS - 1))" \
+    --out "$dir" "$@"
+}
+sample "$OUT/before"
+sample "$OUT/after" --patch "$OUT/patch.safetensors"
+
+step "evaluate -> $OUT/report"
+"$BIN/fmn-eval" --before "$OUT/before" --after "$OUT/after" \
+  --before-attention "$OUT/before.attention.safetensors" \
+  --after-attention "$OUT/after.attention.safetensors" \
+  --suite "$SUITE" --judge "$JUDGE" --out "$OUT/report"
+echo "report: $OUT/report/report.html"
