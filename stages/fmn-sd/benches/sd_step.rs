@@ -2,11 +2,13 @@
 //! wall time per iteration and the process's peak resident memory (VmHWM).
 //!
 //! One configuration per process, so that peak memory belongs to it alone:
-//! `cargo bench -p fmn-sd --bench sd_step -- --size 256 --mode forward|all|ca [--iters N]`
+//! `cargo bench -p fmn-sd --bench sd_step -- --size 256 --mode forward|all|ca|ti [--iters N]`
 //! (`all`: gradients for every UNet weight; `ca`: only the cross-attention `attn2` weights,
-//! as re-steering with `only_optimize_ca`).
+//! as re-steering with `only_optimize_ca`; `ti`: a textual-inversion step, gradients for two
+//! token rows through the frozen UNet and text encoder).
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use fmn_sd::clip::{ClipTextConfig, ClipTextModel};
 use fmn_sd::probes::AttentionRecorder;
 use fmn_sd::unet::{UNet2DConditionModel, UNetConfig};
 use std::collections::HashMap;
@@ -83,6 +85,29 @@ fn main() -> candle_core::Result<()> {
     let sample = Tensor::randn(0f32, 1f32, (1, 4, latent, latent), &dev)?;
     let context = Tensor::randn(0f32, 1f32, (1, 77, 768), &dev)?;
     let t = Tensor::new(&[500f32], &dev)?;
+    let target = Tensor::randn(0f32, 1f32, (1, 4, latent, latent), &dev)?;
+    // Textual inversion: the SD 1.5 text encoder (random weights) with two learned rows, frozen
+    // UNet, denoising MSE; only the rows train.
+    let ti = if mode == "ti" {
+        let text_cfg: ClipTextConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072,
+            "num_hidden_layers": 12, "num_attention_heads": 12,
+            "max_position_embeddings": 77, "hidden_act": "quick_gelu"
+        }))
+        .expect("valid config");
+        let text_map = VarMap::new();
+        let text = ClipTextModel::new(
+            VarBuilder::from_varmap(&text_map, DType::F32, &dev),
+            &text_cfg,
+        )?;
+        let mut ids = vec![49406u32, 320, 1125, 539, 49408, 49409, 49407];
+        ids.resize(77, 49407);
+        let ids = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
+        let rows = Var::from_tensor(&(Tensor::randn(0f32, 1f32, (2, 768), &dev)? * 0.017)?)?;
+        Some((text, ids, rows))
+    } else {
+        None
+    };
     let mut times = Vec::new();
     for _ in 0..iters {
         let start = Instant::now();
@@ -90,6 +115,18 @@ fn main() -> candle_core::Result<()> {
             unet.forward(&sample, &t, &context)?
                 .sum_all()?
                 .to_scalar::<f32>()?;
+        } else if mode == "ti" {
+            let (text, ids, rows) = ti.as_ref().expect("built for mode ti");
+            let context = text
+                .forward_with_token_embeddings(ids, rows.as_tensor())
+                .map_err(candle_core::Error::wrap)?;
+            let pred = unet.forward(&sample, &t, &context)?;
+            let loss = (pred - &target)?.sqr()?.mean_all()?;
+            let grads = loss.backward()?;
+            assert!(
+                grads.get(rows.as_tensor()).is_some(),
+                "the token rows got no gradient"
+            );
         } else {
             let rec = AttentionRecorder::new();
             unet.forward_with_probe(&sample, &t, &context, Some(&rec))?;
