@@ -1,10 +1,11 @@
 //! diffusers' `Attention` module (self- and cross-attention) with an optional probe on the
 //! attention probabilities.
 use crate::fused_attention;
+use crate::nn::Linear;
 use crate::nn::{linear, softmax_last_dim};
 use crate::probes::AttentionRecorder;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 pub struct Attention {

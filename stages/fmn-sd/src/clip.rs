@@ -14,10 +14,11 @@ const EMBEDDING_INIT: candle_nn::Init = candle_nn::Init::Randn {
     stdev: 0.02,
 };
 
+use crate::nn::Linear;
 use crate::nn::{linear, softmax_last_dim, Activation, LayerNorm};
 use crate::{Result, SdError};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
 

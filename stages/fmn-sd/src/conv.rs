@@ -208,7 +208,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
         x.contiguous()?.apply_op1(Im2Col(g))?
     };
     // [O, K] × [K, B·L] -> [O, B·L]: one GEMM for the whole batch, in both passes.
-    let out = weight.reshape((o, g.patch_len()))?.matmul(&cols)?;
+    let out = crate::frozen_matmul::matmul(&weight.reshape((o, g.patch_len()))?, &cols)?;
     out.reshape((o, b, g.h_out, g.w_out))?
         .transpose(0, 1)?
         .contiguous()

@@ -12,6 +12,7 @@ pub mod config;
 pub mod conv;
 pub mod embedding;
 pub mod error;
+pub mod frozen_matmul;
 pub mod fused_attention;
 pub mod group_norm;
 pub mod init;

@@ -97,17 +97,62 @@ pub fn group_norm(
     })
 }
 
-pub fn linear(
-    vb: VarBuilder,
-    in_dim: usize,
-    out_dim: usize,
-    bias: bool,
-) -> Result<candle_nn::Linear> {
-    if bias {
-        candle_nn::linear(in_dim, out_dim, vb)
-    } else {
-        candle_nn::linear_no_bias(in_dim, out_dim, vb)
+/// A linear layer (`torch.nn.Linear` weights `[out, in]`, optional bias) whose backward skips
+/// the weight's gradient when the weight is not trained (see [`crate::frozen_matmul`]).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
     }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Linear {
+    /// `[..., in] -> [..., out]`
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim.max(1);
+        let out_dim = self.weight.dim(0)?;
+        let y = crate::frozen_matmul::matmul(&x.reshape((rows, in_dim))?, &self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_shape = dims.to_vec();
+        *out_shape.last_mut().expect("rank >= 1") = out_dim;
+        y.reshape(out_shape)
+    }
+}
+
+pub fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
+    let weight = vb.get_with_hints(
+        (out_dim, in_dim),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let bias = if bias {
+        let bound = 1. / (in_dim as f64).sqrt();
+        Some(vb.get_with_hints(
+            out_dim,
+            "bias",
+            candle_nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?)
+    } else {
+        None
+    };
+    Ok(Linear { weight, bias })
 }
 
 /// A 2-D convolution (`torch.nn.Conv2d` weights `[out, in, k, k]` and optional bias) computed

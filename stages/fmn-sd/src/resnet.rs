@@ -1,9 +1,10 @@
 //! diffusers' `ResnetBlock2D` (pre-norm, additive timestep embedding when given), shared by
 //! the UNet and the VAE.
+use crate::nn::Linear;
 use crate::nn::{conv2d, group_norm, linear, Activation};
 use crate::nn::{Conv2d, GroupNorm};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 pub struct ResnetBlock2D {

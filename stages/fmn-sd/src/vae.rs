@@ -7,13 +7,14 @@
 //!
 //! Every op has a backward pass (nearest upsampling is written as a broadcast, the downsampling
 //! pad as a concatenation), so gradients flow through `encode` and `decode`.
+use crate::nn::Linear;
 use crate::nn::{conv2d, group_norm, linear, softmax_last_dim, Activation};
 use crate::nn::{Conv2d, GroupNorm};
 use crate::noise::NoiseRng;
 use crate::resnet::{ResnetBlock2D, ResnetSettings};
 use crate::{Result, SdError};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
 

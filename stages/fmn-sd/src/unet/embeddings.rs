@@ -1,7 +1,8 @@
 //! Sinusoidal timestep features and the timestep MLP (`time_proj`, `time_embedding`).
+use crate::nn::Linear;
 use crate::nn::{linear, Activation};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// diffusers' `Timesteps`: `[B]` timesteps (float) `-> [B, dim]` features.
 #[derive(Debug, Clone)]

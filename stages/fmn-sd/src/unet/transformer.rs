@@ -1,10 +1,11 @@
 //! diffusers' `Transformer2DModel` (continuous input) and `BasicTransformerBlock`.
 use crate::attention::Attention;
+use crate::nn::Linear;
 use crate::nn::{conv2d, group_norm, linear, LayerNorm};
 use crate::nn::{Conv2d, GroupNorm};
 use crate::probes::AttentionRecorder;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// `ff`: GEGLU projection to 4×dim then back.
 #[derive(Debug, Clone)]
