@@ -149,6 +149,9 @@ pub fn evaluate(settings: &Settings, staging: &Path, quiet: bool) -> Result<Resu
             .collect::<Result<Vec<_>>>()?;
         let b_judged = judge.judge(&b_imgs)?;
         let a_judged = judge.judge(&a_imgs)?;
+        let prompts: Vec<&str> = chunk.iter().map(|p| p.key.prompt.as_str()).collect();
+        let b_clip = judge.clip_scores(&b_imgs, &prompts)?;
+        let a_clip = judge.clip_scores(&a_imgs, &prompts)?;
         for (i, pair) in chunk.iter().enumerate() {
             let (bi, ai) = (&b_imgs[i], &a_imgs[i]);
             let d = Drift {
@@ -206,6 +209,7 @@ pub fn evaluate(settings: &Settings, staging: &Path, quiet: bool) -> Result<Resu
                                 attention_share: bs,
                                 image: b_name.clone(),
                                 heatmap: bh,
+                                clip_score: b_clip.as_ref().map(|c| c[i]),
                             },
                             after: Side {
                                 correct: a_judged[i].matches(&spec.expect),
@@ -213,6 +217,7 @@ pub fn evaluate(settings: &Settings, staging: &Path, quiet: bool) -> Result<Resu
                                 attention_share: as_,
                                 image: a_name.clone(),
                                 heatmap: ah,
+                                clip_score: a_clip.as_ref().map(|c| c[i]),
                             },
                             drift: d,
                         });

@@ -29,6 +29,9 @@ pub struct Side {
     pub image: String,
     /// The attention heat-map overlay, relative to the report folder.
     pub heatmap: Option<String>,
+    /// CLIP score of the image with its prompt (CLIP judge only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_score: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

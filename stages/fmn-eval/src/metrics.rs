@@ -71,7 +71,7 @@ pub struct ConceptMetrics {
     /// Mean share of cross-attention mass on the concept's tokens, over the erased and
     /// synonym images whose prompts contain them.
     pub attention_share: Option<BeforeAfter>,
-    /// CLIP score (needs a CLIP judge; not computed yet).
+    /// Mean CLIP score of the erased prompts' images with their prompts (CLIP judge only).
     pub clip_score: Option<BeforeAfter>,
 }
 
@@ -120,6 +120,15 @@ pub fn concept_metrics(concept: &str, all: &[Item]) -> ConceptMetrics {
         before: mean(with_attention.iter().map(|x| x.0)).unwrap_or(0.0),
         after: mean(with_attention.iter().map(|x| x.1)).unwrap_or(0.0),
     });
+    let with_clip: Vec<(f64, f64)> = items
+        .iter()
+        .filter(|i| i.group == Group::Erased)
+        .filter_map(|i| Some((i.before.clip_score?, i.after.clip_score?)))
+        .collect();
+    let clip_score = (!with_clip.is_empty()).then(|| BeforeAfter {
+        before: mean(with_clip.iter().map(|x| x.0)).unwrap_or(0.0),
+        after: mean(with_clip.iter().map(|x| x.1)).unwrap_or(0.0),
+    });
     ConceptMetrics {
         concept: concept.to_string(),
         images: Counts {
@@ -135,7 +144,7 @@ pub fn concept_metrics(concept: &str, all: &[Item]) -> ConceptMetrics {
         h_c,
         drift,
         attention_share,
-        clip_score: None,
+        clip_score,
     }
 }
 
@@ -167,6 +176,9 @@ pub fn summary_line(m: &ConceptMetrics) -> String {
     }
     if let Some(a) = m.attention_share {
         s += &format!(", attention {:.3} -> {:.3}", a.before, a.after);
+    }
+    if let Some(c) = m.clip_score {
+        s += &format!(", CLIP score {:.1} -> {:.1}", c.before, c.after);
     }
     s
 }

@@ -34,12 +34,12 @@ fn metrics_table(concepts: &[ConceptMetrics]) -> String {
     let mut h = String::from(
         "<table class=\"metrics\"><tr><th>concept</th><th>images (e/g/s)</th><th>Acc<sub>e</sub></th>\
          <th>forgetting</th><th>Acc<sub>g</sub></th><th>Acc<sub>s</sub></th><th>H<sub>o</sub></th>\
-         <th>H<sub>c</sub></th><th>drift MAD</th><th>drift SSIM</th><th>attention share</th></tr>\n",
+         <th>H<sub>c</sub></th><th>drift MAD</th><th>drift SSIM</th><th>attention share</th><th>CLIP score</th></tr>\n",
     );
     for m in concepts {
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{}/{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}/{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&m.concept),
             m.images.erased,
             m.images.synonym,
@@ -54,6 +54,8 @@ fn metrics_table(concepts: &[ConceptMetrics]) -> String {
             m.drift.map_or("–".into(), |d| format!("{:.3}", d.ssim)),
             m.attention_share
                 .map_or("–".into(), |a| format!("{:.3} → {:.3}", a.before, a.after)),
+            m.clip_score
+                .map_or("–".into(), |a| format!("{:.1} → {:.1}", a.before, a.after)),
         );
     }
     h.push_str("</table>\n");

@@ -38,6 +38,7 @@ fn side(correct: bool, share: Option<f64>) -> Side {
         attention_share: share,
         image: String::new(),
         heatmap: None,
+        clip_score: None,
     }
 }
 

@@ -1,11 +1,13 @@
 //! Judges: what an image shows, as attribute → label, compared with a prompt's `expect`.
+mod clip;
 mod onnx;
 mod toy;
 
+pub use clip::ClipJudge;
 pub use onnx::{OnnxJudge, OnnxPreset};
 pub use toy::ToyJudge;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use image::RgbImage;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -18,7 +20,7 @@ pub enum JudgeSpec {
     Toy,
     /// An ONNX model described by a YAML preset file.
     Onnx(PathBuf),
-    /// A CLIP model folder (not implemented yet).
+    /// A CLIP model folder (Hugging Face `CLIPModel` layout).
     Clip(PathBuf),
 }
 
@@ -72,6 +74,10 @@ pub trait Judge {
     /// key or value.
     fn check_expect(&self, expect: &BTreeMap<String, String>) -> Result<(), String>;
     fn judge(&self, images: &[RgbImage]) -> Result<Vec<Judgement>>;
+    /// CLIP score of each image with its prompt, for judges that have one.
+    fn clip_scores(&self, _images: &[RgbImage], _prompts: &[&str]) -> Result<Option<Vec<f64>>> {
+        Ok(None)
+    }
 }
 
 /// Loads the judge `spec` names.
@@ -79,10 +85,7 @@ pub fn load(spec: &JudgeSpec) -> Result<Box<dyn Judge>> {
     Ok(match spec {
         JudgeSpec::Toy => Box::new(ToyJudge::load()?),
         JudgeSpec::Onnx(preset) => Box::new(OnnxJudge::load(preset)?),
-        JudgeSpec::Clip(dir) => bail!(
-            "--judge clip:{}: the CLIP judge is not implemented yet (use toy or onnx:PRESET.yaml)",
-            dir.display()
-        ),
+        JudgeSpec::Clip(dir) => Box::new(ClipJudge::load(dir)?),
     })
 }
 
