@@ -95,9 +95,21 @@ fn main() -> candle_core::Result<()> {
             "max_position_embeddings": 77, "hidden_act": "quick_gelu"
         }))
         .expect("valid config");
+        // Random weights through a VarMap, then frozen (plain tensors), as the inversion has it.
         let text_map = VarMap::new();
-        let text = ClipTextModel::new(
+        ClipTextModel::new(
             VarBuilder::from_varmap(&text_map, DType::F32, &dev),
+            &text_cfg,
+        )?;
+        let frozen: HashMap<String, Tensor> = text_map
+            .data()
+            .lock()
+            .expect("varmap")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        let text = ClipTextModel::new(
+            VarBuilder::from_tensors(frozen, DType::F32, &dev),
             &text_cfg,
         )?;
         let mut ids = vec![49406u32, 320, 1125, 539, 49408, 49409, 49407];
