@@ -24,12 +24,24 @@ fn forget_sh_runs_every_stage_and_each_output_is_what_the_next_reads() {
 
     // render: images, captions, exact masks, manifest
     let res = Command::new(bin("fmn-toy"))
-        .args(["render", "--count", "3", "--seed", "5", "--only", "bob", "--quiet", "--out"])
+        .args([
+            "render", "--count", "3", "--seed", "5", "--only", "bob", "--quiet", "--out",
+        ])
         .arg(&images)
         .output()
         .unwrap();
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
-    assert_eq!(read_json(&images.join("manifest.json"))["images"].as_array().unwrap().len(), 3);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert_eq!(
+        read_json(&images.join("manifest.json"))["images"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
 
     let invert_cfg = work.join("invert.yaml");
     std::fs::write(
@@ -44,7 +56,13 @@ fn forget_sh_runs_every_stage_and_each_output_is_what_the_next_reads() {
     assert!(resteer_text.contains("max_train_steps:"));
     let resteer_text = resteer_text
         .lines()
-        .map(|l| if l.starts_with("max_train_steps:") { "max_train_steps: 3" } else { l })
+        .map(|l| {
+            if l.starts_with("max_train_steps:") {
+                "max_train_steps: 3"
+            } else {
+                l
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&resteer_cfg, resteer_text).unwrap();
@@ -90,18 +108,29 @@ fn forget_sh_runs_every_stage_and_each_output_is_what_the_next_reads() {
         .arg("--json")
         .output()
         .unwrap();
-    assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
     let patch: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert_eq!(patch["concepts"][0]["name"], "bob");
     let (_, pmeta) = tensor_names(&out.join("patch.safetensors"));
-    assert!(pmeta["settings"].contains("embedding.safetensors"), "{}", pmeta["settings"]);
+    assert!(
+        pmeta["settings"].contains("embedding.safetensors"),
+        "{}",
+        pmeta["settings"]
+    );
 
     // sample -> 9 prompts × 1 seed, same seeds before and after, the patch recorded
     let before = read_json(&out.join("before/manifest.json"));
     let after = read_json(&out.join("after/manifest.json"));
     assert_eq!(before["images"].as_array().unwrap().len(), 9);
     assert_eq!(before["prompts"], after["prompts"]);
-    assert_eq!(after["patches"][0], out.join("patch.safetensors").display().to_string());
+    assert_eq!(
+        after["patches"][0],
+        out.join("patch.safetensors").display().to_string()
+    );
     assert!(out.join("after.attention.safetensors").is_file());
 
     // eval -> metrics for bob and a report
@@ -113,7 +142,10 @@ fn forget_sh_runs_every_stage_and_each_output_is_what_the_next_reads() {
     assert!(bob["attention_share"]["after"].is_number());
     assert!(out.join("report/report.html").is_file());
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(stdout.contains("bob") && stdout.contains("report.html"), "{stdout}");
+    assert!(
+        stdout.contains("bob") && stdout.contains("report.html"),
+        "{stdout}"
+    );
 
     // A rerun finds every output and redoes nothing.
     let again = Command::new(root.join("pipelines/forget.sh"))
@@ -130,5 +162,8 @@ fn forget_sh_runs_every_stage_and_each_output_is_what_the_next_reads() {
         .unwrap();
     assert!(again.status.success());
     let stderr = String::from_utf8_lossy(&again.stderr);
-    assert!(!stderr.contains("== invert") && !stderr.contains("== sample"), "{stderr}");
+    assert!(
+        !stderr.contains("== invert") && !stderr.contains("== sample"),
+        "{stderr}"
+    );
 }

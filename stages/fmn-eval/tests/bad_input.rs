@@ -129,7 +129,11 @@ fn judges_that_do_not_load_are_named() {
     let (ok, err) = eval(tmp.path(), "resnet");
     assert!(!ok);
     assert!(err.contains("unknown judge `resnet`"), "{err}");
-    fails_with(tmp.path(), "clip:/nowhere", &["clip:/nowhere", "config.json"]);
+    fails_with(
+        tmp.path(),
+        "clip:/nowhere",
+        &["clip:/nowhere", "config.json"],
+    );
 }
 
 #[test]

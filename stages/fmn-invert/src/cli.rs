@@ -2,7 +2,7 @@
 use crate::config::{split_tokens, InvertConfig, Kind, TokenList};
 use crate::{invert, RunOptions};
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::Parser;
 use fmn_sd::checkpoint::{folder_for, Checkpoint};
 use fmn_sd::embedding::EmbeddingLayout;
@@ -57,6 +57,9 @@ pub struct Args {
     /// The embedding file to write (.safetensors).
     #[arg(long)]
     pub out: PathBuf,
+    /// cpu, or cuda / cuda:N (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -120,7 +123,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .model
         .clone()
         .unwrap_or_else(fmn_core::default_model_dir);
-    let device = Device::Cpu;
+    let device = fmn_sd::device::from_name(&args.device)?;
     let model = StableDiffusion::load(&model_dir, &device, DType::F32)
         .with_context(|| format!("cannot load the model {}", model_dir.display()))?;
     let ckpt = folder_for(&args.out);

@@ -2,7 +2,7 @@
 use crate::config::{ConceptKind, ConceptSpec, ParamSet, ResteerConfig};
 use crate::{resteer, Model, RunOptions};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::Parser;
 use fmn_sd::patch::{Concept, Patch};
 use std::path::PathBuf;
@@ -62,6 +62,9 @@ pub struct Args {
     /// The patch file to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// cpu, or cuda / cuda:N (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -125,7 +128,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .model
         .clone()
         .unwrap_or_else(fmn_core::default_model_dir);
-    let device = Device::Cpu;
+    let device = fmn_sd::device::from_name(&args.device)?;
     let model = Model::load(&model_dir, &device)
         .with_context(|| format!("cannot load the model {}", model_dir.display()))?;
     let delta_dtype = if cfg.delta_dtype == "f32" {

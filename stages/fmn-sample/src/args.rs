@@ -109,19 +109,7 @@ impl Args {
     }
 
     pub fn device(&self) -> Result<Device> {
-        match self.device.as_str() {
-            "cpu" => Ok(Device::Cpu),
-            d if d == "cuda" || d.starts_with("cuda:") => {
-                let ordinal = d
-                    .strip_prefix("cuda:")
-                    .map_or(Ok(0), str::parse::<usize>)
-                    .with_context(|| format!("--device {d}: expected cuda:N"))?;
-                Device::new_cuda(ordinal).with_context(|| {
-                    format!("--device {d}: CUDA is not available (build with `--features cuda` on a machine with a GPU)")
-                })
-            }
-            d => bail!("--device {d}: expected cpu, cuda or cuda:N"),
-        }
+        Ok(fmn_sd::device::from_name(&self.device)?)
     }
 
     pub fn attention_steps(&self) -> Result<Vec<usize>> {
