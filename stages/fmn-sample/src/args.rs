@@ -10,6 +10,9 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "fmn-sample", version)]
 pub struct Args {
+    /// Options from a YAML file (`num_images: 8`, `prompt: [..]`, ...); flags override them.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// The diffusers model folder (with model_index.json); default: the shipped toy model.
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -59,7 +62,7 @@ pub struct Args {
     pub save_latents: Option<PathBuf>,
     /// Write the conditional branch's cross-attention probabilities as tensors
     /// `step{i}/{module path}` [prompts × N, heads, pixels, 77].
-    #[arg(long, requires = "attention_steps")]
+    #[arg(long)]
     pub save_attention: Option<PathBuf>,
     /// Step indices for --save-attention, e.g. `0,5,10`.
     #[arg(long, value_delimiter = ',')]
@@ -122,6 +125,9 @@ impl Args {
         }
         if self.save_attention.is_none() && !self.attention_steps.is_empty() {
             bail!("--attention-steps needs --save-attention FILE");
+        }
+        if self.save_attention.is_some() && self.attention_steps.is_empty() {
+            bail!("--save-attention needs --attention-steps LIST (e.g. 0,12,24)");
         }
         Ok(self.attention_steps.clone())
     }

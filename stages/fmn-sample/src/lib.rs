@@ -1,6 +1,7 @@
 //! `fmn-sample`: text-to-image sampling from a diffusers folder, writing PNGs and a manifest,
 //! optionally the final latents and cross-attention maps.
 mod args;
+mod config;
 mod images;
 mod manifest;
 mod shard;

@@ -1,8 +1,13 @@
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = fmn_sample::Args::parse();
+    let args = match fmn_sample::Args::parse_with_config() {
+        Ok(a) => a,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     fmn_core::allocator::tune_for_tensors();
     fmn_core::logging::init(args.verbose);
     match fmn_sample::run(&args) {

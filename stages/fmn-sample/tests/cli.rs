@@ -495,3 +495,53 @@ fn an_embedding_of_word_rows_samples_the_same_images_as_the_words() {
         "768",
     );
 }
+
+#[test]
+fn a_config_file_supplies_options_and_flags_override_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("sd1-tiny");
+    let cfg = tmp.path().join("sample.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model: {}\nprompt: [\"a red dog\", \"a cat\"]\nsteps: 2\nnum_images: 2\nseed: 9\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let res = sample(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--num-images",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["prompts"], serde_json::json!(["a red dog", "a cat"]));
+    assert_eq!(m["steps"], 2);
+    assert_eq!(m["seed"], 9);
+    assert_eq!(m["num_images"], 1, "the flag wins over the file");
+
+    std::fs::write(&cfg, "stepz: 2\n").unwrap();
+    let bad = tmp.path().join("bad");
+    assert_clean_failure(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--out",
+            bad.to_str().unwrap(),
+        ],
+        &bad,
+        "stepz",
+    );
+}
