@@ -53,29 +53,33 @@ pub enum Command {
 pub struct SegmentArgs {
     /// A preset name (configs/segment/NAME.yaml), a preset file, or an ONNX file (with
     /// --preset).
-    #[arg(long, value_name = "PRESET_OR_ONNX", required = true)]
+    #[arg(long, value_name = "PRESET_OR_ONNX")]
     pub model: Option<String>,
     /// The preset (name or file) for an ONNX --model.
     #[arg(long, value_name = "FILE")]
     pub preset: Option<String>,
     /// Folder of images (.png, .jpg, .jpeg); other files are left alone.
-    #[arg(value_name = "IMAGES_DIR", required = true)]
+    #[arg(value_name = "IMAGES_DIR")]
     pub images: Option<PathBuf>,
     /// Folder for the masks and manifest.json.
-    #[arg(long, value_name = "MASKS_DIR", required = true)]
+    #[arg(long, value_name = "MASKS_DIR")]
     pub out: Option<PathBuf>,
+    /// Options from a YAML file (`model`, `preset`, `overlay`, `batch_size`, `threads`); flags
+    /// override them.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Folder for overlays (the image with its mask tinted in).
     #[arg(long, value_name = "DIR")]
     pub overlay: Option<PathBuf>,
     /// Print the manifest as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Images per model run.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// ONNX Runtime threads (0: its default).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// Images per model run [default: 16].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// ONNX Runtime threads (0: its default) [default: 0].
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
@@ -186,25 +190,53 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
     }
 }
 
-fn run_segment(cli: &Cli, args: &SegmentArgs) -> Result<ExitCode> {
-    let (Some(model), Some(images), Some(out)) = (&args.model, &args.images, &args.out) else {
-        bail!("--model, IMAGES_DIR and --out are required");
+/// `fmn-segment --config FILE.yaml`: the options of a segmentation run; flags win.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SegmentConfig {
+    model: Option<String>,
+    preset: Option<String>,
+    overlay: Option<PathBuf>,
+    batch_size: Option<usize>,
+    threads: Option<usize>,
+}
+
+fn run_segment(cli: &Cli, flags: &SegmentArgs) -> Result<ExitCode> {
+    let cfg: SegmentConfig = match &flags.config {
+        Some(p) => fmn_core::load_yaml(p)?,
+        None => SegmentConfig::default(),
     };
-    if args.batch_size == 0 {
+    let model = flags.model.clone().or(cfg.model);
+    let (Some(model), Some(images), Some(out)) = (&model, &flags.images, &flags.out) else {
+        bail!("--model (or `model:` in --config), IMAGES_DIR and --out are required");
+    };
+    let args = SegmentArgs {
+        model: Some(model.clone()),
+        preset: flags.preset.clone().or(cfg.preset),
+        overlay: flags.overlay.clone().or(cfg.overlay),
+        batch_size: Some(flags.batch_size.or(cfg.batch_size).unwrap_or(16)),
+        threads: Some(flags.threads.or(cfg.threads).unwrap_or(0)),
+        images: flags.images.clone(),
+        out: flags.out.clone(),
+        config: flags.config.clone(),
+        ..*flags
+    };
+    let batch_size = args.batch_size.unwrap_or(16);
+    if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
     let job = FolderJob {
         images: images.clone(),
         masks: out.clone(),
         overlays: args.overlay.clone(),
-        batch_size: args.batch_size,
+        batch_size,
         quiet: args.quiet || args.json,
     };
     // Folder mistakes are reported before the runtime or the model is touched.
     crate::batch::check_job(&job)?;
     let (preset, onnx) = resolve_model(model, args.preset.as_deref())?;
     let rt = Runtime::load(cli.ort_lib.as_deref())?;
-    let mut segmenter = rt.open(&preset, onnx.as_deref(), args.threads)?;
+    let mut segmenter = rt.open(&preset, onnx.as_deref(), args.threads.unwrap_or(0))?;
     let start = Instant::now();
     let manifest = segment_folder(&mut segmenter, &job)?;
     if args.json {

@@ -370,8 +370,10 @@ fn usage_errors() {
         "{}",
         stderr(&out)
     );
+    // No --model (it may also come from --config): a plain error naming it.
     let out = run(&[s(&imgs), "--out", s(&m)]);
-    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--model"), "{}", stderr(&out));
     let out = run(&["--model", "u2net", s(&imgs), "--out", s(&m)]);
     assert!(
         stderr(&out).contains("weights are not shipped"),
@@ -391,4 +393,50 @@ fn inspect_lists_inputs_and_outputs() {
     let text = stdout(&out);
     assert!(text.contains("input image f32 [-1, 3, 64, 64]"), "{text}");
     assert!(text.contains("output mask f32 [-1, 1, 64, 64]"), "{text}");
+}
+
+#[test]
+fn a_config_file_supplies_options_and_flags_override_it() {
+    let t = tempfile::tempdir().unwrap();
+    let (imgs, masks, over) = (
+        t.path().join("imgs"),
+        t.path().join("masks"),
+        t.path().join("over"),
+    );
+    toy_folder(&imgs, 2);
+    let cfg = t.path().join("segment.yaml");
+    fs::write(
+        &cfg,
+        format!("model: toy\nbatch_size: 1\noverlay: {}\n", over.display()),
+    )
+    .unwrap();
+    let out = run(&["--config", s(&cfg), s(&imgs), "--out", s(&masks)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(manifest(&masks)["count"], 2);
+    assert!(
+        over.join("00000.png").is_file(),
+        "the config's overlay folder is used"
+    );
+
+    let masks2 = t.path().join("masks2");
+    let out = run(&[
+        "--config",
+        s(&cfg),
+        "--model",
+        "no-such-preset",
+        s(&imgs),
+        "--out",
+        s(&masks2),
+    ]);
+    assert!(!out.status.success(), "the --model flag wins over the file");
+    assert!(stderr(&out).contains("no-such-preset"), "{}", stderr(&out));
+
+    fs::write(&cfg, "modle: toy\n").unwrap();
+    let out = run(&["--config", s(&cfg), s(&imgs), "--out", s(&masks2)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("modle") && stderr(&out).contains("segment.yaml"),
+        "{}",
+        stderr(&out)
+    );
 }
