@@ -67,20 +67,23 @@ fn forget_sh_runs_every_stage_and_each_output_is_what_the_next_reads() {
         .join("\n");
     std::fs::write(&resteer_cfg, resteer_text).unwrap();
 
-    let run = Command::new(root.join("pipelines/forget.sh"))
-        .current_dir(&root)
-        .args(["bob", "object"])
-        .arg(&images)
-        .arg(&out)
-        .env("BIN", bin_dir())
-        .env("INVERT_CONFIG", &invert_cfg)
-        .env("RESTEER_CONFIG", &resteer_cfg)
-        .env("PROMPTS", root.join("configs/eval/toy-bob-prompts.txt"))
-        .env("SUITE", root.join("configs/eval/toy-bob.yaml"))
-        .env("SEEDS", "1")
-        .env("SAMPLE_STEPS", "4")
-        .output()
-        .unwrap();
+    // forget.sh with few steps; every step skips its output when it exists.
+    let forget_sh = || {
+        let mut cmd = Command::new(root.join("pipelines/forget.sh"));
+        cmd.current_dir(&root)
+            .args(["bob", "object"])
+            .arg(&images)
+            .arg(&out)
+            .env("BIN", bin_dir())
+            .env("INVERT_CONFIG", &invert_cfg)
+            .env("RESTEER_CONFIG", &resteer_cfg)
+            .env("PROMPTS", root.join("configs/eval/toy-bob-prompts.txt"))
+            .env("SUITE", root.join("configs/eval/toy-bob.yaml"))
+            .env("SEEDS", "1")
+            .env("SAMPLE_STEPS", "4");
+        cmd
+    };
+    let run = forget_sh().output().unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "forget.sh failed:\n{stderr}");
 
@@ -148,18 +151,7 @@ fn forget_sh_runs_every_stage_and_each_output_is_what_the_next_reads() {
     );
 
     // A rerun finds every output and redoes nothing.
-    let again = Command::new(root.join("pipelines/forget.sh"))
-        .current_dir(&root)
-        .args(["bob", "object"])
-        .arg(&images)
-        .arg(&out)
-        .env("BIN", bin_dir())
-        .env("INVERT_CONFIG", &invert_cfg)
-        .env("RESTEER_CONFIG", &resteer_cfg)
-        .env("PROMPTS", root.join("configs/eval/toy-bob-prompts.txt"))
-        .env("SUITE", root.join("configs/eval/toy-bob.yaml"))
-        .output()
-        .unwrap();
+    let again = forget_sh().output().unwrap();
     assert!(again.status.success());
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(
