@@ -4,7 +4,7 @@ use crate::config::InvertConfig;
 use crate::init::Initializer;
 use crate::InvertError;
 use candle_core::{DType, Device, Tensor, Var};
-use fmn_sd::checkpoint::Checkpoint;
+use fmn_sd::checkpoint::Schedule;
 use fmn_sd::embedding::{token_table_fingerprint, EmbeddingMeta, TokenEmbedding};
 use fmn_sd::noise::NoiseRng;
 use fmn_sd::optim::{AdamW, AdamWConfig};
@@ -154,16 +154,13 @@ pub fn invert(
             weight_decay: cfg.weight_decay_ti,
         },
     )?;
-    let ckpt = opts
-        .checkpoint_dir
-        .map(|d| Checkpoint::new(d, serde_json::to_value(cfg).unwrap_or_default()));
-    let mut start = 0;
-    if let (Some(ck), true) = (&ckpt, opts.resume) {
-        if let Some(step) = ck.restore(&vars, &mut opt)? {
-            tracing::info!(step, "resuming");
-            start = step;
-        }
-    }
+    let checkpoints = Schedule::new(
+        opts.checkpoint_dir,
+        serde_json::to_value(cfg).unwrap_or_default(),
+        opts.checkpoint_every,
+        opts.resume,
+    );
+    let start = checkpoints.start(&vars, &mut opt)?;
     let schedule = NoiseSchedule::from_config(&model.scheduler)?;
     let (t_lo, t_hi) = (
         cfg.timesteps[0],
@@ -261,14 +258,7 @@ pub fn invert(
         }
         losses.push(value);
         (opts.on_step)(step, value);
-        if let Some(ck) = &ckpt {
-            if opts.checkpoint_every > 0
-                && (step + 1) % opts.checkpoint_every == 0
-                && step + 1 < cfg.max_train_steps_ti
-            {
-                ck.save(step + 1, &vars, &opt)?;
-            }
-        }
+        checkpoints.after_step(step + 1, cfg.max_train_steps_ti, &vars, &opt)?;
     }
     let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
     let k = losses.len().min(20);

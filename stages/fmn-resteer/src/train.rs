@@ -6,7 +6,7 @@ use crate::params::Trainable;
 use crate::prompts::{concept_prompt, ConceptPrompt};
 use crate::ResteerError;
 use candle_core::{DType, Device, Tensor};
-use fmn_sd::checkpoint::Checkpoint;
+use fmn_sd::checkpoint::Schedule;
 use fmn_sd::clip::ClipTextModel;
 use fmn_sd::embedding::{AddedTokens, TokenEmbedding};
 use fmn_sd::noise::NoiseRng;
@@ -298,16 +298,13 @@ pub fn resteer(
             weight_decay: cfg.adam_weight_decay,
         },
     )?;
-    let ckpt = opts
-        .checkpoint_dir
-        .map(|d| Checkpoint::new(d, serde_json::to_value(cfg).unwrap_or_default()));
-    let mut start = 0;
-    if let (Some(ck), true) = (&ckpt, opts.resume) {
-        if let Some(step) = ck.restore(&vars, &mut opt)? {
-            tracing::info!(step, "resuming");
-            start = step;
-        }
-    }
+    let checkpoints = Schedule::new(
+        opts.checkpoint_dir,
+        serde_json::to_value(cfg).unwrap_or_default(),
+        opts.checkpoint_every,
+        opts.resume,
+    );
+    let start = checkpoints.start(&vars, &mut opt)?;
     let scaling = model.vae.scaling_factor();
     let train_steps = model.schedule.num_train_timesteps();
     let (t_lo, t_hi) = (cfg.timesteps[0], cfg.timesteps[1].min(train_steps));
@@ -386,14 +383,7 @@ pub fn resteer(
         last = value;
         last_attention = attention_loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         (opts.on_step)(step, value);
-        if let Some(ck) = &ckpt {
-            if opts.checkpoint_every > 0
-                && (step + 1) % opts.checkpoint_every == 0
-                && step + 1 < cfg.max_train_steps
-            {
-                ck.save(step + 1, &vars, &opt)?;
-            }
-        }
+        checkpoints.after_step(step + 1, cfg.max_train_steps, &vars, &opt)?;
     }
     let (base, deltas) = trainable.export()?;
     Ok(Resteered {

@@ -97,3 +97,55 @@ pub fn folder_for(out: &Path) -> PathBuf {
     name.push(".ckpt");
     out.with_file_name(name)
 }
+
+/// A run's checkpointing: where (none: never), every how many steps, and whether to resume.
+pub struct Schedule {
+    checkpoint: Option<Checkpoint>,
+    every: usize,
+    resume: bool,
+}
+
+impl Schedule {
+    /// `settings` (any JSON) must match on resume.
+    pub fn new(
+        dir: Option<&Path>,
+        settings: serde_json::Value,
+        every: usize,
+        resume: bool,
+    ) -> Self {
+        Self {
+            checkpoint: dir.map(|d| Checkpoint::new(d, settings)),
+            every,
+            resume,
+        }
+    }
+
+    /// The step to start from: with `resume` and a checkpoint, its step (after loading it into
+    /// `vars` and `opt`); else 0.
+    pub fn start(&self, vars: &[(String, Var)], opt: &mut AdamW) -> Result<usize> {
+        if let (Some(ck), true) = (&self.checkpoint, self.resume) {
+            if let Some(step) = ck.restore(vars, opt)? {
+                tracing::info!(step, "resuming");
+                return Ok(step);
+            }
+        }
+        Ok(0)
+    }
+
+    /// Saves once `done` of `total` steps are finished, when `every` divides `done` (never
+    /// after the last step: the result is written then).
+    pub fn after_step(
+        &self,
+        done: usize,
+        total: usize,
+        vars: &[(String, Var)],
+        opt: &AdamW,
+    ) -> Result<()> {
+        if let Some(ck) = &self.checkpoint {
+            if self.every > 0 && done.is_multiple_of(self.every) && done < total {
+                ck.save(done, vars, opt)?;
+            }
+        }
+        Ok(())
+    }
+}
