@@ -21,3 +21,11 @@ pub fn default_model_dir() -> std::path::PathBuf {
         None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/toy-model"),
     }
 }
+
+/// The `data/` folder of the source tree (tokenizer, toy model, presets), or `$FMN_DATA_DIR`.
+pub fn data_dir() -> std::path::PathBuf {
+    match std::env::var_os("FMN_DATA_DIR") {
+        Some(dir) => dir.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data"),
+    }
+}

@@ -14,9 +14,12 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "fmn-invert", version)]
 pub struct Args {
-    /// Diffusers model folder (default: the shipped toy model).
+    /// Diffusers model folder or single-file .safetensors checkpoint (SD 1.x/2.x, original
+    /// layout); default: the shipped toy model.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: fmn_sd::source::SourceArgs,
     /// Settings (keys as in configs/invert/*.yaml); the flags below override them.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -124,7 +127,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(fmn_core::default_model_dir);
     let device = fmn_sd::device::from_name(&args.device)?;
-    let model = StableDiffusion::load(&model_dir, &device, DType::F32)
+    let model = args
+        .source
+        .open(&model_dir)
+        .and_then(|source| StableDiffusion::load_source(&source, &device, DType::F32, &[]))
         .with_context(|| format!("cannot load the model {}", model_dir.display()))?;
     let ckpt = folder_for(&args.out);
     let bar = fmn_core::progress::bar(cfg.max_train_steps_ti as u64, "inverting", args.quiet);

@@ -79,6 +79,61 @@ pub fn run(inputs: &[PathBuf], model: &Path, out: &Path, as_json: bool) -> Resul
     Ok(ExitCode::SUCCESS)
 }
 
+/// `fmn-patch apply --format single-file`: the single-file checkpoint `model` with `inputs`
+/// added, written to the file `out` in the same layout and dtypes; every other tensor is copied
+/// unchanged. The record of what was applied goes into the file's metadata (`fmn_patches`).
+pub fn run_single_file(
+    inputs: &[PathBuf],
+    model: &Path,
+    source: &fmn_sd::source::SourceArgs,
+    out: &Path,
+    as_json: bool,
+) -> Result<ExitCode> {
+    crate::refuse_overwrite(out, &[model])?;
+    let patches = inputs
+        .iter()
+        .map(|p| crate::load_patch(p))
+        .collect::<Result<Vec<_>>>()?;
+    let file = match source.open(model)? {
+        fmn_sd::source::ModelSource::SingleFile(f) => f,
+        fmn_sd::source::ModelSource::Folder { .. } => {
+            bail!(
+                "{} is a diffusers folder, not a single file",
+                model.display()
+            )
+        }
+    };
+    let names: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+    let record = json!({
+        "fmn_version": fmn_core::VERSION,
+        "base_model": model.display().to_string(),
+        "patches": inputs.iter().zip(&patches).map(|(path, p)| json!({
+            "file": path.display().to_string(),
+            "concepts": p.meta.concepts,
+            "base_fingerprint": p.meta.base_fingerprint,
+        })).collect::<Vec<_>>(),
+    });
+    let metadata = std::collections::BTreeMap::from([(
+        "fmn_patches".to_string(),
+        serde_json::to_string(&record)?,
+    )]);
+    let n = file
+        .write_patched(out, &patches, &metadata)
+        .with_context(|| format!("cannot apply {} to {}", names.join(", "), model.display()))?;
+    if as_json {
+        let mut record = record;
+        record["tensors_rewritten"] = json!(n);
+        record["out"] = json!(out.display().to_string());
+        println!("{}", serde_json::to_string(&record)?);
+    } else {
+        eprintln!(
+            "{n} checkpoint tensors patched; wrote {} (original single-file layout)",
+            out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Rewrites the weights file `src` to `dst` with `patches` added to `component`'s tensors,
 /// keeping every tensor's dtype and the file's metadata.
 fn patch_file(src: &Path, dst: &Path, component: &str, patches: &[Patch]) -> Result<usize> {

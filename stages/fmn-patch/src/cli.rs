@@ -34,15 +34,23 @@ pub enum Command {
     },
     /// Compress a patch's matrix deltas into LoRA factors (kohya / AUTOMATIC1111 key layout).
     Lora(LoraArgs),
-    /// Write a full diffusers model folder with the patches added to its weights.
+    /// Write the whole model with the patches added to its weights: a diffusers folder, or a
+    /// single-file checkpoint in the original layout (AUTOMATIC1111 / ComfyUI load it).
     Apply {
         /// The patches, applied together.
         #[arg(required = true)]
         patches: Vec<PathBuf>,
-        /// The base diffusers model folder (with model_index.json).
+        /// The base model: a diffusers folder (with model_index.json) or a single-file
+        /// .safetensors checkpoint.
         #[arg(long)]
         model: PathBuf,
-        /// The patched model folder to write (replaced if it exists).
+        #[command(flatten)]
+        source: fmn_sd::source::SourceArgs,
+        /// What to write; default: the base model's own layout. `single-file` needs a
+        /// single-file base.
+        #[arg(long, value_enum)]
+        format: Option<ApplyFormat>,
+        /// The patched model folder or file to write (replaced if it exists).
         #[arg(long, short)]
         out: PathBuf,
     },
@@ -69,6 +77,14 @@ pub struct LoraArgs {
     /// The LoRA file to write.
     #[arg(long, short)]
     pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ApplyFormat {
+    /// A diffusers folder (from a diffusers base folder).
+    Diffusers,
+    /// One .safetensors file in the original CompVis layout (from a single-file base).
+    SingleFile,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

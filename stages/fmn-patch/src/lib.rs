@@ -6,7 +6,7 @@ mod inspect;
 pub mod lora;
 mod merge;
 
-pub use cli::{Cli, Command, LoraArgs, LoraDtype};
+pub use cli::{ApplyFormat, Cli, Command, LoraArgs, LoraDtype};
 
 use anyhow::{Context, Result};
 use fmn_sd::patch::Patch;
@@ -21,8 +21,32 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Apply {
             patches,
             model,
+            source,
+            format,
             out,
-        } => apply::run(patches, model, out, cli.json),
+        } => {
+            let format = format.unwrap_or(if model.is_dir() {
+                ApplyFormat::Diffusers
+            } else {
+                ApplyFormat::SingleFile
+            });
+            match (format, model.is_dir()) {
+                (ApplyFormat::Diffusers, true) => apply::run(patches, model, out, cli.json),
+                (ApplyFormat::SingleFile, false) => {
+                    apply::run_single_file(patches, model, source, out, cli.json)
+                }
+                (ApplyFormat::SingleFile, true) => anyhow::bail!(
+                    "--format single-file needs a single-file --model; {} is a diffusers folder \
+                     (converting a folder to the original layout is not supported)",
+                    model.display()
+                ),
+                (ApplyFormat::Diffusers, false) => anyhow::bail!(
+                    "--format diffusers needs a diffusers folder as --model; {} is a file \
+                     (use --format single-file to patch a single-file checkpoint)",
+                    model.display()
+                ),
+            }
+        }
     }
 }
 

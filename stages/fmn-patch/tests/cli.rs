@@ -644,3 +644,130 @@ fn apply_keeps_fp16_variant_files() {
         vals(&weights["conv_in.weight"])
     );
 }
+
+/// `apply --format single-file` on the SD1-style single-file fixture: the patched tensors land
+/// under their original key names in the file's fp16, the rest is copied, and the file loads.
+#[test]
+fn apply_writes_a_single_file_checkpoint() {
+    use fmn_sd::single_file::SingleFile;
+    use fmn_sd::source::SourceOptions;
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = fixtures().join("single-file/sd1-tiny.safetensors");
+    let opts = SourceOptions {
+        config_dir: Some(fixtures().join("sd1-tiny")),
+        prediction_type: None,
+    };
+    let base_file = SingleFile::open(&ckpt, &opts).unwrap();
+    let name = "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v.weight";
+    let base_t = base_file
+        .component_tensors("unet", DType::F32, &Device::Cpu)
+        .unwrap()[name]
+        .clone();
+    let delta = (Tensor::ones(base_t.dims(), DType::F32, &Device::Cpu).unwrap() * 0.5).unwrap();
+    let key = format!("unet.{name}");
+    let patch = Patch::from_deltas(
+        &BTreeMap::from([(key.clone(), base_t.clone())]),
+        BTreeMap::from([(key.clone(), delta.clone())]),
+        vec![Concept {
+            name: "circle".into(),
+            kind: "object".into(),
+        }],
+        serde_json::json!({}),
+        DType::F16,
+    )
+    .unwrap();
+    let patch_file = tmp.path().join("circle.safetensors");
+    patch.save(&patch_file).unwrap();
+    let out = tmp.path().join("patched model.safetensors");
+    let config = fixtures().join("sd1-tiny");
+    let args = [
+        "apply",
+        s(&patch_file),
+        "--model",
+        s(&ckpt),
+        "--model-config",
+        s(&config),
+        "-o",
+        s(&out),
+        "--json",
+    ];
+    let record = ok_json(&args);
+    assert_eq!(record["tensors_rewritten"], 1);
+
+    let written = load(&out);
+    let original = load(&ckpt);
+    let ldm = "model.diffusion_model.output_blocks.3.1.transformer_blocks.0.attn2.to_v.weight";
+    assert_eq!(written[ldm].dtype(), DType::F16);
+    let want = (&base_t + &delta).unwrap().to_dtype(DType::F16).unwrap();
+    assert_eq!(vals(&written[ldm]), vals(&want));
+    assert_eq!(written.len(), original.len());
+    for (k, v) in &original {
+        if k != ldm {
+            assert_eq!(vals(v), vals(&written[k]), "{k}");
+        }
+    }
+    let bytes = std::fs::read(&out).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().as_ref().unwrap();
+    assert_eq!(meta["format"], "pt");
+    assert!(meta["fmn_patches"].contains("circle"));
+
+    // The output is itself a loadable single file; the patch no longer fits it.
+    let again = tmp.path().join("again.safetensors");
+    let out_str = out.to_str().unwrap().to_string();
+    fails(
+        &[
+            "apply",
+            s(&patch_file),
+            "--model",
+            &out_str,
+            "--model-config",
+            s(&config),
+            "-o",
+            s(&again),
+        ],
+        &["another base model", &key],
+    );
+    assert!(!again.exists());
+    // Layouts that cannot be written, and pickle checkpoints.
+    fails(
+        &[
+            "apply",
+            s(&patch_file),
+            "--model",
+            s(&config),
+            "--format",
+            "single-file",
+            "-o",
+            s(&again),
+        ],
+        &["needs a single-file --model"],
+    );
+    fails(
+        &[
+            "apply",
+            s(&patch_file),
+            "--model",
+            s(&ckpt),
+            "--format",
+            "diffusers",
+            "-o",
+            s(&again),
+        ],
+        &["--format single-file"],
+    );
+    let pickle = tmp.path().join("model.ckpt");
+    std::fs::write(&pickle, b"\x80\x02}q\x00.").unwrap();
+    fails(
+        &[
+            "apply",
+            s(&patch_file),
+            "--model",
+            s(&pickle),
+            "-o",
+            s(&again),
+        ],
+        &["pickle", "model.ckpt"],
+    );
+    assert!(!again.exists());
+}

@@ -13,9 +13,12 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "fmn-resteer", version)]
 pub struct Args {
-    /// Diffusers model folder (default: the shipped toy model).
+    /// Diffusers model folder or single-file .safetensors checkpoint (SD 1.x/2.x, original
+    /// layout); default: the shipped toy model.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: fmn_sd::source::SourceArgs,
     /// Settings (keys as in configs/resteer/*.yaml); the flags below override them.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -129,7 +132,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(fmn_core::default_model_dir);
     let device = fmn_sd::device::from_name(&args.device)?;
-    let model = Model::load(&model_dir, &device)
+    let model = args
+        .source
+        .open(&model_dir)
+        .and_then(|source| Model::load(&source, &device))
         .with_context(|| format!("cannot load the model {}", model_dir.display()))?;
     let delta_dtype = if cfg.delta_dtype == "f32" {
         DType::F32

@@ -13,7 +13,7 @@ use fmn_sd::noise::NoiseRng;
 use fmn_sd::optim::{AdamW, AdamWConfig};
 use fmn_sd::probes::AttentionRecorder;
 use fmn_sd::scheduler::training::NoiseSchedule;
-use fmn_sd::scheduler::SchedulerConfig;
+use fmn_sd::source::ModelSource;
 use fmn_sd::tokenizer::ClipTokenizer;
 use fmn_sd::training_images::{resize_mask, TrainingImages};
 use fmn_sd::unet::UNetConfig;
@@ -33,24 +33,21 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn load(dir: &Path, device: &Device) -> Result<Self, ResteerError> {
-        if !dir.join("model_index.json").is_file() {
-            return Err(ResteerError::Input(format!(
-                "{}: not a diffusers model folder (model_index.json is missing)",
-                dir.display()
-            )));
-        }
-        let unet_dir = dir.join("unet");
-        let file = fmn_sd::weights::find_weights_file(&unet_dir, "diffusion_pytorch_model")?;
+    /// The frozen components and the UNet's weights (f32) of a diffusers folder or single file.
+    pub fn load(source: &ModelSource, device: &Device) -> fmn_sd::Result<Self> {
+        let te_cfg = source.text_encoder_config()?;
+        let vae_cfg = source.vae_config()?;
         Ok(Self {
-            tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
-            text_encoder: ClipTextModel::load(&dir.join("text_encoder"), device)?,
-            vae: AutoencoderKL::load(&dir.join("vae"), device)?,
-            unet_config: UNetConfig::from_file(&unet_dir.join("config.json"))?,
-            unet_weights: fmn_sd::weights::load_tensors(&file, DType::F32, device)?,
-            schedule: NoiseSchedule::from_config(&SchedulerConfig::from_file(
-                dir.join("scheduler/scheduler_config.json"),
-            )?)?,
+            tokenizer: source.tokenizer()?,
+            text_encoder: source.build("text_encoder", DType::F32, device, &[], |vb| {
+                ClipTextModel::new(vb, &te_cfg)
+            })?,
+            vae: source.build("vae", DType::F32, device, &[], |vb| {
+                AutoencoderKL::new(vb, &vae_cfg)
+            })?,
+            unet_config: source.unet_config()?,
+            unet_weights: source.load_tensors("unet", DType::F32, device)?,
+            schedule: NoiseSchedule::from_config(&source.scheduler_config()?)?,
         })
     }
 }

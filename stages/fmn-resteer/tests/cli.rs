@@ -408,3 +408,55 @@ fn an_embedding_of_the_concepts_own_row_gives_the_same_patch_as_its_name() {
     );
     assert!(!out.exists());
 }
+
+/// Re-steering a single-file checkpoint (original layout, fp16, configs from the folder it was
+/// made from): the patch fits that file and lowers the concept's attention there.
+#[test]
+fn single_file_checkpoints_are_resteered_like_folders() {
+    use fmn_sd::source::{ModelSource, SourceOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, _) = images(tmp.path(), 2, 32);
+    let ckpt = model().join("../single-file/sd1-tiny.safetensors");
+    let out = tmp.path().join("bob.safetensors");
+    let res = Command::new(env!("CARGO_BIN_EXE_fmn-resteer"))
+        .arg("--model")
+        .arg(&ckpt)
+        .arg("--model-config")
+        .arg(model())
+        .args(["--quiet", "--concept", "bob", "--kind", "object"])
+        .args([
+            "--params", "attn2-kv", "--steps", "8", "--lr", "0.01", "--images",
+        ])
+        .arg(&img)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let patch = Patch::load(&out).unwrap();
+    let opts = SourceOptions {
+        config_dir: Some(model()),
+        prediction_type: None,
+    };
+    let source = ModelSource::open(&ckpt, &opts).unwrap();
+    let base = StableDiffusion::load_source(&source, &Device::Cpu, DType::F32, &[]).unwrap();
+    let patched = StableDiffusion::load_source(
+        &source,
+        &Device::Cpu,
+        DType::F32,
+        std::slice::from_ref(&patch),
+    )
+    .unwrap();
+    let (before, after) = (bob_energy(&base), bob_energy(&patched));
+    assert!(after < 0.5 * before, "attention energy {before} -> {after}");
+    // The fp16 file's values are not the f32 folder's: the patch refuses the folder.
+    let err = StableDiffusion::load_with_patches(&model(), &Device::Cpu, DType::F32, &[patch])
+        .err()
+        .expect("the folder is another base")
+        .to_string();
+    assert!(err.contains("another base model"), "{err}");
+}

@@ -6,16 +6,19 @@ use fmn_sd::pipeline::StableDiffusion;
 use fmn_sd::scheduler::SamplerKind;
 use std::path::PathBuf;
 
-/// Sample images from a Stable Diffusion model folder (diffusers layout).
+/// Sample images from a Stable Diffusion model (diffusers folder or single-file checkpoint).
 #[derive(Debug, Parser)]
 #[command(name = "fmn-sample", version)]
 pub struct Args {
     /// Options from a YAML file (`num_images: 8`, `prompt: [..]`, ...); flags override them.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The diffusers model folder (with model_index.json); default: the shipped toy model.
+    /// Diffusers model folder or single-file .safetensors checkpoint (SD 1.x/2.x, original
+    /// layout); default: the shipped toy model.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: fmn_sd::source::SourceArgs,
     /// A weight patch (`fmn-patch/1` file) applied at load time; repeat to apply several.
     #[arg(long = "patch")]
     pub patch: Vec<PathBuf>,

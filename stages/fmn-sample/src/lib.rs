@@ -35,18 +35,21 @@ pub fn run(args: &Args) -> Result<()> {
         .iter()
         .map(|p| Patch::load(p).with_context(|| format!("cannot load the patch {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
-    let mut model = StableDiffusion::load_with_patches(&model_dir, &device, DType::F32, &patches)
+    let mut model = args
+        .source
+        .open(&model_dir)
+        .and_then(|source| StableDiffusion::load_source(&source, &device, DType::F32, &patches))
         .with_context(|| {
-        let names: Vec<String> = args.patch.iter().map(|p| p.display().to_string()).collect();
-        match names.len() {
-            0 => format!("cannot load the model {}", model_dir.display()),
-            _ => format!(
-                "cannot load the model {} with the patches {}",
-                model_dir.display(),
-                names.join(", ")
-            ),
-        }
-    })?;
+            let names: Vec<String> = args.patch.iter().map(|p| p.display().to_string()).collect();
+            match names.len() {
+                0 => format!("cannot load the model {}", model_dir.display()),
+                _ => format!(
+                    "cannot load the model {} with the patches {}",
+                    model_dir.display(),
+                    names.join(", ")
+                ),
+            }
+        })?;
     if !args.embedding.is_empty() {
         let mut embeddings = Vec::new();
         let mut names = Vec::new();

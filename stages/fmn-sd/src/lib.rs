@@ -25,6 +25,8 @@ pub mod pipeline;
 pub mod probes;
 pub mod resnet;
 pub mod scheduler;
+pub mod single_file;
+pub mod source;
 pub mod tokenizer;
 pub mod training_images;
 pub mod unet;

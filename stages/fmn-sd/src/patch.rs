@@ -515,25 +515,24 @@ pub fn check_components(patches: &[Patch]) -> Result<()> {
     Ok(())
 }
 
-/// As [`crate::weights::build_from_dir`], with `patches` applied to the component `component`:
+/// Builds a model from the weights `file` of the component `component` with `patches` added:
 /// when no patch touches it the weights are memory-mapped as usual; otherwise they are read
 /// into memory, patched and converted to `dtype`.
-pub fn build_patched<T>(
-    dir: &Path,
+pub fn build_patched_file<T>(
+    file: &Path,
     component: &str,
-    stem: &str,
     dtype: DType,
     device: &Device,
     patches: &[Patch],
     build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T> {
     if !patches.iter().any(|p| p.touches(component)) {
-        return crate::weights::build_from_dir(dir, stem, dtype, device, build);
+        let vb = crate::weights::mmap_var_builder(file, dtype, device)?;
+        return crate::weights::in_file(file, build(vb));
     }
-    let file = crate::weights::find_weights_file(dir, stem)?;
-    crate::weights::validate_safetensors(&file)?;
+    crate::weights::validate_safetensors(file)?;
     let mut weights =
-        crate::weights::in_file(&file, candle_core::safetensors::load(&file, &Device::Cpu))?;
+        crate::weights::in_file(file, candle_core::safetensors::load(file, &Device::Cpu))?;
     let n = apply_to_component(component, &mut weights, patches)?;
     tracing::info!("{component}: {n} tensors patched");
     let weights = weights
@@ -541,5 +540,5 @@ pub fn build_patched<T>(
         .map(|(k, t)| Ok((k, t.to_dtype(dtype)?.to_device(device)?)))
         .collect::<Result<HashMap<_, _>>>()?;
     let vb = VarBuilder::from_tensors(weights, dtype, device);
-    crate::weights::in_file(&file, build(vb))
+    crate::weights::in_file(file, build(vb))
 }

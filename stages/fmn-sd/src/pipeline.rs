@@ -1,20 +1,22 @@
 //! A diffusers Stable Diffusion folder loaded as one model, and text-to-image sampling with
 //! classifier-free guidance exactly as diffusers' `StableDiffusionPipeline` does it.
-use crate::clip::{ClipTextConfig, ClipTextModel};
+use crate::clip::ClipTextModel;
 use crate::embedding::{AddedTokens, TokenEmbedding};
 use crate::noise::NoiseRng;
-use crate::patch::{build_patched, Patch};
+use crate::patch::Patch;
 use crate::probes::AttentionRecorder;
 use crate::scheduler::{build_sampler, SamplerKind, SchedulerConfig};
+use crate::source::{ModelSource, SourceOptions};
 use crate::tokenizer::ClipTokenizer;
-use crate::unet::{UNet2DConditionModel, UNetConfig};
-use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::unet::UNet2DConditionModel;
+use crate::vae::AutoencoderKL;
 use crate::{Result, SdError};
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
 
 /// The components of a diffusers `StableDiffusionPipeline` folder.
 pub struct StableDiffusion {
+    /// The diffusers folder or single-file checkpoint the model was loaded from.
     pub dir: PathBuf,
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
@@ -25,10 +27,6 @@ pub struct StableDiffusion {
     /// Learned tokens added with [`StableDiffusion::add_embeddings`].
     pub added_tokens: Option<AddedTokens>,
 }
-
-/// The sub-folders `StableDiffusion::load` reads, checked up front so that a missing one is
-/// reported by name before any weights are read.
-const COMPONENTS: [&str; 5] = ["tokenizer", "text_encoder", "unet", "vae", "scheduler"];
 
 impl StableDiffusion {
     /// Loads `dir` (a folder with `model_index.json`), computing in `dtype` on `device`.
@@ -44,49 +42,35 @@ impl StableDiffusion {
         dtype: DType,
         patches: &[Patch],
     ) -> Result<Self> {
-        let index = dir.join("model_index.json");
-        if !index.is_file() {
-            return Err(SdError::config(
-                dir,
-                "not a diffusers model folder: model_index.json is missing",
-            ));
-        }
-        let _: serde_json::Value = crate::config::read_json(&index)?;
-        for c in COMPONENTS {
-            if !dir.join(c).is_dir() {
-                return Err(SdError::config(
-                    dir,
-                    format!("the `{c}/` sub-folder of the model is missing"),
-                ));
-            }
-        }
+        let source = ModelSource::open(dir, &SourceOptions::default())?;
+        Self::load_source(&source, device, dtype, patches)
+    }
+
+    /// Loads a diffusers folder or a single-file checkpoint (see [`ModelSource`]) with
+    /// `patches` added.
+    pub fn load_source(
+        source: &ModelSource,
+        device: &Device,
+        dtype: DType,
+        patches: &[Patch],
+    ) -> Result<Self> {
         crate::patch::check_components(patches)?;
-        let te_dir = dir.join("text_encoder");
-        let te_cfg = ClipTextConfig::from_file(&te_dir.join("config.json"))?;
-        let unet_dir = dir.join("unet");
-        let unet_cfg = UNetConfig::from_file(&unet_dir.join("config.json"))?;
-        let vae_dir = dir.join("vae");
-        let vae_cfg = AutoencoderKLConfig::from_file(&vae_dir.join("config.json"))?;
-        const DIFFUSERS: &str = "diffusion_pytorch_model";
+        let te_cfg = source.text_encoder_config()?;
+        let unet_cfg = source.unet_config()?;
+        let vae_cfg = source.vae_config()?;
         Ok(Self {
-            dir: dir.to_path_buf(),
-            tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
-            text_encoder: build_patched(
-                &te_dir,
-                "text_encoder",
-                "model",
-                dtype,
-                device,
-                patches,
-                |vb| ClipTextModel::new(vb, &te_cfg),
-            )?,
-            unet: build_patched(&unet_dir, "unet", DIFFUSERS, dtype, device, patches, |vb| {
+            dir: source.path().to_path_buf(),
+            tokenizer: source.tokenizer()?,
+            text_encoder: source.build("text_encoder", dtype, device, patches, |vb| {
+                ClipTextModel::new(vb, &te_cfg)
+            })?,
+            unet: source.build("unet", dtype, device, patches, |vb| {
                 UNet2DConditionModel::new(vb, &unet_cfg)
             })?,
-            vae: build_patched(&vae_dir, "vae", DIFFUSERS, dtype, device, patches, |vb| {
+            vae: source.build("vae", dtype, device, patches, |vb| {
                 AutoencoderKL::new(vb, &vae_cfg)
             })?,
-            scheduler: SchedulerConfig::from_file(dir.join("scheduler/scheduler_config.json"))?,
+            scheduler: source.scheduler_config()?,
             device: device.clone(),
             added_tokens: None,
         })

@@ -218,6 +218,22 @@ impl ClipTokenizer {
         Self::build(vocabulary, Settings::sd1_defaults(), vocab.to_path_buf())
     }
 
+    /// A bare `vocab.json` + `merges.txt` pair with the special tokens and length of the
+    /// `tokenizer_config.json` at `config` (e.g. SD 2.x's, which pads with `!`), read as
+    /// [`Self::from_dir`] reads a folder's.
+    pub fn from_files_with_config(vocab: &Path, merges: &Path, config: &Path) -> Result<Self> {
+        let vocabulary = read_vocab_merges(vocab, merges)?;
+        let dir = config.parent().unwrap_or(Path::new("."));
+        if config.file_name() != Some(std::ffi::OsStr::new("tokenizer_config.json")) {
+            return Err(SdError::config(
+                config,
+                "expected a file named tokenizer_config.json",
+            ));
+        }
+        let settings = read_settings(dir, &[])?;
+        Self::build(vocabulary, settings, config.to_path_buf())
+    }
+
     fn build(vocabulary: Vocabulary, settings: Settings, source: PathBuf) -> Result<Self> {
         let Settings {
             named,

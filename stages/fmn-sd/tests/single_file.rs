@@ -1,0 +1,380 @@
+//! Single-file checkpoints (original CompVis / AUTOMATIC1111 layout) built from the tiny
+//! fixtures by `tests/fixtures/gen/make_single_file_fixtures.py`, which checked that diffusers'
+//! `from_single_file` reads them back into the folders' weights and wrote reference outputs.
+use candle_core::{DType, Device, Tensor};
+use fmn_sd::patch::{Concept, Patch};
+use fmn_sd::pipeline::StableDiffusion;
+use fmn_sd::single_file::infer;
+use fmn_sd::single_file::keys::TextLayout;
+use fmn_sd::single_file::SingleFile;
+use fmn_sd::source::{ModelSource, SourceOptions};
+use fmn_sd::tokenizer::ClipTokenizer;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn single(name: &str) -> PathBuf {
+    fixtures()
+        .join("single-file")
+        .join(format!("{name}.safetensors"))
+}
+
+fn with_configs(name: &str) -> SourceOptions {
+    SourceOptions {
+        config_dir: Some(fixtures().join(name)),
+        prediction_type: None,
+    }
+}
+
+/// max |a - b| / max |b|
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let max = |t: &Tensor| -> f32 {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    max(&(a - b).unwrap()) / max(b).max(1e-12)
+}
+
+fn equal(a: &Tensor, b: &Tensor) -> bool {
+    a.dims() == b.dims()
+        && (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            == 0.0
+}
+
+#[test]
+fn single_files_give_diffusers_from_single_file_outputs() {
+    for name in ["sd1-tiny", "sd2-tiny"] {
+        let source = ModelSource::open(&single(name), &with_configs(name)).unwrap();
+        let model = StableDiffusion::load_source(&source, &Device::Cpu, DType::F32, &[]).unwrap();
+        let r = candle_core::safetensors::load(
+            fixtures().join(format!("single-file/{name}-reference.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let ids = model.token_ids(&["a photo of a red circle"]).unwrap();
+        let want_ids = r["prompt_ids"].to_dtype(DType::U32).unwrap();
+        assert!(equal(&ids, &want_ids), "{name}: token ids");
+        let hidden = model.encode_prompts(&["a photo of a red circle"]).unwrap();
+        let e_text = rel_err(&hidden, &r["text_hidden"]);
+        let out = model
+            .unet
+            .forward(&r["unet_sample"], &r["unet_timestep"], &r["text_hidden"])
+            .unwrap();
+        let e_unet = rel_err(&out, &r["unet_out"]);
+        let decoded = model.vae.decode(&r["vae_latents"]).unwrap();
+        let e_vae = rel_err(&decoded, &r["vae_decoded"]);
+        println!("{name}: text {e_text:e}, unet {e_unet:e}, vae {e_vae:e}");
+        assert!(e_text < 1e-5 && e_unet < 1e-4 && e_vae < 1e-4, "{name}");
+    }
+}
+
+/// Every converted tensor is the folder's tensor (diffusers' own names) rounded to fp16.
+#[test]
+fn converted_tensors_are_the_folder_tensors() {
+    for name in ["sd1-tiny", "sd2-tiny"] {
+        let file = ModelSource::open(&single(name), &with_configs(name)).unwrap();
+        let folder = ModelSource::open(&fixtures().join(name), &SourceOptions::default()).unwrap();
+        for component in ["unet", "text_encoder"] {
+            let got = file
+                .load_tensors(component, DType::F32, &Device::Cpu)
+                .unwrap();
+            // The folders were saved by transformers 5 (no `text_model.` prefix); single files
+            // convert to the prefixed names of every released SD text encoder.
+            let want: HashMap<String, Tensor> = folder
+                .load_tensors(component, DType::F32, &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .map(|(k, t)| {
+                    let k = match component {
+                        "text_encoder" if !k.starts_with("text_model.") => {
+                            format!("text_model.{k}")
+                        }
+                        _ => k,
+                    };
+                    (k, t.to_dtype(DType::F16).unwrap())
+                })
+                .collect();
+            let mut names: Vec<_> = want.keys().collect();
+            names.sort();
+            let mut got_names: Vec<_> = got.keys().collect();
+            got_names.sort();
+            assert_eq!(names, got_names, "{name} {component}: tensor names");
+            for n in names {
+                assert!(equal(&got[n], &want[n]), "{name} {component} `{n}`");
+            }
+        }
+    }
+}
+
+fn shapes(name: &str) -> infer::Shapes {
+    let bytes = std::fs::read(single(name)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.shape().to_vec()))
+        .collect()
+}
+
+/// What the shapes say is read off them: compared with the folders' configs.
+#[test]
+fn standard_configs_read_off_the_shapes() {
+    for (name, layout) in [
+        ("sd1-tiny", TextLayout::Clip),
+        ("sd2-tiny", TextLayout::OpenClip),
+    ] {
+        let s = shapes(name);
+        assert_eq!(infer::text_layout(&s).unwrap(), layout);
+        let unet = infer::unet_config(&s, layout, false).unwrap();
+        let want: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixtures().join(name).join("unet/config.json")).unwrap(),
+        )
+        .unwrap();
+        for key in [
+            "in_channels",
+            "out_channels",
+            "block_out_channels",
+            "layers_per_block",
+            "cross_attention_dim",
+            "down_block_types",
+            "up_block_types",
+            "use_linear_projection",
+            "transformer_layers_per_block",
+        ] {
+            assert_eq!(unet[key], want[key], "{name} unet {key}");
+        }
+        let vae = infer::vae_config(&s, false).unwrap();
+        let want: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixtures().join(name).join("vae/config.json")).unwrap(),
+        )
+        .unwrap();
+        for key in [
+            "in_channels",
+            "out_channels",
+            "block_out_channels",
+            "layers_per_block",
+            "latent_channels",
+            "down_block_types",
+            "up_block_types",
+        ] {
+            assert_eq!(vae[key], want[key], "{name} vae {key}");
+        }
+        // The tiny text encoders are 32 wide: SD's 64-channel heads cannot be assumed.
+        let err = SingleFile::open(&single(name), &SourceOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("--model-config"), "{err}");
+    }
+    // SD 2.x: one OpenCLIP block more than is used (the penultimate-layer rule).
+    let mut s = shapes("sd2-tiny");
+    for (k, v) in s.iter_mut() {
+        if k.contains("token_embedding") {
+            v[1] = 64;
+        }
+    }
+    let te = infer::text_encoder_config(&s, TextLayout::OpenClip).unwrap();
+    assert_eq!(
+        (
+            te["num_hidden_layers"].as_u64(),
+            te["num_attention_heads"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    assert_eq!(te["hidden_act"], "gelu");
+}
+
+#[test]
+fn sd2_tokenizer_shipped_in_data_matches_the_folder() {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/clip-tokenizer");
+    let shipped = ClipTokenizer::from_files_with_config(
+        &data.join("vocab.json"),
+        &data.join("merges.txt"),
+        &data.join("sd2/tokenizer_config.json"),
+    )
+    .unwrap();
+    let folder = ClipTokenizer::from_dir(&fixtures().join("sd2-tiny/tokenizer")).unwrap();
+    assert_eq!(shipped.pad_token(), "!");
+    for p in [
+        "a photo of a red circle",
+        "Bob rides a bike!",
+        "!! wow !!",
+        "",
+    ] {
+        assert_eq!(
+            shipped.encode(p).unwrap(),
+            folder.encode(p).unwrap(),
+            "{p:?}"
+        );
+    }
+}
+
+/// A patch written back into the single-file layout: fused q/k/v rows, 1×1-conv VAE
+/// attention and plain UNet tensors all land where they came from, in the file's dtype.
+#[test]
+fn patches_are_written_back_in_the_original_layout() {
+    let opts = with_configs("sd2-tiny");
+    let source = SingleFile::open(&single("sd2-tiny"), &opts).unwrap();
+    let keys = [
+        (
+            "unet",
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+        ),
+        ("vae", "decoder.mid_block.attentions.0.to_q.weight"),
+        (
+            "text_encoder",
+            "text_model.encoder.layers.1.self_attn.k_proj.weight",
+        ),
+        (
+            "text_encoder",
+            "text_model.encoder.layers.1.self_attn.k_proj.bias",
+        ),
+    ];
+    let mut base = BTreeMap::new();
+    let mut deltas = BTreeMap::new();
+    for (i, (component, name)) in keys.iter().enumerate() {
+        let t = source
+            .component_tensors(component, DType::F32, &Device::Cpu)
+            .unwrap()[*name]
+            .clone();
+        let d = (Tensor::ones(t.dims(), DType::F32, &Device::Cpu).unwrap()
+            * (0.25 * (i + 1) as f64))
+            .unwrap();
+        base.insert(format!("{component}.{name}"), t);
+        deltas.insert(format!("{component}.{name}"), d);
+    }
+    let patch = Patch::from_deltas(
+        &base,
+        deltas.clone(),
+        vec![Concept {
+            name: "x".into(),
+            kind: "object".into(),
+        }],
+        serde_json::json!({}),
+        DType::F32,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("patched.safetensors");
+    let written = source
+        .write_patched(&out, std::slice::from_ref(&patch), &BTreeMap::new())
+        .unwrap();
+    assert_eq!(written, 4, "to_k, vae q, the fused in_proj weight and bias");
+
+    let patched = SingleFile::open(&out, &opts).unwrap();
+    for (key, d) in &deltas {
+        let (component, name) = key.split_once('.').unwrap();
+        let got = &patched
+            .component_tensors(component, DType::F32, &Device::Cpu)
+            .unwrap()[name];
+        let want = (&base[key] + d).unwrap().to_dtype(DType::F16).unwrap();
+        assert!(equal(got, &want), "{key}");
+    }
+    // Everything else is byte-identical, including tensors no module reads.
+    let a = std::fs::read(single("sd2-tiny")).unwrap();
+    let b = std::fs::read(&out).unwrap();
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    let changed = [
+        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+        "first_stage_model.decoder.mid.attn_1.q.weight",
+        "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight",
+        "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_bias",
+    ];
+    assert_eq!(a.names().len(), b.names().len());
+    for name in a.names() {
+        let (ta, tb) = (a.tensor(name).unwrap(), b.tensor(name).unwrap());
+        assert_eq!((ta.dtype(), ta.shape()), (tb.dtype(), tb.shape()), "{name}");
+        if changed.contains(&name) {
+            assert_ne!(ta.data(), tb.data(), "{name}");
+        } else {
+            assert_eq!(ta.data(), tb.data(), "{name}");
+        }
+    }
+    // The q and v thirds of the fused projection are untouched.
+    let fused = |st: &safetensors::SafeTensors| -> Vec<u8> {
+        st.tensor(changed[2]).unwrap().data().to_vec()
+    };
+    let (fa, fb) = (fused(&a), fused(&b));
+    let third = fa.len() / 3;
+    assert_eq!(fa[..third], fb[..third]);
+    assert_ne!(fa[third..2 * third], fb[third..2 * third]);
+    assert_eq!(fa[2 * third..], fb[2 * third..]);
+    // The patch's hashes refuse the patched file as a base.
+    assert!(patched
+        .write_patched(
+            &dir.path().join("again.safetensors"),
+            &[patch],
+            &BTreeMap::new()
+        )
+        .is_err());
+}
+
+#[test]
+fn bad_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("model.ckpt");
+    std::fs::write(&ckpt, b"not even read").unwrap();
+    let err = ModelSource::open(&ckpt, &SourceOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pickle") && err.contains("model.ckpt"),
+        "{err}"
+    );
+
+    // An architecture that is not SD 1.x/2.x: a tensor no rule knows, named in the error.
+    let mut tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(single("sd1-tiny"), &Device::Cpu).unwrap();
+    tensors.insert(
+        "model.diffusion_model.label_emb.0.0.weight".into(),
+        Tensor::zeros((4, 4), DType::F16, &Device::Cpu).unwrap(),
+    );
+    let odd = dir.path().join("odd.safetensors");
+    candle_core::safetensors::save(&tensors, &odd).unwrap();
+    let err = ModelSource::open(&odd, &with_configs("sd1-tiny"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("label_emb") && err.contains("odd.safetensors"),
+        "{err}"
+    );
+
+    // No UNet at all.
+    let lora = dir.path().join("lora.safetensors");
+    let t = HashMap::from([(
+        "lora_unet_x.lora_down.weight".to_string(),
+        Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+    )]);
+    candle_core::safetensors::save(&t, &lora).unwrap();
+    let err = ModelSource::open(&lora, &SourceOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not a Stable Diffusion single-file checkpoint"),
+        "{err}"
+    );
+
+    // A config folder with a diffusers folder is a mistake, not silently ignored.
+    let err = ModelSource::open(&fixtures().join("sd1-tiny"), &with_configs("sd1-tiny"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("only used with a single-file"), "{err}");
+}
