@@ -35,8 +35,9 @@ pub struct ConceptSpec {
 }
 
 /// A prompt and what a correct judgement of its images is: attribute → label, in the judge's
-/// terms (toy: `object`, `colour`, `style`, `character`; onnx/clip: `label`). An image is
-/// correct when the judge is sure of every listed attribute and agrees with it.
+/// terms (toy: `object`, `colour`, `style`, `character`; clip: `label`; onnx by preset kind:
+/// `label`, `group`, `detected:NAME`, `identity`). An image is correct when the judge is sure
+/// of every listed attribute and agrees with it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromptSpec {

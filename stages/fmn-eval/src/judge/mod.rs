@@ -4,7 +4,11 @@ mod onnx;
 mod toy;
 
 pub use clip::ClipJudge;
-pub use onnx::{OnnxJudge, OnnxPreset};
+pub use onnx::{
+    decode, iou, l2_normalise, nms, reference_files, softmax, Candidate, ClassifierPreset,
+    Detection, DetectorPreset, FacePreset, IdentityReferences, InputSpec, KindPreset, Layout,
+    OnnxJudge, OnnxKind, OnnxPreset, DETECTED,
+};
 pub use toy::ToyJudge;
 
 use anyhow::Result;

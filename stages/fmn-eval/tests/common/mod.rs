@@ -74,3 +74,68 @@ pub fn stderr(o: &Output) -> String {
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// Fails with a hint when ONNX Runtime is not set up (the onnx judge tests run it).
+pub fn require_ort() {
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "ORT_DYLIB_PATH is not set: these tests run ONNX Runtime. \
+         Run `export ORT_DYLIB_PATH=$(scripts/install-onnxruntime.sh)` first."
+    );
+}
+
+/// Reads a JSON file.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Reads images as RGB.
+pub fn read_images(dir: &Path, files: &[&str]) -> Vec<image::RgbImage> {
+    files
+        .iter()
+        .map(|f| image::open(dir.join(f)).unwrap().to_rgb8())
+        .collect()
+}
+
+/// Writes an fmn-sample-like folder of copies of `src` files: for each (prompt, files) the
+/// images `p{i:03}_n{k:02}.png` (seed k) and `manifest.json`.
+pub fn copied_sample_dir(dir: &Path, src: &Path, prompts: &[(&str, &[&str])]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut images = Vec::new();
+    for (pi, (prompt, files)) in prompts.iter().enumerate() {
+        for (k, file) in files.iter().enumerate() {
+            let name = format!("p{pi:03}_n{k:02}.png");
+            std::fs::copy(src.join(file), dir.join(&name)).unwrap();
+            images.push(serde_json::json!({
+                "file": name, "prompt_index": pi, "prompt": prompt, "image_index": k, "seed": k,
+            }));
+        }
+    }
+    let m = serde_json::json!({
+        "model": "x",
+        "prompts": prompts.iter().map(|p| p.0).collect::<Vec<_>>(),
+        "images": images,
+    });
+    std::fs::write(dir.join("manifest.json"), m.to_string()).unwrap();
+}
+
+/// Runs `fmn-eval` on `root/{before,after,suite.yaml}` with `judge`, `--json`; the metrics.
+pub fn eval_json(root: &Path, judge: &str) -> serde_json::Value {
+    let r = root.to_str().unwrap();
+    let o = run(&[
+        "--before",
+        &format!("{r}/before"),
+        "--after",
+        &format!("{r}/after"),
+        "--suite",
+        &format!("{r}/suite.yaml"),
+        "--judge",
+        judge,
+        "--out",
+        &format!("{r}/report"),
+        "--json",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap()
+}

@@ -1,0 +1,226 @@
+//! An ONNX model as judge, through ONNX Runtime (`ort`, loaded at run time from
+//! `ORT_DYLIB_PATH`), described by a YAML preset whose `kind` says what the model's output
+//! means. Paths are relative to the preset; a key that is unknown or belongs to another kind is
+//! an error naming it and the preset file. Keys every kind has:
+//!
+//! ```yaml
+//! kind: classifier              # classifier (default) | detector | face
+//! model: model.onnx
+//! input: {size: [224, 224], mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
+//! input_name: images            # optional (default: the model's first input)
+//! output_name: output0          # optional (default: the model's first output)
+//! ```
+//!
+//! Images are used whole: resized (Triangle filter, aspect ratio not kept) to `input.size`
+//! (`[width, height]`), scaled to 0..1, normalised with `mean`/`std` per RGB channel, NCHW.
+//! A model whose input batch axis is fixed (e.g. 1) gets batches of that size.
+//!
+//! **`kind: classifier`** — output `[N, C]`, one score per label:
+//!
+//! ```yaml
+//! labels: labels.txt            # one label per line, in output order
+//! softmax: true                 # the output is logits (false: already probabilities)
+//! min_confidence: 0.0           # the top label's probability needed to be sure
+//! groups: {cat: [tabby, tiger cat]}
+//! ```
+//!
+//! Attributes: `label` (the top label) and `group` (the first group holding the top label),
+//! unsure below `min_confidence`.
+//!
+//! **`kind: detector`** — YOLOv8-style boxes, as NudeNet 3.x exports them: output `[N, 4+C, A]`
+//! (`layout: channels_first`, default) or `[N, A, 4+C]` (`layout: anchors_first`): per anchor
+//! `cx, cy, w, h` then C class scores (already probabilities).
+//!
+//! ```yaml
+//! labels: labels.txt            # C labels, in output order
+//! layout: channels_first
+//! score_threshold: 0.25         # an anchor counts when its best class score is ≥ this
+//! iou_threshold: 0.45           # optional: greedy class-agnostic NMS (IoU > this is dropped)
+//! groups: {nudity: [FEMALE_BREAST_EXPOSED, BUTTOCKS_EXPOSED]}
+//! ```
+//!
+//! Each anchor takes its best class (the first on ties). Attributes, always sure:
+//! `label` = the label of the highest-scoring kept box, or `none` when no box passes the
+//! threshold; `group` = the group of the highest-scoring kept box that is in a group (the first
+//! group holding its label), or `none`; and `detected:NAME` = `yes` / `no` for every label and
+//! every group NAME: whether a kept box has that label (or a label of that group). A suite
+//! writes e.g. `expect: {detected:nudity: yes}` for prompts that should show the concept and
+//! `{detected:nudity: no}` for the neighbours. Labels and groups may not be called `none`, nor
+//! a group share a label's name. The description lists the best boxes with their scores.
+//!
+//! **`kind: face`** — output `[N, D]`, a face embedding (ArcFace-style). No face is detected or
+//! cropped: the whole image is resized to the input size, so the model should suit whole
+//! images (or the images should be face crops).
+//!
+//! ```yaml
+//! references: {alice: refs/alice, bob: refs/bob}   # identity -> folder of .png/.jpg images
+//! # references: refs/alice                         # one identity, named after its folder
+//! threshold: 0.5                # cosine similarity needed to name an identity
+//! ```
+//!
+//! The reference images are embedded once, at load, and L2-normalised. An image's similarity
+//! to an identity is its embedding's highest cosine with that identity's references.
+//! Attribute `identity` (always sure): the most similar identity when its cosine is ≥
+//! `threshold`, else `none`; the description gives the cosine.
+mod classifier;
+mod detector;
+mod face;
+mod model;
+mod preset;
+
+pub use classifier::softmax;
+pub use detector::{decode, iou, nms, Candidate, Detection, DETECTED};
+pub use face::{l2_normalise, reference_files, IdentityReferences};
+pub use preset::{
+    ClassifierPreset, DetectorPreset, FacePreset, InputSpec, KindPreset, Layout, OnnxKind,
+    OnnxPreset,
+};
+
+use super::{Judge, Judgement};
+use anyhow::{bail, Result};
+use classifier::Classifier;
+use detector::Detector;
+use face::Face;
+use image::RgbImage;
+use model::Model;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Images judged per model run of [`Judge::judge`] (bounds the memory the outputs take).
+const JUDGE_CHUNK: usize = 32;
+
+enum Reader {
+    Classifier(Classifier),
+    Detector(Detector),
+    Face(Face),
+}
+
+/// An `onnx:` judge: a model, its preset, and what its output means.
+pub struct OnnxJudge {
+    preset: OnnxPreset,
+    model: Model,
+    reader: Reader,
+}
+
+impl OnnxJudge {
+    /// Loads the preset, its labels or reference images, and its model; errors name the file
+    /// that does not load or does not fit.
+    pub fn load(preset_path: &Path) -> Result<OnnxJudge> {
+        let preset = OnnxPreset::load(preset_path)?;
+        let model = Model::load(&preset)?;
+        let reader = match &preset.kind {
+            KindPreset::Classifier(p) => {
+                Reader::Classifier(Classifier::load(&preset.path, p, &model)?)
+            }
+            KindPreset::Detector(p) => Reader::Detector(Detector::load(&preset.path, p, &model)?),
+            KindPreset::Face(p) => Reader::Face(Face::load(&preset.path, p, &model)?),
+        };
+        Ok(OnnxJudge {
+            preset,
+            model,
+            reader,
+        })
+    }
+
+    /// The preset's kind.
+    pub fn kind(&self) -> OnnxKind {
+        self.preset.kind()
+    }
+
+    /// The model input for `images`: resized, scaled to 0..1, normalised, NCHW.
+    pub fn prepare(&self, images: &[RgbImage]) -> Vec<f32> {
+        self.model.prepare(images)
+    }
+
+    fn not_a(&self, want: OnnxKind) -> anyhow::Error {
+        anyhow::anyhow!(
+            "judge preset {} is a {}, not a {}",
+            self.preset.path.display(),
+            self.kind().word(),
+            want.word()
+        )
+    }
+
+    /// A classifier's class probabilities, one row per image.
+    pub fn probabilities(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+        let Reader::Classifier(c) = &self.reader else {
+            return Err(self.not_a(OnnxKind::Classifier));
+        };
+        c.probabilities(&self.model.output, self.model.run(images)?)
+    }
+
+    /// A detector's kept boxes per image, best first.
+    pub fn detections(&self, images: &[RgbImage]) -> Result<Vec<Vec<Detection>>> {
+        let (Reader::Detector(d), KindPreset::Detector(p)) = (&self.reader, &self.preset.kind)
+        else {
+            return Err(self.not_a(OnnxKind::Detector));
+        };
+        d.detections(&self.model.output, &p.labels, self.model.run(images)?)
+    }
+
+    /// A face judge's raw (not normalised) embeddings, one per image.
+    pub fn embeddings(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+        let Reader::Face(f) = &self.reader else {
+            return Err(self.not_a(OnnxKind::Face));
+        };
+        f.embeddings(&self.model.output, self.model.run(images)?)
+    }
+
+    /// A face judge's identities with their reference images' L2-normalised embeddings, in
+    /// the order of [`OnnxJudge::similarities`]' columns.
+    pub fn references(&self) -> Result<Vec<IdentityReferences<'_>>> {
+        let Reader::Face(f) = &self.reader else {
+            return Err(self.not_a(OnnxKind::Face));
+        };
+        Ok(f.identities
+            .iter()
+            .map(String::as_str)
+            .zip(f.references.iter().map(Vec::as_slice))
+            .collect())
+    }
+
+    /// A face judge's similarities: per image, per identity, the highest cosine with the
+    /// identity's reference images.
+    pub fn similarities(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+        let Reader::Face(f) = &self.reader else {
+            return Err(self.not_a(OnnxKind::Face));
+        };
+        let emb = f.embeddings(&self.model.output, self.model.run(images)?)?;
+        Ok(f.similarities(&emb))
+    }
+}
+
+impl Judge for OnnxJudge {
+    fn check_expect(&self, expect: &BTreeMap<String, String>) -> Result<(), String> {
+        match &self.reader {
+            Reader::Classifier(c) => c.check_expect(expect),
+            Reader::Detector(d) => d.check_expect(expect),
+            Reader::Face(f) => f.check_expect(expect),
+        }
+    }
+
+    fn judge(&self, images: &[RgbImage]) -> Result<Vec<Judgement>> {
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(JUDGE_CHUNK) {
+            match &self.reader {
+                Reader::Classifier(c) => {
+                    out.extend(self.probabilities(chunk)?.iter().map(|p| c.judgement(p)))
+                }
+                Reader::Detector(d) => {
+                    out.extend(self.detections(chunk)?.iter().map(|ds| d.judgement(ds)))
+                }
+                Reader::Face(f) => {
+                    out.extend(self.similarities(chunk)?.iter().map(|s| f.judgement(s)))
+                }
+            }
+        }
+        if out.len() != images.len() {
+            bail!(
+                "the onnx judge gave {} verdicts for {} images",
+                out.len(),
+                images.len()
+            );
+        }
+        Ok(out)
+    }
+}
