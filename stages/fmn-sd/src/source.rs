@@ -80,9 +80,10 @@ impl ModelSource {
             ));
         }
         if !path.exists() {
-            return Err(SdError::io(
+            return Err(SdError::config(
                 path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such model folder or file"),
+                "not found: expected a diffusers model folder (with model_index.json) or a \
+                 single-file .safetensors checkpoint",
             ));
         }
         if ext != "safetensors" {

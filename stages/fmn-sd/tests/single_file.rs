@@ -372,6 +372,15 @@ fn bad_files_are_clear_errors() {
         "{err}"
     );
 
+    // A path that does not exist says what a model is.
+    let err = ModelSource::open(&dir.path().join("nowhere"), &SourceOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nowhere") && err.contains("model_index.json"),
+        "{err}"
+    );
+
     // A config folder with a diffusers folder is a mistake, not silently ignored.
     let err = ModelSource::open(&fixtures().join("sd1-tiny"), &with_configs("sd1-tiny"))
         .unwrap_err()
