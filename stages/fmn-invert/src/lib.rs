@@ -7,7 +7,8 @@ pub mod init;
 pub mod train;
 
 pub use config::{InvertConfig, Kind};
-pub use train::{invert, InvertReport, Inverted, RunOptions};
+pub use fmn_sd::checkpoint::RunOptions;
+pub use train::{invert, InvertReport, Inverted};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InvertError {

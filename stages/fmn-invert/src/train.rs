@@ -4,7 +4,7 @@ use crate::config::InvertConfig;
 use crate::init::Initializer;
 use crate::InvertError;
 use candle_core::{DType, Device, Tensor, Var};
-use fmn_sd::checkpoint::Schedule;
+use fmn_sd::checkpoint::{RunOptions, Schedule};
 use fmn_sd::embedding::{token_table_fingerprint, EmbeddingMeta, TokenEmbedding};
 use fmn_sd::noise::NoiseRng;
 use fmn_sd::optim::{AdamW, AdamWConfig};
@@ -12,7 +12,6 @@ use fmn_sd::pipeline::StableDiffusion;
 use fmn_sd::scheduler::training::NoiseSchedule;
 use fmn_sd::training_images::{resize_mask, TrainingImages};
 use serde::Serialize;
-use std::path::Path;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct InvertReport {
@@ -29,14 +28,6 @@ pub struct InvertReport {
 pub struct Inverted {
     pub embedding: TokenEmbedding,
     pub report: InvertReport,
-}
-
-/// What a run needs besides the model: where to checkpoint, and what to report per step.
-pub struct RunOptions<'a> {
-    pub checkpoint_dir: Option<&'a Path>,
-    pub checkpoint_every: usize,
-    pub resume: bool,
-    pub on_step: &'a mut dyn FnMut(usize, f64),
 }
 
 /// The mask weights of the loss at latent size: `(mask + floor)`, normalised to mean 1 over

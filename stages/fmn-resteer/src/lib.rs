@@ -9,7 +9,8 @@ pub mod prompts;
 pub mod train;
 
 pub use config::{ConceptKind, ConceptSpec, ParamSet, ResteerConfig};
-pub use train::{resteer, Model, ResteerReport, Resteered, RunOptions};
+pub use fmn_sd::checkpoint::RunOptions;
+pub use train::{resteer, Model, ResteerReport, Resteered};
 
 use std::path::{Path, PathBuf};
 

@@ -6,7 +6,7 @@ use crate::params::Trainable;
 use crate::prompts::{concept_prompt, ConceptPrompt};
 use crate::ResteerError;
 use candle_core::{DType, Device, Tensor};
-use fmn_sd::checkpoint::Schedule;
+use fmn_sd::checkpoint::{RunOptions, Schedule};
 use fmn_sd::clip::ClipTextModel;
 use fmn_sd::embedding::{AddedTokens, TokenEmbedding};
 use fmn_sd::noise::NoiseRng;
@@ -20,7 +20,6 @@ use fmn_sd::unet::UNetConfig;
 use fmn_sd::vae::AutoencoderKL;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// The frozen parts of a diffusers model folder, and the UNet's weights in memory.
 pub struct Model {
@@ -229,14 +228,6 @@ fn preserved_contexts(
     let ctx = text.encode(&ids)?;
     let (p, n, d) = ctx.dims3()?;
     Ok(Some(ctx.reshape((p * n, d))?))
-}
-
-/// What a run needs besides the model: where to checkpoint, and what to report per step.
-pub struct RunOptions<'a> {
-    pub checkpoint_dir: Option<&'a Path>,
-    pub checkpoint_every: usize,
-    pub resume: bool,
-    pub on_step: &'a mut dyn FnMut(usize, f64),
 }
 
 pub fn resteer(

@@ -149,3 +149,11 @@ impl Schedule {
         Ok(())
     }
 }
+
+/// What a training run (inversion, re-steering) needs besides the model: where to checkpoint, and what to report per step.
+pub struct RunOptions<'a> {
+    pub checkpoint_dir: Option<&'a Path>,
+    pub checkpoint_every: usize,
+    pub resume: bool,
+    pub on_step: &'a mut dyn FnMut(usize, f64),
+}
