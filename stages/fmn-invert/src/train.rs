@@ -4,7 +4,7 @@ use crate::config::InvertConfig;
 use crate::init::Initializer;
 use crate::InvertError;
 use candle_core::{DType, Device, Tensor, Var};
-use fmn_sd::checkpoint::{RunOptions, Schedule};
+use fmn_sd::checkpoint::RunOptions;
 use fmn_sd::embedding::{token_table_fingerprint, EmbeddingMeta, TokenEmbedding};
 use fmn_sd::noise::NoiseRng;
 use fmn_sd::optim::{AdamW, AdamWConfig};
@@ -145,12 +145,7 @@ pub fn invert(
             weight_decay: cfg.weight_decay_ti,
         },
     )?;
-    let checkpoints = Schedule::new(
-        opts.checkpoint_dir,
-        serde_json::to_value(cfg).unwrap_or_default(),
-        opts.checkpoint_every,
-        opts.resume,
-    );
+    let checkpoints = opts.schedule(serde_json::to_value(cfg).unwrap_or_default());
     let start = checkpoints.start(&vars, &mut opt)?;
     let schedule = NoiseSchedule::from_config(&model.scheduler)?;
     let (t_lo, t_hi) = (

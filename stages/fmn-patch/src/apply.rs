@@ -53,17 +53,8 @@ pub fn run(inputs: &[PathBuf], model: &Path, out: &Path, as_json: bool) -> Resul
         rewritten.push((rel, stem));
     }
     copy_tree(model, staging.path(), Path::new(""), &rewritten)?;
-    let record = json!({
-        "fmn_version": fmn_core::VERSION,
-        "base_model": model.display().to_string(),
-        "patches": inputs.iter().zip(&patches).map(|(path, p)| json!({
-            "file": path.display().to_string(),
-            "concepts": p.meta.concepts,
-            "base_fingerprint": p.meta.base_fingerprint,
-            "settings": p.meta.settings,
-        })).collect::<Vec<_>>(),
-        "patched": summary,
-    });
+    let mut record = applied_record(model, inputs, &patches);
+    record["patched"] = json!(summary);
     fmn_core::write_json_atomic(&staging.path().join(RECORD), &record)?;
     let out = staging
         .commit_replace()
@@ -104,15 +95,7 @@ pub fn run_single_file(
         }
     };
     let names: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
-    let record = json!({
-        "fmn_version": fmn_core::VERSION,
-        "base_model": model.display().to_string(),
-        "patches": inputs.iter().zip(&patches).map(|(path, p)| json!({
-            "file": path.display().to_string(),
-            "concepts": p.meta.concepts,
-            "base_fingerprint": p.meta.base_fingerprint,
-        })).collect::<Vec<_>>(),
-    });
+    let record = applied_record(model, inputs, &patches);
     let metadata = std::collections::BTreeMap::from([(
         "fmn_patches".to_string(),
         serde_json::to_string(&record)?,
@@ -134,6 +117,21 @@ pub fn run_single_file(
     Ok(ExitCode::SUCCESS)
 }
 
+/// What was applied to what: fmn version, base model, and per patch its file, concepts, base
+/// fingerprint and settings.
+fn applied_record(model: &Path, inputs: &[PathBuf], patches: &[Patch]) -> serde_json::Value {
+    json!({
+        "fmn_version": fmn_core::VERSION,
+        "base_model": model.display().to_string(),
+        "patches": inputs.iter().zip(patches).map(|(path, p)| json!({
+            "file": path.display().to_string(),
+            "concepts": p.meta.concepts,
+            "base_fingerprint": p.meta.base_fingerprint,
+            "settings": p.meta.settings,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// Rewrites the weights file `src` to `dst` with `patches` added to `component`'s tensors,
 /// keeping every tensor's dtype and the file's metadata.
 fn patch_file(src: &Path, dst: &Path, component: &str, patches: &[Patch]) -> Result<usize> {
@@ -141,12 +139,7 @@ fn patch_file(src: &Path, dst: &Path, component: &str, patches: &[Patch]) -> Res
     // SAFETY: the base model is read-only input; its files are not modified while mapped.
     let st = unsafe { MmapedSafetensors::new(src) }
         .with_context(|| format!("cannot read {}", src.display()))?;
-    let metadata = {
-        let bytes = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .with_context(|| format!("{}: invalid safetensors header", src.display()))?;
-        header.metadata().clone()
-    };
+    let metadata = fmn_sd::weights::read_metadata(src)?;
     let mut weights: HashMap<String, Tensor> = HashMap::new();
     let mut dtypes: HashMap<String, DType> = HashMap::new();
     for (name, _) in st.tensors() {

@@ -6,7 +6,7 @@ use crate::params::Trainable;
 use crate::prompts::{concept_prompt, ConceptPrompt};
 use crate::ResteerError;
 use candle_core::{DType, Device, Tensor};
-use fmn_sd::checkpoint::{RunOptions, Schedule};
+use fmn_sd::checkpoint::RunOptions;
 use fmn_sd::clip::ClipTextModel;
 use fmn_sd::embedding::{AddedTokens, TokenEmbedding};
 use fmn_sd::noise::NoiseRng;
@@ -286,12 +286,7 @@ pub fn resteer(
             weight_decay: cfg.adam_weight_decay,
         },
     )?;
-    let checkpoints = Schedule::new(
-        opts.checkpoint_dir,
-        serde_json::to_value(cfg).unwrap_or_default(),
-        opts.checkpoint_every,
-        opts.resume,
-    );
+    let checkpoints = opts.schedule(serde_json::to_value(cfg).unwrap_or_default());
     let start = checkpoints.start(&vars, &mut opt)?;
     let scaling = model.vae.scaling_factor();
     let train_steps = model.schedule.num_train_timesteps();

@@ -157,3 +157,15 @@ pub struct RunOptions<'a> {
     pub resume: bool,
     pub on_step: &'a mut dyn FnMut(usize, f64),
 }
+
+impl RunOptions<'_> {
+    /// The checkpoint schedule these options ask for; `settings` identify the run.
+    pub fn schedule(&self, settings: serde_json::Value) -> Schedule {
+        Schedule::new(
+            self.checkpoint_dir,
+            settings,
+            self.checkpoint_every,
+            self.resume,
+        )
+    }
+}

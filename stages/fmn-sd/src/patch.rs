@@ -531,14 +531,28 @@ pub fn build_patched_file<T>(
         return crate::weights::in_file(file, build(vb));
     }
     crate::weights::validate_safetensors(file)?;
-    let mut weights =
+    let weights =
         crate::weights::in_file(file, candle_core::safetensors::load(file, &Device::Cpu))?;
-    let n = apply_to_component(component, &mut weights, patches)?;
-    tracing::info!("{component}: {n} tensors patched");
+    let vb = patched_var_builder(component, weights, patches, dtype, device)?;
+    crate::weights::in_file(file, build(vb))
+}
+
+/// A [`VarBuilder`] over one component's tensors (`weights`, diffusers names, on the CPU) with
+/// `patches` added (see [`apply_to_component`]), converted to `dtype` on `device`.
+pub fn patched_var_builder(
+    component: &str,
+    mut weights: HashMap<String, Tensor>,
+    patches: &[Patch],
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
+    if patches.iter().any(|p| p.touches(component)) {
+        let n = apply_to_component(component, &mut weights, patches)?;
+        tracing::info!("{component}: {n} tensors patched");
+    }
     let weights = weights
         .into_iter()
         .map(|(k, t)| Ok((k, t.to_dtype(dtype)?.to_device(device)?)))
         .collect::<Result<HashMap<_, _>>>()?;
-    let vb = VarBuilder::from_tensors(weights, dtype, device);
-    crate::weights::in_file(file, build(vb))
+    Ok(VarBuilder::from_tensors(weights, dtype, device))
 }

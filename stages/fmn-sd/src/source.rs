@@ -192,18 +192,12 @@ impl ModelSource {
                 crate::patch::build_patched_file(&file, component, dtype, device, patches, build)
             }
             Self::SingleFile(f) => {
+                // Patches are checked against, and added to, the f32 values of the file.
                 let patched = patches.iter().any(|p| p.touches(component));
                 let load_dtype = if patched { DType::F32 } else { dtype };
-                let mut weights = f.component_tensors(component, load_dtype, &Device::Cpu)?;
-                if patched {
-                    let n = crate::patch::apply_to_component(component, &mut weights, patches)?;
-                    tracing::info!("{component}: {n} tensors patched");
-                }
-                let weights = weights
-                    .into_iter()
-                    .map(|(k, t)| Ok((k, t.to_dtype(dtype)?.to_device(device)?)))
-                    .collect::<Result<HashMap<_, _>>>()?;
-                let vb = VarBuilder::from_tensors(weights, dtype, device);
+                let weights = f.component_tensors(component, load_dtype, &Device::Cpu)?;
+                let vb =
+                    crate::patch::patched_var_builder(component, weights, patches, dtype, device)?;
                 crate::weights::in_file(f.path(), build(vb))
             }
         }

@@ -52,6 +52,20 @@ pub fn validate_safetensors(file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The `__metadata__` strings of a safetensors file, read from its memory-mapped header (the
+/// tensor data is not read).
+pub fn read_metadata(file: &Path) -> Result<Option<HashMap<String, String>>> {
+    let f = std::fs::File::open(file).map_err(|e| SdError::io(file, e))?;
+    // SAFETY: the mapping is read-only and dropped before this function returns.
+    let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| SdError::io(file, e))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| SdError::Safetensors {
+            path: file.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    Ok(header.metadata().clone())
+}
+
 /// A memory-mapped [`VarBuilder`] over `file` that hands out tensors converted to `dtype`.
 pub fn mmap_var_builder(file: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
     validate_safetensors(file)?;

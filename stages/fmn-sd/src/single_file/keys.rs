@@ -282,7 +282,8 @@ fn open_clip_names(rest: &str, text_layers: usize) -> Option<Vec<Mapped>> {
             return single("text_model.embeddings.position_embedding.weight".into())
         }
         "ln_final.weight" | "ln_final.bias" => {
-            return single(format!("text_model.final_layer_norm.{}", &rest[9..]))
+            let param = rest.trim_start_matches("ln_final.");
+            return single(format!("text_model.final_layer_norm.{param}"));
         }
         "text_projection" | "logit_scale" | "attn_mask" => return Some(Vec::new()),
         _ => {}

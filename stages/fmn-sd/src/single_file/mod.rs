@@ -373,14 +373,7 @@ impl SingleFile {
             tensors.insert(key, value);
         }
         let metadata = {
-            let bytes = std::fs::read(&self.path).map_err(|e| SdError::io(&self.path, e))?;
-            let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-                SdError::Safetensors {
-                    path: self.path.clone(),
-                    message: e.to_string(),
-                }
-            })?;
-            let mut metadata = header.metadata().clone().unwrap_or_default();
+            let mut metadata = crate::weights::read_metadata(&self.path)?.unwrap_or_default();
             metadata.extend(extra_metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
             (!metadata.is_empty()).then_some(metadata)
         };
