@@ -27,20 +27,7 @@ fn setup(root: &Path, after_seed: u64, suite: &str) {
 const GOOD: &str = "concepts:\n  - name: bob\n    erased: [{prompt: a photo of bob, expect: {character: bob}}]\n    preserved: [{prompt: a photo of kiki, expect: {character: kiki}}]\n";
 
 fn eval(root: &Path, judge: &str) -> (bool, String) {
-    let r = root.to_str().unwrap();
-    let o = run(&[
-        "--before",
-        &format!("{r}/before"),
-        "--after",
-        &format!("{r}/after"),
-        "--suite",
-        &format!("{r}/suite.yaml"),
-        "--judge",
-        judge,
-        "--out",
-        &format!("{r}/report"),
-        "--quiet",
-    ]);
+    let o = common::eval_root(root, judge, &[]);
     assert!(!root.join("report").exists() || o.status.success());
     (o.status.success(), stderr(&o))
 }

@@ -112,24 +112,8 @@ fn evaluates_folders_with_the_onnx_judge() {
         "concepts:\n  - name: cat\n    erased: [{prompt: a photo of a cat, expect: {group: cat}}]\n    preserved: [{prompt: a photo of a banana, expect: {label: banana}}]\n",
     )
     .unwrap();
-    let r = tmp.path().to_str().unwrap();
     let judge = format!("onnx:{}", fixture().join("preset.yaml").display());
-    let o = common::run(&[
-        "--before",
-        &format!("{r}/before"),
-        "--after",
-        &format!("{r}/after"),
-        "--suite",
-        &format!("{r}/suite.yaml"),
-        "--judge",
-        &judge,
-        "--out",
-        &format!("{r}/report"),
-        "--json",
-        "--quiet",
-    ]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let m: Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    let m: Value = common::eval_json(tmp.path(), &judge);
     let c = &m["concepts"][0];
     // erased: 2/2 cats before, 1/2 after; preserved: 2/2 bananas before, 1/2 after.
     assert_eq!(c["acc_e"], serde_json::json!({"before": 1.0, "after": 0.5}));

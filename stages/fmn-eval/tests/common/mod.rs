@@ -119,23 +119,23 @@ pub fn copied_sample_dir(dir: &Path, src: &Path, prompts: &[(&str, &[&str])]) {
     std::fs::write(dir.join("manifest.json"), m.to_string()).unwrap();
 }
 
-/// Runs `fmn-eval` on `root/{before,after,suite.yaml}` with `judge`, `--json`; the metrics.
-pub fn eval_json(root: &Path, judge: &str) -> serde_json::Value {
+/// Runs `fmn-eval --quiet` on `root/{before,after,suite.yaml}` with `judge`, writing
+/// `root/report`, with `extra` flags after.
+pub fn eval_root(root: &Path, judge: &str, extra: &[&str]) -> Output {
     let r = root.to_str().unwrap();
-    let o = run(&[
-        "--before",
-        &format!("{r}/before"),
-        "--after",
-        &format!("{r}/after"),
-        "--suite",
-        &format!("{r}/suite.yaml"),
-        "--judge",
-        judge,
-        "--out",
-        &format!("{r}/report"),
-        "--json",
-        "--quiet",
-    ]);
+    let (before, after) = (format!("{r}/before"), format!("{r}/after"));
+    let (suite, report) = (format!("{r}/suite.yaml"), format!("{r}/report"));
+    let mut args = vec![
+        "--before", &before, "--after", &after, "--suite", &suite, "--judge", judge, "--out",
+        &report, "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// [`eval_root`] with `--json`, which must succeed; the metrics.
+pub fn eval_json(root: &Path, judge: &str) -> serde_json::Value {
+    let o = eval_root(root, judge, &["--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     serde_json::from_str(&stdout(&o)).unwrap()
 }
