@@ -1,34 +1,13 @@
 //! The CLIP text encoder against transformers' outputs on the tiny fixture models
 //! (`tests/fixtures/gen/make_sd_fixtures.py`).
+mod common;
+use common::{fixtures, max_abs_diff, reference};
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use fmn_sd::clip::{ClipTextConfig, ClipTextModel};
 use fmn_sd::SdError;
 use std::collections::HashMap;
-use std::path::PathBuf;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn reference(name: &str) -> HashMap<String, Tensor> {
-    let file = fixtures().join(format!("{name}-reference.safetensors"));
-    candle_core::safetensors::load(&file, &Device::Cpu).expect("reference file")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 fn check_text_hidden(name: &str) {
     let dir = fixtures().join(name).join("text_encoder");

@@ -1,16 +1,14 @@
 //! End-to-end parity with diffusers on the tiny SD1-style and SD2-style fixture models
 //! (`tests/fixtures/gen/make_sd_fixtures.py`): token ids, the UNet, cross-attention
 //! probabilities, full 10-step DDIM / Euler / DPM-Solver++ runs with guidance 7.5, decoding.
+mod common;
+use common::{fixtures, max_abs, max_abs_diff};
+
 use candle_core::{DType, Device, Tensor};
 use fmn_sd::pipeline::{SampleRequest, StableDiffusion};
 use fmn_sd::probes::AttentionRecorder;
 use fmn_sd::scheduler::SamplerKind;
 use std::collections::HashMap;
-use std::path::PathBuf;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 struct Fixture {
     model: StableDiffusion,
@@ -34,31 +32,6 @@ fn load(name: &str) -> Fixture {
         reference,
         meta,
     }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 impl Fixture {

@@ -1,7 +1,10 @@
 //! Single-file checkpoints (original CompVis / AUTOMATIC1111 layout) built from the tiny
 //! fixtures by `tests/fixtures/gen/make_single_file_fixtures.py`, which checked that diffusers'
 //! `from_single_file` reads them back into the folders' weights and wrote reference outputs.
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::{fixtures, max_abs, max_abs_diff};
 use fmn_sd::patch::{Concept, Patch};
 use fmn_sd::pipeline::StableDiffusion;
 use fmn_sd::single_file::infer;
@@ -11,10 +14,6 @@ use fmn_sd::source::{ModelSource, SourceOptions};
 use fmn_sd::tokenizer::ClipTokenizer;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 fn single(name: &str) -> PathBuf {
     fixtures()
@@ -31,33 +30,17 @@ fn with_configs(name: &str) -> SourceOptions {
 
 /// max |a - b| / max |b|
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let max = |t: &Tensor| -> f32 {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    };
-    max(&(a - b).unwrap()) / max(b).max(1e-12)
+    max_abs_diff(a, b) / max_abs(b).max(1e-12)
 }
 
 fn equal(a: &Tensor, b: &Tensor) -> bool {
-    a.dims() == b.dims()
-        && (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            == 0.0
+    a.dims() == b.dims() && max_abs_diff(a, b) == 0.0
+}
+
+/// `tests/fixtures/{name}/{component}/config.json` as JSON.
+fn folder_config(name: &str, component: &str) -> serde_json::Value {
+    let file = fixtures().join(name).join(component).join("config.json");
+    serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
 }
 
 #[test]
@@ -144,10 +127,7 @@ fn standard_configs_read_off_the_shapes() {
         let s = shapes(name);
         assert_eq!(infer::text_layout(&s).unwrap(), layout);
         let unet = infer::unet_config(&s, layout, false).unwrap();
-        let want: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(fixtures().join(name).join("unet/config.json")).unwrap(),
-        )
-        .unwrap();
+        let want = folder_config(name, "unet");
         for key in [
             "in_channels",
             "out_channels",
@@ -162,10 +142,7 @@ fn standard_configs_read_off_the_shapes() {
             assert_eq!(unet[key], want[key], "{name} unet {key}");
         }
         let vae = infer::vae_config(&s, false).unwrap();
-        let want: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(fixtures().join(name).join("vae/config.json")).unwrap(),
-        )
-        .unwrap();
+        let want = folder_config(name, "vae");
         for key in [
             "in_channels",
             "out_channels",

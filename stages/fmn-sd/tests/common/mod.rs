@@ -1,0 +1,36 @@
+//! Helpers the parity tests of fmn-sd share.
+#![allow(dead_code)]
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// `tests/fixtures/` of the workspace.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// The tensors of `tests/fixtures/{name}-reference.safetensors`.
+pub fn reference(name: &str) -> HashMap<String, Tensor> {
+    let file = fixtures().join(format!("{name}-reference.safetensors"));
+    candle_core::safetensors::load(&file, &Device::Cpu).expect("reference file")
+}
+
+/// max |a|, computed in f32.
+pub fn max_abs(a: &Tensor) -> f32 {
+    a.to_dtype(DType::F32)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+/// max |a - b|, computed in f32; the shapes must agree.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    max_abs(&(a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap())
+}
