@@ -89,6 +89,8 @@ pub struct ModelTrainArgs {
     #[arg(long)]
     pub unet_steps: Option<usize>,
     #[arg(long)]
+    pub decoder_steps: Option<usize>,
+    #[arg(long)]
     pub checkpoint_every: Option<usize>,
     /// Print the training report as JSON on stdout.
     #[arg(long)]
@@ -368,6 +370,7 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
         (a.images, &mut settings.images),
         (a.vae_steps, &mut settings.vae_steps),
         (a.unet_steps, &mut settings.unet_steps),
+        (a.decoder_steps, &mut settings.decoder_steps),
         (a.checkpoint_every, &mut settings.checkpoint_every),
     ];
     for (flag, slot) in overrides {
@@ -382,10 +385,15 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
         bail!("--images and --checkpoint-every must be at least 1");
     }
     let spec = crate::scene::SceneSpec::default();
-    let examples: Vec<(RgbImage, String)> = (0..settings.images as u64)
+    let examples: Vec<crate::train::Example> = (0..settings.images as u64)
         .map(|i| {
-            let (scene, text) = dataset::draw(settings.seed, i, &spec);
-            (crate::render(&scene).0, text)
+            let (scene, caption) = dataset::draw(settings.seed, i, &spec);
+            let (image, mask) = crate::render(&scene);
+            crate::train::Example {
+                image,
+                mask,
+                caption,
+            }
         })
         .collect();
     let report = crate::train::train(
@@ -400,12 +408,14 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         eprintln!(
-            "wrote {} (VAE {:.0} s, final reconstruction MSE {:.4}; UNet {:.0} s, final loss {:.4})",
+            "wrote {} (VAE {:.0} s, final reconstruction MSE {:.4}; UNet {:.0} s, final loss {:.4}; decoder {:.0} s, final weighted MSE {:.4})",
             a.out.display(),
             report.vae_seconds,
             report.vae_final_loss,
             report.unet_seconds,
-            report.unet_final_loss
+            report.unet_final_loss,
+            report.decoder_seconds,
+            report.decoder_final_loss
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -18,7 +18,7 @@ fn train(dir: &Path, config: &Path, out: &str) -> std::process::Output {
         .unwrap()
 }
 
-const TINY: &str = "seed: 3\nimages: 8\nvae_steps: 2\nvae_batch: 2\nvae_lr: 0.001\nvae_kl_weight: 0.000001\nunet_steps: 2\nunet_batch: 2\nunet_lr: 0.001\nwarmup_steps: 1\ncfg_dropout: 0.5\ncheckpoint_every: 1\n";
+const TINY: &str = "seed: 3\nimages: 8\nvae_steps: 2\nvae_batch: 2\nvae_lr: 0.001\nvae_kl_weight: 0.000001\nunet_steps: 2\nunet_batch: 2\nunet_lr: 0.001\nwarmup_steps: 1\ncfg_dropout: 0.5\ncheckpoint_every: 1\ndecoder_steps: 2\ndecoder_batch: 2\n";
 
 #[test]
 fn trains_exports_resumes_and_refuses_other_settings() {
@@ -100,11 +100,16 @@ fn trains_exports_resumes_and_refuses_other_settings() {
         "{}",
         String::from_utf8_lossy(&res5.stderr)
     );
-    let f = "unet/diffusion_pytorch_model.safetensors";
-    assert_eq!(
-        std::fs::read(tmp.path().join("model4").join(f)).unwrap(),
-        std::fs::read(fresh.path().join("model").join(f)).unwrap()
-    );
+    for f in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(tmp.path().join("model4").join(f)).unwrap(),
+            std::fs::read(fresh.path().join("model").join(f)).unwrap(),
+            "{f}"
+        );
+    }
     let shorter = tmp.path().join("shorter.yaml");
     std::fs::write(&shorter, TINY.replace("unet_steps: 2", "unet_steps: 1")).unwrap();
     let res6 = train(tmp.path(), &shorter, "model6");
@@ -132,4 +137,72 @@ fn a_fresh_run_with_the_same_seed_gives_the_same_model() {
         std::fs::read(a.path().join("model").join(f)).unwrap(),
         std::fs::read(b.path().join("model").join(f)).unwrap()
     );
+}
+
+fn tensors(path: &Path) -> std::collections::HashMap<String, Vec<f32>> {
+    candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+#[test]
+fn the_decoder_stage_changes_only_the_decoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, yaml) in [
+        ("with", TINY.to_string()),
+        (
+            "without",
+            TINY.replace("decoder_steps: 2", "decoder_steps: 0"),
+        ),
+    ] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let config = dir.join("tiny.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let res = train(&dir, &config, "model");
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+    }
+    let vae = |name: &str| {
+        tensors(
+            &tmp.path()
+                .join(name)
+                .join("model/vae/diffusion_pytorch_model.safetensors"),
+        )
+    };
+    let (with, without) = (vae("with"), vae("without"));
+    assert_eq!(with.len(), without.len());
+    let mut changed = 0;
+    for (k, a) in &with {
+        let b = &without[k];
+        if k.starts_with("decoder.") || k.starts_with("post_quant_conv.") {
+            changed += usize::from(a != b);
+        } else {
+            assert_eq!(
+                a, b,
+                "{k}: the decoder stage changed an encoder-side tensor"
+            );
+        }
+    }
+    // Every decoder weight takes part in decoding, so two Adam steps move them all.
+    let decoder = with
+        .keys()
+        .filter(|k| k.starts_with("decoder.") || k.starts_with("post_quant_conv."))
+        .count();
+    assert!(decoder > 0);
+    assert_eq!(changed, decoder);
+    let unet = |name: &str| {
+        std::fs::read(
+            tmp.path()
+                .join(name)
+                .join("model/unet/diffusion_pytorch_model.safetensors"),
+        )
+        .unwrap()
+    };
+    assert_eq!(unet("with"), unet("without"));
 }

@@ -19,9 +19,16 @@ struct Progress {
 /// warm-up, so the step count of the running stage (and of later stages) and the checkpoint
 /// interval may change: the continued run equals an uninterrupted one with the new counts.
 fn resumable(saved: &TrainSettings, new: &TrainSettings, stage: &str) -> bool {
+    // The step counts and settings of the stages not yet begun may change.
     let mut relaxed = saved.clone();
     relaxed.checkpoint_every = new.checkpoint_every;
     relaxed.unet_steps = new.unet_steps;
+    relaxed.decoder_steps = new.decoder_steps;
+    if stage != "decoder" {
+        relaxed.decoder_batch = new.decoder_batch;
+        relaxed.decoder_lr = new.decoder_lr;
+        relaxed.decoder_figure_weight = new.decoder_figure_weight;
+    }
     if stage == "vae" {
         relaxed.vae_steps = new.vae_steps;
     }
@@ -60,21 +67,30 @@ impl Checkpoints {
                 p.settings
             );
         }
+        let too_many = |stage: &str, done: usize, total: usize| -> Result<()> {
+            if done > total {
+                bail!(
+                    "{}: the {stage} stage already ran {done} steps, more than the {total} asked for",
+                    file.display()
+                );
+            }
+            Ok(())
+        };
         let total = match p.stage.as_str() {
             "vae" => settings.vae_steps,
-            _ => settings.unet_steps,
+            "unet" => settings.unet_steps,
+            _ => settings.decoder_steps,
         };
-        if p.step > total {
-            bail!(
-                "{}: the {} stage already ran {} steps, more than the {total} asked for",
-                file.display(),
-                p.stage,
-                p.step
-            );
-        }
+        too_many(&p.stage, p.step, total)?;
         Ok(match (p.stage.as_str(), stage) {
             (s, want) if s == want => Some(p.step),
-            ("unet", "vae") => Some(usize::MAX), // the VAE stage finished earlier
+            ("unet" | "decoder", "vae") => Some(usize::MAX), // the VAE stage finished earlier
+            // The UNet stage finished before the decoder stage began; more UNet steps continue
+            // from its checkpoint (the decoder stage, which does not depend on the UNet, reruns).
+            ("decoder", "unet") => {
+                too_many("unet", p.settings.unet_steps, settings.unet_steps)?;
+                Some(p.settings.unet_steps)
+            }
             _ => None,
         })
     }

@@ -1,12 +1,21 @@
-//! Training images as one tensor, captions as token ids.
+//! Training images and figure masks as tensors, captions as token ids.
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use fmn_sd::tokenizer::ClipTokenizer;
-use image::RgbImage;
+use image::{GrayImage, RgbImage};
+
+/// One rendered training image with its exact figure mask and caption.
+pub struct Example {
+    pub image: RgbImage,
+    pub mask: GrayImage,
+    pub caption: String,
+}
 
 pub struct Dataset {
     /// `[N, 3, 64, 64]` in `[-1, 1]`.
     pub images: Tensor,
+    /// `[N, 1, 64, 64]`: 1 on the figure, 0 on the background.
+    pub masks: Tensor,
     /// `[N, 77]` u32 token ids of the captions.
     pub ids: Tensor,
     /// Token ids of the empty caption (classifier-free-guidance dropout).
@@ -14,25 +23,27 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    pub fn new(
-        examples: &[(RgbImage, String)],
-        tokenizer: &ClipTokenizer,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn new(examples: &[Example], tokenizer: &ClipTokenizer, device: &Device) -> Result<Self> {
         ensure!(!examples.is_empty(), "no training examples");
-        let (w, h) = examples[0].0.dimensions();
+        let (w, h) = examples[0].image.dimensions();
         let mut pixels = Vec::with_capacity(examples.len() * 3 * (w * h) as usize);
+        let mut masks = Vec::with_capacity(examples.len() * (w * h) as usize);
         let mut ids = Vec::with_capacity(examples.len() * tokenizer.max_len());
-        for (img, caption) in examples {
-            ensure!(img.dimensions() == (w, h), "training images differ in size");
+        for ex in examples {
+            ensure!(
+                ex.image.dimensions() == (w, h) && ex.mask.dimensions() == (w, h),
+                "training images or masks differ in size"
+            );
             for c in 0..3 {
-                pixels.extend(img.pixels().map(|p| p.0[c] as f32 / 127.5 - 1.0));
+                pixels.extend(ex.image.pixels().map(|p| p.0[c] as f32 / 127.5 - 1.0));
             }
-            ids.extend(tokenizer.encode(caption)?);
+            masks.extend(ex.mask.pixels().map(|p| p.0[0] as f32 / 255.0));
+            ids.extend(tokenizer.encode(&ex.caption)?);
         }
         let n = examples.len();
         Ok(Self {
             images: Tensor::from_vec(pixels, (n, 3, h as usize, w as usize), device)?,
+            masks: Tensor::from_vec(masks, (n, 1, h as usize, w as usize), device)?,
             ids: Tensor::from_vec(ids, (n, tokenizer.max_len()), device)?,
             empty_ids: tokenizer.encode("")?,
         })
