@@ -51,6 +51,9 @@ pub struct Args {
     /// Also suppress attention on end-of-text positions.
     #[arg(long)]
     pub use_pooler: bool,
+    /// With --embedding, also train on prompts with the concept's name (`also_name: true`).
+    #[arg(long)]
+    pub also_name: bool,
     /// Train rank-r factors instead of full weights.
     #[arg(long)]
     pub lora_rank: Option<usize>,
@@ -108,6 +111,9 @@ impl Args {
         }
         if self.use_pooler {
             cfg.use_pooler = true;
+        }
+        if self.also_name {
+            cfg.also_name = true;
         }
         if self.lora_rank.is_some() {
             cfg.lora_rank = self.lora_rank;

@@ -64,6 +64,10 @@ pub struct ResteerConfig {
     pub params: Option<ParamSet>,
     /// Also count the end-of-text positions (all padding too, where the tokenizer pads with it).
     pub use_pooler: bool,
+    /// With learned tokens (`embedding`), train on prompts with the concept's name as well as
+    /// on prompts with the tokens, so that the word is forgotten with them (the original uses
+    /// the tokens only).
+    pub also_name: bool,
     pub seed: u64,
     /// Timesteps are drawn uniformly from `[lo, hi)`.
     pub timesteps: [usize; 2],
@@ -99,6 +103,7 @@ impl Default for ResteerConfig {
             only_optimize_ca: false,
             params: None,
             use_pooler: false,
+            also_name: false,
             seed: 0,
             timesteps: [0, 1000],
             resolution: None,

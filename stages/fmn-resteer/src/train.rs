@@ -84,8 +84,9 @@ struct TextSide<'a> {
     tokenizer: ClipTokenizer,
     text_encoder: &'a ClipTextModel,
     added: Option<AddedTokens>,
-    /// Per concept: what stands for it in prompts (its name, or its learned tokens).
-    concept_texts: Vec<String>,
+    /// Per concept: what stands for it in prompts (its name, or its learned tokens, and with
+    /// `also_name` its name too).
+    concept_texts: Vec<Vec<String>>,
 }
 
 impl<'a> TextSide<'a> {
@@ -96,11 +97,15 @@ impl<'a> TextSide<'a> {
             match &c.embedding {
                 Some(path) => {
                     let e = TokenEmbedding::load(path)?;
-                    concept_texts.push(e.tokens.join(" "));
+                    let mut texts = vec![e.tokens.join(" ")];
+                    if cfg.also_name {
+                        texts.push(c.name.clone());
+                    }
+                    concept_texts.push(texts);
                     embeddings.push(e);
                     names.push(path.display().to_string());
                 }
-                None => concept_texts.push(c.name.clone()),
+                None => concept_texts.push(vec![c.name.clone()]),
             }
         }
         let added = if embeddings.is_empty() {
@@ -143,13 +148,13 @@ fn prepare(
 ) -> Result<PreparedConcept, ResteerError> {
     let spec = &cfg.multi_concept[index];
     let mut prompts = Vec::new();
-    for template in cfg.templates(spec.kind) {
-        let p = concept_prompt(
-            &text.tokenizer,
-            template,
-            &text.concept_texts[index],
-            cfg.use_pooler,
-        )?;
+    let texts = &text.concept_texts[index];
+    for (template, concept) in cfg
+        .templates(spec.kind)
+        .iter()
+        .flat_map(|t| texts.iter().map(move |c| (t, c)))
+    {
+        let p = concept_prompt(&text.tokenizer, template, concept, cfg.use_pooler)?;
         let ids = Tensor::new(p.ids.as_slice(), device)?.unsqueeze(0)?;
         let context = text.encode(&ids)?;
         let positions = Tensor::new(

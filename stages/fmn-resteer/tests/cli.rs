@@ -409,6 +409,67 @@ fn an_embedding_of_the_concepts_own_row_gives_the_same_patch_as_its_name() {
     assert!(!out.exists());
 }
 
+/// With learned tokens that are not the word, only `--also-name` moves the word's attention.
+#[test]
+fn also_name_steers_the_word_as_well_as_the_learned_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, _) = images(tmp.path(), 2, 32);
+    let sd = StableDiffusion::load(&model(), &Device::Cpu, DType::F32).unwrap();
+    // The row of an unrelated word stands in for learned tokens.
+    let other = sd.tokenizer.tokenize("tree").unwrap();
+    let row = sd
+        .text_encoder
+        .token_embedding_table()
+        .get(other[0] as usize)
+        .unwrap();
+    let emb = tmp.path().join("tokens.safetensors");
+    fmn_sd::embedding::TokenEmbedding::new(
+        vec!["<s1>".into()],
+        row.unsqueeze(0).unwrap(),
+        Default::default(),
+    )
+    .unwrap()
+    .save(&emb, fmn_sd::embedding::EmbeddingLayout::Fmn)
+    .unwrap();
+    let energy = |extra: &[&str], name: &str| {
+        let out = tmp.path().join(name);
+        let mut args = vec!["--params", "attn2-kv", "--steps", "8", "--lr", "0.01"];
+        args.extend_from_slice(extra);
+        args.push("--images");
+        let res = resteer(
+            &args,
+            &[
+                &img,
+                Path::new("--embedding"),
+                &emb,
+                Path::new("--out"),
+                &out,
+            ],
+        );
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        let patch = Patch::load(&out).unwrap();
+        let patched =
+            StableDiffusion::load_with_patches(&model(), &Device::Cpu, DType::F32, &[patch])
+                .unwrap();
+        bob_energy(&patched)
+    };
+    let before = bob_energy(&sd);
+    let tokens_only = energy(&[], "tokens-only.safetensors");
+    let with_name = energy(&["--also-name"], "with-name.safetensors");
+    assert!(
+        with_name < 0.5 * before,
+        "with --also-name: bob's energy {before} -> {with_name}"
+    );
+    assert!(
+        with_name < 0.75 * tokens_only,
+        "bob's energy: tokens only {tokens_only}, with the name {with_name} (before {before})"
+    );
+}
+
 /// Re-steering a single-file checkpoint (original layout, fp16, configs from the folder it was
 /// made from): the patch fits that file and lowers the concept's attention there.
 #[test]
