@@ -456,7 +456,7 @@ fn quality(a: &QualityArgs) -> Result<ExitCode> {
         println!("{summary}");
     } else {
         eprintln!(
-            "object {} colour {} | bob {} kiki {} | striped with style {} without {} | object-word attention in figure {} vs figure share {} (ratio {:.2}) | {:.0} s",
+            "object {} colour {} | bob {} kiki {} | striped with style {} without {} | object-word attention in figure {} vs figure share {} (ratio {:.2}) | VAE reconstructions judged right: any scene {} bob {} kiki {} striped {} | {:.0} s",
             pct(report.object_accuracy),
             pct(report.colour_accuracy),
             pct(report.bob_rate),
@@ -466,6 +466,10 @@ fn quality(a: &QualityArgs) -> Result<ExitCode> {
             pct(report.attention_in_figure),
             pct(report.figure_share),
             report.attention_ratio,
+            pct(report.vae_reconstruction.any_scene),
+            pct(report.vae_reconstruction.bob),
+            pct(report.vae_reconstruction.kiki),
+            pct(report.vae_reconstruction.striped),
             report.seconds
         );
     }

@@ -1,7 +1,7 @@
 //! The toy model's quality bar, measured: sample the toy world's prompts with several seeds,
 //! judge the images, and check that each object word's cross-attention lands on the figure.
 use crate::judge::Judge;
-use crate::scene::{Character, Colour, Concept, Object};
+use crate::scene::{Character, Colour, Concept, Object, SceneSpec};
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use fmn_sd::pipeline::{seeded_noise, SampleRequest, StableDiffusion};
@@ -55,8 +55,73 @@ pub struct QualityReport {
     pub attention_in_figure: f64,
     pub figure_share: f64,
     pub attention_ratio: f64,
+    /// Freshly rendered images passed through the VAE (encoder mean, decoder) and judged: what
+    /// the decoder can draw at all, whatever the UNet does.
+    pub vae_reconstruction: ReconstructionReport,
     pub prompts: Vec<PromptResult>,
     pub seconds: f64,
+}
+
+/// Judged rates of VAE reconstructions of rendered images, per kind of scene.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconstructionReport {
+    /// Random scenes of the training distribution: object and colour both judged right.
+    pub any_scene: f64,
+    pub bob: f64,
+    pub kiki: f64,
+    pub striped: f64,
+    pub images_per_kind: usize,
+}
+
+/// Seed of the rendered scenes the reconstruction check uses (not a training seed).
+const RECONSTRUCTION_SEED: u64 = 90_210;
+
+/// Renders `n` scenes of each kind, passes them through the VAE and judges the results.
+pub fn reconstruction(
+    sd: &StableDiffusion,
+    judge: &Judge,
+    n: usize,
+) -> Result<ReconstructionReport> {
+    let rate =
+        |spec: &SceneSpec, ok: &dyn Fn(&crate::Verdict, &crate::Scene) -> bool| -> Result<f64> {
+            let mut pixels = Vec::new();
+            let mut scenes = Vec::new();
+            for i in 0..n as u64 {
+                let (scene, _) = crate::dataset::draw(RECONSTRUCTION_SEED, i, spec);
+                let (image, _) = crate::render(&scene);
+                for c in 0..3 {
+                    pixels.extend(image.pixels().map(|p| p.0[c] as f32 / 127.5 - 1.0));
+                }
+                scenes.push(scene);
+            }
+            let side = crate::IMAGE_SIZE as usize;
+            let x = Tensor::from_vec(pixels, (n, 3, side, side), &sd.device)?;
+            let z = (sd.vae.encode(&x)?.mean() * sd.vae.scaling_factor())?;
+            let images = to_images(&sd.decode(&z)?)?;
+            let verdicts = judge.judge_batch(&images);
+            let right = verdicts
+                .iter()
+                .zip(&scenes)
+                .filter(|(v, sc)| ok(v, sc))
+                .count();
+            Ok(right as f64 / n.max(1) as f64)
+        };
+    let shows = |c: Concept| move |v: &crate::Verdict, _: &crate::Scene| v.shows(c);
+    Ok(ReconstructionReport {
+        any_scene: rate(&SceneSpec::default(), &|v, sc| {
+            v.shows(Concept::Object(sc.object)) && v.shows(Concept::Colour(sc.colour))
+        })?,
+        bob: rate(
+            &SceneSpec::only(Concept::Character(Character::Bob)),
+            &shows(Concept::Character(Character::Bob)),
+        )?,
+        kiki: rate(
+            &SceneSpec::only(Concept::Character(Character::Kiki)),
+            &shows(Concept::Character(Character::Kiki)),
+        )?,
+        striped: rate(&SceneSpec::only(Concept::Stripes), &shows(Concept::Stripes))?,
+        images_per_kind: n,
+    })
 }
 
 /// The figure's pixels in a toy image: those differing from the background, estimated as the
@@ -263,6 +328,7 @@ pub fn measure(
         attention_in_figure,
         figure_share,
         attention_ratio: attention_in_figure / figure_share.max(1e-9),
+        vae_reconstruction: reconstruction(sd, judge, 4 * s.seeds)?,
         prompts,
         seconds: started.elapsed().as_secs_f64(),
     })
