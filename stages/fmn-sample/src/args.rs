@@ -75,6 +75,9 @@ pub struct Args {
     /// cpu, or cuda / cuda:N (needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The networks' compute dtype (the sampler's arithmetic stays f32); f16 / bf16 are for GPUs.
+    #[arg(long, value_enum, default_value_t)]
+    pub dtype: fmn_sd::device::ComputeDType,
     /// The output folder (created; files of the same names are replaced).
     #[arg(long)]
     pub out: PathBuf,

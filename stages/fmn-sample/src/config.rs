@@ -25,6 +25,7 @@ pub struct SampleConfig {
     num_images: Option<usize>,
     attention_steps: Option<Vec<usize>>,
     device: Option<String>,
+    dtype: Option<fmn_sd::device::ComputeDType>,
 }
 
 impl Args {
@@ -88,6 +89,9 @@ impl Args {
         }
         if let (true, Some(v)) = (free("device"), cfg.device) {
             self.device = v;
+        }
+        if let (true, Some(v)) = (free("dtype"), cfg.dtype) {
+            self.dtype = v;
         }
         Ok(self)
     }

@@ -38,7 +38,9 @@ pub fn run(args: &Args) -> Result<()> {
     let mut model = args
         .source
         .open(&model_dir)
-        .and_then(|source| StableDiffusion::load_source(&source, &device, DType::F32, &patches))
+        .and_then(|source| {
+            StableDiffusion::load_source(&source, &device, args.dtype.dtype(), &patches)
+        })
         .with_context(|| {
             let names: Vec<String> = args.patch.iter().map(|p| p.display().to_string()).collect();
             match names.len() {

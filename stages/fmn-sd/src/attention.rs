@@ -4,7 +4,7 @@ use crate::fused_attention;
 use crate::nn::Linear;
 use crate::nn::{linear, softmax_last_dim};
 use crate::probes::AttentionRecorder;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
@@ -76,13 +76,17 @@ impl Attention {
             let flat = |t: &Tensor, len: usize| t.reshape((b * h, len, d));
             fused_attention::attention(&flat(&q, n)?, &flat(&k, m)?, &flat(&v, m)?, scale)?
                 .reshape((b, h, n, d))?
+        } else if let Some(recorder) = recorder {
+            // Recorded probabilities feed losses and metrics: with f16 / bf16 weights their
+            // scores and softmax are computed in f32.
+            let wide = |t: &Tensor| t.to_dtype(DType::F32);
+            let scores = (wide(&q)?.matmul(&wide(&k)?.t()?)? * scale)?;
+            let probs = softmax_last_dim(&scores)?;
+            recorder.record(&self.path, &probs);
+            probs.to_dtype(v.dtype())?.matmul(&v)? // [B, H, N, D]
         } else {
             let scores = (q.matmul(&k.t()?)? * scale)?;
-            let probs = softmax_last_dim(&scores)?;
-            if let Some(recorder) = recorder {
-                recorder.record(&self.path, &probs);
-            }
-            probs.matmul(&v)? // [B, H, N, D]
+            softmax_last_dim(&scores)?.matmul(&v)?
         };
         let out = out
             .transpose(1, 2)?

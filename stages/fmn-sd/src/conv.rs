@@ -4,7 +4,7 @@
 //! output map, which is dozens of times slower than the forward pass at image sizes (see
 //! BENCHMARKS.md). Here the patches are unfolded by a custom op (`Im2Col`, backward: `Col2Im`)
 //! and the rest is a matmul, whose backward candle does with the same fast GEMM.
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -174,10 +174,20 @@ impl CustomOp1 for Col2Im {
 
 /// `x: [B, C, H, W]`, `weight: [O, C, kh, kw]` -> `[B, O, H_out, W_out]` (no bias), as
 /// `torch.nn.functional.conv2d` with equal stride and padding on both axes. On non-CPU devices
-/// this is candle's own convolution.
+/// this is candle's own convolution; on the CPU, f16 / bf16 inputs are computed in f32 (candle's
+/// CPU matmul has no bf16) and the result cast back.
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     if !x.device().is_cpu() {
         return x.conv2d(weight, padding, stride, 1, 1);
+    }
+    if matches!(x.dtype(), DType::F16 | DType::BF16) {
+        let wide = conv2d(
+            &x.to_dtype(DType::F32)?,
+            &weight.to_dtype(DType::F32)?,
+            stride,
+            padding,
+        )?;
+        return wide.to_dtype(x.dtype());
     }
     let (b, c, h, w) = x.dims4()?;
     let (o, c_w, kh, kw) = weight.dims4()?;

@@ -24,3 +24,24 @@ pub fn from_name(name: &str) -> Result<Device> {
         ))),
     }
 }
+
+/// The compute dtype a stage's `--dtype` flag names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDType {
+    #[default]
+    F32,
+    /// Half precision: for GPUs (on the CPU every convolution is computed in f32 and cast).
+    F16,
+    Bf16,
+}
+
+impl ComputeDType {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            ComputeDType::F32 => candle_core::DType::F32,
+            ComputeDType::F16 => candle_core::DType::F16,
+            ComputeDType::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}

@@ -379,8 +379,12 @@ impl AddedTokens {
                 )));
             }
             rows.push(e.vectors.clone());
-            if let (Some(base), Ok(here)) = (
+            // The fingerprint hashes f32 values: a table loaded in f16 / bf16 (`--dtype`) was
+            // rounded and cannot be compared.
+            let comparable = text_encoder.dtype() == candle_core::DType::F32;
+            if let (Some(base), true, Ok(here)) = (
                 &e.meta.base_fingerprint,
+                comparable,
                 token_table_fingerprint(text_encoder),
             ) {
                 if *base != here {

@@ -24,6 +24,9 @@ pub struct StableDiffusion {
     pub vae: AutoencoderKL,
     pub scheduler: SchedulerConfig,
     pub device: Device,
+    /// The weights' and the networks' compute dtype; the sampler's own arithmetic and the
+    /// returned latents and images are f32 whatever it is.
+    pub dtype: DType,
     /// Learned tokens added with [`StableDiffusion::add_embeddings`].
     pub added_tokens: Option<AddedTokens>,
 }
@@ -72,6 +75,7 @@ impl StableDiffusion {
             })?,
             scheduler: source.scheduler_config()?,
             device: device.clone(),
+            dtype,
             added_tokens: None,
         })
     }
@@ -137,8 +141,8 @@ impl StableDiffusion {
 
     /// Decodes latents `[N, 4, h, w]` to images `[N, 3, H, W]` in `[0, 1]`.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        let z = (latents / self.vae.scaling_factor())?;
-        let x = self.vae.decode(&z)?;
+        let z = (latents / self.vae.scaling_factor())?.to_dtype(self.dtype)?;
+        let x = self.vae.decode(&z)?.to_dtype(DType::F32)?;
         Ok(((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
     }
 }
@@ -198,9 +202,15 @@ impl StableDiffusion {
                 .attention_steps
                 .contains(&i)
                 .then(AttentionRecorder::new);
-            let pred =
-                self.unet
-                    .forward_with_probe(&model_in, &t_tensor, &context, recorder.as_ref())?;
+            let pred = self
+                .unet
+                .forward_with_probe(
+                    &model_in.to_dtype(self.dtype)?,
+                    &t_tensor,
+                    &context,
+                    recorder.as_ref(),
+                )?
+                .to_dtype(DType::F32)?;
             if let Some(rec) = recorder {
                 for (path, probs) in rec.take() {
                     let probs = if cfg { probs.narrow(0, n, n)? } else { probs };
