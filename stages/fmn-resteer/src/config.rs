@@ -50,6 +50,14 @@ pub enum ParamSet {
     Attn2Kv,
 }
 
+/// The `pooler_positions` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolerChoice {
+    All,
+    First,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResteerConfig {
@@ -64,6 +72,8 @@ pub struct ResteerConfig {
     pub params: Option<ParamSet>,
     /// Also count the end-of-text positions (all padding too, where the tokenizer pads with it).
     pub use_pooler: bool,
+    /// With `use_pooler`: `all` end-of-text positions (the original) or the `first` only.
+    pub pooler_positions: PoolerChoice,
     /// With learned tokens (`embedding`), train on prompts with the concept's name as well as
     /// on prompts with the tokens, so that the word is forgotten with them (the original uses
     /// the tokens only).
@@ -103,6 +113,7 @@ impl Default for ResteerConfig {
             only_optimize_ca: false,
             params: None,
             use_pooler: false,
+            pooler_positions: PoolerChoice::All,
             also_name: false,
             seed: 0,
             timesteps: [0, 1000],
@@ -129,6 +140,15 @@ impl ResteerConfig {
         } else {
             ParamSet::All
         })
+    }
+
+    pub fn pooler(&self) -> crate::prompts::PoolerPositions {
+        use crate::prompts::PoolerPositions;
+        match (self.use_pooler, self.pooler_positions) {
+            (false, _) => PoolerPositions::None,
+            (true, PoolerChoice::All) => PoolerPositions::All,
+            (true, PoolerChoice::First) => PoolerPositions::First,
+        }
     }
 
     pub fn templates(&self, kind: ConceptKind) -> &[String] {

@@ -10,14 +10,24 @@ pub struct ConceptPrompt {
     pub positions: Vec<usize>,
 }
 
+/// Which end-of-text positions count besides the concept's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolerPositions {
+    None,
+    /// Every end-of-text position, as the original selects them by token id (so SD1's
+    /// end-of-text padding counts too).
+    All,
+    /// The first end-of-text position only: the one CLIP pools the prompt's meaning into.
+    First,
+}
+
 /// `template` with `{}` replaced by `concept`; the positions are those of the concept's tokens
-/// (every occurrence), plus with `use_pooler` every end-of-text position, as the original
-/// selects them by token id (so SD1's end-of-text padding counts too).
+/// (every occurrence), plus the end-of-text positions `pooler` names.
 pub fn concept_prompt(
     tokenizer: &ClipTokenizer,
     template: &str,
     concept: &str,
-    use_pooler: bool,
+    pooler: PoolerPositions,
 ) -> Result<ConceptPrompt, ResteerError> {
     let text = template.replacen("{}", concept, 1);
     let ids = tokenizer.encode(&text)?;
@@ -44,14 +54,17 @@ pub fn concept_prompt(
             ids.len()
         )));
     }
-    if use_pooler {
+    if pooler != PoolerPositions::None {
         let eos = tokenizer.eos_id();
-        positions.extend(
-            ids.iter()
-                .enumerate()
-                .filter(|(_, &t)| t == eos)
-                .map(|(p, _)| p),
-        );
+        let at_eos = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == eos)
+            .map(|(p, _)| p);
+        match pooler {
+            PoolerPositions::First => positions.extend(at_eos.take(1)),
+            _ => positions.extend(at_eos),
+        }
         positions.sort_unstable();
         positions.dedup();
     }

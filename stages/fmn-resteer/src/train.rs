@@ -154,7 +154,7 @@ fn prepare(
         .iter()
         .flat_map(|t| texts.iter().map(move |c| (t, c)))
     {
-        let p = concept_prompt(&text.tokenizer, template, concept, cfg.use_pooler)?;
+        let p = concept_prompt(&text.tokenizer, template, concept, cfg.pooler())?;
         let ids = Tensor::new(p.ids.as_slice(), device)?.unsqueeze(0)?;
         let context = text.encode(&ids)?;
         let positions = Tensor::new(

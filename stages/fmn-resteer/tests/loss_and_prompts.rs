@@ -1,7 +1,7 @@
 //! The loss terms against hand-computed values, and the concept's token positions.
 use candle_core::{Device, Tensor};
 use fmn_resteer::loss::{attention_energy, preservation};
-use fmn_resteer::prompts::concept_prompt;
+use fmn_resteer::prompts::{concept_prompt, PoolerPositions};
 use fmn_sd::tokenizer::ClipTokenizer;
 use std::path::Path;
 
@@ -72,19 +72,28 @@ fn preservation_is_the_mean_squared_projection_of_the_contexts() {
 fn concept_positions_and_pooler_positions() {
     let tok = tokenizer();
     // <start> a photo of bob <end> <pad = end> ...
-    let p = concept_prompt(&tok, "a photo of {}", "bob", false).unwrap();
+    let p = concept_prompt(&tok, "a photo of {}", "bob", PoolerPositions::None).unwrap();
     assert_eq!(p.text, "a photo of bob");
     assert_eq!(p.positions, vec![4]);
-    let with_pooler = concept_prompt(&tok, "a photo of {}", "bob", true).unwrap();
+    let with_pooler = concept_prompt(&tok, "a photo of {}", "bob", PoolerPositions::All).unwrap();
     // SD1 pads with the end-of-text token, so every position after the concept counts.
     assert_eq!(with_pooler.positions, (4..77).collect::<Vec<_>>());
+    // Only the first end-of-text token: the one CLIP pools into.
+    let first = concept_prompt(&tok, "a photo of {}", "bob", PoolerPositions::First).unwrap();
+    assert_eq!(first.positions, vec![4, 5]);
     // A multi-token concept occupies consecutive positions.
-    let multi = concept_prompt(&tok, "a photo in the style of {}", "van gogh", false).unwrap();
+    let multi = concept_prompt(
+        &tok,
+        "a photo in the style of {}",
+        "van gogh",
+        PoolerPositions::None,
+    )
+    .unwrap();
     let n = tok.tokenize("van gogh").unwrap().len();
     assert_eq!(multi.positions, (7..7 + n).collect::<Vec<_>>());
     // A template that pushes the concept past 77 tokens: refused, naming it.
     let long = format!("{} {{}}", "word ".repeat(80));
-    let err = concept_prompt(&tok, &long, "bob", false)
+    let err = concept_prompt(&tok, &long, "bob", PoolerPositions::None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("do not appear"), "{err}");
