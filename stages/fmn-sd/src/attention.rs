@@ -79,7 +79,10 @@ impl Attention {
         } else if let Some(recorder) = recorder {
             // Recorded probabilities feed losses and metrics: with f16 / bf16 weights their
             // scores and softmax are computed in f32.
-            let wide = |t: &Tensor| t.to_dtype(DType::F32);
+            let wide = |t: &Tensor| match t.dtype() {
+                DType::F16 | DType::BF16 => t.to_dtype(DType::F32),
+                _ => Ok(t.clone()),
+            };
             let scores = (wide(&q)?.matmul(&wide(&k)?.t()?)? * scale)?;
             let probs = softmax_last_dim(&scores)?;
             recorder.record(&self.path, &probs);
