@@ -320,27 +320,32 @@ fn a_killed_run_resumes_to_the_same_patch() {
     assert!(!tmp.path().join("resumed.safetensors.ckpt").exists());
 }
 
-#[test]
-fn an_embedding_of_the_concepts_own_row_gives_the_same_patch_as_its_name() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (img, _) = images(tmp.path(), 2, 32);
-    let sd = StableDiffusion::load(&model(), &Device::Cpu, DType::F32).unwrap();
-    let bob = sd.tokenizer.tokenize("bob").unwrap();
-    assert_eq!(bob.len(), 1);
+/// Writes `path`: a one-token (`<s1>`) embedding holding `word`'s row of the token table.
+fn word_row_embedding(sd: &StableDiffusion, word: &str, path: &Path) {
+    let ids = sd.tokenizer.tokenize(word).unwrap();
+    assert_eq!(ids.len(), 1, "{word} is one token");
     let row = sd
         .text_encoder
         .token_embedding_table()
-        .get(bob[0] as usize)
+        .get(ids[0] as usize)
         .unwrap();
-    let emb = tmp.path().join("bob-tokens.safetensors");
     fmn_sd::embedding::TokenEmbedding::new(
         vec!["<s1>".into()],
         row.unsqueeze(0).unwrap(),
         Default::default(),
     )
     .unwrap()
-    .save(&emb, fmn_sd::embedding::EmbeddingLayout::Fmn)
+    .save(path, fmn_sd::embedding::EmbeddingLayout::Fmn)
     .unwrap();
+}
+
+#[test]
+fn an_embedding_of_the_concepts_own_row_gives_the_same_patch_as_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, _) = images(tmp.path(), 2, 32);
+    let sd = StableDiffusion::load(&model(), &Device::Cpu, DType::F32).unwrap();
+    let emb = tmp.path().join("bob-tokens.safetensors");
+    word_row_embedding(&sd, "bob", &emb);
     let args = [
         "--params", "attn2-kv", "--steps", "3", "--lr", "0.001", "--images",
     ];
@@ -416,21 +421,8 @@ fn also_name_steers_the_word_as_well_as_the_learned_tokens() {
     let (img, _) = images(tmp.path(), 2, 32);
     let sd = StableDiffusion::load(&model(), &Device::Cpu, DType::F32).unwrap();
     // The row of an unrelated word stands in for learned tokens.
-    let other = sd.tokenizer.tokenize("tree").unwrap();
-    let row = sd
-        .text_encoder
-        .token_embedding_table()
-        .get(other[0] as usize)
-        .unwrap();
     let emb = tmp.path().join("tokens.safetensors");
-    fmn_sd::embedding::TokenEmbedding::new(
-        vec!["<s1>".into()],
-        row.unsqueeze(0).unwrap(),
-        Default::default(),
-    )
-    .unwrap()
-    .save(&emb, fmn_sd::embedding::EmbeddingLayout::Fmn)
-    .unwrap();
+    word_row_embedding(&sd, "tree", &emb);
     let energy = |extra: &[&str], name: &str| {
         let out = tmp.path().join(name);
         let mut args = vec!["--params", "attn2-kv", "--steps", "8", "--lr", "0.01"];

@@ -89,9 +89,7 @@ pub fn reconstruction(
             for i in 0..n as u64 {
                 let (scene, _) = crate::dataset::draw(RECONSTRUCTION_SEED, i, spec);
                 let (image, _) = crate::render(&scene);
-                for c in 0..3 {
-                    pixels.extend(image.pixels().map(|p| p.0[c] as f32 / 127.5 - 1.0));
-                }
+                crate::train::extend_planar_pixels(&mut pixels, &image);
                 scenes.push(scene);
             }
             let side = crate::IMAGE_SIZE as usize;

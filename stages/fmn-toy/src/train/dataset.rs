@@ -11,6 +11,14 @@ pub struct Example {
     pub caption: String,
 }
 
+/// Appends `image` channel by channel (`[3, H, W]` order) with values scaled to `[-1, 1]`, the
+/// VAE's input range.
+pub fn extend_planar_pixels(out: &mut Vec<f32>, image: &RgbImage) {
+    for c in 0..3 {
+        out.extend(image.pixels().map(|p| p.0[c] as f32 / 127.5 - 1.0));
+    }
+}
+
 pub struct Dataset {
     /// `[N, 3, 64, 64]` in `[-1, 1]`.
     pub images: Tensor,
@@ -34,9 +42,7 @@ impl Dataset {
                 ex.image.dimensions() == (w, h) && ex.mask.dimensions() == (w, h),
                 "training images or masks differ in size"
             );
-            for c in 0..3 {
-                pixels.extend(ex.image.pixels().map(|p| p.0[c] as f32 / 127.5 - 1.0));
-            }
+            extend_planar_pixels(&mut pixels, &ex.image);
             masks.extend(ex.mask.pixels().map(|p| p.0[0] as f32 / 255.0));
             ids.extend(tokenizer.encode(&ex.caption)?);
         }

@@ -9,7 +9,7 @@ mod export;
 mod vae_stage;
 
 pub use checkpoint::Checkpoints;
-pub use dataset::{Dataset, Example};
+pub use dataset::{extend_planar_pixels, Dataset, Example};
 pub use export::export_model;
 
 use serde::{Deserialize, Serialize};
