@@ -2,16 +2,12 @@
 //! against diffusers' f32 outputs of the tiny fixtures: text encoder, UNet (with its
 //! cross-attention probabilities, whose softmax runs in f32) and VAE decoder.
 mod common;
-use common::{fixtures, max_abs, max_abs_diff, reference};
+use common::{fixtures, max_abs_diff, reference, rel_err};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use fmn_sd::pipeline::{SampleRequest, StableDiffusion};
 use fmn_sd::probes::AttentionRecorder;
 use fmn_sd::scheduler::SamplerKind;
-
-fn rel(ours: &Tensor, theirs: &Tensor) -> f32 {
-    max_abs_diff(ours, theirs) / max_abs(theirs).max(1e-6)
-}
 
 /// `tol`: relative error of the text encoder, UNet and decoder outputs; `prob_tol`: absolute
 /// error of the attention probabilities (the rounding of every layer before them adds up).
@@ -24,7 +20,7 @@ fn check(name: &str, dtype: DType, tol: f32, prob_tol: f32) {
     let ids = r["prompt_ids"].to_dtype(DType::U32).unwrap();
     let hidden = sd.text_encoder.forward(&ids).unwrap();
     assert_eq!(hidden.dtype(), dtype);
-    let e = rel(&hidden, &r["text_hidden"]);
+    let e = rel_err(&hidden, &r["text_hidden"]);
     assert!(e < tol, "{name} {dtype:?} text encoder: relative error {e}");
 
     let t = r["unet_timestep"].to_dtype(DType::F32).unwrap();
@@ -34,7 +30,7 @@ fn check(name: &str, dtype: DType, tol: f32, prob_tol: f32) {
         .forward_with_probe(&cast("unet_sample"), &t, &cast("unet_context"), Some(&rec))
         .unwrap();
     assert_eq!(out.dtype(), dtype);
-    let e = rel(&out, &r["unet_out"]);
+    let e = rel_err(&out, &r["unet_out"]);
     assert!(e < tol, "{name} {dtype:?} UNet: relative error {e}");
     let probs = rec.take();
     assert!(!probs.is_empty());
@@ -45,7 +41,7 @@ fn check(name: &str, dtype: DType, tol: f32, prob_tol: f32) {
     }
 
     let decoded = sd.vae.decode(&cast("vae_mean")).unwrap();
-    let e = rel(&decoded, &r["vae_decoded"]);
+    let e = rel_err(&decoded, &r["vae_decoded"]);
     assert!(e < tol, "{name} {dtype:?} VAE decoder: relative error {e}");
 
     // A whole 10-step DDIM run with guidance: f32 latents out, the networks in `dtype`.
@@ -69,7 +65,7 @@ fn check(name: &str, dtype: DType, tol: f32, prob_tol: f32) {
         )
         .unwrap();
     assert_eq!(out.latents.dtype(), DType::F32);
-    let e = rel(&out.latents, &r["ddim_latents"]);
+    let e = rel_err(&out.latents, &r["ddim_latents"]);
     assert!(
         e < 2.0 * tol,
         "{name} {dtype:?} DDIM run: relative error {e}"

@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixtures, max_abs, max_abs_diff};
+use common::{fixtures, max_abs_diff, rel_err};
 use fmn_sd::patch::{Concept, Patch};
 use fmn_sd::pipeline::StableDiffusion;
 use fmn_sd::single_file::infer;
@@ -26,11 +26,6 @@ fn with_configs(name: &str) -> SourceOptions {
         config_dir: Some(fixtures().join(name)),
         prediction_type: None,
     }
-}
-
-/// max |a - b| / max |b|
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    max_abs_diff(a, b) / max_abs(b).max(1e-12)
 }
 
 fn equal(a: &Tensor, b: &Tensor) -> bool {

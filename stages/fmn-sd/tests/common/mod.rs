@@ -34,3 +34,8 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     max_abs(&(a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap())
 }
+
+/// max |a - b| / max |b|, computed in f32.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs_diff(a, b) / max_abs(b).max(1e-12)
+}
