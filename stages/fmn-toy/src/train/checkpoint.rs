@@ -95,6 +95,24 @@ impl Checkpoints {
         })
     }
 
+    /// Restores `vars` and `opt` from `stage`'s checkpoint if one is due; the step to continue
+    /// from (0: start).
+    pub fn restore(
+        &self,
+        settings: &TrainSettings,
+        stage: &str,
+        vars: &[(String, Var)],
+        opt: &mut AdamW,
+    ) -> Result<usize> {
+        match self.resume_point(settings, stage)? {
+            Some(step) => {
+                self.load(stage, vars, Some(opt))?;
+                Ok(step)
+            }
+            None => Ok(0),
+        }
+    }
+
     /// Saves `vars` and the optimizer under `stage`, then marks `step` as done.
     pub fn save(
         &self,

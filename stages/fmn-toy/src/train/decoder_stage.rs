@@ -43,13 +43,7 @@ pub fn train(
             ..Default::default()
         },
     )?;
-    let start = match ckpt.resume_point(s, STAGE)? {
-        Some(step) => {
-            ckpt.load(STAGE, &vars, Some(&mut opt))?;
-            step
-        }
-        None => 0,
-    };
+    let start = ckpt.restore(s, STAGE, &vars, &mut opt)?;
     let mut last = f64::NAN;
     for step in start..s.decoder_steps {
         let mut rng = NoiseRng::new(step_seed(s.seed, 4, step));

@@ -53,13 +53,7 @@ pub fn train(
             ..Default::default()
         },
     )?;
-    let start = match ckpt.resume_point(s, STAGE)? {
-        Some(step) => {
-            ckpt.load(STAGE, &named, Some(&mut opt))?;
-            step
-        }
-        None => 0,
-    };
+    let start = ckpt.restore(s, STAGE, &named, &mut opt)?;
     let sched_cfg = SchedulerConfig::from_map(
         architecture::scheduler_config()
             .as_object()
