@@ -384,6 +384,34 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
     if settings.images == 0 || settings.checkpoint_every == 0 {
         bail!("--images and --checkpoint-every must be at least 1");
     }
+    let source = a
+        .config
+        .as_ref()
+        .map_or("the settings".to_string(), |p| p.display().to_string());
+    for (key, batch) in [
+        ("vae_batch", settings.vae_batch),
+        ("unet_batch", settings.unet_batch),
+        ("decoder_batch", settings.decoder_batch),
+    ] {
+        if batch == 0 {
+            bail!("{source}: `{key}` must be at least 1");
+        }
+    }
+    for (key, v) in [
+        ("vae_lr", settings.vae_lr),
+        ("unet_lr", settings.unet_lr),
+        ("decoder_lr", settings.decoder_lr),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            bail!("{source}: `{key}` must be a positive number, not {v}");
+        }
+    }
+    if !(settings.decoder_figure_weight.is_finite() && settings.decoder_figure_weight >= 0.0) {
+        bail!(
+            "{source}: `decoder_figure_weight` must be 0 or more, not {}",
+            settings.decoder_figure_weight
+        );
+    }
     let spec = crate::scene::SceneSpec::default();
     let examples: Vec<crate::train::Example> = (0..settings.images as u64)
         .map(|i| {

@@ -206,3 +206,26 @@ fn the_decoder_stage_changes_only_the_decoder() {
     };
     assert_eq!(unet("with"), unet("without"));
 }
+
+#[test]
+fn bad_settings_are_refused_naming_the_key_and_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (from, to, key) in [
+        ("decoder_batch: 2", "decoder_batch: 0", "`decoder_batch`"),
+        ("unet_lr: 0.001", "unet_lr: -1.0", "`unet_lr`"),
+        (
+            "decoder_steps: 2",
+            "decoder_steps: 2\ndecoder_figure_weight: -1",
+            "`decoder_figure_weight`",
+        ),
+    ] {
+        let config = tmp.path().join("bad.yaml");
+        std::fs::write(&config, TINY.replace(from, to)).unwrap();
+        let res = train(tmp.path(), &config, "model");
+        assert!(!res.status.success());
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(err.contains(key) && err.contains("bad.yaml"), "{err}");
+        assert!(!tmp.path().join("model").exists());
+        assert!(!tmp.path().join("ckpt").exists());
+    }
+}
