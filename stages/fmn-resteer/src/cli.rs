@@ -54,6 +54,13 @@ pub struct Args {
     /// With --embedding, also train on prompts with the concept's name (`also_name: true`).
     #[arg(long)]
     pub also_name: bool,
+    /// Weight of the term moving the concept prompts' cross-attention keys/values onto those
+    /// of the same prompts without the concept (`anchor_weight`; 0: off).
+    #[arg(long)]
+    pub anchor_weight: Option<f64>,
+    /// What replaces the concept in the anchor prompts (`anchor`; default: nothing).
+    #[arg(long)]
+    pub anchor: Option<String>,
     /// Train rank-r factors instead of full weights.
     #[arg(long)]
     pub lora_rank: Option<usize>,
@@ -114,6 +121,12 @@ impl Args {
         }
         if self.also_name {
             cfg.also_name = true;
+        }
+        if let Some(v) = self.anchor_weight {
+            cfg.anchor_weight = v;
+        }
+        if let Some(v) = &self.anchor {
+            cfg.anchor = v.clone();
         }
         if self.lora_rank.is_some() {
             cfg.lora_rank = self.lora_rank;

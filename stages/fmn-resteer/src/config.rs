@@ -87,9 +87,16 @@ pub struct ResteerConfig {
     pub preserve_weight: f64,
     /// Prompts whose cross-attention keys and values must stay where they were.
     pub preserve_prompts: Vec<String>,
+    /// Weight of the term moving the K/V projections of the concept's prompts onto those of
+    /// its anchor prompts (the same prompts with the concept replaced by `anchor`); 0: off.
+    pub anchor_weight: f64,
+    /// What replaces the concept in its anchor prompts ("" drops it: "a photo of bob" →
+    /// "a photo of").
+    pub anchor: String,
     /// Train rank-r factors (`up · down`) instead of full weights.
     pub lora_rank: Option<usize>,
-    /// Prompt templates per kind; `{}` stands for the concept.
+    /// Prompt templates per kind; `{}` stands for the concept, and `[...]` around it (optional)
+    /// marks the words the anchor prompt replaces with `anchor`.
     pub object_templates: Vec<String>,
     pub style_templates: Vec<String>,
     pub adam_beta1: f64,
@@ -120,6 +127,8 @@ impl Default for ResteerConfig {
             resolution: None,
             preserve_weight: 0.0,
             preserve_prompts: Vec::new(),
+            anchor_weight: 0.0,
+            anchor: String::new(),
             lora_rank: None,
             object_templates: vec!["a photo of {}".into()],
             style_templates: vec!["a photo in the style of {}".into()],
@@ -178,6 +187,14 @@ impl ResteerConfig {
                 self.timesteps[0], self.timesteps[1]
             ));
         }
+        for (key, w) in [
+            ("preserve_weight", self.preserve_weight),
+            ("anchor_weight", self.anchor_weight),
+        ] {
+            if !(w >= 0.0 && w.is_finite()) {
+                return Err(format!("`{key}` must be zero or positive, got {w}"));
+            }
+        }
         if self.lora_rank == Some(0) {
             return Err("`lora_rank` must be at least 1".into());
         }
@@ -189,11 +206,15 @@ impl ResteerConfig {
         }
         for kind in [ConceptKind::Object, ConceptKind::Style] {
             let t = self.templates(kind);
-            if t.is_empty() || t.iter().any(|t| t.matches("{}").count() != 1) {
+            if t.is_empty() {
                 return Err(format!(
                     "`{}_templates` must be a non-empty list of prompts with exactly one {{}} each",
                     kind.as_str()
                 ));
+            }
+            for template in t {
+                crate::prompts::check_template(template)
+                    .map_err(|e| format!("`{}_templates`: {e}", kind.as_str()))?;
             }
         }
         Ok(())

@@ -64,3 +64,40 @@ pub fn preservation(contexts: &Tensor, deltas: &[Tensor]) -> Result<Tensor> {
         None => Tensor::zeros((), contexts.dtype(), contexts.device()),
     }
 }
+
+/// `Σ_layers ‖C Δᵀ + O‖² / rows(C)` with `O = (C − A) Wᵀ`: how far the key/value projections
+/// `(W + Δ)` of the concept's contexts `C: [rows, context_dim]` lie from the original
+/// projections `W` of its anchor contexts `A` (`offsets` holds `O` per layer, in `deltas`' order).
+pub fn anchoring(contexts: &Tensor, deltas: &[Tensor], offsets: &[Tensor]) -> Result<Tensor> {
+    if deltas.len() != offsets.len() {
+        candle_core::bail!(
+            "{} deltas but {} anchor offsets",
+            deltas.len(),
+            offsets.len()
+        );
+    }
+    let rows = contexts.dim(0)? as f64;
+    let mut total: Option<Tensor> = None;
+    for (d, o) in deltas.iter().zip(offsets) {
+        let gap = (contexts.matmul(&d.t()?)? + o)?.sqr()?.sum_all()?;
+        total = Some(match total {
+            None => gap,
+            Some(t) => (t + gap)?,
+        });
+    }
+    match total {
+        Some(t) => t / rows,
+        None => Tensor::zeros((), contexts.dtype(), contexts.device()),
+    }
+}
+
+/// The anchor offsets `(C − A) Wᵀ` of [`anchoring`] for each base weight `W: [inner, context_dim]`;
+/// `contexts` and `anchors` are `[rows, context_dim]`, row for row.
+pub fn anchor_offsets(
+    contexts: &Tensor,
+    anchors: &Tensor,
+    weights: &[&Tensor],
+) -> Result<Vec<Tensor>> {
+    let shift = (contexts - anchors)?;
+    weights.iter().map(|w| shift.matmul(&w.t()?)).collect()
+}

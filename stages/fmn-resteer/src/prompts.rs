@@ -29,7 +29,7 @@ pub fn concept_prompt(
     concept: &str,
     pooler: PoolerPositions,
 ) -> Result<ConceptPrompt, ResteerError> {
-    let text = template.replacen("{}", concept, 1);
+    let text = template.replacen("{}", concept, 1).replace(['[', ']'], "");
     let ids = tokenizer.encode(&text)?;
     let concept_ids = tokenizer.tokenize(concept)?;
     if concept_ids.is_empty() {
@@ -73,4 +73,33 @@ pub fn concept_prompt(
         ids,
         positions,
     })
+}
+
+/// The anchor prompt of `template`: the bracketed part of the template (the concept and the
+/// words that go with it: "a red square[ in the style of {}]") or else the `{}` alone, replaced
+/// by `anchor`, spaces tidied ("a photo of {}" with "" → "a photo of").
+pub fn anchor_prompt(template: &str, anchor: &str) -> String {
+    let text = match (template.find('['), template.find(']')) {
+        (Some(open), Some(close)) if open < close => {
+            format!("{}{anchor}{}", &template[..open], &template[close + 1..])
+        }
+        _ => template.replacen("{}", anchor, 1),
+    };
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A template is one `{}` and, optionally, one `[...]` around it marking what its anchor drops.
+pub fn check_template(template: &str) -> Result<(), String> {
+    let (open, close) = (template.matches('[').count(), template.matches(']').count());
+    let slot = template.find("{}");
+    if template.matches("{}").count() != 1 {
+        return Err(format!("template {template:?} must hold exactly one {{}}"));
+    }
+    match (open, close, template.find('['), template.find(']'), slot) {
+        (0, 0, ..) => Ok(()),
+        (1, 1, Some(o), Some(c), Some(s)) if o < s && s < c => Ok(()),
+        _ => Err(format!(
+            "template {template:?}: at most one [...] and it must hold the {{}}"
+        )),
+    }
 }

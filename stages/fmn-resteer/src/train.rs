@@ -1,9 +1,9 @@
 //! The re-steering loop: frozen VAE and text encoder, UNet deltas trained so that the concept's
 //! tokens receive no cross-attention.
 use crate::config::ResteerConfig;
-use crate::loss::{attention_energy, preservation};
+use crate::loss::{anchor_offsets, anchoring, attention_energy, preservation};
 use crate::params::Trainable;
-use crate::prompts::{concept_prompt, ConceptPrompt};
+use crate::prompts::{anchor_prompt, concept_prompt, ConceptPrompt};
 use crate::ResteerError;
 use candle_core::{DType, Device, Tensor};
 use fmn_sd::checkpoint::RunOptions;
@@ -58,6 +58,8 @@ struct PreparedConcept {
     latents: Vec<(Tensor, Tensor)>,
     /// Per entry of `latents`: the mask at the latent size `[1, 1, h, w]`.
     masks: Option<Vec<Tensor>>,
+    /// With `anchor_weight`: every prompt's context rows and its anchor prompt's, `[R, D]` each.
+    anchor_rows: Option<(Tensor, Tensor)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -148,6 +150,7 @@ fn prepare(
 ) -> Result<PreparedConcept, ResteerError> {
     let spec = &cfg.multi_concept[index];
     let mut prompts = Vec::new();
+    let mut anchors = Vec::new();
     let texts = &text.concept_texts[index];
     for (template, concept) in cfg
         .templates(spec.kind)
@@ -161,8 +164,26 @@ fn prepare(
             p.positions.iter().map(|&x| x as u32).collect::<Vec<_>>(),
             device,
         )?;
+        if cfg.anchor_weight > 0.0 {
+            let anchor_text = anchor_prompt(template, &cfg.anchor);
+            let ids = Tensor::new(text.tokenizer.encode(&anchor_text)?, device)?.unsqueeze(0)?;
+            anchors.push(text.encode(&ids)?);
+        }
         prompts.push((p, context, positions));
     }
+    let anchor_rows = if anchors.is_empty() {
+        None
+    } else {
+        let flat = |t: Tensor| -> Result<Tensor, ResteerError> {
+            let (b, n, d) = t.dims3()?;
+            Ok(t.reshape((b * n, d))?)
+        };
+        let contexts: Vec<Tensor> = prompts.iter().map(|(_, c, _)| c.clone()).collect();
+        Some((
+            flat(Tensor::cat(&contexts, 0)?)?,
+            flat(Tensor::cat(&anchors, 0)?)?,
+        ))
+    };
     let images = TrainingImages::load(&spec.images, spec.masks.as_deref())?;
     let factor = model.vae.downscale_factor();
     let mut latents = Vec::new();
@@ -188,6 +209,7 @@ fn prepare(
         prompts,
         latents,
         masks,
+        anchor_rows,
     })
 }
 
@@ -279,6 +301,21 @@ pub fn resteer(
         .filter(|n| n.contains(".attn2.to_k.") || n.contains(".attn2.to_v."))
         .cloned()
         .collect();
+    if cfg.anchor_weight > 0.0 && kv_names.is_empty() {
+        return Err(ResteerError::Input(
+            "`anchor_weight` acts on the cross-attention key/value projections, and `params` trains none"
+                .into(),
+        ));
+    }
+    // Per concept: its context rows and the anchor offsets per K/V delta, in `kv_names`' order.
+    let anchored = concepts
+        .iter()
+        .filter_map(|c| c.anchor_rows.as_ref())
+        .map(|(rows, anchor)| {
+            let weights: Vec<&Tensor> = kv_names.iter().filter_map(|n| trainable.base(n)).collect();
+            Ok((rows.clone(), anchor_offsets(rows, anchor, &weights)?))
+        })
+        .collect::<Result<Vec<_>, ResteerError>>()?;
     let vars = trainable.vars();
     let trained_values = vars.iter().map(|(_, v)| v.elem_count()).sum();
     let mut opt = AdamW::new(
@@ -349,13 +386,16 @@ pub fn resteer(
         }
         let attention_loss = attention_loss.expect("at least one concept");
         let mut loss = attention_loss.clone();
-        if let Some(contexts) = &preserve {
+        if preserve.is_some() || !anchored.is_empty() {
             let deltas = kv_names
                 .iter()
                 .filter_map(|n| trainable.delta(n).transpose())
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            if !deltas.is_empty() {
+            if let (Some(contexts), false) = (&preserve, deltas.is_empty()) {
                 loss = (loss + (preservation(contexts, &deltas)? * cfg.preserve_weight)?)?;
+            }
+            for (rows, offsets) in &anchored {
+                loss = (loss + (anchoring(rows, &deltas, offsets)? * cfg.anchor_weight)?)?;
             }
         }
         let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;

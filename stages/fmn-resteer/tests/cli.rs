@@ -513,3 +513,86 @@ fn single_file_checkpoints_are_resteered_like_folders() {
         .to_string();
     assert!(err.contains("another base model"), "{err}");
 }
+
+/// `Σ_layers ‖C (W+Δ)ᵀ − A Wᵀ‖` over the attn2 key/value projections, C and A the contexts of
+/// "a photo of bob" and of its anchor "a photo of".
+fn gap_to_anchor(deltas: &std::collections::BTreeMap<String, Tensor>) -> f32 {
+    let sd = StableDiffusion::load(&model(), &Device::Cpu, DType::F32).unwrap();
+    let c = sd
+        .encode_prompts(&["a photo of bob"])
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let a = sd
+        .encode_prompts(&["a photo of"])
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let weights = candle_core::safetensors::load(
+        model().join("unet/diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut total = 0f32;
+    for (name, w) in &weights {
+        if !(name.contains(".attn2.to_k.") || name.contains(".attn2.to_v.")) {
+            continue;
+        }
+        let w = w.to_dtype(DType::F32).unwrap();
+        let moved = match deltas.get(&format!("unet.{name}")) {
+            Some(d) => (&w + d).unwrap(),
+            None => w.clone(),
+        };
+        let gap =
+            (c.matmul(&moved.t().unwrap()).unwrap() - a.matmul(&w.t().unwrap()).unwrap()).unwrap();
+        total += gap
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+    }
+    total.sqrt()
+}
+
+/// `--anchor-weight` pulls the concept prompt's keys/values toward those of the prompt
+/// without the concept; without it the attention loss alone moves them elsewhere. (Measured:
+/// gap 21.0 untouched, 9.8 anchored after 50 steps, 411 with the attention loss alone.)
+#[test]
+fn anchor_weight_moves_the_concept_prompt_onto_its_anchor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, _) = images(tmp.path(), 2, 32);
+    let patch = |extra: &[&str], name: &str| {
+        let out = tmp.path().join(name);
+        let mut args = vec!["--params", "attn2-kv", "--steps", "50", "--lr", "0.01"];
+        args.extend_from_slice(extra);
+        args.push("--images");
+        let res = resteer(&args, &[&img, Path::new("--out"), &out]);
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        Patch::load(&out).unwrap().deltas
+    };
+    let without = gap_to_anchor(&patch(&[], "plain.safetensors"));
+    let with = gap_to_anchor(&patch(&["--anchor-weight", "1000"], "anchored.safetensors"));
+    let untouched = gap_to_anchor(&Default::default());
+    assert!(
+        with < 0.6 * untouched && with < 0.1 * without,
+        "gap to the anchor: untouched {untouched}, attention loss only {without}, anchored {with}"
+    );
+    // A negative weight is refused before training, naming the key.
+    let bad = tmp.path().join("bad.safetensors");
+    let res = resteer(
+        &["--anchor-weight=-1", "--images"],
+        &[&img, Path::new("--out"), &bad],
+    );
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && err.contains("anchor_weight"),
+        "{err}"
+    );
+    assert!(!bad.exists());
+}

@@ -1,7 +1,7 @@
 //! The loss terms against hand-computed values, and the concept's token positions.
 use candle_core::{Device, Tensor};
-use fmn_resteer::loss::{attention_energy, preservation};
-use fmn_resteer::prompts::{concept_prompt, PoolerPositions};
+use fmn_resteer::loss::{anchor_offsets, anchoring, attention_energy, preservation};
+use fmn_resteer::prompts::{anchor_prompt, check_template, concept_prompt, PoolerPositions};
 use fmn_sd::tokenizer::ClipTokenizer;
 use std::path::Path;
 
@@ -66,6 +66,57 @@ fn preservation_is_the_mean_squared_projection_of_the_contexts() {
         .to_scalar()
         .unwrap();
     assert!((p - 50.0).abs() < 1e-5, "{p}");
+}
+
+#[test]
+fn anchoring_is_the_mean_squared_gap_to_the_anchor_projections() {
+    let dev = Device::Cpu;
+    let c = Tensor::new(&[[1f32, 0.0], [1.0, 2.0]], &dev).unwrap();
+    let a = Tensor::new(&[[0f32, 1.0], [1.0, 0.0]], &dev).unwrap();
+    let w = Tensor::new(&[[1f32, 0.0], [0.0, 1.0], [1.0, 1.0]], &dev).unwrap();
+    let d = Tensor::new(&[[1f32, 1.0], [0.0, 3.0], [2.0, -1.0]], &dev).unwrap();
+    // C (W + D)ᵀ = [[2, 0, 3], [4, 8, 3]] and A Wᵀ = [[0, 1, 1], [1, 0, 1]]: the gaps
+    // [[2, -1, 2], [3, 8, 2]] square to 86, over 2 rows.
+    let offsets = anchor_offsets(&c, &a, &[&w]).unwrap();
+    let g: f32 = anchoring(&c, &[d], &offsets).unwrap().to_scalar().unwrap();
+    assert!((g - 43.0).abs() < 1e-5, "{g}");
+    // With no delta the concept's projections are the anchor's only if the contexts agree.
+    let zero = Tensor::zeros((3, 2), candle_core::DType::F32, &dev).unwrap();
+    let same = anchor_offsets(&c, &c, &[&w]).unwrap();
+    let g0: f32 = anchoring(&c, &[zero], &same).unwrap().to_scalar().unwrap();
+    assert_eq!(g0, 0.0);
+}
+
+#[test]
+fn anchor_prompts_replace_or_drop_the_concept() {
+    assert_eq!(anchor_prompt("a photo of {}", ""), "a photo of");
+    assert_eq!(
+        anchor_prompt("a photo of {} in the style of stripes", "a circle"),
+        "a photo of a circle in the style of stripes"
+    );
+    assert_eq!(
+        anchor_prompt("a photo of a red square[ in the style of {}]", ""),
+        "a photo of a red square"
+    );
+    let tok = tokenizer();
+    let p = concept_prompt(
+        &tok,
+        "a red square[ in the style of {}]",
+        "stripes",
+        PoolerPositions::None,
+    )
+    .unwrap();
+    assert_eq!(p.text, "a red square in the style of stripes");
+    assert_eq!(p.positions, vec![8]);
+    for bad in [
+        "[a photo] of {}",
+        "a photo of [{}",
+        "a [photo [of {}]]",
+        "a photo",
+    ] {
+        assert!(check_template(bad).is_err(), "{bad}");
+    }
+    assert!(check_template("a photo of [{}]").is_ok());
 }
 
 #[test]
