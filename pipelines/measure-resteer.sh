@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Forget `circle` (object), `stripes` (style) and `bob` (character) on the toy model, each alone
-# and then all three merged into one patch, and evaluate every patch with the toy judge.
-# Prints one line per (patch, concept): Acc_e before -> after and Acc_s before -> after.
+# then all three merged into one patch (`all`) and trained together in one run (`joint`), and
+# evaluate every patch with the toy judge.
+# Prints one line per (patch, concept): Acc_e before -> after and Acc_s before -> after; then per
+# patch the accuracy on every suite prompt naming none of its concepts (preservation) and on those
+# naming one, and the three prompts that lost most.
 #
 #   pipelines/measure-resteer.sh [RESTEER_CONFIG] [OUT_DIR]
 #
@@ -34,8 +37,18 @@ for spec in circle:object stripes:style bob:object; do
   patches+=("$OUT/$name.safetensors")
 done
 [ -f "$OUT/all.safetensors" ] || "$BIN/fmn-patch" merge "${patches[@]}" --out "$OUT/all.safetensors" >/dev/null
+# The same three concepts trained together in one run (the config's multi_concept list).
+if [ ! -f "$OUT/joint.safetensors" ]; then
+  { cat "$CONFIG"; echo "multi_concept:"
+    for spec in circle:object stripes:style bob:object; do
+      printf '  - {name: %s, kind: %s, images: "%s", masks: "%s"}\n' "${spec%%:*}" "${spec##*:}" \
+        "$OUT/images/${spec%%:*}" "$OUT/images/${spec%%:*}/masks"
+    done; } > "$OUT/joint.yaml"
+  "$BIN/fmn-resteer" --model "$MODEL" --config "$OUT/joint.yaml" --out "$OUT/joint.safetensors" \
+    --json --quiet > "$OUT/joint.resteer.json"
+fi
 
-for p in circle stripes bob all; do
+for p in circle stripes bob all joint; do
   sample "$OUT/after-$p" --patch "$OUT/$p.safetensors"
   "$BIN/fmn-eval" --before "$OUT/before" --after "$OUT/after-$p" \
     --before-attention "$OUT/before.attention.safetensors" --after-attention "$OUT/after-$p.attention.safetensors" \
@@ -50,4 +63,7 @@ for c in m["concepts"]:
     f = lambda k: "%s->%s" % tuple("-" if c.get(k) is None or c[k].get(x) is None else "%.0f%%" % (100 * c[k][x]) for x in ("before", "after"))
     print("patch %-7s concept %-7s Acc_e %-10s Acc_g %-10s Acc_s %-10s%s" % (sys.argv[2], c["concept"], f("acc_e"), f("acc_g"), f("acc_s"), secs))
 PY
+  names=$p; case $p in all | joint) names="circle stripes bob" ;; esac
+  # shellcheck disable=SC2086
+  echo "patch $p: $(python3 pipelines/lib/preservation.py "$OUT/report-$p/results.json" $names)"
 done
