@@ -50,19 +50,7 @@ pub fn attention_energy(
 /// `Σ_layers ‖C Δᵀ‖² / rows(C)`: how far the key/value projections of the preserved contexts
 /// `C: [rows, context_dim]` move under the deltas `Δ: [inner, context_dim]`.
 pub fn preservation(contexts: &Tensor, deltas: &[Tensor]) -> Result<Tensor> {
-    let rows = contexts.dim(0)? as f64;
-    let mut total: Option<Tensor> = None;
-    for d in deltas {
-        let moved = contexts.matmul(&d.t()?)?.sqr()?.sum_all()?;
-        total = Some(match total {
-            None => moved,
-            Some(t) => (t + moved)?,
-        });
-    }
-    match total {
-        Some(t) => t / rows,
-        None => Tensor::zeros((), contexts.dtype(), contexts.device()),
-    }
+    mean_squared_projection(contexts, deltas, None)
 }
 
 /// `Σ_layers ‖C Δᵀ + O‖² / rows(C)` with `O = (C − A) Wᵀ`: how far the key/value projections
@@ -76,13 +64,26 @@ pub fn anchoring(contexts: &Tensor, deltas: &[Tensor], offsets: &[Tensor]) -> Re
             offsets.len()
         );
     }
+    mean_squared_projection(contexts, deltas, Some(offsets))
+}
+
+/// `Σ_layers ‖C Δᵀ (+ O)‖² / rows(C)`.
+fn mean_squared_projection(
+    contexts: &Tensor,
+    deltas: &[Tensor],
+    offsets: Option<&[Tensor]>,
+) -> Result<Tensor> {
     let rows = contexts.dim(0)? as f64;
     let mut total: Option<Tensor> = None;
-    for (d, o) in deltas.iter().zip(offsets) {
-        let gap = (contexts.matmul(&d.t()?)? + o)?.sqr()?.sum_all()?;
+    for (i, d) in deltas.iter().enumerate() {
+        let mut projected = contexts.matmul(&d.t()?)?;
+        if let Some(offsets) = offsets {
+            projected = (projected + &offsets[i])?;
+        }
+        let term = projected.sqr()?.sum_all()?;
         total = Some(match total {
-            None => gap,
-            Some(t) => (t + gap)?,
+            None => term,
+            Some(t) => (t + term)?,
         });
     }
     match total {
