@@ -110,7 +110,7 @@ pub struct ResteerConfig {
 
 impl Default for ResteerConfig {
     /// The original Forget-Me-Not settings (`configs/resteer/original.yaml` repeats them); fmn's
-    /// recommended settings are `configs/resteer/default.yaml`.
+    /// settings (anchor and preservation terms, K/V only) are `configs/resteer/toy.yaml`.
     fn default() -> Self {
         Self {
             multi_concept: Vec::new(),
