@@ -12,13 +12,9 @@ import sys
 
 def main(results_path, names):
     items = json.load(open(results_path))["items"]
-    seen = {}
-    for it in items:
-        key = (it["prompt"], it["seed"], it["image_index"], it["concept"], it["group"])
-        seen[key] = it
     words = [w.lower() for w in names]
     groups = {"other prompts": {}, "naming them": {}}
-    for it in seen.values():
+    for it in items:
         tokens = re.findall(r"[a-z0-9]+", it["prompt"].lower())
         side = "naming them" if any(w in tokens for w in words) else "other prompts"
         # One verdict per image: an image reached from several suite entries keeps the first.

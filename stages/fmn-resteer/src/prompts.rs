@@ -29,7 +29,8 @@ pub fn concept_prompt(
     concept: &str,
     pooler: PoolerPositions,
 ) -> Result<ConceptPrompt, ResteerError> {
-    let text = template.replacen("{}", concept, 1).replace(['[', ']'], "");
+    // The template's brackets only mark what anchor prompts replace; the concept keeps its own.
+    let text = template.replace(['[', ']'], "").replacen("{}", concept, 1);
     let ids = tokenizer.encode(&text)?;
     let concept_ids = tokenizer.tokenize(concept)?;
     if concept_ids.is_empty() {

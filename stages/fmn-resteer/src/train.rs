@@ -308,13 +308,11 @@ pub fn resteer(
         ));
     }
     // Per concept: its context rows and the anchor offsets per K/V delta, in `kv_names`' order.
+    let kv_base: Vec<&Tensor> = kv_names.iter().filter_map(|n| trainable.base(n)).collect();
     let anchored = concepts
         .iter()
         .filter_map(|c| c.anchor_rows.as_ref())
-        .map(|(rows, anchor)| {
-            let weights: Vec<&Tensor> = kv_names.iter().filter_map(|n| trainable.base(n)).collect();
-            Ok((rows.clone(), anchor_offsets(rows, anchor, &weights)?))
-        })
+        .map(|(rows, anchor)| Ok((rows.clone(), anchor_offsets(rows, anchor, &kv_base)?)))
         .collect::<Result<Vec<_>, ResteerError>>()?;
     let vars = trainable.vars();
     let trained_values = vars.iter().map(|(_, v)| v.elem_count()).sum();

@@ -43,6 +43,26 @@ fn resteer(args: &[&str], extra: &[&Path]) -> Output {
     cmd.output().unwrap()
 }
 
+/// [`resteer`], which must succeed.
+fn resteer_ok(args: &[&str], extra: &[&Path]) -> Output {
+    let res = resteer(args, extra);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    res
+}
+
+fn sum_of_squares(t: &Tensor) -> f32 {
+    t.sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// Σ p² of the "bob" token over every attn2 map, for a fixed noisy latent and timestep.
 fn bob_energy(sd: &StableDiffusion) -> f32 {
     let ctx = sd.encode_prompts(&["a photo of bob"]).unwrap();
@@ -56,16 +76,7 @@ fn bob_energy(sd: &StableDiffusion) -> f32 {
         .unwrap();
     rec.take()
         .iter()
-        .map(|(_, p)| {
-            p.narrow(3, 4, 1)
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        })
+        .map(|(_, p)| sum_of_squares(&p.narrow(3, 4, 1).unwrap()))
         .sum()
 }
 
@@ -74,16 +85,11 @@ fn kv_patch_holds_only_attn2_kv_and_lowers_the_concept_attention() {
     let tmp = tempfile::tempdir().unwrap();
     let (img, masks) = images(tmp.path(), 3, 32);
     let out = tmp.path().join("bob.safetensors");
-    let res = resteer(
+    let res = resteer_ok(
         &[
             "--params", "attn2-kv", "--steps", "8", "--lr", "0.01", "--json", "--images",
         ],
         &[&img, Path::new("--masks"), &masks, Path::new("--out"), &out],
-    );
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
     );
     let summary: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
     assert!(
@@ -112,7 +118,7 @@ fn lora_rank_trains_factors_and_writes_full_deltas_of_that_rank() {
     let tmp = tempfile::tempdir().unwrap();
     let (img, _) = images(tmp.path(), 2, 32);
     let out = tmp.path().join("lora.safetensors");
-    let res = resteer(
+    resteer_ok(
         &[
             "--only-ca",
             "--lora-rank",
@@ -124,11 +130,6 @@ fn lora_rank_trains_factors_and_writes_full_deltas_of_that_rank() {
             "--images",
         ],
         &[&img, Path::new("--out"), &out],
-    );
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
     );
     let patch = Patch::load(&out).unwrap();
     for (key, d) in &patch.deltas {
@@ -284,7 +285,7 @@ fn a_killed_run_resumes_to_the_same_patch() {
         return;
     }
     assert!(ckpt.exists(), "no checkpoint was written");
-    let res = resteer(
+    resteer_ok(
         &[
             "--params",
             "attn2",
@@ -298,11 +299,6 @@ fn a_killed_run_resumes_to_the_same_patch() {
             "--images",
         ],
         &[&img, Path::new("--out"), &resumed],
-    );
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
     );
     let a = Patch::load(&full).unwrap();
     let b = Patch::load(&resumed).unwrap();
@@ -350,14 +346,9 @@ fn an_embedding_of_the_concepts_own_row_gives_the_same_patch_as_its_name() {
         "--params", "attn2-kv", "--steps", "3", "--lr", "0.001", "--images",
     ];
     let by_name = tmp.path().join("name.safetensors");
-    let res = resteer(&args, &[&img, Path::new("--out"), &by_name]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    resteer_ok(&args, &[&img, Path::new("--out"), &by_name]);
     let by_tokens = tmp.path().join("tokens.safetensors");
-    let res = resteer(
+    resteer_ok(
         &args,
         &[
             &img,
@@ -366,11 +357,6 @@ fn an_embedding_of_the_concepts_own_row_gives_the_same_patch_as_its_name() {
             Path::new("--out"),
             &by_tokens,
         ],
-    );
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
     );
     let a = Patch::load(&by_name).unwrap();
     let b = Patch::load(&by_tokens).unwrap();
@@ -428,7 +414,7 @@ fn also_name_steers_the_word_as_well_as_the_learned_tokens() {
         let mut args = vec!["--params", "attn2-kv", "--steps", "8", "--lr", "0.01"];
         args.extend_from_slice(extra);
         args.push("--images");
-        let res = resteer(
+        resteer_ok(
             &args,
             &[
                 &img,
@@ -437,11 +423,6 @@ fn also_name_steers_the_word_as_well_as_the_learned_tokens() {
                 Path::new("--out"),
                 &out,
             ],
-        );
-        assert!(
-            res.status.success(),
-            "{}",
-            String::from_utf8_lossy(&res.stderr)
         );
         let patch = Patch::load(&out).unwrap();
         let patched =
@@ -545,13 +526,7 @@ fn gap_to_anchor(deltas: &std::collections::BTreeMap<String, Tensor>) -> f32 {
         };
         let gap =
             (c.matmul(&moved.t().unwrap()).unwrap() - a.matmul(&w.t().unwrap()).unwrap()).unwrap();
-        total += gap
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        total += sum_of_squares(&gap);
     }
     total.sqrt()
 }
@@ -568,12 +543,7 @@ fn anchor_weight_moves_the_concept_prompt_onto_its_anchor() {
         let mut args = vec!["--params", "attn2-kv", "--steps", "50", "--lr", "0.01"];
         args.extend_from_slice(extra);
         args.push("--images");
-        let res = resteer(&args, &[&img, Path::new("--out"), &out]);
-        assert!(
-            res.status.success(),
-            "{}",
-            String::from_utf8_lossy(&res.stderr)
-        );
+        resteer_ok(&args, &[&img, Path::new("--out"), &out]);
         Patch::load(&out).unwrap().deltas
     };
     let without = gap_to_anchor(&patch(&[], "plain.safetensors"));
