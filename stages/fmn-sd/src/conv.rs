@@ -177,13 +177,31 @@ impl CustomOp1 for Col2Im {
 /// this is candle's own convolution; on the CPU, f16 / bf16 inputs are computed in f32 (candle's
 /// CPU matmul has no bf16) and the result cast back.
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    conv2d_biased(x, weight, None, stride, padding)
+}
+
+/// [`conv2d`] plus a per-output-channel `bias: [O]`. On the CPU the bias is added to the
+/// `[O, B·L]` product, so its gradient is a sum over contiguous rows (candle's sum over the
+/// batch and both spatial axes of `[B, O, H, W]` is several times slower).
+pub fn conv2d_biased(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     if !x.device().is_cpu() {
-        return x.conv2d(weight, padding, stride, 1, 1);
+        let y = x.conv2d(weight, padding, stride, 1, 1)?;
+        return match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        };
     }
     if matches!(x.dtype(), DType::F16 | DType::BF16) {
-        let wide = conv2d(
+        let wide = conv2d_biased(
             &x.to_dtype(DType::F32)?,
             &weight.to_dtype(DType::F32)?,
+            bias.map(|b| b.to_dtype(DType::F32)).transpose()?.as_ref(),
             stride,
             padding,
         )?;
@@ -219,6 +237,10 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
     };
     // [O, K] × [K, B·L] -> [O, B·L]: one GEMM for the whole batch, in both passes.
     let out = crate::frozen_matmul::matmul(&weight.reshape((o, g.patch_len()))?, &cols)?;
+    let out = match bias {
+        Some(b) => out.broadcast_add(&b.reshape((o, 1))?)?,
+        None => out,
+    };
     out.reshape((o, b, g.h_out, g.w_out))?
         .transpose(0, 1)?
         .contiguous()

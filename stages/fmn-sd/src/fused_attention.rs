@@ -3,8 +3,9 @@
 //! Composed of candle ops, attention materialises the `[B·H, N, M]` scores and probabilities
 //! several times over (matmul, max, exp, sum, div, and as many again backwards); at SD sizes
 //! that is gigabytes per layer, and on the toy UNet a quarter of a training step. Here each
-//! (batch, head) pair is computed row by row, recomputing the probabilities in the backward
-//! pass instead of storing them (as FlashAttention does), so memory stays O(N·D).
+//! (batch, head) pair is computed in blocks of query rows (gemm products of the block), and
+//! the backward pass recomputes each block's probabilities instead of storing them (as
+//! FlashAttention does), so memory stays O(N·D) plus one `[64, M]` block per thread.
 //!
 //! Used where the probabilities themselves are not needed; probes take the composed path.
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
@@ -30,55 +31,147 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [
     }
 }
 
-#[inline]
-fn dot<T: Float>(a: &[T], b: &[T]) -> T {
-    a.iter().zip(b).fold(T::zero(), |acc, (&x, &y)| acc + x * y)
+/// Query rows handled together: the `[ROWS, M]` score block stays in cache at SD sizes
+/// (M ≤ 4,096 → 1 MiB in f32) while each product is large enough for the gemm kernels.
+const ROWS: usize = 64;
+
+/// A row-major matrix view: `rows × cols` with element `(r, c)` at `data[r·rs + c·cs]`
+/// (`cs = rows`-strided views express transposes without copying).
+#[derive(Clone, Copy)]
+struct View<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
 }
 
-/// Softmax row `p` (length M) of query `qi` against the keys `k` (`[M, D]`).
-#[inline]
-fn probabilities<T: Float>(qi: &[T], k: &[T], d: usize, scale: T, p: &mut [T]) {
-    let mut max = T::neg_infinity();
-    for (j, pj) in p.iter_mut().enumerate() {
-        *pj = dot(qi, &k[j * d..(j + 1) * d]) * scale;
-        max = max.max(*pj);
+impl<'a, T> View<'a, T> {
+    fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
     }
-    let mut sum = T::zero();
-    for pj in p.iter_mut() {
-        *pj = (*pj - max).exp();
-        sum = sum + *pj;
+
+    fn t(self) -> Self {
+        Self {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
     }
-    let inv = sum.recip();
-    for pj in p.iter_mut() {
-        *pj = *pj * inv;
+
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
     }
 }
 
-fn forward<T: Float + Send + Sync>(q: &[T], k: &[T], v: &[T], s: Dims, scale: T) -> Vec<T> {
+/// `dst (row-major a.rows × b.cols) = factor·a·b`, or `+= factor·a·b` with `accumulate`;
+/// single-threaded (the caller parallelises over (batch, head) pairs).
+fn matmul_scaled<T: Float + 'static>(
+    dst: &mut [T],
+    a: View<T>,
+    b: View<T>,
+    accumulate: bool,
+    factor: T,
+) {
+    assert!(a.cols == b.rows && a.fits() && b.fits() && dst.len() == a.rows * b.cols);
+    // SAFETY: every view's extent was checked against its slice above, and `dst` is exactly
+    // `a.rows × b.cols` and does not alias the inputs (it is a `&mut`).
+    unsafe {
+        gemm::gemm(
+            a.rows,
+            b.cols,
+            a.cols,
+            dst.as_mut_ptr(),
+            1,
+            b.cols as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            T::one(),
+            factor,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+fn matmul_into<T: Float + 'static>(dst: &mut [T], a: View<T>, b: View<T>, accumulate: bool) {
+    matmul_scaled(dst, a, b, accumulate, T::one())
+}
+
+/// Turns each row of scaled scores (`[rows, M]`) into softmax probabilities.
+fn softmax_rows<T: Float>(p: &mut [T], m: usize) {
+    for row in p.chunks_mut(m) {
+        let max = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+        let mut sum = T::zero();
+        for x in row.iter_mut() {
+            *x = (*x - max).exp();
+            sum = sum + *x;
+        }
+        let inv = sum.recip();
+        for x in row.iter_mut() {
+            *x = *x * inv;
+        }
+    }
+}
+
+/// Probabilities of the query rows `q` (`[rows, D]`) against the keys `k` (`[M, D]`) into `p`.
+fn probabilities<T: Float + 'static>(q: View<T>, k: View<T>, scale: T, p: &mut [T]) {
+    matmul_scaled(p, q, k.t(), false, scale);
+    softmax_rows(p, k.rows);
+}
+
+/// Splits the query rows of one (batch, head) pair into blocks of at most [`ROWS`].
+fn blocks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n).step_by(ROWS).map(move |i0| (i0, (i0 + ROWS).min(n)))
+}
+
+fn forward<T: Float + Send + Sync + 'static>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    s: Dims,
+    scale: T,
+) -> Vec<T> {
     let Dims { n, m, d, .. } = s;
     let mut out = vec![T::zero(); s.bh * n * d];
     out.par_chunks_mut(n * d).enumerate().for_each(|(b, o)| {
-        let (q, k, v) = (
-            &q[b * n * d..(b + 1) * n * d],
-            &k[b * m * d..(b + 1) * m * d],
-            &v[b * m * d..(b + 1) * m * d],
-        );
-        let mut p = vec![T::zero(); m];
-        for i in 0..n {
-            probabilities(&q[i * d..(i + 1) * d], k, d, scale, &mut p);
-            let oi = &mut o[i * d..(i + 1) * d];
-            for (j, &pj) in p.iter().enumerate() {
-                for (o, &vj) in oi.iter_mut().zip(&v[j * d..(j + 1) * d]) {
-                    *o = *o + pj * vj;
-                }
-            }
+        let k = View::new(&k[b * m * d..(b + 1) * m * d], m, d);
+        let v = View::new(&v[b * m * d..(b + 1) * m * d], m, d);
+        let mut p = vec![T::zero(); ROWS.min(n) * m];
+        for (i0, i1) in blocks(n) {
+            let r = i1 - i0;
+            let qb = View::new(&q[(b * n + i0) * d..(b * n + i1) * d], r, d);
+            probabilities(qb, k, scale, &mut p[..r * m]);
+            matmul_into(
+                &mut o[i0 * d..i1 * d],
+                View::new(&p[..r * m], r, m),
+                v,
+                false,
+            );
         }
     });
     out
 }
 
 /// Gradients `(dq, dk, dv)` of attention with output `out` and output gradient `dout`.
-fn backward<T: Float + Send + Sync>(
+fn backward<T: Float + Send + Sync + 'static>(
     q: &[T],
     k: &[T],
     v: &[T],
@@ -88,58 +181,43 @@ fn backward<T: Float + Send + Sync>(
     scale: T,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let Dims { n, m, d, .. } = s;
-    let per_pair: Vec<(Vec<T>, Vec<T>, Vec<T>)> = (0..s.bh)
-        .into_par_iter()
-        .map(|b| {
-            let (q, k, v) = (
-                &q[b * n * d..(b + 1) * n * d],
-                &k[b * m * d..(b + 1) * m * d],
-                &v[b * m * d..(b + 1) * m * d],
-            );
-            let (o, go) = (
-                &out[b * n * d..(b + 1) * n * d],
-                &dout[b * n * d..(b + 1) * n * d],
-            );
-            let (mut dq, mut dk, mut dv) = (
-                vec![T::zero(); n * d],
-                vec![T::zero(); m * d],
-                vec![T::zero(); m * d],
-            );
-            let mut p = vec![T::zero(); m];
-            for i in 0..n {
-                let qi = &q[i * d..(i + 1) * d];
-                let gi = &go[i * d..(i + 1) * d];
-                probabilities(qi, k, d, scale, &mut p);
+    let mut dq = vec![T::zero(); s.bh * n * d];
+    let mut dk = vec![T::zero(); s.bh * m * d];
+    let mut dv = vec![T::zero(); s.bh * m * d];
+    dq.par_chunks_mut(n * d)
+        .zip(dk.par_chunks_mut(m * d))
+        .zip(dv.par_chunks_mut(m * d))
+        .enumerate()
+        .for_each(|(b, ((dq, dk), dv))| {
+            let k = View::new(&k[b * m * d..(b + 1) * m * d], m, d);
+            let v = View::new(&v[b * m * d..(b + 1) * m * d], m, d);
+            let rows = ROWS.min(n);
+            let (mut p, mut dp) = (vec![T::zero(); rows * m], vec![T::zero(); rows * m]);
+            for (i0, i1) in blocks(n) {
+                let r = i1 - i0;
+                let span = (b * n + i0) * d..(b * n + i1) * d;
+                let qb = View::new(&q[span.clone()], r, d);
+                let gb = View::new(&dout[span.clone()], r, d);
+                let (p, dp) = (&mut p[..r * m], &mut dp[..r * m]);
+                probabilities(qb, k, scale, p);
+                matmul_into(dv, View::new(p, r, m).t(), gb, true);
+                matmul_into(dp, gb, v.t(), false);
                 // d(softmax): ds_j = p_j (dp_j - Σ_l p_l dp_l), and Σ_l p_l dp_l = dout_i · out_i.
-                let row_dot = dot(gi, &o[i * d..(i + 1) * d]);
-                let dqi = &mut dq[i * d..(i + 1) * d];
-                for j in 0..m {
-                    let vj = &v[j * d..(j + 1) * d];
-                    let pj = p[j];
-                    for (dv, &g) in dv[j * d..(j + 1) * d].iter_mut().zip(gi) {
-                        *dv = *dv + pj * g;
-                    }
-                    let ds = pj * (dot(gi, vj) - row_dot) * scale;
-                    let kj = &k[j * d..(j + 1) * d];
-                    for (dq, &kk) in dqi.iter_mut().zip(kj) {
-                        *dq = *dq + ds * kk;
-                    }
-                    for (dk, &qq) in dk[j * d..(j + 1) * d].iter_mut().zip(qi) {
-                        *dk = *dk + ds * qq;
+                for ((prow, dprow), (g, o)) in p
+                    .chunks(m)
+                    .zip(dp.chunks_mut(m))
+                    .zip(gb.data.chunks(d).zip(out[span.clone()].chunks(d)))
+                {
+                    let row_dot = g.iter().zip(o).fold(T::zero(), |a, (&x, &y)| a + x * y);
+                    for (ds, &pj) in dprow.iter_mut().zip(prow) {
+                        *ds = pj * (*ds - row_dot) * scale;
                     }
                 }
+                let ds = View::new(dp, r, m);
+                matmul_into(&mut dq[i0 * d..i1 * d], ds, k, false);
+                matmul_into(dk, ds.t(), qb, true);
             }
-            (dq, dk, dv)
-        })
-        .collect();
-    let mut dq = Vec::with_capacity(s.bh * n * d);
-    let mut dk = Vec::with_capacity(s.bh * m * d);
-    let mut dv = Vec::with_capacity(s.bh * m * d);
-    for (a, b, c) in per_pair {
-        dq.extend(a);
-        dk.extend(b);
-        dv.extend(c);
-    }
+        });
     (dq, dk, dv)
 }
 
@@ -173,7 +251,7 @@ impl CustomOp3 for Sdpa {
     ) -> Result<(CpuStorage, Shape)> {
         let s = dims(l1, l2, l3)?;
         let shape = Shape::from((s.bh, s.n, s.d));
-        fn run<T: Float + WithDType + Send + Sync>(
+        fn run<T: Float + WithDType + Send + Sync + 'static>(
             q: &[T],
             k: &[T],
             v: &[T],

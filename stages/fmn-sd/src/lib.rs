@@ -24,6 +24,7 @@ pub mod patch;
 pub mod pipeline;
 pub mod probes;
 pub mod resnet;
+pub mod row_affine;
 pub mod scheduler;
 pub mod single_file;
 pub mod source;

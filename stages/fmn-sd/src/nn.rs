@@ -52,10 +52,7 @@ impl Module for LayerNorm {
         let centered = xs.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .to_dtype(dtype)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        crate::row_affine::scale_shift(&normed.to_dtype(dtype)?, &self.weight, &self.bias)
     }
 }
 
@@ -124,7 +121,7 @@ impl Module for Linear {
         let out_dim = self.weight.dim(0)?;
         let y = crate::frozen_matmul::matmul(&x.reshape((rows, in_dim))?, &self.weight.t()?)?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => crate::row_affine::add_bias(&y, b)?,
             None => y,
         };
         let mut out_shape = dims.to_vec();
@@ -174,11 +171,13 @@ impl Conv2d {
 impl Module for Conv2d {
     /// `[B, in, H, W] -> [B, out, H', W']`
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = crate::conv::conv2d(xs, &self.weight, self.stride, self.padding)?;
-        match &self.bias {
-            Some(b) => ys.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(ys),
-        }
+        crate::conv::conv2d_biased(
+            xs,
+            &self.weight,
+            self.bias.as_ref(),
+            self.stride,
+            self.padding,
+        )
     }
 }
 
