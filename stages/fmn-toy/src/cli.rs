@@ -412,6 +412,13 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
             settings.decoder_figure_weight
         );
     }
+    if settings.unet_lr_decay_steps > settings.unet_steps {
+        bail!(
+            "{source}: `unet_lr_decay_steps` ({}) cannot exceed `unet_steps` ({})",
+            settings.unet_lr_decay_steps,
+            settings.unet_steps
+        );
+    }
     let spec = crate::scene::SceneSpec::default();
     let examples: Vec<crate::train::Example> = (0..settings.images as u64)
         .map(|i| {

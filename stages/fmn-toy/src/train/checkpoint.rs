@@ -14,16 +14,25 @@ struct Progress {
     step: usize,
 }
 
-/// Whether a run with `new` settings may continue a checkpoint of `stage` made with `saved`:
-/// everything that shaped the finished work must match. The learning rates are constant after
-/// warm-up, so the step count of the running stage (and of later stages) and the checkpoint
-/// interval may change: the continued run equals an uninterrupted one with the new counts.
-fn resumable(saved: &TrainSettings, new: &TrainSettings, stage: &str) -> bool {
-    // The step counts and settings of the stages not yet begun may change.
+/// Whether a run with `new` settings may continue a checkpoint of `stage` made with `saved`
+/// after `step` steps of it: everything that shaped the finished work must match. The
+/// learning rates are constant after warm-up until the UNet's decay window, so the UNet's step
+/// count (and the decay length) may change while no finished step lay in either run's window:
+/// the continued run then equals an uninterrupted one with the new counts. The checkpoint
+/// interval and the step counts of later stages may always change.
+fn resumable(saved: &TrainSettings, new: &TrainSettings, stage: &str, step: usize) -> bool {
     let mut relaxed = saved.clone();
     relaxed.checkpoint_every = new.checkpoint_every;
-    relaxed.unet_steps = new.unet_steps;
     relaxed.decoder_steps = new.decoder_steps;
+    let unet_done = match stage {
+        "vae" => 0,
+        "unet" => step,
+        _ => saved.unet_steps,
+    };
+    if unet_done <= saved.unet_decay_start() && unet_done <= new.unet_decay_start() {
+        relaxed.unet_steps = new.unet_steps;
+        relaxed.unet_lr_decay_steps = new.unet_lr_decay_steps;
+    }
     if stage != "decoder" {
         relaxed.decoder_batch = new.decoder_batch;
         relaxed.decoder_lr = new.decoder_lr;
@@ -60,7 +69,7 @@ impl Checkpoints {
             .with_context(|| format!("cannot read {}", file.display()))?;
         let p: Progress = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a checkpoint", file.display()))?;
-        if !resumable(&p.settings, settings, &p.stage) {
+        if !resumable(&p.settings, settings, &p.stage, p.step) {
             bail!(
                 "{}: the checkpoint was made with other settings ({:?}); use another --checkpoints folder or the same settings",
                 file.display(),
@@ -166,5 +175,38 @@ impl Checkpoints {
             opt.load_state(&state)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{resumable, TrainSettings};
+
+    fn settings(unet_steps: usize, decay: usize) -> TrainSettings {
+        TrainSettings {
+            unet_steps,
+            unet_lr_decay_steps: decay,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_unet_length_and_decay_may_change_only_before_either_decay_window() {
+        // 3,500 constant-lr steps done: continuing to 4,500 with a 1,000-step decay is the run
+        // that would have happened uninterrupted.
+        assert!(resumable(&settings(5000, 0), &settings(4500, 1000), "unet", 3500));
+        // The decay window would have begun before the checkpoint: refused.
+        assert!(!resumable(&settings(5000, 0), &settings(4000, 1000), "unet", 3500));
+        // Once decaying, the schedule is fixed.
+        assert!(!resumable(&settings(4500, 1000), &settings(5000, 1000), "unet", 4000));
+        assert!(resumable(&settings(4500, 1000), &settings(4500, 1000), "unet", 4000));
+        // A finished decayed UNet stage cannot be lengthened from the decoder stage.
+        assert!(!resumable(&settings(4500, 1000), &settings(5000, 1000), "decoder", 10));
+        // Before the UNet stage began, anything about it may change.
+        assert!(resumable(&settings(4500, 1000), &settings(3000, 0), "vae", 100));
+        // Other settings still must match.
+        let mut other = settings(5000, 0);
+        other.unet_lr = 2e-3;
+        assert!(!resumable(&settings(5000, 0), &other, "unet", 3500));
     }
 }

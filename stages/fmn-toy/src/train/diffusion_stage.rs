@@ -90,7 +90,7 @@ pub fn train(
         let pred = unet.forward(&x_t, &t_tensor, &context)?;
         let loss = (pred - &noise)?.sqr()?.mean_all()?;
         let grads = loss.backward()?;
-        opt.config.lr = s.unet_lr * ((step + 1) as f64 / s.warmup_steps.max(1) as f64).min(1.0);
+        opt.config.lr = s.unet_lr_at(step);
         opt.step(&grads, Some(1.0))?;
         last = loss.to_scalar::<f32>()? as f64;
         on_step(step, last);

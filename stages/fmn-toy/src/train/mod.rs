@@ -30,6 +30,10 @@ pub struct TrainSettings {
     pub unet_steps: usize,
     pub unet_batch: usize,
     pub unet_lr: f64,
+    /// The last `unet_lr_decay_steps` UNet steps decay the learning rate linearly towards 0
+    /// (0: constant to the end).
+    #[serde(default)]
+    pub unet_lr_decay_steps: usize,
     /// Linear learning-rate warm-up of the diffusion stage.
     pub warmup_steps: usize,
     /// Share of captions replaced by "" so that classifier-free guidance works.
@@ -73,6 +77,7 @@ impl Default for TrainSettings {
             unet_steps: 2500,
             unet_batch: 32,
             unet_lr: 1e-3,
+            unet_lr_decay_steps: 0,
             warmup_steps: 100,
             cfg_dropout: 0.1,
             checkpoint_every: 100,
@@ -81,6 +86,28 @@ impl Default for TrainSettings {
             decoder_lr: default_decoder_lr(),
             decoder_figure_weight: default_decoder_figure_weight(),
         }
+    }
+}
+
+impl TrainSettings {
+    /// The first UNet step of the learning-rate decay (`usize::MAX`: none).
+    pub fn unet_decay_start(&self) -> usize {
+        if self.unet_lr_decay_steps == 0 {
+            usize::MAX
+        } else {
+            self.unet_steps.saturating_sub(self.unet_lr_decay_steps)
+        }
+    }
+
+    /// The UNet stage's learning rate at `step` (0-based): linear warm-up, constant, then the
+    /// linear decay (step `start + i` of the window uses `lr · (1 − i / decay_steps)`).
+    pub fn unet_lr_at(&self, step: usize) -> f64 {
+        let warm = ((step + 1) as f64 / self.warmup_steps.max(1) as f64).min(1.0);
+        let decay = match step.checked_sub(self.unet_decay_start()) {
+            Some(i) => 1.0 - i as f64 / self.unet_lr_decay_steps as f64,
+            None => 1.0,
+        };
+        self.unet_lr * warm * decay
     }
 }
 
@@ -201,4 +228,33 @@ pub fn train(
         &record,
     )?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrainSettings;
+
+    #[test]
+    fn unet_learning_rate_warms_up_holds_and_decays_linearly() {
+        let s = TrainSettings {
+            unet_lr: 1e-3,
+            warmup_steps: 10,
+            unet_steps: 100,
+            unet_lr_decay_steps: 20,
+            ..Default::default()
+        };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-15;
+        assert!(close(s.unet_lr_at(0), 1e-4));
+        assert!(close(s.unet_lr_at(9), 1e-3));
+        assert!(close(s.unet_lr_at(79), 1e-3));
+        assert!(close(s.unet_lr_at(80), 1e-3));
+        assert!(close(s.unet_lr_at(90), 5e-4));
+        assert!(close(s.unet_lr_at(99), 5e-5));
+        let constant = TrainSettings {
+            unet_lr_decay_steps: 0,
+            ..s
+        };
+        assert!(close(constant.unet_lr_at(99), 1e-3));
+        assert_eq!(constant.unet_decay_start(), usize::MAX);
+    }
 }
