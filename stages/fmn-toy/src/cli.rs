@@ -412,6 +412,12 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
             settings.decoder_figure_weight
         );
     }
+    if !(settings.attention_weight.is_finite() && settings.attention_weight >= 0.0) {
+        bail!(
+            "{source}: `attention_weight` must be 0 or more, not {}",
+            settings.attention_weight
+        );
+    }
     if settings.unet_lr_decay_steps > settings.unet_steps {
         bail!(
             "{source}: `unet_lr_decay_steps` ({}) cannot exceed `unet_steps` ({})",

@@ -17,7 +17,8 @@ struct Progress {
 /// Whether a run with `new` settings may continue a checkpoint of `stage` made with `saved`
 /// after `step` steps of it: everything that shaped the finished work must match. The
 /// learning rates are constant after warm-up until the UNet's decay window, so the UNet's step
-/// count (and the decay length) may change while no finished step lay in either run's window:
+/// count (and the decay length) may change while no finished step lay in either run's window
+/// (likewise the attention term's settings, before either run's first step with the term):
 /// the continued run then equals an uninterrupted one with the new counts. The checkpoint
 /// interval and the step counts of later stages may always change.
 fn resumable(saved: &TrainSettings, new: &TrainSettings, stage: &str, step: usize) -> bool {
@@ -32,6 +33,10 @@ fn resumable(saved: &TrainSettings, new: &TrainSettings, stage: &str, step: usiz
     if unet_done <= saved.unet_decay_start() && unet_done <= new.unet_decay_start() {
         relaxed.unet_steps = new.unet_steps;
         relaxed.unet_lr_decay_steps = new.unet_lr_decay_steps;
+    }
+    if unet_done <= saved.attention_term_start() && unet_done <= new.attention_term_start() {
+        relaxed.attention_weight = new.attention_weight;
+        relaxed.attention_start = new.attention_start;
     }
     if stage != "decoder" {
         relaxed.decoder_batch = new.decoder_batch;
@@ -194,19 +199,56 @@ mod tests {
     fn the_unet_length_and_decay_may_change_only_before_either_decay_window() {
         // 3,500 constant-lr steps done: continuing to 4,500 with a 1,000-step decay is the run
         // that would have happened uninterrupted.
-        assert!(resumable(&settings(5000, 0), &settings(4500, 1000), "unet", 3500));
+        assert!(resumable(
+            &settings(5000, 0),
+            &settings(4500, 1000),
+            "unet",
+            3500
+        ));
         // The decay window would have begun before the checkpoint: refused.
-        assert!(!resumable(&settings(5000, 0), &settings(4000, 1000), "unet", 3500));
+        assert!(!resumable(
+            &settings(5000, 0),
+            &settings(4000, 1000),
+            "unet",
+            3500
+        ));
         // Once decaying, the schedule is fixed.
-        assert!(!resumable(&settings(4500, 1000), &settings(5000, 1000), "unet", 4000));
-        assert!(resumable(&settings(4500, 1000), &settings(4500, 1000), "unet", 4000));
+        assert!(!resumable(
+            &settings(4500, 1000),
+            &settings(5000, 1000),
+            "unet",
+            4000
+        ));
+        assert!(resumable(
+            &settings(4500, 1000),
+            &settings(4500, 1000),
+            "unet",
+            4000
+        ));
         // A finished decayed UNet stage cannot be lengthened from the decoder stage.
-        assert!(!resumable(&settings(4500, 1000), &settings(5000, 1000), "decoder", 10));
+        assert!(!resumable(
+            &settings(4500, 1000),
+            &settings(5000, 1000),
+            "decoder",
+            10
+        ));
         // Before the UNet stage began, anything about it may change.
-        assert!(resumable(&settings(4500, 1000), &settings(3000, 0), "vae", 100));
+        assert!(resumable(
+            &settings(4500, 1000),
+            &settings(3000, 0),
+            "vae",
+            100
+        ));
         // Other settings still must match.
         let mut other = settings(5000, 0);
         other.unet_lr = 2e-3;
         assert!(!resumable(&settings(5000, 0), &other, "unet", 3500));
+        // The attention term may be switched on from the checkpoint's step, not before it.
+        let mut attend = settings(4500, 1000);
+        attend.attention_weight = 0.1;
+        attend.attention_start = 3500;
+        assert!(resumable(&settings(5000, 0), &attend, "unet", 3500));
+        attend.attention_start = 3000;
+        assert!(!resumable(&settings(5000, 0), &attend, "unet", 3500));
     }
 }

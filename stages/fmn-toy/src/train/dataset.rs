@@ -28,6 +28,8 @@ pub struct Dataset {
     pub ids: Tensor,
     /// Token ids of the empty caption (classifier-free-guidance dropout).
     pub empty_ids: Vec<u32>,
+    /// Token position of each caption's object word or character name.
+    pub subject_positions: Vec<Option<usize>>,
 }
 
 impl Dataset {
@@ -47,11 +49,14 @@ impl Dataset {
             ids.extend(tokenizer.encode(&ex.caption)?);
         }
         let n = examples.len();
+        let captions: Vec<&str> = examples.iter().map(|e| e.caption.as_str()).collect();
+        let subject_positions = super::attention_term::subject_positions(&captions, tokenizer)?;
         Ok(Self {
             images: Tensor::from_vec(pixels, (n, 3, h as usize, w as usize), device)?,
             masks: Tensor::from_vec(masks, (n, 1, h as usize, w as usize), device)?,
             ids: Tensor::from_vec(ids, (n, tokenizer.max_len()), device)?,
             empty_ids: tokenizer.encode("")?,
+            subject_positions,
         })
     }
 

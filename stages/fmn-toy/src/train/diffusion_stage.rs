@@ -1,5 +1,6 @@
 //! Stage 2: the text encoder and the UNet learn to denoise the cached latents (epsilon
 //! prediction), with captions dropped to "" at `cfg_dropout` for classifier-free guidance.
+use super::attention_term::{attention_term, selectors};
 use super::vae_stage::batch_indices;
 use super::{architecture, step_seed, Checkpoints, Dataset, TrainSettings};
 use anyhow::Result;
@@ -8,6 +9,7 @@ use fmn_sd::clip::{ClipTextConfig, ClipTextModel};
 use fmn_sd::init::SeededVars;
 use fmn_sd::noise::NoiseRng;
 use fmn_sd::optim::{AdamW, AdamWConfig};
+use fmn_sd::probes::AttentionRecorder;
 use fmn_sd::scheduler::training::NoiseSchedule;
 use fmn_sd::scheduler::SchedulerConfig;
 use fmn_sd::unet::{UNet2DConditionModel, UNetConfig};
@@ -73,10 +75,13 @@ pub fn train(
             .collect();
         let x_t = schedule.add_noise(&x0, &noise, &t)?;
         let mut rows = Vec::with_capacity(idx_vec.len());
+        let mut subjects = Vec::with_capacity(idx_vec.len());
         for &i in &idx_vec {
             let row = if rng.uniform() < s.cfg_dropout {
+                subjects.push(None);
                 Tensor::new(data.empty_ids.as_slice(), &device)?
             } else {
+                subjects.push(data.subject_positions[i as usize]);
                 data.ids.get(i as usize)?
             };
             rows.push(row);
@@ -87,8 +92,22 @@ pub fn train(
             t.iter().map(|&v| v as f32).collect::<Vec<_>>().as_slice(),
             &device,
         )?;
-        let pred = unet.forward(&x_t, &t_tensor, &context)?;
-        let loss = (pred - &noise)?.sqr()?.mean_all()?;
+        let recorder = (step >= s.attention_term_start()).then(AttentionRecorder::new);
+        let pred = unet.forward_with_probe(&x_t, &t_tensor, &context, recorder.as_ref())?;
+        let mut loss = (pred - &noise)?.sqr()?.mean_all()?;
+        if let Some(recorder) = recorder {
+            let keep: Vec<f32> = subjects.iter().map(|p| p.is_some() as u8 as f32).collect();
+            let term = attention_term(
+                &recorder.take(),
+                &selectors(&subjects, data.ids.dim(1)?, &device)?,
+                &data.masks.index_select(&idx, 0)?,
+                &Tensor::new(keep.as_slice(), &device)?,
+            )?;
+            if (step + 1) % s.checkpoint_every == 0 {
+                tracing::info!(step, miss = term.to_scalar::<f32>()?, "attention term");
+            }
+            loss = (loss + (term * s.attention_weight)?)?;
+        }
         let grads = loss.backward()?;
         opt.config.lr = s.unet_lr_at(step);
         opt.step(&grads, Some(1.0))?;

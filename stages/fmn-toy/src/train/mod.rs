@@ -1,6 +1,7 @@
 //! `fmn-toy train`: trains the toy world's VAE, then its text encoder and UNet together, from
 //! rendered images and captions, on the CPU, deterministically from a seed; resumable.
 pub mod architecture;
+mod attention_term;
 mod checkpoint;
 mod dataset;
 mod decoder_stage;
@@ -34,6 +35,13 @@ pub struct TrainSettings {
     /// (0: constant to the end).
     #[serde(default)]
     pub unet_lr_decay_steps: usize,
+    /// Weight of the term that pulls each caption's subject word's cross-attention onto its
+    /// figure (`train/attention_term.rs`); 0: off.
+    #[serde(default)]
+    pub attention_weight: f64,
+    /// The first UNet step that uses the attention term.
+    #[serde(default)]
+    pub attention_start: usize,
     /// Linear learning-rate warm-up of the diffusion stage.
     pub warmup_steps: usize,
     /// Share of captions replaced by "" so that classifier-free guidance works.
@@ -78,6 +86,8 @@ impl Default for TrainSettings {
             unet_batch: 32,
             unet_lr: 1e-3,
             unet_lr_decay_steps: 0,
+            attention_weight: 0.0,
+            attention_start: 0,
             warmup_steps: 100,
             cfg_dropout: 0.1,
             checkpoint_every: 100,
@@ -96,6 +106,15 @@ impl TrainSettings {
             usize::MAX
         } else {
             self.unet_steps.saturating_sub(self.unet_lr_decay_steps)
+        }
+    }
+
+    /// The first UNet step of the attention term (`usize::MAX`: none).
+    pub fn attention_term_start(&self) -> usize {
+        if self.attention_weight == 0.0 {
+            usize::MAX
+        } else {
+            self.attention_start
         }
     }
 
