@@ -25,10 +25,7 @@ struct Dims {
 }
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("fused attention: {what} must be contiguous"),
-    }
+    crate::cpu_op::contiguous_slice(data, layout, "fused attention", what)
 }
 
 /// Query rows handled together: the `[ROWS, M]` score block stays in cache at SD sizes

@@ -24,10 +24,7 @@ impl Dims {
 }
 
 fn slice<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("group_norm: {what} must be contiguous"),
-    }
+    crate::cpu_op::contiguous_slice(data, layout, "group_norm", what)
 }
 
 /// Mean and 1/σ of one group's values.

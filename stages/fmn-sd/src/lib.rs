@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod conv;
+mod cpu_op;
 pub mod device;
 pub mod embedding;
 pub mod error;

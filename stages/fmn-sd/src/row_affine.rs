@@ -9,10 +9,7 @@ use num_traits::Float;
 use rayon::prelude::*;
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("row affine: {what} must be contiguous"),
-    }
+    crate::cpu_op::contiguous_slice(data, layout, "row affine", what)
 }
 
 /// Rows per parallel task: enough to amortise a partial-sum vector per task.
