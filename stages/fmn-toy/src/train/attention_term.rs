@@ -14,10 +14,10 @@ use fmn_sd::tokenizer::ClipTokenizer;
 
 use crate::scene::{Character, Object};
 
-/// The token position of each caption's subject: the first token of the first object word or
-/// character name it contains (None: it names neither).
-pub fn subject_positions(
-    captions: &[&str],
+/// The token position of each caption's subject, given the captions' token ids: the first
+/// token of the first object word or character name it contains (None: it names neither).
+pub fn subject_positions<'a>(
+    captions: impl IntoIterator<Item = &'a [u32]>,
     tokenizer: &ClipTokenizer,
 ) -> Result<Vec<Option<usize>>> {
     let words: Vec<u32> = Object::ALL
@@ -32,13 +32,10 @@ pub fn subject_positions(
                 .with_context(|| format!("`{w}` has no tokens"))
         })
         .collect::<Result<_>>()?;
-    captions
-        .iter()
-        .map(|caption| {
-            let ids = tokenizer.encode(caption)?;
-            Ok(ids.iter().position(|t| words.contains(t)))
-        })
-        .collect()
+    Ok(captions
+        .into_iter()
+        .map(|ids| ids.iter().position(|t| words.contains(t)))
+        .collect())
 }
 
 /// One-hot `[B, tokens]` selectors of `positions` (a row of zeros for None).
@@ -151,16 +148,16 @@ mod position_tests {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/clip-tokenizer");
         let tok = ClipTokenizer::from_dir(&dir).unwrap();
-        let found = subject_positions(
-            &[
-                "a photo of a red circle",
-                "bob in the style of stripes",
-                "a photo of",
-                "",
-            ],
-            &tok,
-        )
-        .unwrap();
+        let ids: Vec<Vec<u32>> = [
+            "a photo of a red circle",
+            "bob in the style of stripes",
+            "a photo of",
+            "",
+        ]
+        .iter()
+        .map(|c| tok.encode(c).unwrap())
+        .collect();
+        let found = subject_positions(ids.iter().map(|r| r.as_slice()), &tok).unwrap();
         // <start> a photo of a red circle: "circle" is token 6; <start> bob: 1.
         assert_eq!(found, vec![Some(6), Some(1), None, None]);
     }

@@ -49,8 +49,8 @@ impl Dataset {
             ids.extend(tokenizer.encode(&ex.caption)?);
         }
         let n = examples.len();
-        let captions: Vec<&str> = examples.iter().map(|e| e.caption.as_str()).collect();
-        let subject_positions = super::attention_term::subject_positions(&captions, tokenizer)?;
+        let subject_positions =
+            super::attention_term::subject_positions(ids.chunks(tokenizer.max_len()), tokenizer)?;
         Ok(Self {
             images: Tensor::from_vec(pixels, (n, 3, h as usize, w as usize), device)?,
             masks: Tensor::from_vec(masks, (n, 1, h as usize, w as usize), device)?,
