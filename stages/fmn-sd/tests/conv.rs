@@ -1,28 +1,11 @@
 //! The im2col convolution equals candle's convolution, and its gradients match finite
 //! differences (f64).
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use fmn_sd::conv::conv2d;
 use fmn_sd::noise::NoiseRng;
 
-fn randn(rng: &mut NoiseRng, shape: &[usize]) -> Tensor {
-    rng.randn(shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
+mod common;
+use common::{max_diff_f64 as max_diff, randn_f64 as randn};
 
 #[test]
 fn forward_matches_candle_for_strides_paddings_and_odd_sizes() {

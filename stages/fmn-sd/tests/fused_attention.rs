@@ -5,29 +5,12 @@ use fmn_sd::fused_attention::attention;
 use fmn_sd::nn::softmax_last_dim;
 use fmn_sd::noise::NoiseRng;
 
-fn randn(rng: &mut NoiseRng, shape: &[usize]) -> Tensor {
-    rng.randn(shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-}
+mod common;
+use common::{max_diff_f64 as max_diff, randn_f64 as randn};
 
 fn composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
     let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
     softmax_last_dim(&s).unwrap().matmul(v).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 #[test]

@@ -4,25 +4,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use fmn_sd::noise::NoiseRng;
 use fmn_sd::row_affine::{add_bias, scale_shift};
 
-fn randn(rng: &mut NoiseRng, shape: &[usize]) -> Tensor {
-    rng.randn(shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
+mod common;
+use common::{max_diff_f64 as max_diff, randn_f64 as randn};
 
 fn weighted_sum(t: &Tensor, probe: &Tensor) -> Tensor {
     (t * probe).unwrap().sum_all().unwrap()

@@ -39,3 +39,25 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     max_abs_diff(a, b) / max_abs(b).max(1e-12)
 }
+
+/// Standard-normal values of `shape` from `rng`, as f64 (the finite-difference tests' inputs).
+pub fn randn_f64(rng: &mut fmn_sd::noise::NoiseRng, shape: &[usize]) -> Tensor {
+    rng.randn(shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+}
+
+/// max |a - b| of two f64 tensors, in f64.
+pub fn max_diff_f64(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
