@@ -61,6 +61,9 @@ pub struct Args {
     /// What replaces the concept in the anchor prompts (`anchor`; default: nothing).
     #[arg(long)]
     pub anchor: Option<String>,
+    /// Start from the exact minimiser of the anchor and preservation terms (`solve_anchor`).
+    #[arg(long)]
+    pub solve_anchor: bool,
     /// Train rank-r factors instead of full weights.
     #[arg(long)]
     pub lora_rank: Option<usize>,
@@ -127,6 +130,9 @@ impl Args {
         }
         if let Some(v) = &self.anchor {
             cfg.anchor = v.clone();
+        }
+        if self.solve_anchor {
+            cfg.solve_anchor = true;
         }
         if self.lora_rank.is_some() {
             cfg.lora_rank = self.lora_rank;

@@ -93,6 +93,10 @@ pub struct ResteerConfig {
     /// What replaces the concept in its anchor prompts ("" drops it: "a photo of bob" →
     /// "a photo of").
     pub anchor: String,
+    /// Start the steps from the exact minimiser of the anchor and preservation terms (a linear
+    /// solve per run: `solve.rs`) instead of from the base weights; needs `anchor_weight` > 0
+    /// and full (not LoRA) key/value deltas.
+    pub solve_anchor: bool,
     /// Train rank-r factors (`up · down`) instead of full weights.
     pub lora_rank: Option<usize>,
     /// Prompt templates per kind; `{}` stands for the concept, and `[...]` around it (optional)
@@ -129,6 +133,7 @@ impl Default for ResteerConfig {
             preserve_prompts: Vec::new(),
             anchor_weight: 0.0,
             anchor: String::new(),
+            solve_anchor: false,
             lora_rank: None,
             object_templates: vec!["a photo of {}".into()],
             style_templates: vec!["a photo in the style of {}".into()],
@@ -194,6 +199,15 @@ impl ResteerConfig {
             if !(w >= 0.0 && w.is_finite()) {
                 return Err(format!("`{key}` must be zero or positive, got {w}"));
             }
+        }
+        if self.solve_anchor && self.anchor_weight <= 0.0 {
+            return Err("`solve_anchor` solves the anchor term, and `anchor_weight` is 0".into());
+        }
+        if self.solve_anchor && self.lora_rank.is_some() {
+            return Err(
+                "`solve_anchor` sets full key/value deltas and cannot start LoRA factors (`lora_rank`)"
+                    .into(),
+            );
         }
         if self.lora_rank == Some(0) {
             return Err("`lora_rank` must be at least 1".into());

@@ -6,6 +6,7 @@ pub mod config;
 pub mod loss;
 pub mod params;
 pub mod prompts;
+pub mod solve;
 pub mod train;
 
 pub use config::{ConceptKind, ConceptSpec, ParamSet, ResteerConfig};

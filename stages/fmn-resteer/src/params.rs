@@ -96,6 +96,17 @@ impl Trainable {
         })
     }
 
+    /// Sets the full delta of `name` to `value`; false when `name` is not trained as a full delta.
+    pub fn set_full(&self, name: &str, value: &Tensor) -> candle_core::Result<bool> {
+        match self.deltas.get(name) {
+            Some(Delta::Full(v)) => {
+                v.set(value)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     pub fn base(&self, name: &str) -> Option<&Tensor> {
         self.base.get(name)
     }

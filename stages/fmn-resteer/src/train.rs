@@ -4,6 +4,7 @@ use crate::config::ResteerConfig;
 use crate::loss::{anchor_offsets, anchoring, attention_energy, preservation};
 use crate::params::Trainable;
 use crate::prompts::{anchor_prompt, concept_prompt, ConceptPrompt};
+use crate::solve::anchor_solution_map;
 use crate::ResteerError;
 use candle_core::{DType, Device, Tensor};
 use fmn_sd::checkpoint::RunOptions;
@@ -314,6 +315,25 @@ pub fn resteer(
         .filter_map(|c| c.anchor_rows.as_ref())
         .map(|(rows, anchor)| Ok((rows.clone(), anchor_offsets(rows, anchor, &kv_base)?)))
         .collect::<Result<Vec<_>, ResteerError>>()?;
+    if cfg.solve_anchor {
+        let rows: Vec<(Tensor, Tensor)> = concepts
+            .iter()
+            .filter_map(|c| c.anchor_rows.clone())
+            .collect();
+        let map = anchor_solution_map(
+            &rows,
+            preserve.as_ref(),
+            cfg.anchor_weight,
+            cfg.preserve_weight,
+        )?;
+        for (name, w) in kv_names.iter().zip(&kv_base) {
+            if !trainable.set_full(name, &w.matmul(&map)?)? {
+                return Err(ResteerError::Input(format!(
+                    "`solve_anchor` needs a full delta for {name}"
+                )));
+            }
+        }
+    }
     let vars = trainable.vars();
     let trained_values = vars.iter().map(|(_, v)| v.elem_count()).sum();
     let mut opt = AdamW::new(

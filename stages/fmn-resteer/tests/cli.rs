@@ -533,14 +533,18 @@ fn gap_to_anchor(deltas: &std::collections::BTreeMap<String, Tensor>) -> f32 {
 
 /// `--anchor-weight` pulls the concept prompt's keys/values toward those of the prompt
 /// without the concept; without it the attention loss alone moves them elsewhere. (Measured:
-/// gap 21.0 untouched, 9.8 anchored after 50 steps, 411 with the attention loss alone.)
+/// gap 21.0 untouched, 9.8 anchored after 50 steps, 411 with the attention loss alone, 7.3 from
+/// `--solve-anchor` after one step: the least-squares floor, since 77 rows do not fit 64 columns.)
 #[test]
 fn anchor_weight_moves_the_concept_prompt_onto_its_anchor() {
     let tmp = tempfile::tempdir().unwrap();
     let (img, _) = images(tmp.path(), 2, 32);
     let patch = |extra: &[&str], name: &str| {
         let out = tmp.path().join(name);
-        let mut args = vec!["--params", "attn2-kv", "--steps", "50", "--lr", "0.01"];
+        let mut args = vec!["--params", "attn2-kv"];
+        if !extra.contains(&"--steps") {
+            args.extend_from_slice(&["--steps", "50", "--lr", "0.01"]);
+        }
         args.extend_from_slice(extra);
         args.push("--images");
         resteer_ok(&args, &[&img, Path::new("--out"), &out]);
@@ -553,6 +557,25 @@ fn anchor_weight_moves_the_concept_prompt_onto_its_anchor() {
         with < 0.6 * untouched && with < 0.1 * without,
         "gap to the anchor: untouched {untouched}, attention loss only {without}, anchored {with}"
     );
+    // `--solve-anchor` starts at the exact minimiser of this gap (no preserved prompts here), so
+    // one step at a negligible learning rate ends below what 50 optimiser steps reach.
+    let solved = gap_to_anchor(&patch(
+        &[
+            "--anchor-weight",
+            "1",
+            "--solve-anchor",
+            "--steps",
+            "1",
+            "--lr",
+            "1e-12",
+        ],
+        "solved.safetensors",
+    ));
+    eprintln!("gap to the anchor: untouched {untouched}, attention loss only {without}, anchored {with}, solved {solved}");
+    assert!(
+        solved < with,
+        "gap to the anchor: solved {solved}, after 50 anchored steps {with}"
+    );
     // A negative weight is refused before training, naming the key.
     let bad = tmp.path().join("bad.safetensors");
     let res = resteer(
@@ -564,5 +587,19 @@ fn anchor_weight_moves_the_concept_prompt_onto_its_anchor() {
         !res.status.success() && err.contains("anchor_weight"),
         "{err}"
     );
+    // The solve needs the anchor term and full deltas.
+    for extra in [
+        &["--solve-anchor"][..],
+        &["--solve-anchor", "--anchor-weight", "1", "--lora-rank", "2"],
+    ] {
+        let mut args = extra.to_vec();
+        args.push("--images");
+        let res = resteer(&args, &[&img, Path::new("--out"), &bad]);
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(
+            !res.status.success() && err.contains("solve_anchor"),
+            "{err}"
+        );
+    }
     assert!(!bad.exists());
 }
