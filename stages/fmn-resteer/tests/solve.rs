@@ -46,70 +46,55 @@ fn the_solution_zeroes_the_gradient_of_the_anchor_and_preservation_terms() {
     let weights = [randn((5, d), 6), randn((3, d), 7)];
     let (aw, pw) = (2.0, 0.7);
     let g = anchor_solution_map(&concepts, Some(&preserved), aw, pw).unwrap();
-    let total = |deltas: &[Tensor]| {
-        let mut loss = (preservation(&preserved, deltas).unwrap() * pw).unwrap();
+    // The two terms in f64 (the training loss's own functions), so that the gradient at the
+    // minimiser is zero up to the f32 rounding of the map.
+    let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+    let w64: Vec<Tensor> = weights.iter().map(f64_of).collect();
+    let w_refs: Vec<&Tensor> = w64.iter().collect();
+    let loss = |deltas: &[Tensor]| {
+        let mut loss = (preservation(&f64_of(&preserved), deltas).unwrap() * pw).unwrap();
         for (c, a) in &concepts {
-            let refs: Vec<&Tensor> = weights.iter().collect();
-            let offsets = anchor_offsets(c, a, &refs).unwrap();
-            loss = (loss + (anchoring(c, deltas, &offsets).unwrap() * aw).unwrap()).unwrap();
+            let offsets = anchor_offsets(&f64_of(c), &f64_of(a), &w_refs).unwrap();
+            loss =
+                (loss + (anchoring(&f64_of(c), deltas, &offsets).unwrap() * aw).unwrap()).unwrap();
         }
         loss
     };
-    let grad_norm = |deltas: Vec<Tensor>| {
+    let value = |deltas: &[Tensor]| loss(deltas).to_scalar::<f64>().unwrap();
+    let grad_norm = |deltas: &[Tensor]| {
         let vars: Vec<Var> = deltas
             .iter()
-            .map(|t| Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap())
+            .map(|t| Var::from_tensor(t).unwrap())
             .collect();
-        let as_f64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-        // The same loss in f64, so that the gradient at the minimiser is zero to rounding.
-        let mut loss = (preservation(
-            &as_f64(&preserved),
-            &vars
-                .iter()
-                .map(|v| v.as_tensor().clone())
-                .collect::<Vec<_>>(),
-        )
-        .unwrap()
-            * pw)
-            .unwrap();
-        for (c, a) in &concepts {
-            let w64: Vec<Tensor> = weights.iter().map(as_f64).collect();
-            let refs: Vec<&Tensor> = w64.iter().collect();
-            let offsets = anchor_offsets(&as_f64(c), &as_f64(a), &refs).unwrap();
-            let ds: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-            loss = (loss + (anchoring(&as_f64(c), &ds, &offsets).unwrap() * aw).unwrap()).unwrap();
-        }
-        let grads = loss.backward().unwrap();
-        vars.iter()
+        let ds: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let grads = loss(&ds).backward().unwrap();
+        let squares: f64 = vars
+            .iter()
             .map(|v| {
-                grads
-                    .get(v.as_tensor())
-                    .unwrap()
-                    .sqr()
+                let g = grads.get(v.as_tensor()).unwrap();
+                g.sqr()
                     .unwrap()
                     .sum_all()
                     .unwrap()
                     .to_scalar::<f64>()
                     .unwrap()
             })
-            .sum::<f64>()
-            .sqrt()
+            .sum();
+        squares.sqrt()
     };
-    let solved: Vec<Tensor> = weights.iter().map(|w| w.matmul(&g).unwrap()).collect();
-    let zero: Vec<Tensor> = weights.iter().map(|w| w.zeros_like().unwrap()).collect();
-    let at_zero = grad_norm(zero.clone());
-    let at_solution = grad_norm(solved.clone());
+    let solved: Vec<Tensor> = w64.iter().map(|w| w.matmul(&f64_of(&g)).unwrap()).collect();
+    let zero: Vec<Tensor> = w64.iter().map(|w| w.zeros_like().unwrap()).collect();
+    let at_zero = grad_norm(&zero);
+    let at_solution = grad_norm(&solved);
     assert!(
         at_zero > 1e-2,
         "the test case has no gradient at zero: {at_zero}"
     );
-    // f32 rounding of the map bounds how close to zero the gradient gets.
     assert!(
         at_solution < 1e-5 * at_zero,
         "gradient {at_solution} at the solution vs {at_zero} at zero"
     );
     // And the loss there is lower than at zero and at nearby points.
-    let value = |ds: &[Tensor]| total(ds).to_scalar::<f32>().unwrap();
     let best = value(&solved);
     assert!(best < value(&zero));
     for seed in 10..14 {
@@ -118,7 +103,7 @@ fn the_solution_zeroes_the_gradient_of_the_anchor_and_preservation_terms() {
             .enumerate()
             .map(|(i, s)| {
                 let (r, c) = s.dims2().unwrap();
-                (s + (randn((r, c), seed * 7 + i as u64) * 1e-2).unwrap()).unwrap()
+                (s + f64_of(&randn((r, c), seed * 7 + i as u64)) * 1e-2).unwrap()
             })
             .collect();
         assert!(value(&nudged) > best);
