@@ -1,15 +1,11 @@
 //! The fused GroupNorm equals candle's composed GroupNorm, and its gradients (input, weight,
 //! bias) match central finite differences in f64.
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::{Device, Module, Tensor, Var};
 use fmn_sd::group_norm::group_norm;
 use fmn_sd::noise::NoiseRng;
 
-fn randn(rng: &mut NoiseRng, shape: &[usize]) -> Tensor {
-    rng.randn(shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-}
+mod common;
+use common::{max_diff_f64, randn_f64 as randn};
 
 #[test]
 fn forward_matches_candle() {
@@ -27,16 +23,7 @@ fn forward_matches_candle() {
             .unwrap()
             .forward(&x)
             .unwrap();
-        let err: f64 = (ours - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let err = max_diff_f64(&ours, &reference);
         assert!(err < 1e-12, "{shape:?}: {err}");
     }
 }

@@ -15,18 +15,23 @@ pub fn reference(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(&file, &Device::Cpu).expect("reference file")
 }
 
-/// max |a|, computed in f32.
-pub fn max_abs(a: &Tensor) -> f32 {
-    a.to_dtype(DType::F32)
-        .unwrap()
-        .abs()
+/// max |a|, computed in `a`'s dtype.
+fn max_abs_in_own_dtype(a: &Tensor) -> f64 {
+    a.abs()
         .unwrap()
         .flatten_all()
         .unwrap()
         .max(0)
         .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
         .to_scalar()
         .unwrap()
+}
+
+/// max |a|, computed in f32.
+pub fn max_abs(a: &Tensor) -> f32 {
+    max_abs_in_own_dtype(&a.to_dtype(DType::F32).unwrap()) as f32
 }
 
 /// max |a - b|, computed in f32; the shapes must agree.
@@ -50,14 +55,6 @@ pub fn randn_f64(rng: &mut fmn_sd::noise::NoiseRng, shape: &[usize]) -> Tensor {
 
 /// max |a - b| of two f64 tensors, in f64.
 pub fn max_diff_f64(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    assert_eq!((a.dtype(), b.dtype()), (DType::F64, DType::F64));
+    max_abs_in_own_dtype(&(a - b).unwrap())
 }
