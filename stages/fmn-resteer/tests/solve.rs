@@ -3,6 +3,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use fmn_resteer::loss::{anchor_offsets, anchoring, preservation};
 use fmn_resteer::solve::anchor_solution_map;
+use fmn_sd::noise::NoiseRng;
 
 #[test]
 fn one_dimensional_case_by_hand() {
@@ -19,20 +20,9 @@ fn one_dimensional_case_by_hand() {
 }
 
 fn randn(shape: (usize, usize), seed: u64) -> Tensor {
-    // A small LCG keeps the test independent of candle's RNG.
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let n = shape.0 * shape.1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    NoiseRng::new(seed)
+        .randn(&[shape.0, shape.1], &Device::Cpu)
+        .unwrap()
 }
 
 #[test]
