@@ -16,3 +16,16 @@ pub fn tune_for_tensors() {
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
+
+/// One malloc arena for every thread. Threads other than the main one otherwise get arenas of
+/// their own, whose heaps (64 MiB each) cannot keep the blocks `tune_for_tensors` keeps: with
+/// `fmn-toy train`'s batch split across threads the page faults came back (system time 3.4 s →
+/// 15 s over a short run). Not the default: with one training thread and candle's matrix
+/// products spread over the cores, it cost time (BENCHMARKS.md). Does nothing off glibc.
+pub fn share_one_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}

@@ -392,6 +392,7 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
         ("vae_batch", settings.vae_batch),
         ("unet_batch", settings.unet_batch),
         ("decoder_batch", settings.decoder_batch),
+        ("batch_parts", settings.batch_parts),
     ] {
         if batch == 0 {
             bail!("{source}: `{key}` must be at least 1");
@@ -424,6 +425,13 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
             settings.unet_lr_decay_steps,
             settings.unet_steps
         );
+    }
+    if settings.batch_parts > 1 {
+        fmn_core::allocator::share_one_arena();
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            // Read by candle at each matrix product: the batch parts are the parallelism.
+            std::env::set_var("RAYON_NUM_THREADS", "1");
+        }
     }
     let spec = crate::scene::SceneSpec::default();
     let examples: Vec<crate::train::Example> = (0..settings.images as u64)

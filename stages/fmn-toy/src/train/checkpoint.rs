@@ -25,6 +25,8 @@ fn resumable(saved: &TrainSettings, new: &TrainSettings, stage: &str, step: usiz
     let mut relaxed = saved.clone();
     relaxed.checkpoint_every = new.checkpoint_every;
     relaxed.decoder_steps = new.decoder_steps;
+    // Splitting the batch across threads changes only the float rounding of a step.
+    relaxed.batch_parts = new.batch_parts;
     let unet_done = match stage {
         "vae" => 0,
         "unet" => step,
@@ -250,5 +252,9 @@ mod tests {
         assert!(resumable(&settings(5000, 0), &attend, "unet", 3500));
         attend.attention_start = 3000;
         assert!(!resumable(&settings(5000, 0), &attend, "unet", 3500));
+        // The batch may be split across another number of threads at any point.
+        let mut split = settings(4500, 1000);
+        split.batch_parts = 2;
+        assert!(resumable(&settings(4500, 1000), &split, "unet", 4000));
     }
 }

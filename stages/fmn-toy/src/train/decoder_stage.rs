@@ -3,6 +3,7 @@
 //! per-pixel loss weighs figure pixels `1 + figure_weight` times the background, because a
 //! plain MSE at 250 VAE steps loses what covers a few pixels (kiki's eye: reconstructions of
 //! kiki were judged kiki 0 of 32 times with the 3,000-step model's VAE).
+use super::split_batch::{ranges, PartThreads};
 use super::vae_stage::batch_indices;
 use super::{step_seed, Checkpoints, Dataset, TrainSettings};
 use anyhow::Result;
@@ -44,6 +45,7 @@ pub fn train(
         },
     )?;
     let start = ckpt.restore(s, STAGE, &vars, &mut opt)?;
+    let threads = PartThreads::new(s.batch_parts)?;
     let mut last = f64::NAN;
     for step in start..s.decoder_steps {
         let mut rng = NoiseRng::new(step_seed(s.seed, 4, step));
@@ -51,11 +53,15 @@ pub fn train(
         let z = latents.index_select(&idx, 0)?;
         let x = data.images.index_select(&idx, 0)?;
         let weight = ((data.masks.index_select(&idx, 0)? * s.decoder_figure_weight)? + 1.0)?;
-        let recon = vae.decode(&z)?;
-        let loss = (recon - &x)?.sqr()?.broadcast_mul(&weight)?.mean_all()?;
-        let grads = loss.backward()?;
+        let batch = z.dim(0)?;
+        let (grads, loss) = threads.summed_grads(&vars, &ranges(batch, s.batch_parts), |r| {
+            let part = |t: &Tensor| t.narrow(0, r.start, r.len());
+            let recon = vae.decode(&part(&z)?)?;
+            let err = (recon - part(&x)?)?.sqr()?.broadcast_mul(&part(&weight)?)?;
+            Ok((err.mean_all()? * (r.len() as f64 / batch as f64))?)
+        })?;
         opt.step(&grads, Some(1.0))?;
-        last = loss.to_scalar::<f32>()? as f64;
+        last = loss;
         on_step(step, last);
         if (step + 1) % s.checkpoint_every == 0 || step + 1 == s.decoder_steps {
             ckpt.save(s, STAGE, step + 1, &vars, &opt)?;

@@ -1,6 +1,7 @@
 //! Stage 2: the text encoder and the UNet learn to denoise the cached latents (epsilon
 //! prediction), with captions dropped to "" at `cfg_dropout` for classifier-free guidance.
 use super::attention_term::{attention_term, selectors};
+use super::split_batch::{ranges, PartThreads};
 use super::vae_stage::batch_indices;
 use super::{architecture, step_seed, Checkpoints, Dataset, TrainSettings};
 use anyhow::Result;
@@ -64,6 +65,7 @@ pub fn train(
     );
     let schedule = NoiseSchedule::from_config(&sched_cfg)?;
     let train_steps = schedule.num_train_timesteps();
+    let threads = PartThreads::new(s.batch_parts)?;
     let mut last = f64::NAN;
     for step in start..s.unet_steps {
         let mut rng = NoiseRng::new(step_seed(s.seed, 2, step));
@@ -87,31 +89,54 @@ pub fn train(
             rows.push(row);
         }
         let ids = Tensor::stack(&rows, 0)?;
-        let context = text.forward(&ids)?;
         let t_tensor = Tensor::new(
             t.iter().map(|&v| v as f32).collect::<Vec<_>>().as_slice(),
             &device,
         )?;
-        let recorder = (step >= s.attention_term_start()).then(AttentionRecorder::new);
-        let pred = unet.forward_with_probe(&x_t, &t_tensor, &context, recorder.as_ref())?;
-        let mut loss = (pred - &noise)?.sqr()?.mean_all()?;
-        if let Some(recorder) = recorder {
-            let keep: Vec<f32> = subjects.iter().map(|p| p.is_some() as u8 as f32).collect();
-            let term = attention_term(
-                &recorder.take(),
-                &selectors(&subjects, data.ids.dim(1)?, &device)?,
-                &data.masks.index_select(&idx, 0)?,
-                &Tensor::new(keep.as_slice(), &device)?,
+        let with_term = step >= s.attention_term_start();
+        let masks = if with_term {
+            Some(data.masks.index_select(&idx, 0)?)
+        } else {
+            None
+        };
+        let keep: Vec<f32> = subjects.iter().map(|p| p.is_some() as u8 as f32).collect();
+        let kept_total = keep.iter().sum::<f32>().max(1.0) as f64;
+        let batch = idx_vec.len();
+        let log_term = with_term && (step + 1) % s.checkpoint_every == 0;
+        let (grads, loss) = threads.summed_grads(&named, &ranges(batch, s.batch_parts), |r| {
+            let part = |x: &Tensor| x.narrow(0, r.start, r.len());
+            let context = text.forward(&part(&ids)?)?;
+            let recorder = with_term.then(AttentionRecorder::new);
+            let pred = unet.forward_with_probe(
+                &part(&x_t)?,
+                &part(&t_tensor)?,
+                &context,
+                recorder.as_ref(),
             )?;
-            if (step + 1) % s.checkpoint_every == 0 {
-                tracing::info!(step, miss = term.to_scalar::<f32>()?, "attention term");
+            // The part's share of the whole batch's mean squared error.
+            let mut loss = ((pred - part(&noise)?)?.sqr()?.mean_all()?
+                * (r.len() as f64 / batch as f64))?;
+            if let (Some(recorder), Some(masks)) = (recorder, &masks) {
+                let part_keep = &keep[r.clone()];
+                let term = attention_term(
+                    &recorder.take(),
+                    &selectors(&subjects[r.clone()], data.ids.dim(1)?, &device)?,
+                    &part(masks)?,
+                    &Tensor::new(part_keep, &device)?,
+                )?;
+                // attention_term averages over the part's kept captions; re-weighted, the
+                // parts sum to the average over the whole batch's.
+                let share = part_keep.iter().sum::<f32>() as f64 / kept_total;
+                if log_term {
+                    tracing::info!(step, rows = ?r, miss = term.to_scalar::<f32>()?, "attention term");
+                }
+                loss = (loss + (term * (s.attention_weight * share))?)?;
             }
-            loss = (loss + (term * s.attention_weight)?)?;
-        }
-        let grads = loss.backward()?;
+            Ok(loss)
+        })?;
         opt.config.lr = s.unet_lr_at(step);
         opt.step(&grads, Some(1.0))?;
-        last = loss.to_scalar::<f32>()? as f64;
+        last = loss;
         on_step(step, last);
         if (step + 1) % s.checkpoint_every == 0 || step + 1 == s.unet_steps {
             ckpt.save(s, STAGE, step + 1, &named, &opt)?;

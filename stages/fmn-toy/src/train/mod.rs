@@ -7,6 +7,7 @@ mod dataset;
 mod decoder_stage;
 mod diffusion_stage;
 mod export;
+mod split_batch;
 mod vae_stage;
 
 pub use checkpoint::Checkpoints;
@@ -44,6 +45,11 @@ pub struct TrainSettings {
     pub attention_start: usize,
     /// Linear learning-rate warm-up of the diffusion stage.
     pub warmup_steps: usize,
+    /// Each step's batch is cut into this many parts whose gradients are computed on parallel
+    /// threads and summed (`train/split_batch.rs`): the same step up to float rounding, faster
+    /// on more than one core.
+    #[serde(default = "default_batch_parts")]
+    pub batch_parts: usize,
     /// Share of captions replaced by "" so that classifier-free guidance works.
     pub cfg_dropout: f64,
     pub checkpoint_every: usize,
@@ -59,6 +65,10 @@ pub struct TrainSettings {
     /// Per-pixel loss weight `1 + decoder_figure_weight · mask` (mask 1 on the figure).
     #[serde(default = "default_decoder_figure_weight")]
     pub decoder_figure_weight: f64,
+}
+
+fn default_batch_parts() -> usize {
+    1
 }
 
 fn default_decoder_batch() -> usize {
@@ -89,6 +99,7 @@ impl Default for TrainSettings {
             attention_weight: 0.0,
             attention_start: 0,
             warmup_steps: 100,
+            batch_parts: default_batch_parts(),
             cfg_dropout: 0.1,
             checkpoint_every: 100,
             decoder_steps: 400,
@@ -185,7 +196,8 @@ pub fn train(
     bar.finish_and_clear();
     let vae_seconds = started.elapsed().as_secs_f64();
 
-    let latents = vae_stage::encode_all(&vae.vae, &data.images)?.contiguous()?;
+    let latents =
+        vae_stage::encode_all(&vae.vae, &data.images, settings.batch_parts)?.contiguous()?;
     let std = latents.flatten_all()?.to_dtype(candle_core::DType::F64)?;
     let mean = std.mean_all()?.to_scalar::<f64>()?;
     let var = std

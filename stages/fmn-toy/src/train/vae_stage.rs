@@ -1,4 +1,6 @@
 //! Stage 1: the VAE learns to reconstruct the rendered images through 16×16×4 latents.
+use super::architecture::LATENT_SIZE;
+use super::split_batch::{ranges, PartThreads};
 use super::{architecture, step_seed, Checkpoints, Dataset, TrainSettings};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
@@ -57,20 +59,31 @@ pub fn train(
         }
         None => 0,
     };
+    let threads = PartThreads::new(s.batch_parts)?;
     let mut last = f64::NAN;
     for step in start..s.vae_steps {
         let mut rng = NoiseRng::new(step_seed(s.seed, 1, step));
         let (_, idx) = batch_indices(&mut rng, data.len(), s.vae_batch, &device)?;
         let x = data.images.index_select(&idx, 0)?;
-        let posterior = vae.encode(&x)?;
-        let z = posterior.sample(&mut rng)?;
-        let recon = vae.decode(&z)?;
-        let rec = (recon - &x)?.sqr()?.mean_all()?;
-        let kl = posterior.kl()?.mean_all()?;
-        let loss = (&rec + (kl * s.vae_kl_weight)?)?;
-        let grads = loss.backward()?;
+        let batch = x.dim(0)?;
+        let latent = [batch, cfg.latent_channels, LATENT_SIZE, LATENT_SIZE];
+        let eps = rng.randn(&latent, &device)?;
+        // The reconstruction error alone is what the step reports.
+        let rec_total = std::sync::Mutex::new(0f64);
+        let (grads, _) = threads.summed_grads(&vars, &ranges(batch, s.batch_parts), |r| {
+            let part = |t: &Tensor| t.narrow(0, r.start, r.len());
+            let x = part(&x)?;
+            let posterior = vae.encode(&x)?;
+            let z = (posterior.mean() + (posterior.std() * part(&eps)?)?)?;
+            let recon = vae.decode(&z)?;
+            let share = r.len() as f64 / batch as f64;
+            let rec = ((recon - &x)?.sqr()?.mean_all()? * share)?;
+            let kl = (posterior.kl()?.mean_all()? * (s.vae_kl_weight * share))?;
+            *rec_total.lock().expect("loss total poisoned") += rec.to_scalar::<f32>()? as f64;
+            Ok((&rec + kl)?)
+        })?;
         opt.step(&grads, Some(1.0))?;
-        last = rec.to_scalar::<f32>()? as f64;
+        last = rec_total.into_inner().expect("loss total poisoned");
         on_step(step, last);
         if (step + 1) % s.checkpoint_every == 0 || step + 1 == s.vae_steps {
             ckpt.save(s, STAGE, step + 1, &vars, &opt)?;
@@ -83,16 +96,21 @@ pub fn train(
     })
 }
 
-/// The latent means of every image (no gradient), `[N, 4, 16, 16]`.
-pub fn encode_all(vae: &AutoencoderKL, images: &Tensor) -> Result<Tensor> {
+/// The latent means of every image (no gradient), `[N, 4, 16, 16]`, the images split into
+/// `parts` ranges encoded on parallel threads.
+pub fn encode_all(vae: &AutoencoderKL, images: &Tensor, parts: usize) -> Result<Tensor> {
     let n = images.dim(0)?;
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < n {
-        let len = 64.min(n - i);
-        let x = images.narrow(0, i, len)?.detach();
-        out.push(vae.encode(&x)?.mean().detach());
-        i += len;
-    }
-    Ok(Tensor::cat(&out, 0)?)
+    let threads = PartThreads::new(parts)?;
+    let encoded = threads.map(&ranges(n, parts), |r| {
+        let mut out = Vec::new();
+        let mut i = r.start;
+        while i < r.end {
+            let len = 64.min(r.end - i);
+            let x = images.narrow(0, i, len)?.detach();
+            out.push(vae.encode(&x)?.mean().detach());
+            i += len;
+        }
+        Ok(Tensor::cat(&out, 0)?)
+    })?;
+    Ok(Tensor::cat(&encoded, 0)?)
 }
