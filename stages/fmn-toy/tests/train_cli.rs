@@ -18,6 +18,21 @@ fn train(dir: &Path, config: &Path, out: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// A successful run with settings `yaml` in the new folder `parent/name` (model in `model/`).
+fn train_in(parent: &Path, name: &str, yaml: &str) -> std::process::Output {
+    let dir = parent.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    let config = dir.join("tiny.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let res = train(&dir, &config, "model");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    res
+}
+
 const TINY: &str = "seed: 3\nimages: 8\nvae_steps: 2\nvae_batch: 2\nvae_lr: 0.001\nvae_kl_weight: 0.000001\nunet_steps: 2\nunet_batch: 2\nunet_lr: 0.001\nwarmup_steps: 1\ncfg_dropout: 0.5\ncheckpoint_every: 1\ndecoder_steps: 2\ndecoder_batch: 2\n";
 
 #[test]
@@ -157,16 +172,7 @@ fn the_decoder_stage_changes_only_the_decoder() {
             TINY.replace("decoder_steps: 2", "decoder_steps: 0"),
         ),
     ] {
-        let dir = tmp.path().join(name);
-        std::fs::create_dir(&dir).unwrap();
-        let config = dir.join("tiny.yaml");
-        std::fs::write(&config, yaml).unwrap();
-        let res = train(&dir, &config, "model");
-        assert!(
-            res.status.success(),
-            "{}",
-            String::from_utf8_lossy(&res.stderr)
-        );
+        train_in(tmp.path(), name, &yaml);
     }
     let vae = |name: &str| {
         tensors(
@@ -253,16 +259,7 @@ fn a_batch_split_across_threads_gives_the_whole_batch_step() {
         ("split", one.clone() + "batch_parts: 2\n"),
         ("split-again", one + "batch_parts: 2\n"),
     ] {
-        let dir = tmp.path().join(name);
-        std::fs::create_dir(&dir).unwrap();
-        let config = dir.join("tiny.yaml");
-        std::fs::write(&config, yaml).unwrap();
-        let res = train(&dir, &config, "model");
-        assert!(
-            res.status.success(),
-            "{}",
-            String::from_utf8_lossy(&res.stderr)
-        );
+        let res = train_in(tmp.path(), name, &yaml);
         reports.push(serde_json::from_slice::<serde_json::Value>(&res.stdout).unwrap());
     }
     for key in ["vae_final_loss", "unet_final_loss", "decoder_final_loss"] {
