@@ -563,9 +563,13 @@ impl DiagonalGaussian {
     /// `mean + std * eps` with `eps ~ N(0, 1)` from `rng` (reparameterised: differentiable in
     /// mean and logvar), `[B, L, h, w]`.
     pub fn sample(&self, rng: &mut NoiseRng) -> Result<Tensor> {
-        let eps = rng
-            .randn(self.mean.dims(), self.mean.device())?
-            .to_dtype(self.mean.dtype())?;
+        self.sample_with(&rng.randn(self.mean.dims(), self.mean.device())?)
+    }
+
+    /// `mean + std * eps` for given standard-normal draws `eps` (`[B, L, h, w]`, any float
+    /// dtype), e.g. rows of noise drawn once for a larger batch.
+    pub fn sample_with(&self, eps: &Tensor) -> Result<Tensor> {
+        let eps = eps.to_dtype(self.mean.dtype())?;
         Ok((&self.mean + (&self.std * eps)?)?)
     }
 

@@ -3,7 +3,7 @@
 //! per-pixel loss weighs figure pixels `1 + figure_weight` times the background, because a
 //! plain MSE at 250 VAE steps loses what covers a few pixels (kiki's eye: reconstructions of
 //! kiki were judged kiki 0 of 32 times with the 3,000-step model's VAE).
-use super::split_batch::{ranges, PartThreads};
+use super::split_batch::PartThreads;
 use super::vae_stage::batch_indices;
 use super::{step_seed, Checkpoints, Dataset, TrainSettings};
 use anyhow::Result;
@@ -54,7 +54,7 @@ pub fn train(
         let x = data.images.index_select(&idx, 0)?;
         let weight = ((data.masks.index_select(&idx, 0)? * s.decoder_figure_weight)? + 1.0)?;
         let batch = z.dim(0)?;
-        let (grads, loss) = threads.summed_grads(&vars, &ranges(batch, s.batch_parts), |r| {
+        let (grads, loss) = threads.summed_grads(&vars, batch, |r| {
             let part = |t: &Tensor| t.narrow(0, r.start, r.len());
             let recon = vae.decode(&part(&z)?)?;
             let err = (recon - part(&x)?)?.sqr()?.broadcast_mul(&part(&weight)?)?;

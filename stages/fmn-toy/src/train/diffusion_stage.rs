@@ -1,7 +1,7 @@
 //! Stage 2: the text encoder and the UNet learn to denoise the cached latents (epsilon
 //! prediction), with captions dropped to "" at `cfg_dropout` for classifier-free guidance.
 use super::attention_term::{attention_term, selectors};
-use super::split_batch::{ranges, PartThreads};
+use super::split_batch::PartThreads;
 use super::vae_stage::batch_indices;
 use super::{architecture, step_seed, Checkpoints, Dataset, TrainSettings};
 use anyhow::Result;
@@ -103,7 +103,7 @@ pub fn train(
         let kept_total = keep.iter().sum::<f32>().max(1.0) as f64;
         let batch = idx_vec.len();
         let log_term = with_term && (step + 1) % s.checkpoint_every == 0;
-        let (grads, loss) = threads.summed_grads(&named, &ranges(batch, s.batch_parts), |r| {
+        let (grads, loss) = threads.summed_grads(&named, batch, |r| {
             let part = |x: &Tensor| x.narrow(0, r.start, r.len());
             let context = text.forward(&part(&ids)?)?;
             let recorder = with_term.then(AttentionRecorder::new);

@@ -13,7 +13,7 @@ use std::ops::Range;
 
 /// The batch rows `0..batch` cut into `parts` contiguous ranges as even as possible (no empty
 /// range; fewer ranges when the batch is smaller than `parts`).
-pub fn ranges(batch: usize, parts: usize) -> Vec<Range<usize>> {
+fn ranges(batch: usize, parts: usize) -> Vec<Range<usize>> {
     let parts = parts.clamp(1, batch.max(1));
     (0..parts)
         .map(|i| (i * batch / parts)..((i + 1) * batch / parts))
@@ -24,6 +24,7 @@ pub fn ranges(batch: usize, parts: usize) -> Vec<Range<usize>> {
 /// One long-lived one-thread rayon pool per batch part (a fresh thread per step would also
 /// start a fresh malloc arena each step: measured 2× the system time).
 pub struct PartThreads {
+    parts: usize,
     pools: Vec<rayon::ThreadPool>,
 }
 
@@ -38,25 +39,24 @@ impl PartThreads {
         } else {
             Vec::new()
         };
-        Ok(Self { pools })
+        Ok(Self {
+            parts: parts.max(1),
+            pools,
+        })
     }
 
-    /// `f(range)` for each of `ranges`, each on its own thread (in order; on the caller's
-    /// thread when there is one part).
-    pub fn map<T, F>(&self, ranges: &[Range<usize>], f: F) -> Result<Vec<T>>
+    /// `f(range)` for each part of the rows `0..rows` (contiguous, as even as possible; fewer
+    /// parts when there are fewer rows), each on its own thread, results in row order (on
+    /// the caller's thread when there is one part).
+    pub fn map<T, F>(&self, rows: usize, f: F) -> Result<Vec<T>>
     where
         T: Send,
         F: Fn(Range<usize>) -> Result<T> + Sync,
     {
-        if ranges.len() <= 1 || self.pools.is_empty() {
-            return ranges.iter().map(|r| f(r.clone())).collect();
+        let ranges = ranges(rows, self.parts);
+        if self.pools.is_empty() {
+            return ranges.into_iter().map(&f).collect();
         }
-        anyhow::ensure!(
-            ranges.len() <= self.pools.len(),
-            "{} batch parts for {} threads",
-            ranges.len(),
-            self.pools.len()
-        );
         std::thread::scope(|scope| {
             let handles: Vec<_> = ranges
                 .iter()
@@ -77,21 +77,21 @@ impl PartThreads {
         })
     }
 
-    /// Runs `loss_of(range)` for each of `ranges` on its own thread, back-propagates each
-    /// loss, and returns the gradients of `vars` summed over the parts (in part order, so the
-    /// result does not depend on thread timing) with the summed loss. Each part's loss must
-    /// already carry its share of the batch's weighting, so that the sum is the whole batch's
-    /// loss.
+    /// Runs `loss_of(range)` for each part of the batch rows `0..batch` on its own thread
+    /// (`map`), back-propagates each loss, and returns the gradients of `vars` summed over the
+    /// parts (in part order, so the result does not depend on thread timing) with the summed
+    /// loss. Each part's loss must already carry its share of the batch's weighting, so that
+    /// the sum is the whole batch's loss.
     pub fn summed_grads<F>(
         &self,
         vars: &[(String, Var)],
-        ranges: &[Range<usize>],
+        batch: usize,
         loss_of: F,
     ) -> Result<(GradStore, f64)>
     where
         F: Fn(Range<usize>) -> Result<Tensor> + Sync,
     {
-        let results = self.map(ranges, |r| {
+        let results = self.map(batch, |r| {
             let loss = loss_of(r)?;
             let value = loss.to_scalar::<f32>()? as f64;
             Ok((loss.backward()?, value))
@@ -147,7 +147,7 @@ mod tests {
         let vars = vec![("w".to_string(), w.clone())];
         let threads = PartThreads::new(2).unwrap();
         let (grads, loss) = threads
-            .summed_grads(&vars, &ranges(5, 2), |r| {
+            .summed_grads(&vars, 5, |r| {
                 let part = x.narrow(0, r.start, r.len())?.matmul(w.as_tensor())?;
                 Ok((part.sqr()?.sum_all()? / 5.0)?)
             })

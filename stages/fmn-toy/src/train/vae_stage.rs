@@ -1,6 +1,6 @@
 //! Stage 1: the VAE learns to reconstruct the rendered images through 16×16×4 latents.
 use super::architecture::LATENT_SIZE;
-use super::split_batch::{ranges, PartThreads};
+use super::split_batch::PartThreads;
 use super::{architecture, step_seed, Checkpoints, Dataset, TrainSettings};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
@@ -70,11 +70,11 @@ pub fn train(
         let eps = rng.randn(&latent, &device)?;
         // The reconstruction error alone is what the step reports.
         let rec_total = std::sync::Mutex::new(0f64);
-        let (grads, _) = threads.summed_grads(&vars, &ranges(batch, s.batch_parts), |r| {
+        let (grads, _) = threads.summed_grads(&vars, batch, |r| {
             let part = |t: &Tensor| t.narrow(0, r.start, r.len());
             let x = part(&x)?;
             let posterior = vae.encode(&x)?;
-            let z = (posterior.mean() + (posterior.std() * part(&eps)?)?)?;
+            let z = posterior.sample_with(&part(&eps)?)?;
             let recon = vae.decode(&z)?;
             let share = r.len() as f64 / batch as f64;
             let rec = ((recon - &x)?.sqr()?.mean_all()? * share)?;
@@ -101,7 +101,7 @@ pub fn train(
 pub fn encode_all(vae: &AutoencoderKL, images: &Tensor, parts: usize) -> Result<Tensor> {
     let n = images.dim(0)?;
     let threads = PartThreads::new(parts)?;
-    let encoded = threads.map(&ranges(n, parts), |r| {
+    let encoded = threads.map(n, |r| {
         let mut out = Vec::new();
         let mut i = r.start;
         while i < r.end {
