@@ -277,3 +277,48 @@ fn a_batch_split_across_threads_gives_the_whole_batch_step() {
         std::fs::read(tmp.path().join("split-again/model").join(f)).unwrap()
     );
 }
+
+#[test]
+fn loss_weightings_split_like_the_plain_loss_and_min_snr_reduces_to_it_above_every_snr() {
+    let one = TINY
+        .replace("vae_steps: 2", "vae_steps: 1")
+        .replace("unet_steps: 2", "unet_steps: 1")
+        .replace("decoder_steps: 2", "decoder_steps: 0")
+        .replace("unet_batch: 2", "unet_batch: 5");
+    let tmp = tempfile::tempdir().unwrap();
+    let loss = |name: &str, extra: &str| {
+        let res = train_in(tmp.path(), name, &(one.clone() + extra));
+        let report: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+        report["unet_final_loss"].as_f64().unwrap()
+    };
+    let plain = loss("plain", "");
+    // SD's schedule tops out at SNR ≈ 1,176 (t = 0), so γ = 10⁹ weights every row 1.
+    let capped_above_all = loss("gamma-huge", "min_snr_gamma: 1.0e9\n");
+    let whole = loss("gamma-5", "min_snr_gamma: 5.0\n");
+    let split = loss("gamma-5-split", "min_snr_gamma: 5.0\nbatch_parts: 2\n");
+    assert!(plain > 0.0);
+    assert!(
+        (plain - capped_above_all).abs() <= 1e-6 * plain,
+        "plain {plain}, γ above every SNR {capped_above_all}"
+    );
+    // Weights are at most 1: the weighted loss cannot exceed the plain one.
+    assert!(
+        whole <= plain * (1.0 + 1e-6),
+        "γ = 5: {whole}, plain {plain}"
+    );
+    assert!(
+        (whole - split).abs() <= 1e-5 * whole,
+        "γ = 5: whole batch {whole}, split {split}"
+    );
+    // Outline weights are at least 1 and exceed it on the figure's edge cells.
+    let outlined = loss("edge", "figure_edge_weight: 4.0\n");
+    let outlined_split = loss("edge-split", "figure_edge_weight: 4.0\nbatch_parts: 2\n");
+    assert!(
+        outlined > plain,
+        "outline-weighted {outlined}, plain {plain}"
+    );
+    assert!(
+        (outlined - outlined_split).abs() <= 1e-5 * outlined,
+        "outline-weighted: whole batch {outlined}, split {outlined_split}"
+    );
+}

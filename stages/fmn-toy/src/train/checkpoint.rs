@@ -18,7 +18,8 @@ struct Progress {
 /// after `step` steps of it: everything that shaped the finished work must match. The
 /// learning rates are constant after warm-up until the UNet's decay window, so the UNet's step
 /// count (and the decay length) may change while no finished step lay in either run's window
-/// (likewise the attention term's settings, before either run's first step with the term):
+/// (likewise the attention term's settings, before either run's first step with the term, and
+/// the loss weighting before the first UNet step):
 /// the continued run then equals an uninterrupted one with the new counts. The checkpoint
 /// interval and the step counts of later stages may always change.
 fn resumable(saved: &TrainSettings, new: &TrainSettings, stage: &str, step: usize) -> bool {
@@ -35,6 +36,10 @@ fn resumable(saved: &TrainSettings, new: &TrainSettings, stage: &str, step: usiz
     if unet_done <= saved.unet_decay_start() && unet_done <= new.unet_decay_start() {
         relaxed.unet_steps = new.unet_steps;
         relaxed.unet_lr_decay_steps = new.unet_lr_decay_steps;
+    }
+    if unet_done == 0 {
+        relaxed.min_snr_gamma = new.min_snr_gamma;
+        relaxed.figure_edge_weight = new.figure_edge_weight;
     }
     if unet_done <= saved.attention_term_start() && unet_done <= new.attention_term_start() {
         relaxed.attention_weight = new.attention_weight;
@@ -256,5 +261,10 @@ mod tests {
         let mut split = settings(4500, 1000);
         split.batch_parts = 2;
         assert!(resumable(&settings(4500, 1000), &split, "unet", 4000));
+        // The loss weighting may change only before the first UNet step.
+        let mut weighted = settings(4500, 1000);
+        weighted.min_snr_gamma = 5.0;
+        assert!(resumable(&settings(4500, 1000), &weighted, "vae", 250));
+        assert!(!resumable(&settings(4500, 1000), &weighted, "unet", 50));
     }
 }

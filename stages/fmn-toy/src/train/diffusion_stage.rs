@@ -93,6 +93,26 @@ pub fn train(
             t.iter().map(|&v| v as f32).collect::<Vec<_>>().as_slice(),
             &device,
         )?;
+        let row_weights = if s.min_snr_gamma > 0.0 {
+            let w: Vec<f32> = t
+                .iter()
+                .map(|&ti| s.timestep_weight(schedule.alphas_cumprod()[ti] as f64) as f32)
+                .collect();
+            Some(Tensor::new(w.as_slice(), &device)?)
+        } else {
+            None
+        };
+        let cell_weights = if s.figure_edge_weight > 0.0 {
+            let (h, w) = (x0.dim(2)?, x0.dim(3)?);
+            Some(outline_weights(
+                &data.masks.index_select(&idx, 0)?,
+                h,
+                w,
+                s.figure_edge_weight,
+            )?)
+        } else {
+            None
+        };
         let with_term = step >= s.attention_term_start();
         let masks = if with_term {
             Some(data.masks.index_select(&idx, 0)?)
@@ -113,9 +133,19 @@ pub fn train(
                 &context,
                 recorder.as_ref(),
             )?;
-            // The part's share of the whole batch's mean squared error.
-            let mut loss = ((pred - part(&noise)?)?.sqr()?.mean_all()?
-                * (r.len() as f64 / batch as f64))?;
+            let mut sq = (pred - part(&noise)?)?.sqr()?;
+            if let Some(w) = &cell_weights {
+                sq = sq.broadcast_mul(&part(w)?)?;
+            }
+            let mut loss = match &row_weights {
+                // The part's share of the whole batch's mean squared error.
+                None => (sq.mean_all()? * (r.len() as f64 / batch as f64))?,
+                // Σ over the part's rows of weight · row mean, over the whole batch's rows.
+                Some(w) => {
+                    let per_row = sq.flatten_from(1)?.mean(1)?;
+                    ((per_row * part(w)?)?.sum_all()? / batch as f64)?
+                }
+            };
             if let (Some(recorder), Some(masks)) = (recorder, &masks) {
                 let part_keep = &keep[r.clone()];
                 let term = attention_term(
@@ -147,4 +177,41 @@ pub fn train(
         text_vars,
         final_loss: last,
     })
+}
+
+/// `[B, 1, h, w]` loss weights `1 + k · 4m(1 − m)` from the figure masks `[B, 1, H, W]`, `m`
+/// being the share of each latent cell's pixels on the figure.
+pub fn outline_weights(masks: &Tensor, h: usize, w: usize, k: f64) -> Result<Tensor> {
+    let m = fmn_sd::training_images::resize_mask(masks, h, w)?;
+    let one_minus = m.affine(-1.0, 1.0)?;
+    Ok((m * one_minus)?.affine(4.0 * k, 1.0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn outline_cells_weigh_more_than_interior_and_background() {
+        // One 4×8 mask → 1×2 cells: the left cell fully covered, the right one a quarter.
+        let mut px = vec![0f32; 32];
+        for row in 0..4 {
+            for col in 0..4 {
+                px[row * 8 + col] = 1.0;
+            }
+            px[row * 8 + 4] = 1.0;
+        }
+        let masks = Tensor::from_vec(px, (1, 1, 4, 8), &Device::Cpu).unwrap();
+        let w: Vec<f32> = super::outline_weights(&masks, 1, 2, 2.0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // Covered: 1 + 2·4·1·0 = 1; a quarter: 1 + 2·4·0.25·0.75 = 2.5.
+        assert!(
+            (w[0] - 1.0).abs() < 1e-6 && (w[1] - 2.5).abs() < 1e-6,
+            "{w:?}"
+        );
+    }
 }

@@ -43,6 +43,17 @@ pub struct TrainSettings {
     /// The first UNet step that uses the attention term.
     #[serde(default)]
     pub attention_start: usize,
+    /// Min-SNR-γ loss weighting of the diffusion stage (Hang et al. 2023, arXiv 2303.09556):
+    /// each row's error is weighted `min(SNR_t, γ) / SNR_t`, so the nearly clean timesteps
+    /// stop dominating the gradient; 0: off (every timestep weighted 1).
+    #[serde(default)]
+    pub min_snr_gamma: f64,
+    /// Weight of the figure's outline in the diffusion loss: a latent cell whose 4×4 pixels the
+    /// figure covers to the fraction `m` weighs `1 + figure_edge_weight · 4m(1 − m)` (interior
+    /// and background 1, a half-covered cell `1 + figure_edge_weight`), since an object's shape
+    /// is told apart only by its outline cells; 0: off.
+    #[serde(default)]
+    pub figure_edge_weight: f64,
     /// Linear learning-rate warm-up of the diffusion stage.
     pub warmup_steps: usize,
     /// Each step's batch is cut into this many parts whose gradients are computed on parallel
@@ -98,6 +109,8 @@ impl Default for TrainSettings {
             unet_lr_decay_steps: 0,
             attention_weight: 0.0,
             attention_start: 0,
+            min_snr_gamma: 0.0,
+            figure_edge_weight: 0.0,
             warmup_steps: 100,
             batch_parts: default_batch_parts(),
             cfg_dropout: 0.1,
@@ -127,6 +140,16 @@ impl TrainSettings {
         } else {
             self.attention_start
         }
+    }
+
+    /// The diffusion loss's weight of a row at signal fraction `alpha_bar` (1 when
+    /// `min_snr_gamma` is 0).
+    pub fn timestep_weight(&self, alpha_bar: f64) -> f64 {
+        if self.min_snr_gamma == 0.0 {
+            return 1.0;
+        }
+        let snr = alpha_bar / (1.0 - alpha_bar);
+        snr.min(self.min_snr_gamma) / snr
     }
 
     /// The UNet stage's learning rate at `step` (0-based): linear warm-up, constant, then the
@@ -287,5 +310,19 @@ mod tests {
         };
         assert!(close(constant.unet_lr_at(99), 1e-3));
         assert_eq!(constant.unet_decay_start(), usize::MAX);
+    }
+
+    #[test]
+    fn min_snr_weight_caps_the_signal_to_noise_ratio_at_gamma() {
+        let s = TrainSettings {
+            min_snr_gamma: 5.0,
+            ..Default::default()
+        };
+        // alpha_bar 0.9: SNR 9, weight 5 / 9; alpha_bar 0.5: SNR 1 < 5, weight 1.
+        assert!((s.timestep_weight(0.9) - 5.0 / 9.0).abs() < 1e-12);
+        assert!((s.timestep_weight(0.5) - 1.0).abs() < 1e-12);
+        assert!((s.timestep_weight(0.99) - 5.0 / 99.0).abs() < 1e-12);
+        let off = TrainSettings::default();
+        assert_eq!(off.timestep_weight(0.99), 1.0);
     }
 }
