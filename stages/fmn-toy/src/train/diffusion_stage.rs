@@ -102,23 +102,20 @@ pub fn train(
         } else {
             None
         };
-        let cell_weights = if s.figure_edge_weight > 0.0 {
-            let (h, w) = (x0.dim(2)?, x0.dim(3)?);
-            Some(outline_weights(
-                &data.masks.index_select(&idx, 0)?,
-                h,
-                w,
-                s.figure_edge_weight,
-            )?)
-        } else {
-            None
-        };
         let with_term = step >= s.attention_term_start();
-        let masks = if with_term {
+        let batch_masks = if with_term || s.figure_edge_weight > 0.0 {
             Some(data.masks.index_select(&idx, 0)?)
         } else {
             None
         };
+        let cell_weights = match &batch_masks {
+            Some(m) if s.figure_edge_weight > 0.0 => {
+                let (h, w) = (x0.dim(2)?, x0.dim(3)?);
+                Some(outline_weights(m, h, w, s.figure_edge_weight)?)
+            }
+            _ => None,
+        };
+        let masks = if with_term { batch_masks } else { None };
         let keep: Vec<f32> = subjects.iter().map(|p| p.is_some() as u8 as f32).collect();
         let kept_total = keep.iter().sum::<f32>().max(1.0) as f64;
         let batch = idx_vec.len();
@@ -181,7 +178,7 @@ pub fn train(
 
 /// `[B, 1, h, w]` loss weights `1 + k · 4m(1 − m)` from the figure masks `[B, 1, H, W]`, `m`
 /// being the share of each latent cell's pixels on the figure.
-pub fn outline_weights(masks: &Tensor, h: usize, w: usize, k: f64) -> Result<Tensor> {
+fn outline_weights(masks: &Tensor, h: usize, w: usize, k: f64) -> Result<Tensor> {
     let m = fmn_sd::training_images::resize_mask(masks, h, w)?;
     let one_minus = m.affine(-1.0, 1.0)?;
     Ok((m * one_minus)?.affine(4.0 * k, 1.0)?)
