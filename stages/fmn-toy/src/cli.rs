@@ -407,17 +407,15 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
             bail!("{source}: `{key}` must be a positive number, not {v}");
         }
     }
-    if !(settings.decoder_figure_weight.is_finite() && settings.decoder_figure_weight >= 0.0) {
-        bail!(
-            "{source}: `decoder_figure_weight` must be 0 or more, not {}",
-            settings.decoder_figure_weight
-        );
-    }
-    if !(settings.attention_weight.is_finite() && settings.attention_weight >= 0.0) {
-        bail!(
-            "{source}: `attention_weight` must be 0 or more, not {}",
-            settings.attention_weight
-        );
+    for (key, v) in [
+        ("decoder_figure_weight", settings.decoder_figure_weight),
+        ("attention_weight", settings.attention_weight),
+        ("min_snr_gamma", settings.min_snr_gamma),
+        ("figure_edge_weight", settings.figure_edge_weight),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("{source}: `{key}` must be 0 or more, not {v}");
+        }
     }
     if settings.unet_lr_decay_steps > settings.unet_steps {
         bail!(

@@ -225,6 +225,12 @@ fn bad_settings_are_refused_naming_the_key_and_file() {
             "decoder_steps: 2\ndecoder_figure_weight: -1",
             "`decoder_figure_weight`",
         ),
+        ("seed: 3", "seed: 3\nmin_snr_gamma: -5", "`min_snr_gamma`"),
+        (
+            "seed: 3",
+            "seed: 3\nfigure_edge_weight: -1",
+            "`figure_edge_weight`",
+        ),
     ] {
         let config = tmp.path().join("bad.yaml");
         std::fs::write(&config, TINY.replace(from, to)).unwrap();
