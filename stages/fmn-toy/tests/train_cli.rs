@@ -328,3 +328,56 @@ fn loss_weightings_split_like_the_plain_loss_and_min_snr_reduces_to_it_above_eve
         "outline-weighted: whole batch {outlined}, split {outlined_split}"
     );
 }
+
+#[test]
+fn zero_terminal_snr_exports_a_velocity_schedule_and_trains_on_the_velocity() {
+    let one = TINY
+        .replace("vae_steps: 2", "vae_steps: 1")
+        .replace("unet_steps: 2", "unet_steps: 1")
+        .replace("decoder_steps: 2", "decoder_steps: 0")
+        .replace("unet_batch: 2", "unet_batch: 5");
+    let tmp = tempfile::tempdir().unwrap();
+    let loss = |name: &str, extra: &str| {
+        let res = train_in(tmp.path(), name, &(one.clone() + extra));
+        let report: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+        report["unet_final_loss"].as_f64().unwrap()
+    };
+    let epsilon = loss("epsilon", "");
+    let velocity = loss("velocity", "zero_terminal_snr: true\n");
+    let weighted = loss("weighted", "zero_terminal_snr: true\nmin_snr_gamma: 5.0\n");
+    let weighted_split = loss(
+        "weighted-split",
+        "zero_terminal_snr: true\nmin_snr_gamma: 5.0\nbatch_parts: 2\n",
+    );
+    // Same draws, same initial weights: only the target and the noise levels differ.
+    assert!(
+        velocity.is_finite() && (velocity - epsilon).abs() > 1e-3 * epsilon,
+        "velocity {velocity}, epsilon {epsilon}"
+    );
+    // Velocity weights min(SNR + 1, 5) / (SNR + 1) are at most 1.
+    assert!(
+        weighted <= velocity * (1.0 + 1e-6),
+        "weighted {weighted}, plain {velocity}"
+    );
+    assert!(
+        (weighted - weighted_split).abs() <= 1e-5 * weighted,
+        "whole batch {weighted}, split {weighted_split}"
+    );
+
+    // diffusers reads the exported schedule as zero terminal SNR, velocity, trailing steps.
+    let dir = tmp.path().join("velocity/model/scheduler");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("scheduler_config.json")).unwrap()).unwrap();
+    assert_eq!(json["rescale_betas_zero_snr"], true);
+    assert_eq!(json["prediction_type"], "v_prediction");
+    assert_eq!(json["timestep_spacing"], "trailing");
+    let cfg =
+        fmn_sd::scheduler::SchedulerConfig::from_file(dir.join("scheduler_config.json")).unwrap();
+    let schedule = fmn_sd::scheduler::training::NoiseSchedule::from_config(&cfg).unwrap();
+    assert_eq!(schedule.alphas_cumprod()[999], 0.0);
+    // Rescaling keeps the first step's signal (SD's sqrt(alpha_bar_0) = sqrt(1 − 0.00085)).
+    assert!((schedule.alphas_cumprod()[0] - (1.0 - 0.00085)).abs() < 1e-6);
+    let sampler =
+        fmn_sd::scheduler::build_sampler(fmn_sd::scheduler::SamplerKind::Ddim, &cfg, 25).unwrap();
+    assert_eq!(sampler.timesteps()[0], 999.0);
+}

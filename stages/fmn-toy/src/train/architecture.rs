@@ -76,9 +76,11 @@ pub fn text_encoder_config() -> Value {
     })
 }
 
-/// Stable Diffusion 1.x's training schedule, sampled with DDIM by default.
-pub fn scheduler_config() -> Value {
-    json!({
+/// Stable Diffusion 1.x's training schedule, sampled with DDIM by default; with
+/// `zero_terminal_snr`, rescaled to zero terminal SNR with velocity prediction and trailing
+/// timesteps (`TrainSettings::zero_terminal_snr`).
+pub fn scheduler_config(zero_terminal_snr: bool) -> Value {
+    let mut cfg = json!({
         "_class_name": "DDIMScheduler",
         "_diffusers_version": "0.42.1",
         "num_train_timesteps": 1000,
@@ -90,7 +92,13 @@ pub fn scheduler_config() -> Value {
         "steps_offset": 1,
         "prediction_type": "epsilon",
         "timestep_spacing": "leading"
-    })
+    });
+    if zero_terminal_snr {
+        cfg["rescale_betas_zero_snr"] = json!(true);
+        cfg["prediction_type"] = json!("v_prediction");
+        cfg["timestep_spacing"] = json!("trailing");
+    }
+    cfg
 }
 
 pub fn model_index() -> Value {

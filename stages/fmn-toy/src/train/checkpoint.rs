@@ -40,6 +40,7 @@ fn resumable(saved: &TrainSettings, new: &TrainSettings, stage: &str, step: usiz
     if unet_done == 0 {
         relaxed.min_snr_gamma = new.min_snr_gamma;
         relaxed.figure_edge_weight = new.figure_edge_weight;
+        relaxed.zero_terminal_snr = new.zero_terminal_snr;
     }
     if unet_done <= saved.attention_term_start() && unet_done <= new.attention_term_start() {
         relaxed.attention_weight = new.attention_weight;
@@ -266,5 +267,9 @@ mod tests {
         weighted.min_snr_gamma = 5.0;
         assert!(resumable(&settings(4500, 1000), &weighted, "vae", 250));
         assert!(!resumable(&settings(4500, 1000), &weighted, "unet", 50));
+        let mut zero_snr = settings(4500, 1000);
+        zero_snr.zero_terminal_snr = true;
+        assert!(resumable(&settings(4500, 1000), &zero_snr, "vae", 250));
+        assert!(!resumable(&settings(4500, 1000), &zero_snr, "unet", 50));
     }
 }

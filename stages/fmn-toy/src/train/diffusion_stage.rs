@@ -1,5 +1,5 @@
-//! Stage 2: the text encoder and the UNet learn to denoise the cached latents (epsilon
-//! prediction), with captions dropped to "" at `cfg_dropout` for classifier-free guidance.
+//! Stage 2: the text encoder and the UNet learn to denoise the cached latents (epsilon or,
+//! with `zero_terminal_snr`, velocity prediction), with captions dropped to "" at `cfg_dropout` for classifier-free guidance.
 use super::attention_term::{attention_term, selectors};
 use super::split_batch::PartThreads;
 use super::vae_stage::batch_indices;
@@ -58,7 +58,7 @@ pub fn train(
     )?;
     let start = ckpt.restore(s, STAGE, &named, &mut opt)?;
     let sched_cfg = SchedulerConfig::from_map(
-        architecture::scheduler_config()
+        architecture::scheduler_config(s.zero_terminal_snr)
             .as_object()
             .cloned()
             .unwrap_or_default(),
@@ -76,6 +76,7 @@ pub fn train(
             .map(|_| rng.below(0, train_steps))
             .collect();
         let x_t = schedule.add_noise(&x0, &noise, &t)?;
+        let target = schedule.target(&x0, &noise, &t)?;
         let mut rows = Vec::with_capacity(idx_vec.len());
         let mut subjects = Vec::with_capacity(idx_vec.len());
         for &i in &idx_vec {
@@ -130,7 +131,7 @@ pub fn train(
                 &context,
                 recorder.as_ref(),
             )?;
-            let mut sq = (pred - part(&noise)?)?.sqr()?;
+            let mut sq = (pred - part(&target)?)?.sqr()?;
             if let Some(w) = &cell_weights {
                 sq = sq.broadcast_mul(&part(w)?)?;
             }

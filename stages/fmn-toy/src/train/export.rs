@@ -26,6 +26,7 @@ pub fn export_model(
     text_encoder: &[(String, Var)],
     vae: &[(String, Var)],
     scaling_factor: f64,
+    scheduler_config: &serde_json::Value,
     clip_tokenizer: &Path,
     training_record: &serde_json::Value,
 ) -> Result<()> {
@@ -46,7 +47,7 @@ pub fn export_model(
     )?;
     write_json(
         &root.join("scheduler/scheduler_config.json"),
-        &architecture::scheduler_config(),
+        scheduler_config,
     )?;
     write_json(
         &root.join("tokenizer/tokenizer_config.json"),

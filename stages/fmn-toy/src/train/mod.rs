@@ -54,6 +54,15 @@ pub struct TrainSettings {
     /// is told apart only by its outline cells; 0: off.
     #[serde(default)]
     pub figure_edge_weight: f64,
+    /// The noise schedule of Lin et al. 2023 (arXiv 2305.08891) instead of SD 1.x's: betas
+    /// rescaled so that the last timestep keeps no signal (SD's keeps 0.47 %, which a 16×16
+    /// latent's figure can be read from, so at sampling time the seed's noise picks the
+    /// shape), velocity prediction (epsilon cannot be predicted from a signal-free input) and
+    /// "trailing" DDIM timesteps, so that sampling starts at that last timestep. The exported
+    /// scheduler config says so (`rescale_betas_zero_snr`, `prediction_type: v_prediction`,
+    /// `timestep_spacing: trailing`), as diffusers reads it.
+    #[serde(default)]
+    pub zero_terminal_snr: bool,
     /// Linear learning-rate warm-up of the diffusion stage.
     pub warmup_steps: usize,
     /// Each step's batch is cut into this many parts whose gradients are computed on parallel
@@ -111,6 +120,7 @@ impl Default for TrainSettings {
             attention_start: 0,
             min_snr_gamma: 0.0,
             figure_edge_weight: 0.0,
+            zero_terminal_snr: false,
             warmup_steps: 100,
             batch_parts: default_batch_parts(),
             cfg_dropout: 0.1,
@@ -143,13 +153,20 @@ impl TrainSettings {
     }
 
     /// The diffusion loss's weight of a row at signal fraction `alpha_bar` (1 when
-    /// `min_snr_gamma` is 0).
+    /// `min_snr_gamma` is 0). Epsilon loss: `min(SNR, γ) / SNR`. Velocity loss (with
+    /// `zero_terminal_snr`), whose own weight in x0 terms is `SNR + 1`: `min(SNR + 1, γ) /
+    /// (SNR + 1)` — capped like min-SNR, but never 0, unlike the paper's `min(SNR, γ) / (SNR +
+    /// 1)`, which would not train the signal-free last timesteps at all.
     pub fn timestep_weight(&self, alpha_bar: f64) -> f64 {
         if self.min_snr_gamma == 0.0 {
             return 1.0;
         }
         let snr = alpha_bar / (1.0 - alpha_bar);
-        snr.min(self.min_snr_gamma) / snr
+        if self.zero_terminal_snr {
+            (snr + 1.0).min(self.min_snr_gamma) / (snr + 1.0)
+        } else {
+            snr.min(self.min_snr_gamma) / snr
+        }
     }
 
     /// The UNet stage's learning rate at `step` (0-based): linear warm-up, constant, then the
@@ -278,6 +295,7 @@ pub fn train(
         &diffusion.text_vars,
         &vae.vars,
         scaling_factor,
+        &architecture::scheduler_config(settings.zero_terminal_snr),
         clip_tokenizer,
         &record,
     )?;
@@ -324,5 +342,19 @@ mod tests {
         assert!((s.timestep_weight(0.99) - 5.0 / 99.0).abs() < 1e-12);
         let off = TrainSettings::default();
         assert_eq!(off.timestep_weight(0.99), 1.0);
+    }
+
+    #[test]
+    fn velocity_weight_caps_snr_plus_one_and_keeps_the_signal_free_step() {
+        let s = TrainSettings {
+            min_snr_gamma: 5.0,
+            zero_terminal_snr: true,
+            ..Default::default()
+        };
+        // alpha_bar 0.9: SNR + 1 = 10, weight 5 / 10; 0.5: 2 < 5, weight 1; 0: SNR 0, weight 1.
+        assert!((s.timestep_weight(0.9) - 0.5).abs() < 1e-12);
+        assert!((s.timestep_weight(0.5) - 1.0).abs() < 1e-12);
+        assert!((s.timestep_weight(0.0) - 1.0).abs() < 1e-12);
+        assert!((s.timestep_weight(0.99) - 5.0 / 100.0).abs() < 1e-12);
     }
 }
