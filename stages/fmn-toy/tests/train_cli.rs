@@ -284,19 +284,23 @@ fn a_batch_split_across_threads_gives_the_whole_batch_step() {
     );
 }
 
-#[test]
-fn loss_weightings_split_like_the_plain_loss_and_min_snr_reduces_to_it_above_every_snr() {
+/// The loss of the first UNet step (1 VAE step, batch 5, no decoder) with `extra` settings,
+/// trained in the new folder `parent/name`.
+fn first_unet_loss(parent: &Path, name: &str, extra: &str) -> f64 {
     let one = TINY
         .replace("vae_steps: 2", "vae_steps: 1")
         .replace("unet_steps: 2", "unet_steps: 1")
         .replace("decoder_steps: 2", "decoder_steps: 0")
         .replace("unet_batch: 2", "unet_batch: 5");
+    let res = train_in(parent, name, &(one + extra));
+    let report: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    report["unet_final_loss"].as_f64().unwrap()
+}
+
+#[test]
+fn loss_weightings_split_like_the_plain_loss_and_min_snr_reduces_to_it_above_every_snr() {
     let tmp = tempfile::tempdir().unwrap();
-    let loss = |name: &str, extra: &str| {
-        let res = train_in(tmp.path(), name, &(one.clone() + extra));
-        let report: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
-        report["unet_final_loss"].as_f64().unwrap()
-    };
+    let loss = |name: &str, extra: &str| first_unet_loss(tmp.path(), name, extra);
     let plain = loss("plain", "");
     // SD's schedule tops out at SNR ≈ 1,176 (t = 0), so γ = 10⁹ weights every row 1.
     let capped_above_all = loss("gamma-huge", "min_snr_gamma: 1.0e9\n");
@@ -331,17 +335,8 @@ fn loss_weightings_split_like_the_plain_loss_and_min_snr_reduces_to_it_above_eve
 
 #[test]
 fn zero_terminal_snr_exports_a_velocity_schedule_and_trains_on_the_velocity() {
-    let one = TINY
-        .replace("vae_steps: 2", "vae_steps: 1")
-        .replace("unet_steps: 2", "unet_steps: 1")
-        .replace("decoder_steps: 2", "decoder_steps: 0")
-        .replace("unet_batch: 2", "unet_batch: 5");
     let tmp = tempfile::tempdir().unwrap();
-    let loss = |name: &str, extra: &str| {
-        let res = train_in(tmp.path(), name, &(one.clone() + extra));
-        let report: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
-        report["unet_final_loss"].as_f64().unwrap()
-    };
+    let loss = |name: &str, extra: &str| first_unet_loss(tmp.path(), name, extra);
     let epsilon = loss("epsilon", "");
     let velocity = loss("velocity", "zero_terminal_snr: true\n");
     let weighted = loss("weighted", "zero_terminal_snr: true\nmin_snr_gamma: 5.0\n");
