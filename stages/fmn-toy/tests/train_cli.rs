@@ -246,6 +246,14 @@ fn bad_settings_are_refused_naming_the_key_and_file() {
 /// One step of each stage, the batch whole and split across two threads: the reported losses
 /// (each computed before its stage's first update) agree to float rounding, including the
 /// attention term; and a split run is itself reproducible.
+/// A loss of a batch split across threads equals the whole batch's up to float rounding.
+fn assert_split_gives_whole(what: &str, whole: f64, split: f64) {
+    assert!(
+        (whole - split).abs() <= 1e-5 * whole,
+        "{what}: whole batch {whole}, split {split}"
+    );
+}
+
 #[test]
 fn a_batch_split_across_threads_gives_the_whole_batch_step() {
     let one = TINY
@@ -272,10 +280,7 @@ fn a_batch_split_across_threads_gives_the_whole_batch_step() {
         let whole = reports[0][key].as_f64().unwrap();
         let split = reports[1][key].as_f64().unwrap();
         assert!(whole > 0.0, "{key}: {whole}");
-        assert!(
-            (whole - split).abs() <= 1e-5 * whole,
-            "{key}: whole batch {whole}, split {split}"
-        );
+        assert_split_gives_whole(key, whole, split);
     }
     let f = "unet/diffusion_pytorch_model.safetensors";
     assert_eq!(
@@ -316,10 +321,7 @@ fn loss_weightings_split_like_the_plain_loss_and_min_snr_reduces_to_it_above_eve
         whole <= plain * (1.0 + 1e-6),
         "γ = 5: {whole}, plain {plain}"
     );
-    assert!(
-        (whole - split).abs() <= 1e-5 * whole,
-        "γ = 5: whole batch {whole}, split {split}"
-    );
+    assert_split_gives_whole("γ = 5", whole, split);
     // Outline weights are at least 1 and exceed it on the figure's edge cells.
     let outlined = loss("edge", "figure_edge_weight: 4.0\n");
     let outlined_split = loss("edge-split", "figure_edge_weight: 4.0\nbatch_parts: 2\n");
@@ -327,10 +329,7 @@ fn loss_weightings_split_like_the_plain_loss_and_min_snr_reduces_to_it_above_eve
         outlined > plain,
         "outline-weighted {outlined}, plain {plain}"
     );
-    assert!(
-        (outlined - outlined_split).abs() <= 1e-5 * outlined,
-        "outline-weighted: whole batch {outlined}, split {outlined_split}"
-    );
+    assert_split_gives_whole("outline-weighted", outlined, outlined_split);
 }
 
 #[test]
@@ -354,10 +353,7 @@ fn zero_terminal_snr_exports_a_velocity_schedule_and_trains_on_the_velocity() {
         weighted <= velocity * (1.0 + 1e-6),
         "weighted {weighted}, plain {velocity}"
     );
-    assert!(
-        (weighted - weighted_split).abs() <= 1e-5 * weighted,
-        "whole batch {weighted}, split {weighted_split}"
-    );
+    assert_split_gives_whole("velocity, γ = 5", weighted, weighted_split);
 
     // diffusers reads the exported schedule as zero terminal SNR, velocity, trailing steps.
     let dir = tmp.path().join("velocity/model/scheduler");

@@ -1,5 +1,6 @@
 //! Stage 2: the text encoder and the UNet learn to denoise the cached latents (epsilon or,
-//! with `zero_terminal_snr`, velocity prediction), with captions dropped to "" at `cfg_dropout` for classifier-free guidance.
+//! with `zero_terminal_snr`, velocity prediction), with captions dropped to "" at
+//! `cfg_dropout` for classifier-free guidance.
 use super::attention_term::{attention_term, selectors};
 use super::split_batch::PartThreads;
 use super::vae_stage::batch_indices;

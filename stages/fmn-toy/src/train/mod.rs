@@ -44,8 +44,9 @@ pub struct TrainSettings {
     #[serde(default)]
     pub attention_start: usize,
     /// Min-SNR-γ loss weighting of the diffusion stage (Hang et al. 2023, arXiv 2303.09556):
-    /// each row's error is weighted `min(SNR_t, γ) / SNR_t`, so the nearly clean timesteps
-    /// stop dominating the gradient; 0: off (every timestep weighted 1).
+    /// each row's error is weighted `min(SNR_t, γ) / SNR_t` (with `zero_terminal_snr`, see
+    /// `timestep_weight`), so the nearly clean timesteps stop dominating the gradient; 0: off
+    /// (every timestep weighted 1).
     #[serde(default)]
     pub min_snr_gamma: f64,
     /// Weight of the figure's outline in the diffusion loss: a latent cell whose 4×4 pixels the
