@@ -44,6 +44,11 @@ pub struct Args {
     /// Classifier-free guidance scale (≤ 1 disables guidance).
     #[arg(long, default_value_t = 7.5)]
     pub guidance: f64,
+    /// Blend weight φ of the guided prediction rescaled to the conditional prediction's
+    /// standard deviation (diffusers' `guidance_rescale`; Lin et al. suggest 0.7 for
+    /// velocity-predicting models, which overshoot at high guidance otherwise); 0: off.
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance_rescale: f64,
     /// Image width in pixels (default: the UNet's sample_size × the VAE factor).
     #[arg(long)]
     pub width: Option<usize>,

@@ -19,6 +19,7 @@ pub struct SampleConfig {
     scheduler: Option<String>,
     steps: Option<usize>,
     guidance: Option<f64>,
+    guidance_rescale: Option<f64>,
     width: Option<usize>,
     height: Option<usize>,
     seed: Option<u64>,
@@ -71,6 +72,9 @@ impl Args {
         }
         if let (true, Some(v)) = (free("guidance"), cfg.guidance) {
             self.guidance = v;
+        }
+        if let (true, Some(v)) = (free("guidance_rescale"), cfg.guidance_rescale) {
+            self.guidance_rescale = v;
         }
         if free("width") && cfg.width.is_some() {
             self.width = cfg.width;

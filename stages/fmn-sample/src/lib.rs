@@ -24,6 +24,12 @@ const STEP_SEED_OFFSET: u64 = 0x5EED_0000_0000;
 
 pub fn run(args: &Args) -> Result<()> {
     let prompts = args.prompts()?;
+    if !(0.0..=1.0).contains(&args.guidance_rescale) {
+        bail!(
+            "--guidance-rescale must lie in [0, 1] (a blend weight), got {}",
+            args.guidance_rescale
+        );
+    }
     let device = args.device()?;
     let model_dir = args.model_dir();
     let init = match &args.init_latents {
@@ -118,6 +124,7 @@ pub fn run(args: &Args) -> Result<()> {
                 sampler: args.scheduler,
                 steps: args.steps,
                 guidance: args.guidance,
+                guidance_rescale: args.guidance_rescale,
                 init_noise: noise,
                 attention_steps: &attention_steps,
                 step_seed: args.seed.wrapping_add(STEP_SEED_OFFSET),
@@ -165,6 +172,7 @@ pub fn run(args: &Args) -> Result<()> {
         scheduler: args.scheduler.to_string(),
         steps: args.steps,
         guidance: args.guidance,
+        guidance_rescale: args.guidance_rescale,
         width,
         height,
         seed: args.seed,

@@ -10,6 +10,9 @@ pub struct Manifest {
     pub scheduler: String,
     pub steps: usize,
     pub guidance: f64,
+    /// `--guidance-rescale` (absent: 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub guidance_rescale: f64,
     pub width: usize,
     pub height: usize,
     pub seed: u64,
@@ -35,4 +38,8 @@ pub struct ImageEntry {
     pub image_index: usize,
     /// The seed of this image's initial noise; absent when --init-latents gave the noise.
     pub seed: Option<u64>,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }

@@ -301,6 +301,12 @@ fn bad_inputs_fail_cleanly_naming_the_culprit() {
             vec!["--width", "33"],
             "33",
         ),
+        (
+            "guidance rescale outside [0, 1]",
+            Box::new(|_: &Path| {}),
+            vec!["--guidance-rescale", "1.5"],
+            "--guidance-rescale",
+        ),
     ];
     for (what, edit, extra, needle) in cases {
         let tmp = tempfile::tempdir().unwrap();

@@ -57,6 +57,7 @@ fn check(name: &str, dtype: DType, tol: f32, prob_tol: f32) {
                 sampler: SamplerKind::Ddim,
                 steps: meta["num_inference_steps"].as_u64().unwrap() as usize,
                 guidance: meta["guidance_scale"].as_f64().unwrap(),
+                guidance_rescale: 0.0,
                 init_noise: r["init_latents"].clone(),
                 attention_steps: &[],
                 step_seed: 0,

@@ -116,6 +116,7 @@ impl Fixture {
                     sampler,
                     steps: self.meta["num_inference_steps"].as_u64().unwrap() as usize,
                     guidance: self.meta["guidance_scale"].as_f64().unwrap(),
+                    guidance_rescale: 0.0,
                     init_noise: self.r("init_latents").clone(),
                     attention_steps,
                     step_seed: 0,

@@ -53,6 +53,10 @@ pub struct QualityArgs {
     pub steps: usize,
     #[arg(long, default_value_t = 7.5)]
     pub guidance: f64,
+    /// Rescale the guided prediction towards the conditional one's standard deviation, as
+    /// diffusers' `guidance_rescale` (0.7 suggested for velocity models; 0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance_rescale: f64,
     /// First seed (image i uses seed + i).
     #[arg(long, default_value_t = 1000)]
     pub seed: u64,
@@ -481,10 +485,17 @@ fn quality(a: &QualityArgs) -> Result<ExitCode> {
         seeds: a.seeds,
         steps: a.steps,
         guidance: a.guidance,
+        guidance_rescale: a.guidance_rescale,
         seed: a.seed,
     };
     if settings.seeds == 0 || settings.steps == 0 {
         bail!("--seeds and --steps must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&settings.guidance_rescale) {
+        bail!(
+            "--guidance-rescale must lie in [0, 1], got {}",
+            settings.guidance_rescale
+        );
     }
     let bar = fmn_core::progress::bar(34, "prompts", a.quiet);
     let report = crate::quality::measure(&sd, &judge, &settings, |p| {

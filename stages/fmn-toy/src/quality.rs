@@ -14,6 +14,8 @@ pub struct QualitySettings {
     pub seeds: usize,
     pub steps: usize,
     pub guidance: f64,
+    /// diffusers' `guidance_rescale` (0: none).
+    pub guidance_rescale: f64,
     pub seed: u64,
 }
 
@@ -24,6 +26,7 @@ impl Default for QualitySettings {
             seeds: 8,
             steps: 25,
             guidance: 7.5,
+            guidance_rescale: 0.0,
             seed: 1000,
         }
     }
@@ -175,6 +178,7 @@ fn sample(
             sampler: SamplerKind::Ddim,
             steps: s.steps,
             guidance: s.guidance,
+            guidance_rescale: s.guidance_rescale,
             init_noise: noise,
             attention_steps: steps,
             step_seed: s.seed,
