@@ -19,7 +19,8 @@ struct Progress {
 /// learning rates are constant after warm-up until the UNet's decay window, so the UNet's step
 /// count (and the decay length) may change while no finished step lay in either run's window
 /// (likewise the attention term's settings, before either run's first step with the term, and
-/// the loss weighting before the first UNet step):
+/// the UNet's learning rate, batch, warm-up, caption dropout and loss weighting before its
+/// first step):
 /// the continued run then equals an uninterrupted one with the new counts. The checkpoint
 /// interval and the step counts of later stages may always change.
 fn resumable(saved: &TrainSettings, new: &TrainSettings, stage: &str, step: usize) -> bool {
@@ -38,6 +39,11 @@ fn resumable(saved: &TrainSettings, new: &TrainSettings, stage: &str, step: usiz
         relaxed.unet_lr_decay_steps = new.unet_lr_decay_steps;
     }
     if unet_done == 0 {
+        // Nothing of the UNet stage exists yet.
+        relaxed.unet_lr = new.unet_lr;
+        relaxed.unet_batch = new.unet_batch;
+        relaxed.warmup_steps = new.warmup_steps;
+        relaxed.cfg_dropout = new.cfg_dropout;
         relaxed.min_snr_gamma = new.min_snr_gamma;
         relaxed.figure_edge_weight = new.figure_edge_weight;
         relaxed.zero_terminal_snr = new.zero_terminal_snr;
@@ -271,5 +277,17 @@ mod tests {
         zero_snr.zero_terminal_snr = true;
         assert!(resumable(&settings(4500, 1000), &zero_snr, "vae", 250));
         assert!(!resumable(&settings(4500, 1000), &zero_snr, "unet", 50));
+        // So may the UNet's learning rate, batch, warm-up and caption dropout.
+        let mut optimiser = settings(4500, 1000);
+        optimiser.unet_lr = 2e-3;
+        optimiser.unet_batch = 48;
+        optimiser.warmup_steps = 10;
+        optimiser.cfg_dropout = 0.2;
+        assert!(resumable(&settings(4500, 1000), &optimiser, "vae", 250));
+        assert!(!resumable(&settings(4500, 1000), &optimiser, "unet", 50));
+        // The VAE's own settings may not.
+        let mut vae = settings(4500, 1000);
+        vae.vae_lr = 2e-3;
+        assert!(!resumable(&settings(4500, 1000), &vae, "vae", 250));
     }
 }
