@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use fmn_core::StagingDir;
 use fmn_sd::embedding::TokenEmbedding;
 use fmn_sd::patch::Patch;
-use fmn_sd::pipeline::{seeded_noise, SampleRequest, StableDiffusion};
+use fmn_sd::pipeline::{check_guidance_rescale, seeded_noise, SampleRequest, StableDiffusion};
 use manifest::{ImageEntry, Manifest};
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,12 +24,7 @@ const STEP_SEED_OFFSET: u64 = 0x5EED_0000_0000;
 
 pub fn run(args: &Args) -> Result<()> {
     let prompts = args.prompts()?;
-    if !(0.0..=1.0).contains(&args.guidance_rescale) {
-        bail!(
-            "--guidance-rescale must lie in [0, 1] (a blend weight), got {}",
-            args.guidance_rescale
-        );
-    }
+    check_guidance_rescale(args.guidance_rescale).context("--guidance-rescale")?;
     let device = args.device()?;
     let model_dir = args.model_dir();
     let init = match &args.init_latents {

@@ -1,5 +1,5 @@
 //! One AdamW step (gradient norm, clipping, update) over a parameter set shaped like the toy
-//! world's UNet + text encoder: 4.9 M values, 3.2 M of them in the token-embedding table.
+//! world's UNet + text encoder: 4.8 M values, 3.2 M of them in the token-embedding table.
 //! `cargo bench -p fmn-sd --bench adamw`
 use candle_core::{Device, Tensor, Var};
 use fmn_sd::optim::{AdamW, AdamWConfig};

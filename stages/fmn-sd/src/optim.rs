@@ -126,17 +126,6 @@ impl AdamW {
         self.step
     }
 
-    /// The global L2 norm of the parameters' gradients (missing gradients count as zero).
-    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
-        let mut total = 0f64;
-        for p in &self.params {
-            if let Some(g) = grads.get(p.var.as_tensor()) {
-                total += squared_norm(g)?;
-            }
-        }
-        Ok(total.sqrt())
-    }
-
     /// One update. With `max_grad_norm`, gradients are first scaled so that their global norm
     /// is at most that value (`torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping.
     pub fn step(&mut self, grads: &GradStore, max_grad_norm: Option<f64>) -> Result<f64> {
@@ -226,8 +215,7 @@ impl AdamW {
     /// Restores what [`Self::state`] saved; every parameter's moments must be present.
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         for p in &mut self.params {
-            let mut loaded = Vec::with_capacity(2);
-            for key in [format!("m/{}", p.name), format!("v/{}", p.name)] {
+            let load = |key: String| -> Result<Tensor> {
                 let t = state
                     .get(&key)
                     .ok_or_else(|| SdError::Invalid(format!("optimizer state has no `{key}`")))?;
@@ -238,9 +226,10 @@ impl AdamW {
                         p.var.dims()
                     )));
                 }
-                loaded.push(t.to_dtype(p.var.dtype())?.to_device(p.var.device())?);
-            }
-            let (v, m) = (loaded.pop().unwrap(), loaded.pop().unwrap());
+                Ok(t.to_dtype(p.var.dtype())?.to_device(p.var.device())?)
+            };
+            let m = load(format!("m/{}", p.name))?;
+            let v = load(format!("v/{}", p.name))?;
             p.moments = match p.moments {
                 Moments::Host { .. } => Moments::Host {
                     m: m.flatten_all()?.to_vec1()?,

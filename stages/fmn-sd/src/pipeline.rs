@@ -181,6 +181,7 @@ impl StableDiffusion {
         req: &SampleRequest,
         mut on_step: impl FnMut(usize),
     ) -> Result<SampleOutput> {
+        check_guidance_rescale(req.guidance_rescale)?;
         let n = req.init_noise.dim(0)?;
         let cfg = req.guidance > 1.0;
         let cond = self.encode_prompts(&[req.prompt])?;
@@ -238,6 +239,17 @@ impl StableDiffusion {
             on_step(i);
         }
         Ok(SampleOutput { latents, attention })
+    }
+}
+
+/// A `guidance_rescale` weight must be a blend weight in [0, 1] (NaN is refused too).
+pub fn check_guidance_rescale(phi: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&phi) {
+        Ok(())
+    } else {
+        Err(SdError::Invalid(format!(
+            "guidance rescale must lie in [0, 1] (a blend weight), got {phi}"
+        )))
     }
 }
 

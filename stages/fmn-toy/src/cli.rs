@@ -491,12 +491,8 @@ fn quality(a: &QualityArgs) -> Result<ExitCode> {
     if settings.seeds == 0 || settings.steps == 0 {
         bail!("--seeds and --steps must be at least 1");
     }
-    if !(0.0..=1.0).contains(&settings.guidance_rescale) {
-        bail!(
-            "--guidance-rescale must lie in [0, 1], got {}",
-            settings.guidance_rescale
-        );
-    }
+    fmn_sd::pipeline::check_guidance_rescale(settings.guidance_rescale)
+        .context("--guidance-rescale")?;
     let bar = fmn_core::progress::bar(34, "prompts", a.quiet);
     let report = crate::quality::measure(&sd, &judge, &settings, |p| {
         bar.inc(1);

@@ -243,9 +243,6 @@ fn bad_settings_are_refused_naming_the_key_and_file() {
     }
 }
 
-/// One step of each stage, the batch whole and split across two threads: the reported losses
-/// (each computed before its stage's first update) agree to float rounding, including the
-/// attention term; and a split run is itself reproducible.
 /// A loss of a batch split across threads equals the whole batch's up to float rounding.
 fn assert_split_gives_whole(what: &str, whole: f64, split: f64) {
     assert!(
@@ -254,6 +251,9 @@ fn assert_split_gives_whole(what: &str, whole: f64, split: f64) {
     );
 }
 
+/// One step of each stage, the batch whole and split across two threads: the reported losses
+/// (each computed before its stage's first update) agree to float rounding, including the
+/// attention term; and a split run is itself reproducible.
 #[test]
 fn a_batch_split_across_threads_gives_the_whole_batch_step() {
     let one = TINY
