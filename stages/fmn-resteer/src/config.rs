@@ -88,7 +88,8 @@ pub struct ResteerConfig {
     /// Prompts whose cross-attention keys and values must stay where they were.
     pub preserve_prompts: Vec<String>,
     /// Weight of the term moving the K/V projections of the concept's prompts onto those of
-    /// its anchor prompts (the same prompts with the concept replaced by `anchor`); 0: off.
+    /// its anchor prompts (the same prompts with the concept replaced by `anchor`); with several
+    /// concepts it weighs the mean of their terms; 0: off.
     pub anchor_weight: f64,
     /// What replaces the concept in its anchor prompts ("" drops it: "a photo of bob" →
     /// "a photo of").

@@ -315,17 +315,17 @@ pub fn resteer(
         .filter_map(|c| c.anchor_rows.as_ref())
         .map(|(rows, anchor)| Ok((rows.clone(), anchor_offsets(rows, anchor, &kv_base)?)))
         .collect::<Result<Vec<_>, ResteerError>>()?;
+    // The anchor term is the mean of the concepts' terms: one preservation list then holds
+    // several concepts as firmly as one (summed, three concepts broke kiki in the toy world;
+    // BENCHMARKS.md).
+    let anchor_weight = cfg.anchor_weight / anchored.len().max(1) as f64;
     if cfg.solve_anchor {
         let rows: Vec<(Tensor, Tensor)> = concepts
             .iter()
             .filter_map(|c| c.anchor_rows.clone())
             .collect();
-        let map = anchor_solution_map(
-            &rows,
-            preserve.as_ref(),
-            cfg.anchor_weight,
-            cfg.preserve_weight,
-        )?;
+        let map =
+            anchor_solution_map(&rows, preserve.as_ref(), anchor_weight, cfg.preserve_weight)?;
         for (name, w) in kv_names.iter().zip(&kv_base) {
             if !trainable.set_full(name, &w.matmul(&map)?)? {
                 return Err(ResteerError::Input(format!(
@@ -413,7 +413,7 @@ pub fn resteer(
                 loss = (loss + (preservation(contexts, &deltas)? * cfg.preserve_weight)?)?;
             }
             for (rows, offsets) in &anchored {
-                loss = (loss + (anchoring(rows, &deltas, offsets)? * cfg.anchor_weight)?)?;
+                loss = (loss + (anchoring(rows, &deltas, offsets)? * anchor_weight)?)?;
             }
         }
         let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;

@@ -41,9 +41,10 @@ pub struct Args {
     /// Denoising steps.
     #[arg(long, default_value_t = 25)]
     pub steps: usize,
-    /// Classifier-free guidance scale (≤ 1 disables guidance).
-    #[arg(long, default_value_t = 7.5)]
-    pub guidance: f64,
+    /// Classifier-free guidance scale (≤ 1 disables guidance); default: the model folder's
+    /// `sampling_defaults.json` (4 for the shipped toy model), else 7.5.
+    #[arg(long)]
+    pub guidance: Option<f64>,
     /// Blend weight φ of the guided prediction rescaled to the conditional prediction's
     /// standard deviation (diffusers' `guidance_rescale`; Lin et al. suggest 0.7 for
     /// velocity-predicting models, which overshoot at high guidance otherwise); 0: off.

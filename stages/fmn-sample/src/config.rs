@@ -70,8 +70,8 @@ impl Args {
         if let (true, Some(v)) = (free("steps"), cfg.steps) {
             self.steps = v;
         }
-        if let (true, Some(v)) = (free("guidance"), cfg.guidance) {
-            self.guidance = v;
+        if free("guidance") && cfg.guidance.is_some() {
+            self.guidance = cfg.guidance;
         }
         if let (true, Some(v)) = (free("guidance_rescale"), cfg.guidance_rescale) {
             self.guidance_rescale = v;

@@ -14,6 +14,7 @@ use fmn_core::StagingDir;
 use fmn_sd::embedding::TokenEmbedding;
 use fmn_sd::patch::Patch;
 use fmn_sd::pipeline::{check_guidance_rescale, seeded_noise, SampleRequest, StableDiffusion};
+use fmn_sd::sampling_defaults::SamplingDefaults;
 use manifest::{ImageEntry, Manifest};
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,6 +28,10 @@ pub fn run(args: &Args) -> Result<()> {
     check_guidance_rescale(args.guidance_rescale).context("--guidance-rescale")?;
     let device = args.device()?;
     let model_dir = args.model_dir();
+    let guidance = match args.guidance {
+        Some(g) => g,
+        None => SamplingDefaults::load(&model_dir)?.guidance(),
+    };
     let init = match &args.init_latents {
         Some(path) => Some(load_init_latents(path, &device)?),
         None => None,
@@ -118,7 +123,7 @@ pub fn run(args: &Args) -> Result<()> {
                 negative_prompt: &args.negative_prompt,
                 sampler: args.scheduler,
                 steps: args.steps,
-                guidance: args.guidance,
+                guidance,
                 guidance_rescale: args.guidance_rescale,
                 init_noise: noise,
                 attention_steps: &attention_steps,
@@ -166,7 +171,7 @@ pub fn run(args: &Args) -> Result<()> {
         negative_prompt: args.negative_prompt.clone(),
         scheduler: args.scheduler.to_string(),
         steps: args.steps,
-        guidance: args.guidance,
+        guidance,
         guidance_rescale: args.guidance_rescale,
         width,
         height,

@@ -223,6 +223,18 @@ fn bad_inputs_fail_cleanly_naming_the_culprit() {
             "model_index.json",
         ),
         (
+            "bad sampling defaults",
+            Box::new(|d: &Path| {
+                std::fs::write(
+                    d.join("sampling_defaults.json"),
+                    r#"{"guidance_scale": -2}"#,
+                )
+                .unwrap()
+            }),
+            vec![],
+            "sampling_defaults.json",
+        ),
+        (
             "missing unet",
             Box::new(|d: &Path| std::fs::remove_dir_all(d.join("unet")).unwrap()),
             vec![],
@@ -549,5 +561,52 @@ fn a_config_file_supplies_options_and_flags_override_it() {
         ],
         &bad,
         "stepz",
+    );
+}
+
+#[test]
+fn guidance_comes_from_the_flag_then_the_config_then_the_model_folder_then_7_5() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    copy_dir(&fixtures().join("sd1-tiny"), &model);
+    let guidance_of = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a cat",
+            "--steps",
+            "1",
+            "--num-images",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let res = sample(&args);
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        m["guidance"].as_f64().unwrap()
+    };
+    assert_eq!(guidance_of("plain", &[]), 7.5);
+    std::fs::write(
+        model.join("sampling_defaults.json"),
+        r#"{"guidance_scale": 4.0}"#,
+    )
+    .unwrap();
+    assert_eq!(guidance_of("folder", &[]), 4.0);
+    let cfg = tmp.path().join("sample.yaml");
+    std::fs::write(&cfg, "guidance: 5.5\n").unwrap();
+    let cfg = cfg.to_str().unwrap();
+    assert_eq!(guidance_of("config", &["--config", cfg]), 5.5);
+    assert_eq!(
+        guidance_of("flag", &["--config", cfg, "--guidance", "6"]),
+        6.0
     );
 }

@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod probes;
 pub mod resnet;
 pub mod row_affine;
+pub mod sampling_defaults;
 pub mod scheduler;
 pub mod single_file;
 pub mod source;

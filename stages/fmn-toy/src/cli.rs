@@ -51,8 +51,10 @@ pub struct QualityArgs {
     /// DDIM steps.
     #[arg(long, default_value_t = 25)]
     pub steps: usize,
-    #[arg(long, default_value_t = 7.5)]
-    pub guidance: f64,
+    /// Classifier-free guidance scale (default: the model folder's `sampling_defaults.json`,
+    /// else 7.5).
+    #[arg(long)]
+    pub guidance: Option<f64>,
     /// Rescale the guided prediction towards the conditional one's standard deviation, as
     /// diffusers' `guidance_rescale` (0.7 suggested for velocity models; 0: off).
     #[arg(long, default_value_t = 0.0)]
@@ -484,7 +486,10 @@ fn quality(a: &QualityArgs) -> Result<ExitCode> {
     let settings = crate::quality::QualitySettings {
         seeds: a.seeds,
         steps: a.steps,
-        guidance: a.guidance,
+        guidance: match a.guidance {
+            Some(g) => g,
+            None => fmn_sd::sampling_defaults::SamplingDefaults::load(&dir)?.guidance(),
+        },
         guidance_rescale: a.guidance_rescale,
         seed: a.seed,
     };

@@ -371,4 +371,13 @@ fn zero_terminal_snr_exports_a_velocity_schedule_and_trains_on_the_velocity() {
     let sampler =
         fmn_sd::scheduler::build_sampler(fmn_sd::scheduler::SamplerKind::Ddim, &cfg, 25).unwrap();
     assert_eq!(sampler.timesteps()[0], 999.0);
+    // The velocity model tells fmn-sample to guide at 4; the epsilon one leaves diffusers' 7.5.
+    let guidance = |name: &str| {
+        let model = tmp.path().join(name).join("model");
+        fmn_sd::sampling_defaults::SamplingDefaults::load(&model)
+            .unwrap()
+            .guidance()
+    };
+    assert_eq!(guidance("velocity"), 4.0);
+    assert_eq!(guidance("epsilon"), 7.5);
 }

@@ -3,6 +3,7 @@ use super::architecture;
 use anyhow::{Context, Result};
 use candle_core::{Tensor, Var};
 use fmn_core::StagingDir;
+use fmn_sd::sampling_defaults::SamplingDefaults;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -27,6 +28,7 @@ pub fn export_model(
     vae: &[(String, Var)],
     scaling_factor: f64,
     scheduler_config: &serde_json::Value,
+    sampling: &SamplingDefaults,
     clip_tokenizer: &Path,
     training_record: &serde_json::Value,
 ) -> Result<()> {
@@ -49,6 +51,12 @@ pub fn export_model(
         &root.join("scheduler/scheduler_config.json"),
         scheduler_config,
     )?;
+    if *sampling != SamplingDefaults::default() {
+        write_json(
+            &root.join(fmn_sd::sampling_defaults::FILE_NAME),
+            &serde_json::to_value(sampling)?,
+        )?;
+    }
     write_json(
         &root.join("tokenizer/tokenizer_config.json"),
         &architecture::tokenizer_config(),

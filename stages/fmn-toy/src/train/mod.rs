@@ -297,6 +297,7 @@ pub fn train(
         &vae.vars,
         scaling_factor,
         &architecture::scheduler_config(settings.zero_terminal_snr),
+        &architecture::sampling_defaults(settings.zero_terminal_snr),
         clip_tokenizer,
         &record,
     )?;
