@@ -174,6 +174,46 @@ fn init_latents_reproduce_the_diffusers_ddim_run() {
     for (g, w) in png.as_raw().iter().zip(&want_img) {
         assert!((*g as f32 - w).abs() <= 1.0, "pixel {g} vs {w}");
     }
+
+    // diffusers' guidance_rescale = 0.7 on the same run (tests/fixtures/gen/make_rescale_fixture.py).
+    let rescaled_ref = candle_core::safetensors::load(
+        fixtures().join("sd1-tiny-rescale.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let want = &rescaled_ref["ddim_rescale_latents"];
+    let saved = tmp.path().join("rescaled.safetensors");
+    let out = tmp.path().join("out-rescaled");
+    let res = sample(&[
+        "--model",
+        fixtures().join("sd1-tiny").to_str().unwrap(),
+        "--prompt",
+        "a photo of a red circle",
+        "--steps",
+        "10",
+        "--guidance",
+        "7.5",
+        "--guidance-rescale",
+        "0.7",
+        "--init-latents",
+        init.to_str().unwrap(),
+        "--save-latents",
+        saved.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let rescaled = &candle_core::safetensors::load(&saved, &Device::Cpu).unwrap()["latents"];
+    let err = max_abs_diff(rescaled, want);
+    let effect = max_abs_diff(want, &reference["ddim_latents"]);
+    assert!(
+        err <= 1e-3 * scale && effect > 100.0 * err,
+        "rescaled vs diffusers {err}, rescale's own effect {effect}, scale {scale}"
+    );
 }
 
 /// Runs with a broken input: must fail with a message naming `needle`, no panic, no output.
