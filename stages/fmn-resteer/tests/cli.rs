@@ -54,6 +54,15 @@ fn resteer_ok(args: &[&str], extra: &[&Path]) -> Output {
     res
 }
 
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn sum_of_squares(t: &Tensor) -> f32 {
     t.sqr()
         .unwrap()
@@ -647,21 +656,7 @@ fn a_concept_listed_twice_is_solved_like_the_concept_alone() {
     assert_eq!(single.len(), twice.len());
     for (name, a) in &single {
         let b = &twice[name];
-        let scale = a
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let (scale, diff) = (max_abs(a), max_abs(&(a - b).unwrap()));
         assert!(
             scale > 0.0 && diff <= 1e-3 * scale,
             "{name}: |Δ| {diff}, scale {scale}"

@@ -14,7 +14,7 @@ use fmn_core::StagingDir;
 use fmn_sd::embedding::TokenEmbedding;
 use fmn_sd::patch::Patch;
 use fmn_sd::pipeline::{check_guidance_rescale, seeded_noise, SampleRequest, StableDiffusion};
-use fmn_sd::sampling_defaults::SamplingDefaults;
+use fmn_sd::sampling_defaults::resolve_guidance;
 use manifest::{ImageEntry, Manifest};
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,10 +28,7 @@ pub fn run(args: &Args) -> Result<()> {
     check_guidance_rescale(args.guidance_rescale).context("--guidance-rescale")?;
     let device = args.device()?;
     let model_dir = args.model_dir();
-    let guidance = match args.guidance {
-        Some(g) => g,
-        None => SamplingDefaults::load(&model_dir)?.guidance(),
-    };
+    let guidance = resolve_guidance(args.guidance, &model_dir)?;
     let init = match &args.init_latents {
         Some(path) => Some(load_init_latents(path, &device)?),
         None => None,

@@ -122,32 +122,41 @@ fn init_latents_reproduce_the_diffusers_ddim_run() {
         &init,
     )
     .unwrap();
-    let saved = tmp.path().join("final.safetensors");
+    let model = fixtures().join("sd1-tiny");
+    // The fixture's DDIM run (10 steps, guidance 7.5) from `init` into `out/`, plus `extra`
+    // flags; returns the final latents.
+    let ddim_run = |out: &str, extra: &[&str]| {
+        let saved = tmp.path().join(format!("{out}.safetensors"));
+        let out = tmp.path().join(out);
+        let mut args = vec![
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a photo of a red circle",
+            "--scheduler",
+            "ddim",
+            "--steps",
+            "10",
+            "--guidance",
+            "7.5",
+            "--init-latents",
+            init.to_str().unwrap(),
+            "--save-latents",
+            saved.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let res = sample(&args);
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        candle_core::safetensors::load(&saved, &Device::Cpu).unwrap()["latents"].clone()
+    };
+    let got = ddim_run("out", &[]);
     let out = tmp.path().join("out");
-    let res = sample(&[
-        "--model",
-        fixtures().join("sd1-tiny").to_str().unwrap(),
-        "--prompt",
-        "a photo of a red circle",
-        "--scheduler",
-        "ddim",
-        "--steps",
-        "10",
-        "--guidance",
-        "7.5",
-        "--init-latents",
-        init.to_str().unwrap(),
-        "--save-latents",
-        saved.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    let got = candle_core::safetensors::load(&saved, &Device::Cpu).unwrap();
     let want = &reference["ddim_latents"];
     let scale: f32 = want
         .abs()
@@ -158,7 +167,7 @@ fn init_latents_reproduce_the_diffusers_ddim_run() {
         .unwrap()
         .to_scalar()
         .unwrap();
-    assert!(max_abs_diff(&got["latents"], want) <= 1e-3 * scale);
+    assert!(max_abs_diff(&got, want) <= 1e-3 * scale);
     let png = image::open(out.join("p000_n00.png")).unwrap().to_rgb8();
     let want_img = (reference["ddim_image"]
         .get(0)
@@ -182,32 +191,7 @@ fn init_latents_reproduce_the_diffusers_ddim_run() {
     )
     .unwrap();
     let want = &rescaled_ref["ddim_rescale_latents"];
-    let saved = tmp.path().join("rescaled.safetensors");
-    let out = tmp.path().join("out-rescaled");
-    let res = sample(&[
-        "--model",
-        fixtures().join("sd1-tiny").to_str().unwrap(),
-        "--prompt",
-        "a photo of a red circle",
-        "--steps",
-        "10",
-        "--guidance",
-        "7.5",
-        "--guidance-rescale",
-        "0.7",
-        "--init-latents",
-        init.to_str().unwrap(),
-        "--save-latents",
-        saved.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    let rescaled = &candle_core::safetensors::load(&saved, &Device::Cpu).unwrap()["latents"];
+    let rescaled = &ddim_run("out-rescaled", &["--guidance-rescale", "0.7"]);
     let err = max_abs_diff(rescaled, want);
     let effect = max_abs_diff(want, &reference["ddim_latents"]);
     assert!(

@@ -45,6 +45,15 @@ impl SamplingDefaults {
     }
 }
 
+/// The guidance a user `given` (flag or config), else `model`'s folder default, else 7.5; the
+/// folder's file is only read when nothing was given.
+pub fn resolve_guidance(given: Option<f64>, model: &Path) -> Result<f64> {
+    match given {
+        Some(g) => Ok(g),
+        None => Ok(SamplingDefaults::load(model)?.guidance()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -486,10 +486,7 @@ fn quality(a: &QualityArgs) -> Result<ExitCode> {
     let settings = crate::quality::QualitySettings {
         seeds: a.seeds,
         steps: a.steps,
-        guidance: match a.guidance {
-            Some(g) => g,
-            None => fmn_sd::sampling_defaults::SamplingDefaults::load(&dir)?.guidance(),
-        },
+        guidance: fmn_sd::sampling_defaults::resolve_guidance(a.guidance, &dir)?,
         guidance_rescale: a.guidance_rescale,
         seed: a.seed,
     };
