@@ -1,5 +1,9 @@
-//! Loading YAML config files into typed settings; unknown keys are errors.
+//! Settings from three layers, each later one winning key by key: the settings type's own
+//! defaults, a YAML config file, and the flags given on the command line. Every stage merges
+//! its settings with [`merge`]; unknown keys are errors naming the key and the file.
 use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_yaml::{Mapping, Value};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -12,17 +16,70 @@ pub enum ConfigError {
     },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("command-line flags: {0}")]
+    Flags(String),
 }
 
 /// Parses `path` into `T`. Give `T` `#[serde(deny_unknown_fields)]` so that a misspelt key is
 /// reported (by name, with its line) instead of silently ignored.
 pub fn load_yaml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = read(path)?;
+    serde_yaml::from_str(&text).map_err(|e| parse_error(path, e))
+}
+
+/// `T` from its defaults (`#[serde(default)]` on `T`), overridden by the keys of the YAML
+/// file `file` (if any), overridden by `flags`: any serialisable value whose map entries are
+/// setting keys; entries that serialise to `null` (an `Option` flag not given) are skipped,
+/// so a flag that was not given leaves the file's value in place. Keys are replaced whole
+/// (a list from the flags replaces the file's list).
+pub fn merge<T: DeserializeOwned>(
+    file: Option<&Path>,
+    flags: &impl Serialize,
+) -> Result<T, ConfigError> {
+    let mut merged = match file {
+        Some(path) => {
+            let text = read(path)?;
+            let value: Value = serde_yaml::from_str(&text).map_err(|e| parse_error(path, e))?;
+            // Checked alone first, so that a bad key or value is reported against the file.
+            serde_yaml::from_value::<T>(value.clone()).map_err(|e| parse_error(path, e))?;
+            match value {
+                Value::Mapping(m) => m,
+                Value::Null => Mapping::new(),
+                _ => {
+                    return Err(ConfigError::Parse {
+                        path: path.to_path_buf(),
+                        message: "expected a mapping of setting keys".into(),
+                    })
+                }
+            }
+        }
+        None => Mapping::new(),
+    };
+    let flags = serde_yaml::to_value(flags).map_err(|e| ConfigError::Flags(e.to_string()))?;
+    match flags {
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                if !v.is_null() {
+                    merged.insert(k, v);
+                }
+            }
+        }
+        Value::Null => {}
+        _ => return Err(ConfigError::Flags("flags must serialise to a map".into())),
+    }
+    serde_yaml::from_value(Value::Mapping(merged)).map_err(|e| ConfigError::Flags(e.to_string()))
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+    })
+}
+
+fn parse_error(path: &Path, e: serde_yaml::Error) -> ConfigError {
+    ConfigError::Parse {
         path: path.to_path_buf(),
         message: e.to_string(),
-    })
+    }
 }

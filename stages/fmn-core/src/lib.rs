@@ -1,13 +1,16 @@
-//! What every fmn stage shares: atomic output, YAML config loading, progress bars, logging, shards.
+//! What every fmn stage shares: the command-line conventions, atomic output, settings from
+//! config files and flags, progress bars, logging, shards, image files.
 pub mod allocator;
 pub mod atomic;
+pub mod cli;
 pub mod config;
+pub mod images;
 pub mod logging;
 pub mod progress;
 pub mod shard;
 
 pub use atomic::{write_atomic, write_json_atomic, StagingDir};
-pub use config::{load_yaml, ConfigError};
+pub use config::{load_yaml, merge, ConfigError};
 pub use shard::Shard;
 
 /// The fmn version written into every output's metadata.

@@ -3,7 +3,7 @@
 //! attention mass, and a heat map of where its tokens are attended.
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, IndexOp, Tensor, D};
-use fmn_sd::tokenizer::ClipTokenizer;
+use fmn_sd::io::tokenizer::ClipTokenizer;
 use image::{ImageBuffer, Luma, RgbImage};
 use std::path::Path;
 

@@ -8,7 +8,7 @@ use crate::judge::{self, Judge};
 use crate::samples::{self, Pair, SampleDir};
 use crate::suite::{Group, Suite};
 use anyhow::{bail, Context, Result};
-use fmn_sd::tokenizer::ClipTokenizer;
+use fmn_sd::io::tokenizer::ClipTokenizer;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 

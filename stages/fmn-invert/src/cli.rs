@@ -4,9 +4,9 @@ use crate::{invert, RunOptions};
 use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::Parser;
-use fmn_sd::checkpoint::{folder_for, Checkpoint};
-use fmn_sd::embedding::EmbeddingLayout;
-use fmn_sd::pipeline::StableDiffusion;
+use fmn_sd::io::embedding::EmbeddingLayout;
+use fmn_sd::sample::pipeline::StableDiffusion;
+use fmn_sd::train::checkpoint::{folder_for, Checkpoint};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,12 +14,8 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "fmn-invert", version)]
 pub struct Args {
-    /// Diffusers model folder or single-file .safetensors checkpoint (SD 1.x/2.x, original
-    /// layout); default: the shipped toy model.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
     #[command(flatten)]
-    pub source: fmn_sd::source::SourceArgs,
+    pub model: fmn_sd_args::ModelArgs,
     /// Settings (keys as in configs/invert/*.yaml); the flags below override them.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -122,14 +118,11 @@ impl Args {
 
 pub fn run(args: &Args) -> Result<ExitCode> {
     let cfg = args.settings()?;
-    let model_dir = args
-        .model
-        .clone()
-        .unwrap_or_else(fmn_core::default_model_dir);
+    let model_dir = args.model.path();
     let device = fmn_sd::device::from_name(&args.device)?;
     let model = args
-        .source
-        .open(&model_dir)
+        .model
+        .open()
         .and_then(|source| StableDiffusion::load_source(&source, &device, DType::F32, &[]))
         .with_context(|| format!("cannot load the model {}", model_dir.display()))?;
     let ckpt = folder_for(&args.out);

@@ -2,9 +2,9 @@
 //! original's `initializer_tokens` (`word`, `<rand-σ>`, `<zero>`, or a token id).
 use crate::InvertError;
 use candle_core::{DType, Device, Tensor};
-use fmn_sd::clip::ClipTextModel;
-use fmn_sd::noise::NoiseRng;
-use fmn_sd::tokenizer::ClipTokenizer;
+use fmn_ops::noise::NoiseRng;
+use fmn_sd::io::tokenizer::ClipTokenizer;
+use fmn_sd::models::clip::ClipTextModel;
 
 /// One initialiser, parsed.
 #[derive(Debug, Clone, PartialEq)]

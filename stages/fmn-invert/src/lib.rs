@@ -7,7 +7,7 @@ pub mod init;
 pub mod train;
 
 pub use config::{InvertConfig, Kind};
-pub use fmn_sd::checkpoint::RunOptions;
+pub use fmn_sd::train::checkpoint::RunOptions;
 pub use train::{invert, InvertReport, Inverted};
 
 #[derive(Debug, thiserror::Error)]

@@ -4,13 +4,13 @@ use crate::config::InvertConfig;
 use crate::init::Initializer;
 use crate::InvertError;
 use candle_core::{DType, Device, Tensor, Var};
-use fmn_sd::checkpoint::RunOptions;
-use fmn_sd::embedding::{token_table_fingerprint, EmbeddingMeta, TokenEmbedding};
-use fmn_sd::noise::NoiseRng;
-use fmn_sd::optim::{AdamW, AdamWConfig};
-use fmn_sd::pipeline::StableDiffusion;
-use fmn_sd::scheduler::training::NoiseSchedule;
-use fmn_sd::training_images::{resize_mask, TrainingImages};
+use fmn_ops::noise::NoiseRng;
+use fmn_sd::io::embedding::{token_table_fingerprint, EmbeddingMeta, TokenEmbedding};
+use fmn_sd::sample::pipeline::StableDiffusion;
+use fmn_sd::train::checkpoint::RunOptions;
+use fmn_sd::train::images::{resize_mask, TrainingImages};
+use fmn_sd::train::noise_schedule::NoiseSchedule;
+use fmn_sd::train::optim::{AdamW, AdamWConfig};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]

@@ -2,7 +2,7 @@
 //! their metadata and the model is untouched; bad input fails
 //! before training and writes nothing; a killed run resumes to the same embedding.
 use candle_core::{DType, Device};
-use fmn_sd::embedding::TokenEmbedding;
+use fmn_sd::io::embedding::TokenEmbedding;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -80,7 +80,7 @@ fn writes_only_the_new_tokens_and_leaves_the_model_alone() {
         "the model's files are not modified"
     );
 
-    let raw = fmn_sd::weights::load_tensors(&out, DType::F32, &Device::Cpu).unwrap();
+    let raw = fmn_sd::io::weights::load_tensors(&out, DType::F32, &Device::Cpu).unwrap();
     let mut keys: Vec<_> = raw.keys().cloned().collect();
     keys.sort();
     assert_eq!(
@@ -108,7 +108,8 @@ fn writes_only_the_new_tokens_and_leaves_the_model_alone() {
         assert!((n - 0.4).abs() < 1e-4, "norm {n}");
     }
     // The dog-initialised token trained away from dog's row (other rows are not in the file).
-    let sd = fmn_sd::pipeline::StableDiffusion::load(&model(), &Device::Cpu, DType::F32).unwrap();
+    let sd = fmn_sd::sample::pipeline::StableDiffusion::load(&model(), &Device::Cpu, DType::F32)
+        .unwrap();
     let dog = sd.tokenizer.tokenize("dog").unwrap()[0] as usize;
     let dog_row = sd.text_encoder.token_embedding_table().get(dog).unwrap();
     let moved: f32 = (e.vectors.get(0).unwrap() - dog_row)
@@ -131,7 +132,7 @@ fn writes_only_the_new_tokens_and_leaves_the_model_alone() {
         "{}",
         String::from_utf8_lossy(&res.stderr)
     );
-    let raw = fmn_sd::weights::load_tensors(&a1111, DType::F32, &Device::Cpu).unwrap();
+    let raw = fmn_sd::io::weights::load_tensors(&a1111, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(raw["emb_params"].dims(), &[2, 32]);
 }
 

@@ -3,8 +3,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 use fmn_invert::init::Initializer;
 use fmn_invert::train::{decay_norms, denoising_loss, loss_weights, objective, Denoising};
-use fmn_sd::noise::NoiseRng;
-use fmn_sd::pipeline::StableDiffusion;
+use fmn_ops::noise::NoiseRng;
+use fmn_sd::sample::pipeline::StableDiffusion;
 use std::path::{Path, PathBuf};
 
 fn model_dir() -> PathBuf {

@@ -3,8 +3,9 @@
 //! rewritten there (same names, same dtypes), and the folder renamed into place at the end.
 use anyhow::{bail, Context, Result};
 use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor};
+use fmn_core::cli::OutputArgs;
 use fmn_core::StagingDir;
-use fmn_sd::patch::{apply_to_component, check_components, Patch, COMPONENTS};
+use fmn_sd::io::patch::{apply_to_component, check_components, Patch, COMPONENTS};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 /// The record of what was applied, written into the output folder.
 pub const RECORD: &str = "fmn_patches.json";
 
-pub fn run(inputs: &[PathBuf], model: &Path, out: &Path, as_json: bool) -> Result<ExitCode> {
+pub fn run(inputs: &[PathBuf], model: &Path, out: &Path, output: &OutputArgs) -> Result<ExitCode> {
     if !model.join("model_index.json").is_file() {
         bail!(
             "{}: not a diffusers model folder (model_index.json is missing)",
@@ -44,7 +45,7 @@ pub fn run(inputs: &[PathBuf], model: &Path, out: &Path, as_json: bool) -> Resul
         if !patches.iter().any(|p| p.touches(component)) {
             continue;
         }
-        let file = fmn_sd::weights::find_weights_file(&model.join(folder), stem)?;
+        let file = fmn_sd::io::weights::find_weights_file(&model.join(folder), stem)?;
         let rel = file.strip_prefix(model).unwrap_or(&file).to_path_buf();
         let n = patch_file(&file, &staging.path().join(&rel), component, &patches)
             .with_context(|| format!("cannot apply {} to {}", names.join(", "), model.display()))?;
@@ -59,9 +60,9 @@ pub fn run(inputs: &[PathBuf], model: &Path, out: &Path, as_json: bool) -> Resul
     let out = staging
         .commit_replace()
         .with_context(|| format!("cannot move the patched model into {}", out.display()))?;
-    if as_json {
+    if output.json {
         println!("{}", serde_json::to_string(&record)?);
-    } else {
+    } else if !output.quiet {
         for s in &summary {
             eprintln!("{}: {} tensors patched", s["file"], s["tensors"]);
         }
@@ -75,19 +76,19 @@ pub fn run(inputs: &[PathBuf], model: &Path, out: &Path, as_json: bool) -> Resul
 /// unchanged. The record of what was applied goes into the file's metadata (`fmn_patches`).
 pub fn run_single_file(
     inputs: &[PathBuf],
-    model: &Path,
-    source: &fmn_sd::source::SourceArgs,
+    model_args: &fmn_sd_args::ModelArgs,
     out: &Path,
-    as_json: bool,
+    output: &OutputArgs,
 ) -> Result<ExitCode> {
+    let model = &model_args.path();
     crate::refuse_overwrite(out, &[model])?;
     let patches = inputs
         .iter()
         .map(|p| crate::load_patch(p))
         .collect::<Result<Vec<_>>>()?;
-    let file = match source.open(model)? {
-        fmn_sd::source::ModelSource::SingleFile(f) => f,
-        fmn_sd::source::ModelSource::Folder { .. } => {
+    let file = match model_args.open()? {
+        fmn_sd::io::source::ModelSource::SingleFile(f) => f,
+        fmn_sd::io::source::ModelSource::Folder { .. } => {
             bail!(
                 "{} is a diffusers folder, not a single file",
                 model.display()
@@ -103,12 +104,12 @@ pub fn run_single_file(
     let n = file
         .write_patched(out, &patches, &metadata)
         .with_context(|| format!("cannot apply {} to {}", names.join(", "), model.display()))?;
-    if as_json {
+    if output.json {
         let mut record = record;
         record["tensors_rewritten"] = json!(n);
         record["out"] = json!(out.display().to_string());
         println!("{}", serde_json::to_string(&record)?);
-    } else {
+    } else if !output.quiet {
         eprintln!(
             "{n} checkpoint tensors patched; wrote {} (original single-file layout)",
             out.display()
@@ -135,11 +136,11 @@ fn applied_record(model: &Path, inputs: &[PathBuf], patches: &[Patch]) -> serde_
 /// Rewrites the weights file `src` to `dst` with `patches` added to `component`'s tensors,
 /// keeping every tensor's dtype and the file's metadata.
 fn patch_file(src: &Path, dst: &Path, component: &str, patches: &[Patch]) -> Result<usize> {
-    fmn_sd::weights::validate_safetensors(src)?;
+    fmn_sd::io::weights::validate_safetensors(src)?;
     // SAFETY: the base model is read-only input; its files are not modified while mapped.
     let st = unsafe { MmapedSafetensors::new(src) }
         .with_context(|| format!("cannot read {}", src.display()))?;
-    let metadata = fmn_sd::weights::read_metadata(src)?;
+    let metadata = fmn_sd::io::weights::read_metadata(src)?;
     let mut weights: HashMap<String, Tensor> = HashMap::new();
     let mut dtypes: HashMap<String, DType> = HashMap::new();
     for (name, _) in st.tensors() {
@@ -157,7 +158,7 @@ fn patch_file(src: &Path, dst: &Path, component: &str, patches: &[Patch]) -> Res
             Ok((k, t.to_dtype(dtype)?))
         })
         .collect::<Result<HashMap<_, _>>>()?;
-    fmn_sd::weights::save_safetensors_atomic(dst, &weights, metadata)
+    fmn_sd::io::weights::save_safetensors_atomic(dst, &weights, metadata)
         .with_context(|| format!("cannot write {}", dst.display()))?;
     Ok(n)
 }
@@ -188,8 +189,8 @@ fn copy_tree(src: &Path, dst: &Path, rel: &Path, rewritten: &[(PathBuf, &str)]) 
         });
         if skip {
             if !rewritten.iter().any(|(file, _)| rel_child == *file) {
-                eprintln!(
-                    "warning: {} left out of the output (another weights variant of a patched component)",
+                tracing::warn!(
+                    "{} left out of the output (another weights variant of a patched component)",
                     rel_child.display()
                 );
             }

@@ -1,6 +1,10 @@
-//! Command-line options of `fmn-patch`.
+//! The `fmn-patch` command line.
+use crate::{apply, inspect, lora, merge};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fmn_core::cli::{OutputArgs, StageArgs};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// Inspect, merge, apply and LoRA-compress fmn weight patches (`fmn-patch/1` safetensors files).
 #[derive(Debug, Parser)]
@@ -8,12 +12,14 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Print a machine-readable summary as JSON on stdout.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// Log details on stderr.
-    #[arg(long, short, global = true)]
-    pub verbose: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+impl StageArgs for Cli {
+    fn output(&self) -> &OutputArgs {
+        &self.output
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,12 +46,8 @@ pub enum Command {
         /// The patches, applied together.
         #[arg(required = true)]
         patches: Vec<PathBuf>,
-        /// The base model: a diffusers folder (with model_index.json) or a single-file
-        /// .safetensors checkpoint.
-        #[arg(long)]
-        model: PathBuf,
         #[command(flatten)]
-        source: fmn_sd::source::SourceArgs,
+        model: fmn_sd_args::ModelArgs,
         /// What to write; default: the base model's own layout. `single-file` needs a
         /// single-file base.
         #[arg(long, value_enum)]
@@ -91,4 +93,47 @@ pub enum ApplyFormat {
 pub enum LoraDtype {
     F16,
     F32,
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> Result<ExitCode> {
+    execute(&fmn_core::cli::parse::<Cli>())
+}
+
+pub fn execute(cli: &Cli) -> Result<ExitCode> {
+    let output = &cli.output;
+    match &cli.command {
+        Command::Inspect { patch } => inspect::run(patch, output),
+        Command::Merge { patches, out } => merge::run(patches, out, output),
+        Command::Lora(args) => lora::run(args, output),
+        Command::Apply {
+            patches,
+            model,
+            format,
+            out,
+        } => {
+            let path = model.path();
+            let format = format.unwrap_or(if path.is_dir() {
+                ApplyFormat::Diffusers
+            } else {
+                ApplyFormat::SingleFile
+            });
+            match (format, path.is_dir()) {
+                (ApplyFormat::Diffusers, true) => apply::run(patches, &path, out, output),
+                (ApplyFormat::SingleFile, false) => {
+                    apply::run_single_file(patches, model, out, output)
+                }
+                (ApplyFormat::SingleFile, true) => anyhow::bail!(
+                    "--format single-file needs a single-file --model; {} is a diffusers folder \
+                     (converting a folder to the original layout is not supported)",
+                    path.display()
+                ),
+                (ApplyFormat::Diffusers, false) => anyhow::bail!(
+                    "--format diffusers needs a diffusers folder as --model; {} is a file \
+                     (use --format single-file to patch a single-file checkpoint)",
+                    path.display()
+                ),
+            }
+        }
+    }
 }

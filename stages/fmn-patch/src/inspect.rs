@@ -1,11 +1,12 @@
 //! `fmn-patch inspect`.
 use anyhow::Result;
+use fmn_core::cli::OutputArgs;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn run(path: &Path, as_json: bool) -> Result<ExitCode> {
+pub fn run(path: &Path, output: &OutputArgs) -> Result<ExitCode> {
     let patch = crate::load_patch(path)?;
     let m = &patch.meta;
     let mut per_component: BTreeMap<&str, usize> = BTreeMap::new();
@@ -21,7 +22,7 @@ pub fn run(path: &Path, as_json: bool) -> Result<ExitCode> {
         .collect();
     let summary = json!({
         "file": path.display().to_string(),
-        "format": fmn_sd::patch::FORMAT,
+        "format": fmn_sd::io::patch::FORMAT,
         "fmn_version": m.fmn_version,
         "concepts": m.concepts,
         "num_tensors": patch.deltas.len(),
@@ -33,9 +34,9 @@ pub fn run(path: &Path, as_json: bool) -> Result<ExitCode> {
         "settings": m.settings,
         "tensors": tensors,
     });
-    if as_json {
+    if output.json {
         println!("{}", serde_json::to_string(&summary)?);
-    } else {
+    } else if !output.quiet {
         eprintln!("patch {} (made by fmn {})", path.display(), m.fmn_version);
         for c in &m.concepts {
             eprintln!("  concept: {} ({})", c.name, c.kind);

@@ -9,7 +9,8 @@ use crate::cli::{LoraArgs, LoraDtype};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use faer::Mat;
-use fmn_sd::patch::Patch;
+use fmn_core::cli::OutputArgs;
+use fmn_sd::io::patch::Patch;
 use serde::Serialize;
 use serde_json::json;
 use std::collections::HashMap;
@@ -222,7 +223,7 @@ pub fn lora_tensors(patch: &Patch, choice: RankChoice, dtype: DType) -> Result<L
     })
 }
 
-pub fn run(args: &LoraArgs, as_json: bool) -> Result<ExitCode> {
+pub fn run(args: &LoraArgs, output: &OutputArgs) -> Result<ExitCode> {
     let choice = match (args.rank, args.energy) {
         (Some(0), _) => bail!("--rank must be at least 1"),
         (Some(r), _) => RankChoice::Fixed(r),
@@ -256,7 +257,7 @@ pub fn run(args: &LoraArgs, as_json: bool) -> Result<ExitCode> {
             );
         }
         for s in &list {
-            eprintln!("warning: left out of the LoRA: {s}");
+            tracing::warn!("left out of the LoRA: {s}");
         }
     }
     if tensors.is_empty() {
@@ -275,13 +276,13 @@ pub fn run(args: &LoraArgs, as_json: bool) -> Result<ExitCode> {
         ),
         ("fmn_version".to_string(), fmn_core::VERSION.to_string()),
     ]);
-    fmn_sd::weights::save_safetensors_atomic(&args.out, &tensors, Some(metadata))
+    fmn_sd::io::weights::save_safetensors_atomic(&args.out, &tensors, Some(metadata))
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     let size_bytes: usize = tensors
         .values()
         .map(|t| t.elem_count() * t.dtype().size_in_bytes())
         .sum();
-    if as_json {
+    if output.json {
         let summary = json!({
             "out": args.out.display().to_string(),
             "tensors": reports,
@@ -290,7 +291,7 @@ pub fn run(args: &LoraArgs, as_json: bool) -> Result<ExitCode> {
             "patch_size_bytes": patch.size_bytes(),
         });
         println!("{}", serde_json::to_string(&summary)?);
-    } else {
+    } else if !output.quiet {
         for r in &reports {
             eprintln!(
                 "{:<80} {:?} rank {:>4}  rel. error {:.3e}",

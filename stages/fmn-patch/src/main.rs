@@ -1,14 +1,3 @@
-use clap::Parser;
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
-    let cli = fmn_patch::Cli::parse();
-    fmn_core::logging::init(cli.verbose);
-    match fmn_patch::run(&cli) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    fmn_core::cli::exit(fmn_patch::cli::run())
 }

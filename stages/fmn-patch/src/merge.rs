@@ -1,11 +1,12 @@
 //! `fmn-patch merge`.
 use anyhow::{Context, Result};
-use fmn_sd::patch::Patch;
+use fmn_core::cli::OutputArgs;
+use fmn_sd::io::patch::Patch;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub fn run(inputs: &[PathBuf], out: &Path, as_json: bool) -> Result<ExitCode> {
+pub fn run(inputs: &[PathBuf], out: &Path, output: &OutputArgs) -> Result<ExitCode> {
     crate::refuse_overwrite(out, inputs)?;
     let patches = inputs
         .iter()
@@ -26,9 +27,9 @@ pub fn run(inputs: &[PathBuf], out: &Path, as_json: bool) -> Result<ExitCode> {
         "size_bytes": merged.size_bytes(),
         "base_fingerprint": merged.meta.base_fingerprint,
     });
-    if as_json {
+    if output.json {
         println!("{}", serde_json::to_string(&summary)?);
-    } else {
+    } else if !output.quiet {
         eprintln!(
             "merged {} patches ({}) into {}: {} tensors",
             inputs.len(),

@@ -1,6 +1,6 @@
 //! Runs the real `fmn-patch` binary on temporary folders.
 use candle_core::{DType, Device, Tensor};
-use fmn_sd::patch::{Concept, Patch};
+use fmn_sd::io::patch::{Concept, Patch};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -452,9 +452,11 @@ fn apply_writes_a_patched_model_folder() {
 
     // Sampling from the written folder equals sampling with --patch... is checked in
     // fmn-sample's tests; here: the written folder loads and its UNet differs from the base.
-    let base = fmn_sd::pipeline::StableDiffusion::load(&model, &Device::Cpu, DType::F32).unwrap();
-    let patched = fmn_sd::pipeline::StableDiffusion::load(&out, &Device::Cpu, DType::F32).unwrap();
-    let via_patch = fmn_sd::pipeline::StableDiffusion::load_with_patches(
+    let base =
+        fmn_sd::sample::pipeline::StableDiffusion::load(&model, &Device::Cpu, DType::F32).unwrap();
+    let patched =
+        fmn_sd::sample::pipeline::StableDiffusion::load(&out, &Device::Cpu, DType::F32).unwrap();
+    let via_patch = fmn_sd::sample::pipeline::StableDiffusion::load_with_patches(
         &model,
         &Device::Cpu,
         DType::F32,
@@ -484,7 +486,7 @@ fn apply_refuses_a_patch_for_another_base() {
     v[0] += 0.5;
     let shape = tensors[name].dims().to_vec();
     tensors.insert(name.to_string(), t(&v, &shape));
-    fmn_sd::weights::save_safetensors_atomic(&file, &tensors, None).unwrap();
+    fmn_sd::io::weights::save_safetensors_atomic(&file, &tensors, None).unwrap();
 
     let patch = fixtures().join("patch/sd1-tiny-forget.safetensors");
     let out = tmp.path().join("patched");
@@ -569,7 +571,7 @@ fn lora_file_matches_diffusers_load_lora_weights() {
     }
     let lr =
         Patch::from_deltas(&base, low_rank, vec![], serde_json::json!({}), DType::F32).unwrap();
-    let m = fmn_sd::pipeline::StableDiffusion::load_with_patches(
+    let m = fmn_sd::sample::pipeline::StableDiffusion::load_with_patches(
         &model,
         &Device::Cpu,
         DType::F32,
@@ -649,8 +651,8 @@ fn apply_keeps_fp16_variant_files() {
 /// under their original key names in the file's fp16, the rest is copied, and the file loads.
 #[test]
 fn apply_writes_a_single_file_checkpoint() {
-    use fmn_sd::single_file::SingleFile;
-    use fmn_sd::source::SourceOptions;
+    use fmn_sd::io::single_file::SingleFile;
+    use fmn_sd::io::source::SourceOptions;
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = fixtures().join("single-file/sd1-tiny.safetensors");
     let opts = SourceOptions {

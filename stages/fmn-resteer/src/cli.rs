@@ -4,7 +4,7 @@ use crate::{resteer, Model, RunOptions};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::Parser;
-use fmn_sd::patch::{Concept, Patch};
+use fmn_sd::io::patch::{Concept, Patch};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,12 +13,8 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "fmn-resteer", version)]
 pub struct Args {
-    /// Diffusers model folder or single-file .safetensors checkpoint (SD 1.x/2.x, original
-    /// layout); default: the shipped toy model.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
     #[command(flatten)]
-    pub source: fmn_sd::source::SourceArgs,
+    pub model: fmn_sd_args::ModelArgs,
     /// Settings (keys as in configs/resteer/*.yaml); the flags below override them.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -152,14 +148,11 @@ impl Args {
 
 pub fn run(args: &Args) -> Result<ExitCode> {
     let cfg = args.settings()?;
-    let model_dir = args
-        .model
-        .clone()
-        .unwrap_or_else(fmn_core::default_model_dir);
+    let model_dir = args.model.path();
     let device = fmn_sd::device::from_name(&args.device)?;
     let model = args
-        .source
-        .open(&model_dir)
+        .model
+        .open()
         .and_then(|source| Model::load(&source, &device))
         .with_context(|| format!("cannot load the model {}", model_dir.display()))?;
     let delta_dtype = if cfg.delta_dtype == "f32" {
@@ -167,7 +160,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     } else {
         DType::F16
     };
-    let ckpt = fmn_sd::checkpoint::folder_for(&args.out);
+    let ckpt = fmn_sd::train::checkpoint::folder_for(&args.out);
     let bar = fmn_core::progress::bar(cfg.max_train_steps as u64, "re-steering", args.quiet);
     let mut on_step = |step: usize, loss: f64| {
         bar.set_position(step as u64 + 1);
@@ -201,7 +194,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .save(&args.out)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     if args.checkpoint_every > 0 || args.resume {
-        fmn_sd::checkpoint::Checkpoint::new(&ckpt, serde_json::Value::Null).remove();
+        fmn_sd::train::checkpoint::Checkpoint::new(&ckpt, serde_json::Value::Null).remove();
     }
     let r = &result.report;
     if args.json {

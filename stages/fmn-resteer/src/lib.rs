@@ -10,7 +10,7 @@ pub mod solve;
 pub mod train;
 
 pub use config::{ConceptKind, ConceptSpec, ParamSet, ResteerConfig};
-pub use fmn_sd::checkpoint::RunOptions;
+pub use fmn_sd::train::checkpoint::RunOptions;
 pub use train::{resteer, Model, ResteerReport, Resteered};
 
 use std::path::{Path, PathBuf};

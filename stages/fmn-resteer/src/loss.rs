@@ -3,7 +3,7 @@
 //! `torch.cat(attn_probs).norm()`), optionally weighted by the concept's mask; and the term that
 //! keeps the key/value projections of preserved prompts where they were.
 use candle_core::{Result, Tensor};
-use fmn_sd::training_images::resize_mask;
+use fmn_sd::train::images::resize_mask;
 
 /// Σ over layers of Σ (w · p²) at `positions`, for `records` of probabilities
 /// `[B, heads, h·w, tokens]`. `mask`: `[B, 1, H, W]` at the latent size (weights in [0, 1]),

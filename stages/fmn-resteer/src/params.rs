@@ -3,8 +3,8 @@
 use crate::config::ParamSet;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use fmn_sd::noise::NoiseRng;
-use fmn_sd::unet::{UNet2DConditionModel, UNetConfig};
+use fmn_ops::noise::NoiseRng;
+use fmn_sd::models::unet::{UNet2DConditionModel, UNetConfig};
 use std::collections::{BTreeMap, HashMap};
 
 /// Whether the UNet weight `name` (diffusers naming) is trained under `set`.

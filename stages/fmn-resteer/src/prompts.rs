@@ -1,6 +1,6 @@
 //! The prompts a concept is trained on, and where its tokens sit in them.
 use crate::ResteerError;
-use fmn_sd::tokenizer::ClipTokenizer;
+use fmn_sd::io::tokenizer::ClipTokenizer;
 
 /// One training prompt: its 77 token ids and the positions whose attention is suppressed.
 #[derive(Debug, Clone, PartialEq)]

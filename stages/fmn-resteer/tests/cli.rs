@@ -2,9 +2,9 @@
 //! lowers the concept's attention; bad input fails before training and writes nothing; a
 //! killed run resumes to the same patch.
 use candle_core::{DType, Device, Tensor};
-use fmn_sd::patch::Patch;
-use fmn_sd::pipeline::StableDiffusion;
-use fmn_sd::probes::AttentionRecorder;
+use fmn_sd::io::patch::Patch;
+use fmn_sd::models::probes::AttentionRecorder;
+use fmn_sd::sample::pipeline::StableDiffusion;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -75,9 +75,12 @@ fn sum_of_squares(t: &Tensor) -> f32 {
 /// Σ p² of the "bob" token over every attn2 map, for a fixed noisy latent and timestep.
 fn bob_energy(sd: &StableDiffusion) -> f32 {
     let ctx = sd.encode_prompts(&["a photo of bob"]).unwrap();
-    let latent =
-        fmn_sd::pipeline::seeded_noise(sd.latent_shape(1, 32, 32).unwrap(), 3, &Device::Cpu)
-            .unwrap();
+    let latent = fmn_sd::sample::pipeline::seeded_noise(
+        sd.latent_shape(1, 32, 32).unwrap(),
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
     let rec = AttentionRecorder::new();
     let t = Tensor::new(&[500f32], &Device::Cpu).unwrap();
     sd.unet
@@ -334,13 +337,13 @@ fn word_row_embedding(sd: &StableDiffusion, word: &str, path: &Path) {
         .token_embedding_table()
         .get(ids[0] as usize)
         .unwrap();
-    fmn_sd::embedding::TokenEmbedding::new(
+    fmn_sd::io::embedding::TokenEmbedding::new(
         vec!["<s1>".into()],
         row.unsqueeze(0).unwrap(),
         Default::default(),
     )
     .unwrap()
-    .save(path, fmn_sd::embedding::EmbeddingLayout::Fmn)
+    .save(path, fmn_sd::io::embedding::EmbeddingLayout::Fmn)
     .unwrap();
 }
 
@@ -388,7 +391,7 @@ fn an_embedding_of_the_concepts_own_row_gives_the_same_patch_as_its_name() {
         Tensor::zeros(768, DType::F32, &Device::Cpu).unwrap(),
     )]
     .into();
-    fmn_sd::weights::save_safetensors_atomic(&wide, &t, None).unwrap();
+    fmn_sd::io::weights::save_safetensors_atomic(&wide, &t, None).unwrap();
     let out = tmp.path().join("bad.safetensors");
     let res = resteer(
         &args,
@@ -456,7 +459,7 @@ fn also_name_steers_the_word_as_well_as_the_learned_tokens() {
 /// made from): the patch fits that file and lowers the concept's attention there.
 #[test]
 fn single_file_checkpoints_are_resteered_like_folders() {
-    use fmn_sd::source::{ModelSource, SourceOptions};
+    use fmn_sd::io::source::{ModelSource, SourceOptions};
     let tmp = tempfile::tempdir().unwrap();
     let (img, _) = images(tmp.path(), 2, 32);
     let ckpt = model().join("../single-file/sd1-tiny.safetensors");

@@ -2,7 +2,7 @@
 use candle_core::{Device, Tensor};
 use fmn_resteer::loss::{anchor_offsets, anchoring, attention_energy, preservation};
 use fmn_resteer::prompts::{anchor_prompt, check_template, concept_prompt, PoolerPositions};
-use fmn_sd::tokenizer::ClipTokenizer;
+use fmn_sd::io::tokenizer::ClipTokenizer;
 use std::path::Path;
 
 fn tokenizer() -> ClipTokenizer {

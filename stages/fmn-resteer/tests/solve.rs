@@ -1,9 +1,9 @@
 //! The anchor solve against a hand-computed case and against the gradient of the two terms it
 //! minimises (zero at the minimiser; the terms are the training loss's own functions).
 use candle_core::{DType, Device, Tensor, Var};
+use fmn_ops::noise::NoiseRng;
 use fmn_resteer::loss::{anchor_offsets, anchoring, preservation};
 use fmn_resteer::solve::anchor_solution_map;
-use fmn_sd::noise::NoiseRng;
 
 #[test]
 fn one_dimensional_case_by_hand() {

@@ -2,8 +2,8 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use fmn_sd::pipeline::StableDiffusion;
-use fmn_sd::scheduler::SamplerKind;
+use fmn_sd::sample::pipeline::StableDiffusion;
+use fmn_sd::sample::scheduler::SamplerKind;
 use std::path::PathBuf;
 
 /// Sample images from a Stable Diffusion model (diffusers folder or single-file checkpoint).
@@ -13,12 +13,8 @@ pub struct Args {
     /// Options from a YAML file (`num_images: 8`, `prompt: [..]`, ...); flags override them.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Diffusers model folder or single-file .safetensors checkpoint (SD 1.x/2.x, original
-    /// layout); default: the shipped toy model.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
     #[command(flatten)]
-    pub source: fmn_sd::source::SourceArgs,
+    pub model: fmn_sd_args::ModelArgs,
     /// A weight patch (`fmn-patch/1` file) applied at load time; repeat to apply several.
     #[arg(long = "patch")]
     pub patch: Vec<PathBuf>,
@@ -82,7 +78,7 @@ pub struct Args {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// The networks' compute dtype (the sampler's arithmetic stays f32); f16 / bf16 are for GPUs.
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, default_value = "f32")]
     pub dtype: fmn_sd::device::ComputeDType,
     /// The output folder (created; files of the same names are replaced).
     #[arg(long)]
@@ -99,12 +95,6 @@ pub struct Args {
 }
 
 impl Args {
-    pub fn model_dir(&self) -> PathBuf {
-        self.model
-            .clone()
-            .unwrap_or_else(fmn_core::default_model_dir)
-    }
-
     pub fn prompts(&self) -> Result<Vec<String>> {
         let mut prompts = self.prompt.clone();
         if let Some(file) = &self.prompt_file {

@@ -45,7 +45,7 @@ impl Args {
         let cfg: SampleConfig = fmn_core::load_yaml(&path)?;
         let free = |id: &str| matches.value_source(id) != Some(ValueSource::CommandLine);
         if free("model") && cfg.model.is_some() {
-            self.model = cfg.model;
+            self.model.model = cfg.model;
         }
         if let (true, Some(v)) = (free("patch"), cfg.patch) {
             self.patch = v;

@@ -11,10 +11,12 @@ pub use args::Args;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use fmn_core::StagingDir;
-use fmn_sd::embedding::TokenEmbedding;
-use fmn_sd::patch::Patch;
-use fmn_sd::pipeline::{check_guidance_rescale, seeded_noise, SampleRequest, StableDiffusion};
-use fmn_sd::sampling_defaults::resolve_guidance;
+use fmn_sd::io::embedding::TokenEmbedding;
+use fmn_sd::io::patch::Patch;
+use fmn_sd::io::sampling_defaults::resolve_guidance;
+use fmn_sd::sample::pipeline::{
+    check_guidance_rescale, seeded_noise, SampleRequest, StableDiffusion,
+};
 use manifest::{ImageEntry, Manifest};
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,7 +29,7 @@ pub fn run(args: &Args) -> Result<()> {
     let prompts = args.prompts()?;
     check_guidance_rescale(args.guidance_rescale).context("--guidance-rescale")?;
     let device = args.device()?;
-    let model_dir = args.model_dir();
+    let model_dir = args.model.path();
     let guidance = resolve_guidance(args.guidance, &model_dir)?;
     let init = match &args.init_latents {
         Some(path) => Some(load_init_latents(path, &device)?),
@@ -39,8 +41,8 @@ pub fn run(args: &Args) -> Result<()> {
         .map(|p| Patch::load(p).with_context(|| format!("cannot load the patch {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
     let mut model = args
-        .source
-        .open(&model_dir)
+        .model
+        .open_at(&model_dir)
         .and_then(|source| {
             StableDiffusion::load_source(&source, &device, args.dtype.dtype(), &patches)
         })
@@ -201,7 +203,7 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 fn load_init_latents(path: &Path, device: &Device) -> Result<Tensor> {
-    fmn_sd::weights::validate_safetensors(path)?;
+    fmn_sd::io::weights::validate_safetensors(path)?;
     let mut tensors = candle_core::safetensors::load(path, device)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let t = tensors.remove("latents").with_context(|| {
@@ -221,6 +223,6 @@ fn load_init_latents(path: &Path, device: &Device) -> Result<Tensor> {
 }
 
 fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    fmn_sd::weights::save_safetensors_atomic(path, tensors, None)
+    fmn_sd::io::weights::save_safetensors_atomic(path, tensors, None)
         .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -9,7 +9,7 @@ fn main() -> ExitCode {
         }
     };
     fmn_core::allocator::tune_for_tensors();
-    fmn_core::logging::init(args.verbose);
+    fmn_core::logging::init(args.verbose, false);
     match fmn_sample::run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -6,7 +6,7 @@
 use anyhow::Result;
 use candle_core::{Device, IndexOp, Tensor};
 use fmn_core::Shard;
-use fmn_sd::noise::NoiseRng;
+use fmn_ops::noise::NoiseRng;
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ShardArgs {
@@ -25,7 +25,7 @@ pub fn images_of(shard: Option<Shard>, prompt_index: usize, num_images: usize) -
 }
 
 /// The initial noise of images `ks`: rows `ks` of `init`, else seeded with `seed + k` (as
-/// [`fmn_sd::pipeline::seeded_noise`] seeds row k).
+/// [`fmn_sd::sample::pipeline::seeded_noise`] seeds row k).
 pub fn noise(
     per_image: [usize; 4],
     ks: &[usize],

@@ -459,20 +459,24 @@ fn patch_applies_deltas_at_load_time() {
 fn an_embedding_of_word_rows_samples_the_same_images_as_the_words() {
     let tmp = tempfile::tempdir().unwrap();
     let model = fixtures().join("sd1-tiny");
-    let sd = fmn_sd::pipeline::StableDiffusion::load(&model, &Device::Cpu, candle_core::DType::F32)
-        .unwrap();
+    let sd = fmn_sd::sample::pipeline::StableDiffusion::load(
+        &model,
+        &Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
     let row = |w: &str| {
         let id = sd.tokenizer.tokenize(w).unwrap()[0] as usize;
         sd.text_encoder.token_embedding_table().get(id).unwrap()
     };
     let emb = tmp.path().join("reddog.safetensors");
-    fmn_sd::embedding::TokenEmbedding::new(
+    fmn_sd::io::embedding::TokenEmbedding::new(
         vec!["<s1>".into(), "<s2>".into()],
         Tensor::stack(&[row("red"), row("dog")], 0).unwrap(),
         Default::default(),
     )
     .unwrap()
-    .save(&emb, fmn_sd::embedding::EmbeddingLayout::Fmn)
+    .save(&emb, fmn_sd::io::embedding::EmbeddingLayout::Fmn)
     .unwrap();
     let (words, tokens) = (tmp.path().join("words"), tmp.path().join("tokens"));
     let m = model.to_str().unwrap();
@@ -520,7 +524,7 @@ fn an_embedding_of_word_rows_samples_the_same_images_as_the_words() {
         Tensor::zeros(768, candle_core::DType::F32, &Device::Cpu).unwrap(),
     )]
     .into();
-    fmn_sd::weights::save_safetensors_atomic(&wide, &t, None).unwrap();
+    fmn_sd::io::weights::save_safetensors_atomic(&wide, &t, None).unwrap();
     let out = tmp.path().join("bad");
     assert_clean_failure(
         &[

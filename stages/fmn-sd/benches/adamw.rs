@@ -2,7 +2,7 @@
 //! world's UNet + text encoder: 4.8 M values, 3.2 M of them in the token-embedding table.
 //! `cargo bench -p fmn-sd --bench adamw`
 use candle_core::{Device, Tensor, Var};
-use fmn_sd::optim::{AdamW, AdamWConfig};
+use fmn_sd::train::optim::{AdamW, AdamWConfig};
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

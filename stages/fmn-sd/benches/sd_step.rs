@@ -8,9 +8,9 @@
 //! token rows through the frozen UNet and text encoder).
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use fmn_sd::clip::{ClipTextConfig, ClipTextModel};
-use fmn_sd::probes::AttentionRecorder;
-use fmn_sd::unet::{UNet2DConditionModel, UNetConfig};
+use fmn_sd::models::clip::{ClipTextConfig, ClipTextModel};
+use fmn_sd::models::probes::AttentionRecorder;
+use fmn_sd::models::unet::{UNet2DConditionModel, UNetConfig};
 use std::collections::HashMap;
 use std::time::Instant;
 

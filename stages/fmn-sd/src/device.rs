@@ -1,4 +1,4 @@
-//! The compute device a stage's `--device` flag names.
+//! The compute device and dtype a stage's `--device` and `--dtype` flags name.
 use crate::{Result, SdError};
 use candle_core::Device;
 
@@ -26,7 +26,7 @@ pub fn from_name(name: &str) -> Result<Device> {
 }
 
 /// The compute dtype a stage's `--dtype` flag names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ComputeDType {
     #[default]
@@ -42,6 +42,20 @@ impl ComputeDType {
             ComputeDType::F32 => candle_core::DType::F32,
             ComputeDType::F16 => candle_core::DType::F16,
             ComputeDType::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
+impl std::str::FromStr for ComputeDType {
+    type Err = SdError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(SdError::Invalid(format!(
+                "dtype {other:?}: expected f32, f16 or bf16"
+            ))),
         }
     }
 }

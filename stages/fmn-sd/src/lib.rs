@@ -1,39 +1,23 @@
-//! A differentiable Stable Diffusion (1.x / 2.x) in candle, loaded from diffusers folders.
+//! A differentiable Stable Diffusion (1.x / 2.x) in candle, loaded from diffusers folders or
+//! single-file checkpoints. Grouped by what each part is:
 //!
-//! Every module follows diffusers' weight names, so `Module::new(vb.pp("down_blocks.0"), ..)`
-//! reads the same tensors diffusers would. All ops used here have a backward pass in candle:
-//! softmax and layer norm are written out in [`nn`] instead of using the fused kernels, which
-//! silently drop gradients.
-
-pub mod attention;
-pub mod checkpoint;
-pub mod clip;
-pub mod config;
-pub mod conv;
-mod cpu_op;
+//! - [`models`]: the networks (CLIP text encoder, UNet, VAE) in candle's model-file style —
+//!   a config read from the component's `config.json`, `Module::new(vb, &cfg)`, diffusers'
+//!   weight names — with probes on the cross-attention;
+//! - [`io`]: files and formats (weights, single-file checkpoints, model sources, patches,
+//!   learned-token embeddings, the CLIP tokenizer);
+//! - [`sample`]: the schedulers and the text-to-image pipeline;
+//! - [`train`]: what training runs share (the training scaffold, AdamW, the noise schedule,
+//!   training images, checkpoints).
+//!
+//! Every op has a working backward pass: the kernels with their own backward live in
+//! `fmn-ops`, and candle's fused softmax and layer norm (which silently drop gradients) are
+//! never used.
 pub mod device;
-pub mod embedding;
 pub mod error;
-pub mod frozen_matmul;
-pub mod fused_attention;
-pub mod group_norm;
-pub mod init;
-pub mod nn;
-pub mod noise;
-pub mod optim;
-pub mod patch;
-pub mod pipeline;
-pub mod probes;
-pub mod resnet;
-pub mod row_affine;
-pub mod sampling_defaults;
-pub mod scheduler;
-pub mod single_file;
-pub mod source;
-pub mod tokenizer;
-pub mod training_images;
-pub mod unet;
-pub mod vae;
-pub mod weights;
+pub mod io;
+pub mod models;
+pub mod sample;
+pub mod train;
 
 pub use error::{Result, SdError};

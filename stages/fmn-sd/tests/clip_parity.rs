@@ -1,11 +1,10 @@
 //! The CLIP text encoder against transformers' outputs on the tiny fixture models
 //! (`tests/fixtures/gen/make_sd_fixtures.py`).
-mod common;
-use common::{fixtures, max_abs_diff, reference};
+use fmn_testkit::{fixtures, max_abs_diff, reference};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use fmn_sd::clip::{ClipTextConfig, ClipTextModel};
+use fmn_sd::models::clip::{ClipTextConfig, ClipTextModel};
 use fmn_sd::SdError;
 use std::collections::HashMap;
 

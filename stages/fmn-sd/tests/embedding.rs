@@ -1,8 +1,8 @@
 //! Embedding files: the three layouts read back as written, and learned tokens whose vectors
 //! are existing words' rows encode prompts exactly as those words do.
 use candle_core::{DType, Device, Tensor};
-use fmn_sd::embedding::{EmbeddingLayout, EmbeddingMeta, TokenEmbedding};
-use fmn_sd::pipeline::StableDiffusion;
+use fmn_sd::io::embedding::{EmbeddingLayout, EmbeddingMeta, TokenEmbedding};
+use fmn_sd::sample::pipeline::StableDiffusion;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -39,7 +39,7 @@ fn save_raw(path: &Path, tensors: &[(&str, Tensor)], meta: Option<HashMap<String
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
-    fmn_sd::weights::save_safetensors_atomic(path, &map, meta).unwrap();
+    fmn_sd::io::weights::save_safetensors_atomic(path, &map, meta).unwrap();
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn fmn_layout_round_trips_tokens_vectors_and_metadata() {
         back.vectors.to_vec2::<f32>().unwrap(),
         v.to_vec2::<f32>().unwrap()
     );
-    let raw = fmn_sd::weights::load_tensors(&path, DType::F32, &Device::Cpu).unwrap();
+    let raw = fmn_sd::io::weights::load_tensors(&path, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(
         raw["<a>"].dims(),
         &[3],
@@ -138,7 +138,7 @@ fn fmn_layout_round_trips_tokens_vectors_and_metadata() {
 
     let a = tmp.path().join("mine.safetensors");
     e.save(&a, EmbeddingLayout::A1111).unwrap();
-    let raw = fmn_sd::weights::load_tensors(&a, DType::F32, &Device::Cpu).unwrap();
+    let raw = fmn_sd::io::weights::load_tensors(&a, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(raw.keys().collect::<Vec<_>>(), ["emb_params"]);
     assert_eq!(
         TokenEmbedding::load(&a).unwrap().trigger.as_deref(),

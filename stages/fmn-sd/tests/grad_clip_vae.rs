@@ -2,9 +2,9 @@
 //! gradients match central finite differences in f64.
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use fmn_sd::clip::{ClipTextConfig, ClipTextModel};
-use fmn_sd::noise::NoiseRng;
-use fmn_sd::vae::{AutoencoderKL, AutoencoderKLConfig};
+use fmn_ops::noise::NoiseRng;
+use fmn_sd::models::clip::{ClipTextConfig, ClipTextModel};
+use fmn_sd::models::vae::{AutoencoderKL, AutoencoderKLConfig};
 
 const DEV: Device = Device::Cpu;
 

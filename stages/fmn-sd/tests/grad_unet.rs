@@ -1,8 +1,8 @@
 //! Every UNet parameter receives a gradient, and it matches central finite differences (f64).
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use fmn_sd::probes::AttentionRecorder;
-use fmn_sd::unet::{UNet2DConditionModel, UNetConfig};
+use fmn_sd::models::probes::AttentionRecorder;
+use fmn_sd::models::unet::{UNet2DConditionModel, UNetConfig};
 
 fn tiny_config(linear_proj: bool) -> UNetConfig {
     serde_json::from_value(serde_json::json!({
@@ -26,7 +26,7 @@ fn random_model(cfg: &UNetConfig, seed: u64) -> (VarMap, UNet2DConditionModel) {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F64, &dev);
     let model = UNet2DConditionModel::new(vb, cfg).unwrap();
-    let mut rng = fmn_sd::noise::NoiseRng::new(seed);
+    let mut rng = fmn_ops::noise::NoiseRng::new(seed);
     for (_, var) in varmap.data().lock().unwrap().iter() {
         let noise = rng
             .randn(var.dims(), &dev)
@@ -47,7 +47,7 @@ struct Inputs {
 
 fn inputs(seed: u64) -> Inputs {
     let dev = Device::Cpu;
-    let mut rng = fmn_sd::noise::NoiseRng::new(seed);
+    let mut rng = fmn_ops::noise::NoiseRng::new(seed);
     let mut r = |s: &[usize]| rng.randn(s, &dev).unwrap().to_dtype(DType::F64).unwrap();
     Inputs {
         sample: r(&[1, 2, 4, 4]),

@@ -1,13 +1,12 @@
 //! Loading and computing in f16 / bf16 (what `--dtype` asks for on a GPU), checked on the CPU
 //! against diffusers' f32 outputs of the tiny fixtures: text encoder, UNet (with its
 //! cross-attention probabilities, whose softmax runs in f32) and VAE decoder.
-mod common;
-use common::{fixtures, max_abs_diff, reference, rel_err};
+use fmn_testkit::{fixtures, max_abs_diff, reference, rel_err};
 
 use candle_core::{DType, Device};
-use fmn_sd::pipeline::{SampleRequest, StableDiffusion};
-use fmn_sd::probes::AttentionRecorder;
-use fmn_sd::scheduler::SamplerKind;
+use fmn_sd::models::probes::AttentionRecorder;
+use fmn_sd::sample::pipeline::{SampleRequest, StableDiffusion};
+use fmn_sd::sample::scheduler::SamplerKind;
 
 /// `tol`: relative error of the text encoder, UNet and decoder outputs; `prob_tol`: absolute
 /// error of the attention probabilities (the rounding of every layer before them adds up).

@@ -1,7 +1,7 @@
 //! Seeded initialisation is reproducible and follows the modules' init hints.
 use candle_core::{DType, Device};
-use fmn_sd::init::SeededVars;
-use fmn_sd::unet::{UNet2DConditionModel, UNetConfig};
+use fmn_sd::models::unet::{UNet2DConditionModel, UNetConfig};
+use fmn_sd::train::init::SeededVars;
 
 fn build(seed: u64) -> Vec<(String, Vec<f32>)> {
     let cfg: UNetConfig = serde_json::from_value(serde_json::json!({

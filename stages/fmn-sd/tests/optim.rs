@@ -1,6 +1,6 @@
 //! AdamW against values computed by hand from torch.optim.AdamW's update rule.
 use candle_core::{DType, Device, Tensor, Var};
-use fmn_sd::optim::{AdamW, AdamWConfig};
+use fmn_sd::train::optim::{AdamW, AdamWConfig};
 
 #[test]
 fn two_steps_match_hand_computed_adamw_with_clipping() {

@@ -2,8 +2,8 @@
 //! merging, applying, and parity with diffusers on a patch written by Python
 //! (`tests/fixtures/gen/make_patch_fixtures.py`).
 use candle_core::{DType, Device, Tensor};
-use fmn_sd::patch::{apply_to_component, fingerprint, tensor_hash, Concept, Patch, FORMAT};
-use fmn_sd::pipeline::StableDiffusion;
+use fmn_sd::io::patch::{apply_to_component, fingerprint, tensor_hash, Concept, Patch, FORMAT};
+use fmn_sd::sample::pipeline::StableDiffusion;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -130,7 +130,7 @@ fn rewrite(
     let mut meta = header.metadata().clone().unwrap();
     let mut tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
     edit(&mut tensors, &mut meta);
-    fmn_sd::weights::save_safetensors_atomic(file, &tensors, Some(meta)).unwrap();
+    fmn_sd::io::weights::save_safetensors_atomic(file, &tensors, Some(meta)).unwrap();
 }
 
 fn load_err(file: &Path) -> String {

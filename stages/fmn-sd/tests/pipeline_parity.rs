@@ -1,13 +1,12 @@
 //! End-to-end parity with diffusers on the tiny SD1-style and SD2-style fixture models
 //! (`tests/fixtures/gen/make_sd_fixtures.py`): token ids, the UNet, cross-attention
 //! probabilities, full 10-step DDIM / Euler / DPM-Solver++ runs with guidance 7.5, decoding.
-mod common;
-use common::{fixtures, max_abs, max_abs_diff};
+use fmn_testkit::{fixtures, max_abs, max_abs_diff};
 
 use candle_core::{DType, Device, Tensor};
-use fmn_sd::pipeline::{SampleRequest, StableDiffusion};
-use fmn_sd::probes::AttentionRecorder;
-use fmn_sd::scheduler::SamplerKind;
+use fmn_sd::models::probes::AttentionRecorder;
+use fmn_sd::sample::pipeline::{SampleRequest, StableDiffusion};
+use fmn_sd::sample::scheduler::SamplerKind;
 use std::collections::HashMap;
 
 struct Fixture {
@@ -107,7 +106,7 @@ impl Fixture {
         &self,
         sampler: SamplerKind,
         attention_steps: &[usize],
-    ) -> fmn_sd::pipeline::SampleOutput {
+    ) -> fmn_sd::sample::pipeline::SampleOutput {
         self.model
             .sample(
                 &SampleRequest {

@@ -1,11 +1,12 @@
 //! The samplers and the training schedule against diffusers 0.42.1 reference values
 //! (tests/fixtures/schedulers, written by tests/fixtures/gen/make_scheduler_fixtures.py).
 use candle_core::{Device, Tensor};
-use fmn_sd::noise::NoiseRng;
-use fmn_sd::scheduler::{
-    build_sampler, Ddim, DpmPp2m, Euler, EulerAncestral, NoiseSchedule, PredictionType, Sampler,
-    SamplerKind, SchedulerConfig,
+use fmn_ops::noise::NoiseRng;
+use fmn_sd::sample::scheduler::{
+    build_sampler, Ddim, DpmPp2m, Euler, EulerAncestral, PredictionType, Sampler, SamplerKind,
+    SchedulerConfig,
 };
+use fmn_sd::train::noise_schedule::NoiseSchedule;
 use fmn_sd::SdError;
 use serde_json::{json, Value};
 use std::path::PathBuf;

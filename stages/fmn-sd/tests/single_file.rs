@@ -1,17 +1,16 @@
 //! Single-file checkpoints (original CompVis / AUTOMATIC1111 layout) built from the tiny
 //! fixtures by `tests/fixtures/gen/make_single_file_fixtures.py`, which checked that diffusers'
 //! `from_single_file` reads them back into the folders' weights and wrote reference outputs.
-mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixtures, max_abs_diff, rel_err};
-use fmn_sd::patch::{Concept, Patch};
-use fmn_sd::pipeline::StableDiffusion;
-use fmn_sd::single_file::infer;
-use fmn_sd::single_file::keys::TextLayout;
-use fmn_sd::single_file::SingleFile;
-use fmn_sd::source::{ModelSource, SourceOptions};
-use fmn_sd::tokenizer::ClipTokenizer;
+use fmn_sd::io::patch::{Concept, Patch};
+use fmn_sd::io::single_file::infer;
+use fmn_sd::io::single_file::keys::TextLayout;
+use fmn_sd::io::single_file::SingleFile;
+use fmn_sd::io::source::{ModelSource, SourceOptions};
+use fmn_sd::io::tokenizer::ClipTokenizer;
+use fmn_sd::sample::pipeline::StableDiffusion;
+use fmn_testkit::{fixtures, max_abs_diff, rel_err};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 

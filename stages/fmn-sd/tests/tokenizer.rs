@@ -3,7 +3,7 @@
 //! `tests/fixtures/gen/make_tokenizer_fixtures.py` (see there for the format); every case lays out
 //! a tokenizer folder here the same way the script did, loads it and must give the same ids for
 //! every prompt.
-use fmn_sd::tokenizer::ClipTokenizer;
+use fmn_sd::io::tokenizer::ClipTokenizer;
 use fmn_sd::SdError;
 use serde::Deserialize;
 use serde_json::{Map, Value};

@@ -1,7 +1,7 @@
 //! Training-image folders: what is read, how examples are cut, and which inputs are refused.
 use candle_core::{Device, Tensor};
-use fmn_sd::noise::NoiseRng;
-use fmn_sd::training_images::{resize_mask, TrainingImages};
+use fmn_ops::noise::NoiseRng;
+use fmn_sd::train::images::{resize_mask, TrainingImages};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
 fn write_set(dir: &std::path::Path, masks: Option<&std::path::Path>) {

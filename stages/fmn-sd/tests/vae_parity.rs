@@ -1,13 +1,12 @@
 //! The VAE against diffusers' outputs on the tiny fixture models
 //! (`tests/fixtures/gen/make_sd_fixtures.py`). sd1-tiny stores the mid-block attention under
 //! the old names (query/key/value/proj_attn), sd2-tiny under the new ones, in fp16.
-mod common;
-use common::{fixtures, max_abs_diff, reference};
+use fmn_testkit::{fixtures, max_abs_diff, reference};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use fmn_sd::noise::NoiseRng;
-use fmn_sd::vae::{AutoencoderKL, AutoencoderKLConfig};
+use fmn_ops::noise::NoiseRng;
+use fmn_sd::models::vae::{AutoencoderKL, AutoencoderKLConfig};
 use fmn_sd::SdError;
 use std::collections::HashMap;
 

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = fmn_segment::cli::Cli::parse();
-    fmn_core::logging::init(cli.verbose);
+    fmn_core::logging::init(cli.verbose, false);
     match fmn_segment::cli::run(&cli) {
         Ok(code) => code,
         Err(err) => {

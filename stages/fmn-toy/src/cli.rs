@@ -476,7 +476,7 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
 
 fn quality(a: &QualityArgs) -> Result<ExitCode> {
     let dir = a.model.clone().unwrap_or_else(fmn_core::default_model_dir);
-    let sd = fmn_sd::pipeline::StableDiffusion::load(
+    let sd = fmn_sd::sample::pipeline::StableDiffusion::load(
         &dir,
         &candle_core::Device::Cpu,
         candle_core::DType::F32,
@@ -486,14 +486,14 @@ fn quality(a: &QualityArgs) -> Result<ExitCode> {
     let settings = crate::quality::QualitySettings {
         seeds: a.seeds,
         steps: a.steps,
-        guidance: fmn_sd::sampling_defaults::resolve_guidance(a.guidance, &dir)?,
+        guidance: fmn_sd::io::sampling_defaults::resolve_guidance(a.guidance, &dir)?,
         guidance_rescale: a.guidance_rescale,
         seed: a.seed,
     };
     if settings.seeds == 0 || settings.steps == 0 {
         bail!("--seeds and --steps must be at least 1");
     }
-    fmn_sd::pipeline::check_guidance_rescale(settings.guidance_rescale)
+    fmn_sd::sample::pipeline::check_guidance_rescale(settings.guidance_rescale)
         .context("--guidance-rescale")?;
     let bar = fmn_core::progress::bar(34, "prompts", a.quiet);
     let report = crate::quality::measure(&sd, &judge, &settings, |p| {

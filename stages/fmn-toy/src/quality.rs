@@ -4,8 +4,8 @@ use crate::judge::Judge;
 use crate::scene::{Character, Colour, Concept, Object, SceneSpec};
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
-use fmn_sd::pipeline::{seeded_noise, SampleRequest, StableDiffusion};
-use fmn_sd::scheduler::SamplerKind;
+use fmn_sd::sample::pipeline::{seeded_noise, SampleRequest, StableDiffusion};
+use fmn_sd::sample::scheduler::SamplerKind;
 use image::{GrayImage, RgbImage};
 use serde::Serialize;
 
@@ -153,7 +153,7 @@ pub fn figure_mask(image: &RgbImage, threshold: u8) -> GrayImage {
 
 fn to_images(decoded: &Tensor) -> Result<Vec<RgbImage>> {
     (0..decoded.dim(0)?)
-        .map(|i| Ok(fmn_sd::pipeline::to_rgb_image(&decoded.get(i)?)?))
+        .map(|i| Ok(fmn_sd::sample::pipeline::to_rgb_image(&decoded.get(i)?)?))
         .collect()
 }
 
@@ -204,7 +204,7 @@ fn attention_shares(
         let side = (pixels as f64).sqrt().round() as usize;
         let map = probs.narrow(3, position, 1)?.squeeze(3)?.mean(1)?; // [N, pixels]
         for (i, mask) in masks.iter().enumerate().take(n) {
-            let m = fmn_sd::training_images::resize_mask(mask, side, side)?.flatten_all()?;
+            let m = fmn_sd::train::images::resize_mask(mask, side, side)?.flatten_all()?;
             let a = map.get(i)?;
             let total = a.sum_all()?.to_scalar::<f32>()? as f64;
             let hit = (&a * &m)?.sum_all()?.to_scalar::<f32>()? as f64;

@@ -51,7 +51,7 @@ fn trains_exports_resumes_and_refuses_other_settings() {
 
     // The folder is a diffusers pipeline our own loader reads.
     let model = tmp.path().join("model");
-    let sd = fmn_sd::pipeline::StableDiffusion::load(
+    let sd = fmn_sd::sample::pipeline::StableDiffusion::load(
         &model,
         &candle_core::Device::Cpu,
         candle_core::DType::F32,
@@ -363,18 +363,23 @@ fn zero_terminal_snr_exports_a_velocity_schedule_and_trains_on_the_velocity() {
     assert_eq!(json["prediction_type"], "v_prediction");
     assert_eq!(json["timestep_spacing"], "trailing");
     let cfg =
-        fmn_sd::scheduler::SchedulerConfig::from_file(dir.join("scheduler_config.json")).unwrap();
-    let schedule = fmn_sd::scheduler::training::NoiseSchedule::from_config(&cfg).unwrap();
+        fmn_sd::sample::scheduler::SchedulerConfig::from_file(dir.join("scheduler_config.json"))
+            .unwrap();
+    let schedule = fmn_sd::train::noise_schedule::NoiseSchedule::from_config(&cfg).unwrap();
     assert_eq!(schedule.alphas_cumprod()[999], 0.0);
     // Rescaling keeps the first step's signal (SD's sqrt(alpha_bar_0) = sqrt(1 − 0.00085)).
     assert!((schedule.alphas_cumprod()[0] - (1.0 - 0.00085)).abs() < 1e-6);
-    let sampler =
-        fmn_sd::scheduler::build_sampler(fmn_sd::scheduler::SamplerKind::Ddim, &cfg, 25).unwrap();
+    let sampler = fmn_sd::sample::scheduler::build_sampler(
+        fmn_sd::sample::scheduler::SamplerKind::Ddim,
+        &cfg,
+        25,
+    )
+    .unwrap();
     assert_eq!(sampler.timesteps()[0], 999.0);
     // The velocity model tells fmn-sample to guide at 4; the epsilon one leaves diffusers' 7.5.
     let guidance = |name: &str| {
         let model = tmp.path().join(name).join("model");
-        fmn_sd::sampling_defaults::SamplingDefaults::load(&model)
+        fmn_sd::io::sampling_defaults::SamplingDefaults::load(&model)
             .unwrap()
             .guidance()
     };

@@ -9,7 +9,7 @@ use super::{Judge, Judgement};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use candle_transformers::models::clip::{text_model, vision_model, ClipConfig, ClipModel};
-use fmn_sd::tokenizer::ClipTokenizer;
+use fmn_sd::io::tokenizer::ClipTokenizer;
 use image::imageops::FilterType;
 use image::RgbImage;
 use serde::Deserialize;
@@ -162,13 +162,13 @@ impl ClipJudge {
             logit_scale_init_value: hf.logit_scale_init_value,
             image_size: v.image_size,
         };
-        let weights = fmn_sd::weights::find_weights_file(dir, "model")
+        let weights = fmn_sd::io::weights::find_weights_file(dir, "model")
             .with_context(|| format!("--judge clip:{}", dir.display()))?;
-        let vb = fmn_sd::weights::mmap_var_builder(&weights, DType::F32, &Device::Cpu)?;
+        let vb = fmn_sd::io::weights::mmap_var_builder(&weights, DType::F32, &Device::Cpu)?;
         let model = ClipModel::new(vb, &config)
             .with_context(|| format!("{}: not a CLIPModel's weights", weights.display()))?;
         let logit_scale = {
-            let vb = fmn_sd::weights::mmap_var_builder(&weights, DType::F32, &Device::Cpu)?;
+            let vb = fmn_sd::io::weights::mmap_var_builder(&weights, DType::F32, &Device::Cpu)?;
             if vb.contains_tensor("logit_scale") {
                 vb.get(&[], "logit_scale")?.exp()?.to_scalar::<f32>()?
             } else {

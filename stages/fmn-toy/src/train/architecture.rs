@@ -6,7 +6,7 @@
 //! The UNet's transformer blocks sit at 8×8 and 4×4 only — none at 16×16, as SDXL leaves its
 //! highest resolution without attention: the training step fell from 1.34 s to 0.94 s (batch 32,
 //! two threads), and the model trained in the hour met the quality bar (BENCHMARKS.md).
-use fmn_sd::sampling_defaults::SamplingDefaults;
+use fmn_sd::io::sampling_defaults::SamplingDefaults;
 use serde_json::{json, Value};
 
 pub const IMAGE_SIZE: usize = 64;

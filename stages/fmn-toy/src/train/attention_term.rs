@@ -10,7 +10,7 @@
 //! away from a word had little to act on.
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use fmn_sd::tokenizer::ClipTokenizer;
+use fmn_sd::io::tokenizer::ClipTokenizer;
 
 use crate::scene::{Character, Object};
 
@@ -66,7 +66,7 @@ pub fn attention_term(
         let (_, _, pixels, _) = p.dims4()?;
         let side = (pixels as f64).sqrt().round() as usize;
         let word = p.broadcast_mul(&sel)?.sum(3)?.mean(1)?; // [B, pixels]
-        let m = fmn_sd::training_images::resize_mask(masks, side, side)
+        let m = fmn_sd::train::images::resize_mask(masks, side, side)
             .with_context(|| format!("{path}: resizing the masks to {side}×{side}"))?
             .reshape((b, pixels))?
             .to_dtype(word.dtype())?;

@@ -2,7 +2,7 @@
 use super::TrainSettings;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
-use fmn_sd::optim::AdamW;
+use fmn_sd::train::optim::AdamW;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -156,12 +156,12 @@ impl Checkpoints {
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
             .collect();
-        fmn_sd::weights::save_safetensors_atomic(
+        fmn_sd::io::weights::save_safetensors_atomic(
             &self.dir.join(format!("{stage}.safetensors")),
             &weights,
             None,
         )?;
-        fmn_sd::weights::save_safetensors_atomic(
+        fmn_sd::io::weights::save_safetensors_atomic(
             &self.dir.join(format!("{stage}-optimizer.safetensors")),
             &opt.state()?,
             None,

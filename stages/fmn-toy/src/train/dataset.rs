@@ -1,7 +1,7 @@
 //! Training images and figure masks as tensors, captions as token ids.
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
-use fmn_sd::tokenizer::ClipTokenizer;
+use fmn_sd::io::tokenizer::ClipTokenizer;
 use image::{GrayImage, RgbImage};
 
 /// One rendered training image with its exact figure mask and caption.

@@ -8,9 +8,9 @@ use super::vae_stage::batch_indices;
 use super::{step_seed, Checkpoints, Dataset, TrainSettings};
 use anyhow::Result;
 use candle_core::{Tensor, Var};
-use fmn_sd::noise::NoiseRng;
-use fmn_sd::optim::{AdamW, AdamWConfig};
-use fmn_sd::vae::AutoencoderKL;
+use fmn_ops::noise::NoiseRng;
+use fmn_sd::models::vae::AutoencoderKL;
+use fmn_sd::train::optim::{AdamW, AdamWConfig};
 
 pub const STAGE: &str = "decoder";
 

@@ -7,14 +7,14 @@ use super::vae_stage::batch_indices;
 use super::{architecture, step_seed, Checkpoints, Dataset, TrainSettings};
 use anyhow::Result;
 use candle_core::{DType, Tensor, Var};
-use fmn_sd::clip::{ClipTextConfig, ClipTextModel};
-use fmn_sd::init::SeededVars;
-use fmn_sd::noise::NoiseRng;
-use fmn_sd::optim::{AdamW, AdamWConfig};
-use fmn_sd::probes::AttentionRecorder;
-use fmn_sd::scheduler::training::NoiseSchedule;
-use fmn_sd::scheduler::SchedulerConfig;
-use fmn_sd::unet::{UNet2DConditionModel, UNetConfig};
+use fmn_ops::noise::NoiseRng;
+use fmn_sd::models::clip::{ClipTextConfig, ClipTextModel};
+use fmn_sd::models::probes::AttentionRecorder;
+use fmn_sd::models::unet::{UNet2DConditionModel, UNetConfig};
+use fmn_sd::sample::scheduler::SchedulerConfig;
+use fmn_sd::train::init::SeededVars;
+use fmn_sd::train::noise_schedule::NoiseSchedule;
+use fmn_sd::train::optim::{AdamW, AdamWConfig};
 
 pub const STAGE: &str = "unet";
 
@@ -181,7 +181,7 @@ pub fn train(
 /// `[B, 1, h, w]` loss weights `1 + k · 4m(1 − m)` from the figure masks `[B, 1, H, W]`, `m`
 /// being the share of each latent cell's pixels on the figure.
 fn outline_weights(masks: &Tensor, h: usize, w: usize, k: f64) -> Result<Tensor> {
-    let m = fmn_sd::training_images::resize_mask(masks, h, w)?;
+    let m = fmn_sd::train::images::resize_mask(masks, h, w)?;
     let one_minus = m.affine(-1.0, 1.0)?;
     Ok((m * one_minus)?.affine(4.0 * k, 1.0)?)
 }

@@ -3,7 +3,7 @@ use super::architecture;
 use anyhow::{Context, Result};
 use candle_core::{Tensor, Var};
 use fmn_core::StagingDir;
-use fmn_sd::sampling_defaults::SamplingDefaults;
+use fmn_sd::io::sampling_defaults::SamplingDefaults;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -53,7 +53,7 @@ pub fn export_model(
     )?;
     if *sampling != SamplingDefaults::default() {
         write_json(
-            &root.join(fmn_sd::sampling_defaults::FILE_NAME),
+            &root.join(fmn_sd::io::sampling_defaults::FILE_NAME),
             &serde_json::to_value(sampling)?,
         )?;
     }
@@ -72,18 +72,18 @@ pub fn export_model(
         std::fs::copy(clip_tokenizer.join(f), root.join("tokenizer").join(f))
             .with_context(|| format!("cannot copy {}", clip_tokenizer.join(f).display()))?;
     }
-    fmn_sd::weights::save_safetensors_atomic(
+    fmn_sd::io::weights::save_safetensors_atomic(
         &root.join("unet/diffusion_pytorch_model.safetensors"),
         &tensors(unet, ""),
         None,
     )?;
-    fmn_sd::weights::save_safetensors_atomic(
+    fmn_sd::io::weights::save_safetensors_atomic(
         &root.join("vae/diffusion_pytorch_model.safetensors"),
         &tensors(vae, ""),
         None,
     )?;
     // Released CLIP checkpoints (and transformers 4) name the weights under `text_model.`.
-    fmn_sd::weights::save_safetensors_atomic(
+    fmn_sd::io::weights::save_safetensors_atomic(
         &root.join("text_encoder/model.safetensors"),
         &tensors(text_encoder, "text_model."),
         None,

@@ -217,7 +217,7 @@ pub fn train(
 ) -> anyhow::Result<TrainReport> {
     use anyhow::Context;
     let device = candle_core::Device::Cpu;
-    let tokenizer = fmn_sd::tokenizer::ClipTokenizer::from_files(
+    let tokenizer = fmn_sd::io::tokenizer::ClipTokenizer::from_files(
         &clip_tokenizer.join("vocab.json"),
         &clip_tokenizer.join("merges.txt"),
     )

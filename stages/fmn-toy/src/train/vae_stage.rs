@@ -4,10 +4,10 @@ use super::split_batch::PartThreads;
 use super::{architecture, step_seed, Checkpoints, Dataset, TrainSettings};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
-use fmn_sd::init::SeededVars;
-use fmn_sd::noise::NoiseRng;
-use fmn_sd::optim::{AdamW, AdamWConfig};
-use fmn_sd::vae::{AutoencoderKL, AutoencoderKLConfig};
+use fmn_ops::noise::NoiseRng;
+use fmn_sd::models::vae::{AutoencoderKL, AutoencoderKLConfig};
+use fmn_sd::train::init::SeededVars;
+use fmn_sd::train::optim::{AdamW, AdamWConfig};
 
 pub const STAGE: &str = "vae";
 

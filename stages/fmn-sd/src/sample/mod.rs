@@ -1,0 +1,3 @@
+//! Text-to-image sampling: the inference schedulers and the pipeline.
+pub mod pipeline;
+pub mod scheduler;

@@ -1,0 +1,68 @@
+//! What the workspace's tests share: where the fixtures are, the reference tensors the
+//! generator scripts in `tests/fixtures/gen/` recorded, seeded inputs and error measures.
+//! Test code: it panics on failure instead of returning errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use candle_core::{DType, Device, Tensor};
+use fmn_ops::noise::NoiseRng;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// `tests/fixtures/` of the workspace.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// The tensors of `tests/fixtures/{name}-reference.safetensors`.
+pub fn reference(name: &str) -> HashMap<String, Tensor> {
+    let file = fixtures().join(format!("{name}-reference.safetensors"));
+    candle_core::safetensors::load(&file, &Device::Cpu).expect("reference file")
+}
+
+/// max |a|, computed in `a`'s dtype.
+fn max_abs_in_own_dtype(a: &Tensor) -> f64 {
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+/// max |a|, computed in f32.
+pub fn max_abs(a: &Tensor) -> f32 {
+    max_abs_in_own_dtype(&a.to_dtype(DType::F32).unwrap()) as f32
+}
+
+/// max |a - b|, computed in f32; the shapes must agree.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    max_abs(&(a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap())
+}
+
+/// max |a - b| / max |b|, computed in f32.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs_diff(a, b) / max_abs(b).max(1e-12)
+}
+
+/// Standard-normal values of `shape` from `rng`, as f64 (the finite-difference tests' inputs).
+pub fn randn_f64(rng: &mut NoiseRng, shape: &[usize]) -> Tensor {
+    rng.randn(shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+}
+
+/// Standard-normal f64 values of `shape` from a generator seeded with `seed`.
+pub fn seeded_randn_f64(shape: &[usize], seed: u64) -> Tensor {
+    randn_f64(&mut NoiseRng::new(seed), shape)
+}
+
+/// max |a - b| of two f64 tensors, in f64.
+pub fn max_diff_f64(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!((a.dtype(), b.dtype()), (DType::F64, DType::F64));
+    max_abs_in_own_dtype(&(a - b).unwrap())
+}
