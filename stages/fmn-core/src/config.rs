@@ -18,6 +18,33 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("command-line flags: {0}")]
     Flags(String),
+    /// Settings that parse but do not make sense (the message names the key).
+    #[error("settings{}: {message}", .file.as_ref().map(|f| format!(" from {}", f.display())).unwrap_or_default())]
+    Invalid {
+        file: Option<PathBuf>,
+        message: String,
+    },
+}
+
+/// Settings that can be checked before any work starts.
+pub trait Validate {
+    /// What is wrong, naming the setting's key.
+    fn validate(&self) -> Result<(), String>;
+}
+
+/// [`merge`], then [`Validate::validate`]: the settings a stage runs with.
+pub fn merge_valid<T: DeserializeOwned + Validate>(
+    file: Option<&Path>,
+    flags: &impl Serialize,
+) -> Result<T, ConfigError> {
+    let settings: T = merge(file, flags)?;
+    settings
+        .validate()
+        .map_err(|message| ConfigError::Invalid {
+            file: file.map(Path::to_path_buf),
+            message,
+        })?;
+    Ok(settings)
 }
 
 /// Parses `path` into `T`. Give `T` `#[serde(deny_unknown_fields)]` so that a misspelt key is

@@ -1,12 +1,14 @@
-//! The `fmn-invert` command line: a YAML config (optional) overridden by flags.
-use crate::config::{split_tokens, InvertConfig, Kind, TokenList};
-use crate::{invert, RunOptions};
+//! The `fmn-invert` command line: settings from `--config` (optional), overridden by flags.
+use crate::config::{InvertConfig, Kind};
+use crate::invert;
 use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::Parser;
+use fmn_core::cli::{OutputArgs, StageArgs};
 use fmn_sd::io::embedding::EmbeddingLayout;
 use fmn_sd::sample::pipeline::StableDiffusion;
-use fmn_sd::train::checkpoint::{folder_for, Checkpoint};
+use fmn_sd_args::{ModelArgs, TrainingRun, TrainingStageArgs};
+use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,135 +17,108 @@ use std::process::ExitCode;
 #[command(name = "fmn-invert", version)]
 pub struct Args {
     #[command(flatten)]
-    pub model: fmn_sd_args::ModelArgs,
+    pub model: ModelArgs,
     /// Settings (keys as in configs/invert/*.yaml); the flags below override them.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE.yaml")]
     pub config: Option<PathBuf>,
-    /// Folder of the concept's images.
-    #[arg(long)]
-    pub images: Option<PathBuf>,
-    /// Folder of masks (NAME.png per image): the loss is weighted toward the concept.
-    #[arg(long)]
-    pub masks: Option<PathBuf>,
-    /// The new tokens, e.g. "<s1> <s2>" (or "<s1>|<s2>").
-    #[arg(long)]
-    pub tokens: Option<String>,
-    /// Initialisers, one per token or one for all, separated by `|`: a one-token word,
-    /// <rand-σ> or <zero>.
-    #[arg(long)]
-    pub init: Option<String>,
-    #[arg(long, value_enum)]
-    pub kind: Option<Kind>,
-    #[arg(long)]
-    pub steps: Option<usize>,
-    #[arg(long)]
-    pub lr: Option<f64>,
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Training resolution in pixels.
-    #[arg(long)]
-    pub resolution: Option<usize>,
+    #[command(flatten)]
+    pub settings: SettingArgs,
     /// Write AUTOMATIC1111's layout (`emb_params`; invoked by the file name) instead of one
     /// tensor per token.
     #[arg(long)]
     pub a1111: bool,
-    /// Write the checkpoint every N steps to OUT.ckpt/ (removed when the embedding is written).
-    #[arg(long, default_value_t = 0)]
-    pub checkpoint_every: usize,
-    /// Continue from OUT.ckpt/ if a checkpoint is there.
-    #[arg(long)]
-    pub resume: bool,
     /// The embedding file to write (.safetensors).
-    #[arg(long)]
+    #[arg(long, short)]
     pub out: PathBuf,
-    /// cpu, or cuda / cuda:N (needs a build with the `cuda` feature).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Print a JSON summary on stdout.
-    #[arg(long)]
-    pub json: bool,
-    #[arg(long, short)]
-    pub quiet: bool,
-    #[arg(long, short)]
-    pub verbose: bool,
+    #[command(flatten)]
+    pub stage: TrainingStageArgs,
 }
 
-impl Args {
-    pub fn settings(&self) -> Result<InvertConfig> {
-        let mut cfg = match &self.config {
-            Some(path) => fmn_core::load_yaml::<InvertConfig>(path)?,
-            None => InvertConfig::default(),
-        };
-        if let Some(v) = &self.images {
-            cfg.instance_data_dir = Some(v.clone());
-        }
-        if let Some(v) = &self.masks {
-            cfg.mask_dir = Some(v.clone());
-        }
-        if let Some(v) = &self.tokens {
-            cfg.placeholder_tokens = TokenList::List(split_tokens(v));
-        }
-        if let Some(v) = &self.init {
-            cfg.initializer_tokens = TokenList::List(
-                v.split('|')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            );
-        }
-        if let Some(v) = self.kind {
-            cfg.use_template = v;
-        }
-        if let Some(v) = self.steps {
-            cfg.max_train_steps_ti = v;
-        }
-        if let Some(v) = self.lr {
-            cfg.learning_rate_ti = v;
-        }
-        if let Some(v) = self.seed {
-            cfg.seed = v;
-        }
-        if self.resolution.is_some() {
-            cfg.resolution = self.resolution;
-        }
-        cfg.validate()
-            .map_err(anyhow::Error::msg)
-            .with_context(|| match &self.config {
-                Some(p) => format!("settings from {}", p.display()),
-                None => "settings".into(),
-            })?;
-        Ok(cfg)
+/// The settings flags, each named after its config key (`fmn_core::config::merge`).
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+#[command(next_help_heading = "Settings")]
+pub struct SettingArgs {
+    /// Folder of the concept's images (`instance_data_dir`).
+    #[arg(long, value_name = "DIR")]
+    #[serde(rename = "instance_data_dir")]
+    pub images: Option<PathBuf>,
+    /// Folder of masks (NAME.png per image): the loss is weighted toward the concept
+    /// (`mask_dir`).
+    #[arg(long, value_name = "DIR")]
+    #[serde(rename = "mask_dir")]
+    pub masks: Option<PathBuf>,
+    /// The new tokens, e.g. "<s1> <s2>" (or "<s1>|<s2>") (`placeholder_tokens`).
+    #[arg(long)]
+    #[serde(rename = "placeholder_tokens")]
+    pub tokens: Option<String>,
+    /// Initialisers, one per token or one for all, separated by `|`: a one-token word,
+    /// <rand-σ> or <zero> (`initializer_tokens`).
+    #[arg(long)]
+    #[serde(rename = "initializer_tokens", serialize_with = "bar_separated")]
+    pub init: Option<String>,
+    /// What the images show; picks the prompt templates (`use_template`).
+    #[arg(long, value_enum)]
+    #[serde(rename = "use_template")]
+    pub kind: Option<Kind>,
+    /// Training steps (`max_train_steps_ti`).
+    #[arg(long)]
+    #[serde(rename = "max_train_steps_ti")]
+    pub steps: Option<usize>,
+    /// Learning rate (`learning_rate_ti`).
+    #[arg(long)]
+    #[serde(rename = "learning_rate_ti")]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Training resolution in pixels (default: the model's sample size × VAE factor).
+    #[arg(long)]
+    pub resolution: Option<usize>,
+}
+
+/// `a|b` as the list `[a, b]` (an initialiser is one token, but may be written with spaces
+/// around the bars).
+fn bar_separated<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    let items: Option<Vec<&str>> = v.as_ref().map(|v| {
+        v.split('|')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect()
+    });
+    items.serialize(s)
+}
+
+impl StageArgs for Args {
+    fn output(&self) -> &OutputArgs {
+        &self.stage.output
     }
 }
 
-pub fn run(args: &Args) -> Result<ExitCode> {
+impl Args {
+    /// The run's settings: defaults < `--config` < flags, checked.
+    pub fn settings(&self) -> Result<InvertConfig> {
+        Ok(fmn_core::merge_valid(
+            self.config.as_deref(),
+            &self.settings,
+        )?)
+    }
+}
+
+/// Parses the command line and runs the inversion.
+pub fn run() -> Result<ExitCode> {
+    let args = fmn_core::cli::parse::<Args>();
+    fmn_core::allocator::tune_for_tensors();
+    execute(&args)
+}
+
+pub fn execute(args: &Args) -> Result<ExitCode> {
     let cfg = args.settings()?;
-    let model_dir = args.model.path();
-    let device = fmn_sd::device::from_name(&args.device)?;
+    let device = args.stage.device.device()?;
     let model = args
         .model
-        .open()
-        .and_then(|source| StableDiffusion::load_source(&source, &device, DType::F32, &[]))
-        .with_context(|| format!("cannot load the model {}", model_dir.display()))?;
-    let ckpt = folder_for(&args.out);
-    let bar = fmn_core::progress::bar(cfg.max_train_steps_ti as u64, "inverting", args.quiet);
-    let mut on_step = |step: usize, loss: f64| {
-        bar.set_position(step as u64 + 1);
-        bar.set_message(format!("loss {loss:.4}"));
-        tracing::debug!(step, loss);
-    };
-    let result = invert(
-        &model,
-        &cfg,
-        &device,
-        RunOptions {
-            checkpoint_dir: (args.checkpoint_every > 0 || args.resume).then_some(ckpt.as_path()),
-            checkpoint_every: args.checkpoint_every,
-            resume: args.resume,
-            on_step: &mut on_step,
-        },
-    )?;
-    bar.finish_and_clear();
+        .load(|source| StableDiffusion::load_source(source, &device, DType::F32, &[]))?;
+    let run = TrainingRun::new(&args.stage, &args.out, cfg.max_train_steps_ti, "inverting");
+    let result = invert(&model, &cfg, &device, run.control())?;
+    run.steps_done();
     let layout = if args.a1111 {
         EmbeddingLayout::A1111
     } else {
@@ -153,30 +128,32 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .embedding
         .save(&args.out, layout)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
-    if args.checkpoint_every > 0 || args.resume {
-        Checkpoint::new(&ckpt, serde_json::Value::Null).remove();
-    }
+    run.output_written();
     let r = &result.report;
-    if args.json {
+    if args.stage.output.json {
         println!(
             "{}",
             serde_json::json!({
                 "embedding": args.out.display().to_string(),
                 "tokens": result.embedding.tokens,
                 "report": r,
+                "norms": result.norms,
+                "images": result.images,
             })
         );
-    } else if !args.quiet {
+    } else if !args.stage.output.quiet {
         eprintln!(
-            "wrote {} ({}): loss {:.4} -> {:.4} in {} steps on {} images, {:.1} s; norms {:?}",
+            "wrote {} ({}): loss {:.4} -> {:.4} (means of the first and last {} steps) in {} steps on {} images, {:.1} s; norms {:?}",
             args.out.display(),
             result.embedding.tokens.join(" "),
-            r.first_loss,
-            r.final_loss,
+            r.early_mean_loss,
+            r.late_mean_loss,
+            fmn_sd::train::scaffold::MEAN_WINDOW.min(r.steps - r.resumed_from),
             r.steps,
-            r.images,
+            result.images,
             r.seconds,
-            r.norms
+            result
+                .norms
                 .iter()
                 .map(|n| (n * 1000.0).round() / 1000.0)
                 .collect::<Vec<_>>()

@@ -1,5 +1,7 @@
 //! Inversion settings: a YAML file (keys as the original Forget-Me-Not's `ti.yaml` where they
 //! mean the same) whose values CLI flags override.
+use fmn_core::Validate;
+use fmn_sd::train::scaffold::CommonSettings;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -144,28 +146,22 @@ impl InvertConfig {
         };
         Ok((tokens, inits))
     }
+}
 
+impl Validate for InvertConfig {
     /// Checks what can be checked without the model; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         if self.instance_data_dir.is_none() {
             return Err("no images given (--images or `instance_data_dir`)".into());
         }
         self.tokens_and_initializers()?;
-        if self.max_train_steps_ti == 0 || self.train_batch_size == 0 {
-            return Err("`max_train_steps_ti` and `train_batch_size` must be at least 1".into());
+        CommonSettings {
+            steps: ("max_train_steps_ti", self.max_train_steps_ti),
+            batch: ("train_batch_size", self.train_batch_size),
+            learning_rate: ("learning_rate_ti", self.learning_rate_ti),
+            timesteps: self.timesteps,
         }
-        if !(self.learning_rate_ti > 0.0 && self.learning_rate_ti.is_finite()) {
-            return Err(format!(
-                "`learning_rate_ti` must be positive, got {}",
-                self.learning_rate_ti
-            ));
-        }
-        if self.timesteps[0] >= self.timesteps[1] {
-            return Err(format!(
-                "`timesteps` [{}, {}) is empty",
-                self.timesteps[0], self.timesteps[1]
-            ));
-        }
+        .check()?;
         if self.mask_floor.is_nan() || self.mask_floor <= 0.0 {
             return Err(format!(
                 "`mask_floor` must be positive, got {}",

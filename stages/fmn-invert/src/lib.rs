@@ -7,19 +7,7 @@ pub mod init;
 pub mod train;
 
 pub use config::{InvertConfig, Kind};
-pub use fmn_sd::train::checkpoint::RunOptions;
-pub use train::{invert, InvertReport, Inverted};
+pub use train::{invert, Inverted};
 
-#[derive(Debug, thiserror::Error)]
-pub enum InvertError {
-    #[error("{0}")]
-    Input(String),
-    #[error(
-        "the loss became {value} at step {step}; nothing was written (try a smaller learning rate)"
-    )]
-    Diverged { step: usize, value: f64 },
-    #[error(transparent)]
-    Model(#[from] fmn_sd::SdError),
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
-}
+/// The stage's errors: the training scaffold's (bad input, divergence, model errors).
+pub use fmn_sd::train::scaffold::TrainError as InvertError;

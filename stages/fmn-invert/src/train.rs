@@ -4,30 +4,27 @@ use crate::config::InvertConfig;
 use crate::init::Initializer;
 use crate::InvertError;
 use candle_core::{DType, Device, Tensor, Var};
+use fmn_core::Validate;
 use fmn_ops::noise::NoiseRng;
 use fmn_sd::io::embedding::{token_table_fingerprint, EmbeddingMeta, TokenEmbedding};
+use fmn_sd::io::tokenizer::ClipTokenizer;
 use fmn_sd::sample::pipeline::StableDiffusion;
-use fmn_sd::train::checkpoint::RunOptions;
 use fmn_sd::train::images::{resize_mask, TrainingImages};
 use fmn_sd::train::noise_schedule::NoiseSchedule;
-use fmn_sd::train::optim::{AdamW, AdamWConfig};
-use serde::Serialize;
+use fmn_sd::train::optim::AdamWConfig;
+use fmn_sd::train::scaffold::{
+    sample_latent, timestep_range, train, training_resolution, NoisyLatents, Objective, RunControl,
+    Schedule, StepLoss, TrainError, TrainReport,
+};
 
-#[derive(Debug, Clone, Serialize)]
-pub struct InvertReport {
-    pub steps: usize,
-    /// Mean loss of the first and the last (up to) 20 steps of this run.
-    pub first_loss: f64,
-    pub final_loss: f64,
-    /// The tokens' vector norms at the end.
-    pub norms: Vec<f64>,
-    pub seconds: f64,
-    pub images: usize,
-}
-
+/// An inversion's result: the learned tokens, and what the run did.
 pub struct Inverted {
     pub embedding: TokenEmbedding,
-    pub report: InvertReport,
+    pub report: TrainReport,
+    /// The tokens' vector norms at the end.
+    pub norms: Vec<f64>,
+    /// Images of the concept trained on.
+    pub images: usize,
 }
 
 /// The mask weights of the loss at latent size: `(mask + floor)`, normalised to mean 1 over
@@ -83,11 +80,104 @@ pub fn decay_norms(rows: &Tensor, target: f64, lambda: f64) -> Result<Tensor, In
     Ok(rows.broadcast_mul(&new.broadcast_div(&norms.clamp(1e-12, f64::MAX)?)?)?)
 }
 
+/// The inversion's per-step loss: a batch of the concept's images (augmented, VAE-encoded,
+/// noised), prompts from the kind's templates with the placeholder tokens, and the denoising
+/// loss (mask-weighted) as a function of the new tokens' rows.
+struct Inversion<'a> {
+    model: &'a StableDiffusion,
+    cfg: &'a InvertConfig,
+    images: TrainingImages,
+    tokenizer: ClipTokenizer,
+    rows: Var,
+    placeholder_text: String,
+    resolution: u32,
+    timesteps: (usize, usize),
+    schedule: NoiseSchedule,
+    device: Device,
+}
+
+impl Objective for Inversion<'_> {
+    fn loss(&mut self, _step: usize, rng: &mut NoiseRng) -> Result<StepLoss, TrainError> {
+        let (cfg, model) = (self.cfg, self.model);
+        let templates = cfg.templates();
+        let scaling = model.vae.scaling_factor();
+        let (mut x0, mut masks, mut ids, mut ts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..cfg.train_batch_size {
+            let i = rng.below(0, self.images.len());
+            let ex = self.images.example(
+                i,
+                self.resolution,
+                cfg.augment.then_some(&mut *rng),
+                &self.device,
+            )?;
+            let posterior = model.vae.encode(&ex.pixels)?;
+            x0.push(sample_latent(&posterior, scaling, rng)?);
+            if let Some(m) = ex.mask {
+                masks.push(m);
+            }
+            let template = &templates[rng.below(0, templates.len())];
+            let prompt = template.replacen("{}", &self.placeholder_text, 1);
+            ids.push(Tensor::new(
+                self.tokenizer.encode(&prompt)?.as_slice(),
+                &self.device,
+            )?);
+            ts.push(rng.below(self.timesteps.0, self.timesteps.1));
+        }
+        let x0 = Tensor::cat(&x0, 0)?;
+        let noisy = NoisyLatents::draw(&self.schedule, &x0, &ts, rng)?;
+        let (_, _, h, w) = noisy.x_t.dims4()?;
+        let weights = if masks.is_empty() {
+            None
+        } else {
+            Some(loss_weights(
+                &Tensor::cat(&masks, 0)?,
+                h,
+                w,
+                cfg.mask_floor,
+            )?)
+        };
+        let loss = objective(
+            model,
+            &Tensor::stack(&ids, 0)?,
+            self.rows.as_tensor(),
+            &Denoising {
+                x_t: &noisy.x_t,
+                t: &noisy.t,
+                target: &noisy.target,
+                weights: weights.as_ref(),
+            },
+        )?;
+        Ok(loss.into())
+    }
+
+    fn after_update(&mut self, step: usize) -> Result<(), TrainError> {
+        if self.cfg.clip_ti_decay {
+            let lambda = (100.0 * self.cfg.learning_rate_ti).min(1.0);
+            let decayed = decay_norms(self.rows.as_tensor(), self.cfg.ti_norm_target, lambda)?;
+            self.rows.set(&decayed)?;
+        }
+        let largest = self
+            .rows
+            .as_tensor()
+            .abs()?
+            .max_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        if !largest.is_finite() {
+            return Err(TrainError::Diverged {
+                step,
+                value: largest,
+            });
+        }
+        Ok(())
+    }
+}
+
 pub fn invert(
     model: &StableDiffusion,
     cfg: &InvertConfig,
     device: &Device,
-    opts: RunOptions,
+    run: RunControl,
 ) -> Result<Inverted, InvertError> {
     cfg.validate().map_err(InvertError::Input)?;
     let (tokens, init_texts) = cfg.tokens_and_initializers().map_err(InvertError::Input)?;
@@ -95,7 +185,9 @@ pub fn invert(
         .iter()
         .map(|t| Initializer::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
-    let images_dir = cfg.instance_data_dir.as_deref().expect("validated");
+    let Some(images_dir) = cfg.instance_data_dir.as_deref() else {
+        return Err(InvertError::Input("no images given".into()));
+    };
     let images = TrainingImages::load(images_dir, cfg.mask_dir.as_deref())?;
     if images.is_empty() {
         return Err(InvertError::Input(format!(
@@ -103,15 +195,7 @@ pub fn invert(
             images_dir.display()
         )));
     }
-    let factor = model.vae.downscale_factor();
-    let resolution = cfg
-        .resolution
-        .unwrap_or(model.unet.config().sample_size.unwrap_or(64) * factor);
-    if resolution == 0 || !resolution.is_multiple_of(factor) {
-        return Err(InvertError::Input(format!(
-            "resolution {resolution} is not a multiple of the VAE factor {factor}"
-        )));
-    }
+    let resolution = training_resolution(cfg.resolution, model.unet.config(), &model.vae)?;
     let text_encoder = &model.text_encoder;
     let mut tokenizer = model.tokenizer.clone();
     let mut rng = NoiseRng::new(cfg.seed ^ 0x70c3);
@@ -135,119 +219,35 @@ pub fn invert(
     }
     let var = Var::from_tensor(&Tensor::stack(&rows, 0)?)?;
     let vars = vec![("embedding".to_string(), var.clone())];
-    let mut opt = AdamW::new(
-        vars.clone(),
-        AdamWConfig {
+    let schedule = NoiseSchedule::from_config(&model.scheduler)?;
+    let timesteps = timestep_range(cfg.timesteps, &schedule)?;
+    let n_images = images.len();
+    let mut inversion = Inversion {
+        model,
+        cfg,
+        images,
+        tokenizer,
+        rows: var.clone(),
+        placeholder_text: tokens.join(" "),
+        resolution: resolution as u32,
+        timesteps,
+        schedule,
+        device: device.clone(),
+    };
+    let plan = Schedule {
+        steps: cfg.max_train_steps_ti,
+        seed: cfg.seed,
+        adamw: AdamWConfig {
             lr: cfg.learning_rate_ti,
             beta1: cfg.adam_beta1,
             beta2: cfg.adam_beta2,
             eps: cfg.adam_epsilon,
             weight_decay: cfg.weight_decay_ti,
         },
-    )?;
-    let checkpoints = opts.schedule(serde_json::to_value(cfg).unwrap_or_default());
-    let start = checkpoints.start(&vars, &mut opt)?;
-    let schedule = NoiseSchedule::from_config(&model.scheduler)?;
-    let (t_lo, t_hi) = (
-        cfg.timesteps[0],
-        cfg.timesteps[1].min(schedule.num_train_timesteps()),
-    );
-    if t_lo >= t_hi {
-        return Err(InvertError::Input(format!(
-            "`timesteps` [{}, {}) lies outside the model's {} training timesteps",
-            cfg.timesteps[0],
-            cfg.timesteps[1],
-            schedule.num_train_timesteps()
-        )));
-    }
-    let placeholder_text = tokens.join(" ");
-    let templates = cfg.templates();
-    let scaling = model.vae.scaling_factor();
-    let lambda = (100.0 * cfg.learning_rate_ti).min(1.0);
-    let started = std::time::Instant::now();
-    let mut losses = Vec::new();
-    for step in start..cfg.max_train_steps_ti {
-        let mut rng = NoiseRng::new(
-            cfg.seed
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .wrapping_add(step as u64),
-        );
-        let (mut x0, mut masks, mut ids, mut ts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..cfg.train_batch_size {
-            let i = rng.below(0, images.len());
-            let ex = images.example(
-                i,
-                resolution as u32,
-                cfg.augment.then_some(&mut rng),
-                device,
-            )?;
-            let dist = model.vae.encode(&ex.pixels)?;
-            let eps = rng.randn(dist.mean().dims(), device)?;
-            x0.push(((dist.mean() + (dist.std() * eps)?)? * scaling)?.detach());
-            if let Some(m) = ex.mask {
-                masks.push(m);
-            }
-            let prompt =
-                templates[rng.below(0, templates.len())].replacen("{}", &placeholder_text, 1);
-            ids.push(Tensor::new(tokenizer.encode(&prompt)?.as_slice(), device)?);
-            ts.push(rng.below(t_lo, t_hi));
-        }
-        let x0 = Tensor::cat(&x0, 0)?;
-        let noise = rng.randn(x0.dims(), device)?;
-        let x_t = schedule.add_noise(&x0, &noise, &ts)?;
-        let target = schedule.target(&x0, &noise, &ts)?;
-        let t = Tensor::new(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), device)?;
-        let (_, _, h, w) = x_t.dims4()?;
-        let weights = if masks.is_empty() {
-            None
-        } else {
-            Some(loss_weights(
-                &Tensor::cat(&masks, 0)?,
-                h,
-                w,
-                cfg.mask_floor,
-            )?)
-        };
-        let loss = objective(
-            model,
-            &Tensor::stack(&ids, 0)?,
-            var.as_tensor(),
-            &Denoising {
-                x_t: &x_t,
-                t: &t,
-                target: &target,
-                weights: weights.as_ref(),
-            },
-        )?;
-        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !value.is_finite() {
-            return Err(InvertError::Diverged { step, value });
-        }
-        let grads = loss.backward()?;
-        let clip = (cfg.max_grad_norm > 0.0).then_some(cfg.max_grad_norm);
-        opt.step(&grads, clip)
-            .map_err(|e| InvertError::Input(format!("step {step}: {e}")))?;
-        if cfg.clip_ti_decay {
-            var.set(&decay_norms(var.as_tensor(), cfg.ti_norm_target, lambda)?)?;
-        }
-        let rows_ok = var
-            .as_tensor()
-            .abs()?
-            .max_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
-        if !rows_ok.is_finite() {
-            return Err(InvertError::Diverged {
-                step,
-                value: rows_ok,
-            });
-        }
-        losses.push(value);
-        (opts.on_step)(step, value);
-        checkpoints.after_step(step + 1, cfg.max_train_steps_ti, &vars, &opt)?;
-    }
-    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
-    let k = losses.len().min(20);
+        max_grad_norm: (cfg.max_grad_norm > 0.0).then_some(cfg.max_grad_norm),
+    };
+    let settings = serde_json::to_value(cfg).map_err(|e| InvertError::Input(e.to_string()))?;
+    let report = train(&vars, &plan, settings.clone(), run, &mut inversion)?;
     let rows = var.as_tensor().detach();
     let norms = rows
         .sqr()?
@@ -262,19 +262,14 @@ pub fn invert(
             source: "fmn".into(),
             initializers: init_texts,
             base_fingerprint: Some(token_table_fingerprint(text_encoder)?),
-            settings: serde_json::to_value(cfg).unwrap_or_default(),
+            settings,
             fmn_version: Some(fmn_core::VERSION.into()),
         },
     )?;
     Ok(Inverted {
         embedding,
-        report: InvertReport {
-            steps: cfg.max_train_steps_ti,
-            first_loss: mean(&losses[..k]),
-            final_loss: mean(&losses[losses.len() - k..]),
-            norms,
-            seconds: started.elapsed().as_secs_f64(),
-            images: images.len(),
-        },
+        report,
+        norms,
+        images: n_images,
     })
 }

@@ -1,10 +1,13 @@
-//! The `fmn-resteer` command line: a YAML config (optional) overridden by flags.
+//! The `fmn-resteer` command line: settings from `--config` (optional), overridden by flags.
 use crate::config::{ConceptKind, ConceptSpec, ParamSet, ResteerConfig};
-use crate::{resteer, Model, RunOptions};
+use crate::{resteer, Model};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::Parser;
+use fmn_core::cli::{switch, OutputArgs, StageArgs};
 use fmn_sd::io::patch::{Concept, Patch};
+use fmn_sd_args::{ModelArgs, TrainingRun, TrainingStageArgs};
+use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,42 +17,73 @@ use std::process::ExitCode;
 #[command(name = "fmn-resteer", version)]
 pub struct Args {
     #[command(flatten)]
-    pub model: fmn_sd_args::ModelArgs,
+    pub model: ModelArgs,
     /// Settings (keys as in configs/resteer/*.yaml); the flags below override them.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE.yaml")]
     pub config: Option<PathBuf>,
-    /// The concept to forget, as written in prompts (several concepts: the config's
-    /// `multi_concept`).
+    #[command(flatten)]
+    pub concept: ConceptArgs,
+    #[command(flatten)]
+    pub settings: SettingArgs,
+    /// The patch file to write.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub stage: TrainingStageArgs,
+}
+
+/// One concept from the command line (several concepts: the config's `multi_concept`).
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Concept")]
+pub struct ConceptArgs {
+    /// The concept to forget, as written in prompts.
     #[arg(long, requires_all = ["kind", "images"])]
     pub concept: Option<String>,
     #[arg(long, value_enum)]
     pub kind: Option<ConceptKind>,
     /// Folder of the concept's images.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,
     /// Folder of masks (NAME.png per image): the loss counts only pixels inside them.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     pub masks: Option<PathBuf>,
     /// Learned tokens for the concept (`fmn-invert` output, AUTOMATIC1111 or diffusers
     /// embedding): the prompts use them instead of the concept's name.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub embedding: Option<PathBuf>,
+}
+
+/// The settings flags, each named after its config key (`fmn_core::config::merge`).
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Settings")]
+pub struct SettingArgs {
+    /// Training steps (`max_train_steps`).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Learning rate (`learning_rate`).
     #[arg(long)]
     pub lr: Option<f64>,
     /// Train only the cross-attention weights (`only_optimize_ca: true`).
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_only_ca")]
     pub only_ca: bool,
-    /// Which UNet weights to train (overrides --only-ca).
+    /// Train every UNet weight (`only_optimize_ca: false`).
+    #[arg(long, overrides_with = "only_ca")]
+    pub no_only_ca: bool,
+    /// Which UNet weights to train (`params`; overrides --only-ca).
     #[arg(long, value_enum)]
     pub params: Option<ParamSet>,
-    /// Also suppress attention on end-of-text positions.
-    #[arg(long)]
+    /// Also suppress attention on end-of-text positions (`use_pooler`).
+    #[arg(long, overrides_with = "no_use_pooler")]
     pub use_pooler: bool,
-    /// With --embedding, also train on prompts with the concept's name (`also_name: true`).
-    #[arg(long)]
+    /// Do not suppress attention on end-of-text positions.
+    #[arg(long, overrides_with = "use_pooler")]
+    pub no_use_pooler: bool,
+    /// With --embedding, also train on prompts with the concept's name (`also_name`).
+    #[arg(long, overrides_with = "no_also_name")]
     pub also_name: bool,
+    /// Train on the learned tokens' prompts only.
+    #[arg(long, overrides_with = "also_name")]
+    pub no_also_name: bool,
     /// Weight of the term moving the concept prompts' cross-attention keys/values onto those
     /// of the same prompts without the concept (`anchor_weight`; 0: off).
     #[arg(long)]
@@ -58,127 +92,97 @@ pub struct Args {
     #[arg(long)]
     pub anchor: Option<String>,
     /// Start from the exact minimiser of the anchor and preservation terms (`solve_anchor`).
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_solve_anchor")]
     pub solve_anchor: bool,
-    /// Train rank-r factors instead of full weights.
+    /// Start from the base weights, not the anchor solve.
+    #[arg(long, overrides_with = "solve_anchor")]
+    pub no_solve_anchor: bool,
+    /// Train rank-r factors instead of full weights (`lora_rank`).
     #[arg(long)]
     pub lora_rank: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Write the checkpoint every N steps to OUT.ckpt/ (removed when the patch is written).
-    #[arg(long, default_value_t = 0)]
-    pub checkpoint_every: usize,
-    /// Continue from OUT.ckpt/ if a checkpoint is there.
-    #[arg(long)]
-    pub resume: bool,
-    /// The patch file to write.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// cpu, or cuda / cuda:N (needs a build with the `cuda` feature).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Print a JSON summary on stdout.
-    #[arg(long)]
-    pub json: bool,
-    #[arg(long, short)]
-    pub quiet: bool,
-    #[arg(long, short)]
-    pub verbose: bool,
 }
 
-impl Args {
-    pub fn settings(&self) -> Result<ResteerConfig> {
-        let mut cfg = match &self.config {
-            Some(path) => fmn_core::load_yaml::<ResteerConfig>(path)?,
-            None => ResteerConfig::default(),
-        };
-        if let (Some(name), Some(kind), Some(images)) = (&self.concept, self.kind, &self.images) {
-            cfg.multi_concept = vec![ConceptSpec {
-                name: name.clone(),
-                kind,
-                images: images.clone(),
-                masks: self.masks.clone(),
-                embedding: self.embedding.clone(),
-            }];
-        } else if self.masks.is_some() || self.embedding.is_some() {
-            bail!("--masks and --embedding go with --concept/--kind/--images; in a config, give `masks` and `embedding` per concept");
-        }
-        if let Some(v) = self.steps {
-            cfg.max_train_steps = v;
-        }
-        if let Some(v) = self.lr {
-            cfg.learning_rate = v;
-        }
-        if self.only_ca {
-            cfg.only_optimize_ca = true;
-        }
-        if self.params.is_some() {
-            cfg.params = self.params;
-        }
-        if self.use_pooler {
-            cfg.use_pooler = true;
-        }
-        if self.also_name {
-            cfg.also_name = true;
-        }
-        if let Some(v) = self.anchor_weight {
-            cfg.anchor_weight = v;
-        }
-        if let Some(v) = &self.anchor {
-            cfg.anchor = v.clone();
-        }
-        if self.solve_anchor {
-            cfg.solve_anchor = true;
-        }
-        if self.lora_rank.is_some() {
-            cfg.lora_rank = self.lora_rank;
-        }
-        if let Some(v) = self.seed {
-            cfg.seed = v;
-        }
-        cfg.validate()
-            .map_err(anyhow::Error::msg)
-            .with_context(|| match &self.config {
-                Some(p) => format!("settings from {}", p.display()),
-                None => "settings".into(),
-            })?;
-        Ok(cfg)
+/// The flags as config keys; `None`: not given.
+#[derive(Serialize)]
+struct Overrides {
+    multi_concept: Option<Vec<ConceptSpec>>,
+    max_train_steps: Option<usize>,
+    learning_rate: Option<f64>,
+    only_optimize_ca: Option<bool>,
+    params: Option<ParamSet>,
+    use_pooler: Option<bool>,
+    also_name: Option<bool>,
+    anchor_weight: Option<f64>,
+    anchor: Option<String>,
+    solve_anchor: Option<bool>,
+    lora_rank: Option<usize>,
+    seed: Option<u64>,
+}
+
+impl StageArgs for Args {
+    fn output(&self) -> &OutputArgs {
+        &self.stage.output
     }
 }
 
-pub fn run(args: &Args) -> Result<ExitCode> {
+impl Args {
+    /// The run's settings: defaults < `--config` < flags, checked.
+    pub fn settings(&self) -> Result<ResteerConfig> {
+        let c = &self.concept;
+        let multi_concept = match (&c.concept, c.kind, &c.images) {
+            (Some(name), Some(kind), Some(images)) => Some(vec![ConceptSpec {
+                name: name.clone(),
+                kind,
+                images: images.clone(),
+                masks: c.masks.clone(),
+                embedding: c.embedding.clone(),
+            }]),
+            _ if c.masks.is_some() || c.embedding.is_some() => bail!(
+                "--masks and --embedding go with --concept/--kind/--images; in a config, give `masks` and `embedding` per concept"
+            ),
+            _ => None,
+        };
+        let s = &self.settings;
+        let flags = Overrides {
+            multi_concept,
+            max_train_steps: s.steps,
+            learning_rate: s.lr,
+            only_optimize_ca: switch(s.only_ca, s.no_only_ca),
+            params: s.params,
+            use_pooler: switch(s.use_pooler, s.no_use_pooler),
+            also_name: switch(s.also_name, s.no_also_name),
+            anchor_weight: s.anchor_weight,
+            anchor: s.anchor.clone(),
+            solve_anchor: switch(s.solve_anchor, s.no_solve_anchor),
+            lora_rank: s.lora_rank,
+            seed: s.seed,
+        };
+        Ok(fmn_core::merge_valid(self.config.as_deref(), &flags)?)
+    }
+}
+
+/// Parses the command line and runs the re-steering.
+pub fn run() -> Result<ExitCode> {
+    let args = fmn_core::cli::parse::<Args>();
+    fmn_core::allocator::tune_for_tensors();
+    execute(&args)
+}
+
+pub fn execute(args: &Args) -> Result<ExitCode> {
     let cfg = args.settings()?;
     let model_dir = args.model.path();
-    let device = fmn_sd::device::from_name(&args.device)?;
-    let model = args
-        .model
-        .open()
-        .and_then(|source| Model::load(&source, &device))
-        .with_context(|| format!("cannot load the model {}", model_dir.display()))?;
+    let device = args.stage.device.device()?;
+    let model = args.model.load(|source| Model::load(source, &device))?;
     let delta_dtype = if cfg.delta_dtype == "f32" {
         DType::F32
     } else {
         DType::F16
     };
-    let ckpt = fmn_sd::train::checkpoint::folder_for(&args.out);
-    let bar = fmn_core::progress::bar(cfg.max_train_steps as u64, "re-steering", args.quiet);
-    let mut on_step = |step: usize, loss: f64| {
-        bar.set_position(step as u64 + 1);
-        bar.set_message(format!("loss {loss:.4}"));
-        tracing::debug!(step, loss);
-    };
-    let result = resteer(
-        &model,
-        &cfg,
-        &device,
-        RunOptions {
-            checkpoint_dir: (args.checkpoint_every > 0 || args.resume).then_some(ckpt.as_path()),
-            checkpoint_every: args.checkpoint_every,
-            resume: args.resume,
-            on_step: &mut on_step,
-        },
-    )?;
-    bar.finish_and_clear();
+    let run = TrainingRun::new(&args.stage, &args.out, cfg.max_train_steps, "re-steering");
+    let result = resteer(&model, &cfg, &device, run.control())?;
+    run.steps_done();
     let concepts = cfg
         .multi_concept
         .iter()
@@ -189,29 +193,29 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .collect();
     let mut settings = serde_json::to_value(&cfg)?;
     settings["model"] = serde_json::json!(model_dir.display().to_string());
+    let tensors = result.deltas.len();
     let patch = Patch::from_deltas(&result.base, result.deltas, concepts, settings, delta_dtype)?;
     patch
         .save(&args.out)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
-    if args.checkpoint_every > 0 || args.resume {
-        fmn_sd::train::checkpoint::Checkpoint::new(&ckpt, serde_json::Value::Null).remove();
-    }
+    run.output_written();
     let r = &result.report;
-    if args.json {
+    if args.stage.output.json {
         println!(
             "{}",
             serde_json::json!({
                 "patch": args.out.display().to_string(),
                 "report": r,
+                "tensors": tensors,
                 "bytes": patch.size_bytes(),
                 "base_fingerprint": patch.meta.base_fingerprint,
             })
         );
-    } else if !args.quiet {
+    } else if !args.stage.output.quiet {
         eprintln!(
             "wrote {} ({} tensors, {:.1} MB): loss {:.4} -> {:.4} in {} steps, {:.1} s",
             args.out.display(),
-            r.tensors,
+            tensors,
             patch.size_bytes() as f64 / 1e6,
             r.first_loss,
             r.final_loss,

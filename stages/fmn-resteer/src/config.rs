@@ -1,5 +1,7 @@
 //! Re-steering settings: a YAML file (keys as the original Forget-Me-Not's `attn.yaml` where
 //! they mean the same) whose values CLI flags override.
+use fmn_core::Validate;
+use fmn_sd::train::scaffold::CommonSettings;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -172,27 +174,21 @@ impl ResteerConfig {
             ConceptKind::Style => &self.style_templates,
         }
     }
+}
 
+impl Validate for ResteerConfig {
     /// Checks what can be checked without the model; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         if self.multi_concept.is_empty() {
             return Err("no concept given (--concept ... or `multi_concept` in the config)".into());
         }
-        if self.max_train_steps == 0 || self.train_batch_size == 0 {
-            return Err("`max_train_steps` and `train_batch_size` must be at least 1".into());
+        CommonSettings {
+            steps: ("max_train_steps", self.max_train_steps),
+            batch: ("train_batch_size", self.train_batch_size),
+            learning_rate: ("learning_rate", self.learning_rate),
+            timesteps: self.timesteps,
         }
-        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return Err(format!(
-                "`learning_rate` must be positive, got {}",
-                self.learning_rate
-            ));
-        }
-        if self.timesteps[0] >= self.timesteps[1] {
-            return Err(format!(
-                "`timesteps` [{}, {}) is empty",
-                self.timesteps[0], self.timesteps[1]
-            ));
-        }
+        .check()?;
         for (key, w) in [
             ("preserve_weight", self.preserve_weight),
             ("anchor_weight", self.anchor_weight),

@@ -7,6 +7,7 @@ use crate::prompts::{anchor_prompt, concept_prompt, ConceptPrompt};
 use crate::solve::anchor_solution_map;
 use crate::ResteerError;
 use candle_core::{DType, Device, Tensor};
+use fmn_core::Validate;
 use fmn_ops::noise::NoiseRng;
 use fmn_sd::io::embedding::{AddedTokens, TokenEmbedding};
 use fmn_sd::io::source::ModelSource;
@@ -14,12 +15,14 @@ use fmn_sd::io::tokenizer::ClipTokenizer;
 use fmn_sd::models::clip::ClipTextModel;
 use fmn_sd::models::probes::AttentionRecorder;
 use fmn_sd::models::unet::UNetConfig;
-use fmn_sd::models::vae::AutoencoderKL;
-use fmn_sd::train::checkpoint::RunOptions;
+use fmn_sd::models::vae::{AutoencoderKL, DiagonalGaussian};
 use fmn_sd::train::images::{resize_mask, TrainingImages};
 use fmn_sd::train::noise_schedule::NoiseSchedule;
-use fmn_sd::train::optim::{AdamW, AdamWConfig};
-use serde::Serialize;
+use fmn_sd::train::optim::AdamWConfig;
+use fmn_sd::train::scaffold::{
+    sample_latent, timestep_range, train, training_resolution, NoisyLatents, Objective, RunControl,
+    Schedule, StepLoss, TrainError, TrainReport,
+};
 use std::collections::BTreeMap;
 
 /// The frozen parts of a diffusers model folder, and the UNet's weights in memory.
@@ -55,31 +58,21 @@ impl Model {
 /// One concept, ready to train on.
 struct PreparedConcept {
     prompts: Vec<(ConceptPrompt, Tensor, Tensor)>,
-    /// Per image (and its mirror image): latent mean and std `[1, C, h, w]`.
-    latents: Vec<(Tensor, Tensor)>,
+    /// Per image (and its mirror image): the VAE posterior `[1, C, h, w]`.
+    latents: Vec<DiagonalGaussian>,
     /// Per entry of `latents`: the mask at the latent size `[1, 1, h, w]`.
     masks: Option<Vec<Tensor>>,
     /// With `anchor_weight`: every prompt's context rows and its anchor prompt's, `[R, D]` each.
     anchor_rows: Option<(Tensor, Tensor)>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ResteerReport {
-    pub steps: usize,
-    pub first_loss: f64,
-    pub final_loss: f64,
-    /// The attention term alone at the last step (the loss without the preservation term).
-    pub final_attention_loss: f64,
-    pub seconds: f64,
-    pub tensors: usize,
-    pub trained_values: usize,
-}
-
+/// A re-steering's result: the deltas of the changed UNet tensors and what the run did (the
+/// report's `final_parts["attention"]` is the attention term alone at the last step).
 pub struct Resteered {
     /// Keys `unet.{name}`: the original values of the changed tensors.
     pub base: BTreeMap<String, Tensor>,
     pub deltas: BTreeMap<String, Tensor>,
-    pub report: ResteerReport,
+    pub report: TrainReport,
 }
 
 /// The tokenizer and text encoder with the concepts' learned tokens (if any) added.
@@ -197,8 +190,7 @@ fn prepare(
             } else {
                 ex.pixels.clone()
             };
-            let dist = model.vae.encode(&px)?;
-            latents.push((dist.mean().detach(), dist.std().detach()));
+            latents.push(model.vae.encode(&px)?.detach());
             if let (Some(out), Some(m)) = (masks.as_mut(), ex.mask.as_ref()) {
                 let m = if flip { m.flip(&[3])? } else { m.clone() };
                 let (h, w) = (resolution / factor, resolution / factor);
@@ -258,23 +250,94 @@ fn preserved_contexts(
     Ok(Some(ctx.reshape((p * n, d))?))
 }
 
+/// Re-steering's per-step loss: per concept a batch of its latents noised at random
+/// timesteps under one of its prompts, the attention energy on its tokens (L2 norm over every
+/// `attn2`, masked if masks are given), plus the K/V preservation and anchor terms.
+struct Resteering<'a> {
+    model: &'a Model,
+    cfg: &'a ResteerConfig,
+    concepts: Vec<PreparedConcept>,
+    trainable: Trainable,
+    kv_names: Vec<String>,
+    preserve: Option<Tensor>,
+    /// Per anchored concept: its context rows and the anchor offsets per K/V delta.
+    anchored: Vec<(Tensor, Vec<Tensor>)>,
+    anchor_weight: f64,
+    timesteps: (usize, usize),
+    device: Device,
+}
+
+impl Objective for Resteering<'_> {
+    fn loss(&mut self, _step: usize, rng: &mut NoiseRng) -> Result<StepLoss, TrainError> {
+        let (cfg, model, device) = (self.cfg, self.model, &self.device);
+        let scaling = model.vae.scaling_factor();
+        let unet = self.trainable.unet(device)?;
+        let mut attention_loss: Option<Tensor> = None;
+        for c in &self.concepts {
+            let (_, context, positions) = &c.prompts[rng.below(0, c.prompts.len())];
+            let mut x0 = Vec::new();
+            let mut masks = Vec::new();
+            let mut ts = Vec::new();
+            for _ in 0..cfg.train_batch_size {
+                let i = rng.below(0, c.latents.len());
+                x0.push(sample_latent(&c.latents[i], scaling, rng)?);
+                if let Some(m) = &c.masks {
+                    masks.push(m[i].clone());
+                }
+                ts.push(rng.below(self.timesteps.0, self.timesteps.1));
+            }
+            let x0 = Tensor::cat(&x0, 0)?;
+            let noisy = NoisyLatents::draw(&model.schedule, &x0, &ts, rng)?;
+            let ctx = context.repeat((cfg.train_batch_size, 1, 1))?;
+            let recorder = AttentionRecorder::new();
+            unet.forward_with_probe(&noisy.x_t, &noisy.t, &ctx, Some(&recorder))?;
+            let mask = if masks.is_empty() {
+                None
+            } else {
+                Some(Tensor::cat(&masks, 0)?)
+            };
+            let (_, _, h, w) = noisy.x_t.dims4()?;
+            let energy = attention_energy(&recorder.take(), positions, mask.as_ref(), (h, w))?;
+            let norm = energy.sqrt()?;
+            attention_loss = Some(match attention_loss {
+                None => norm,
+                Some(l) => (l + norm)?,
+            });
+        }
+        let Some(attention_loss) = attention_loss else {
+            return Err(TrainError::Input("no concept to re-steer".into()));
+        };
+        let mut loss = attention_loss.clone();
+        if self.preserve.is_some() || !self.anchored.is_empty() {
+            let deltas = self
+                .kv_names
+                .iter()
+                .filter_map(|n| self.trainable.delta(n).transpose())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            if let (Some(contexts), false) = (&self.preserve, deltas.is_empty()) {
+                loss = (loss + (preservation(contexts, &deltas)? * cfg.preserve_weight)?)?;
+            }
+            for (rows, offsets) in &self.anchored {
+                loss = (loss + (anchoring(rows, &deltas, offsets)? * self.anchor_weight)?)?;
+            }
+        }
+        Ok(StepLoss {
+            total: loss,
+            parts: vec![("attention", attention_loss)],
+        })
+    }
+}
+
 pub fn resteer(
     model: &Model,
     cfg: &ResteerConfig,
     device: &Device,
-    opts: RunOptions,
+    run: RunControl,
 ) -> Result<Resteered, ResteerError> {
     cfg.validate().map_err(ResteerError::Input)?;
     let set = cfg.param_set();
-    let factor = model.vae.downscale_factor();
-    let resolution = cfg
-        .resolution
-        .unwrap_or(model.unet_config.sample_size.unwrap_or(64) * factor);
-    if resolution == 0 || !resolution.is_multiple_of(factor) {
-        return Err(ResteerError::Input(format!(
-            "resolution {resolution} is not a multiple of the VAE factor {factor}"
-        )));
-    }
+    let resolution = training_resolution(cfg.resolution, &model.unet_config, &model.vae)?;
+    let timesteps = timestep_range(cfg.timesteps, &model.schedule)?;
     let text = TextSide::new(model, cfg)?;
     let concepts = (0..cfg.multi_concept.len())
         .map(|i| prepare(model, &text, i, cfg, resolution, device))
@@ -316,8 +379,8 @@ pub fn resteer(
         .map(|(rows, anchor)| Ok((rows.clone(), anchor_offsets(rows, anchor, &kv_base)?)))
         .collect::<Result<Vec<_>, ResteerError>>()?;
     // The anchor term is the mean of the concepts' terms: one preservation list then holds
-    // several concepts as firmly as one (summed, three concepts broke kiki in the toy world;
-    // BENCHMARKS.md).
+    // several concepts as firmly as one (summed, three concepts broke kiki in the toy world:
+    // BENCHMARKS.md#joint-runs-the-anchor-term-is-a-mean).
     let anchor_weight = cfg.anchor_weight / anchored.len().max(1) as f64;
     if cfg.solve_anchor {
         let rows: Vec<(Tensor, Tensor)> = concepts
@@ -335,114 +398,36 @@ pub fn resteer(
         }
     }
     let vars = trainable.vars();
-    let trained_values = vars.iter().map(|(_, v)| v.elem_count()).sum();
-    let mut opt = AdamW::new(
-        vars.clone(),
-        AdamWConfig {
+    let plan = Schedule {
+        steps: cfg.max_train_steps,
+        seed: cfg.seed,
+        adamw: AdamWConfig {
             lr: cfg.learning_rate,
             beta1: cfg.adam_beta1,
             beta2: cfg.adam_beta2,
             eps: cfg.adam_epsilon,
             weight_decay: cfg.adam_weight_decay,
         },
-    )?;
-    let checkpoints = opts.schedule(serde_json::to_value(cfg).unwrap_or_default());
-    let start = checkpoints.start(&vars, &mut opt)?;
-    let scaling = model.vae.scaling_factor();
-    let train_steps = model.schedule.num_train_timesteps();
-    let (t_lo, t_hi) = (cfg.timesteps[0], cfg.timesteps[1].min(train_steps));
-    if t_lo >= t_hi {
-        return Err(ResteerError::Input(format!(
-            "`timesteps` [{}, {}) lies outside the model's {train_steps} training timesteps",
-            cfg.timesteps[0], cfg.timesteps[1]
-        )));
-    }
-    let started = std::time::Instant::now();
-    let (mut first, mut last, mut last_attention) = (f64::NAN, f64::NAN, f64::NAN);
-    for step in start..cfg.max_train_steps {
-        let mut rng = NoiseRng::new(
-            cfg.seed
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .wrapping_add(step as u64),
-        );
-        let unet = trainable.unet(device)?;
-        let mut attention_loss: Option<Tensor> = None;
-        for c in &concepts {
-            let (_, context, positions) = &c.prompts[rng.below(0, c.prompts.len())];
-            let mut x0 = Vec::new();
-            let mut masks = Vec::new();
-            let mut ts = Vec::new();
-            for _ in 0..cfg.train_batch_size {
-                let i = rng.below(0, c.latents.len());
-                let (mean, std) = &c.latents[i];
-                let eps = rng.randn(mean.dims(), device)?;
-                x0.push(((mean + (std * eps)?)? * scaling)?);
-                if let Some(m) = &c.masks {
-                    masks.push(m[i].clone());
-                }
-                ts.push(rng.below(t_lo, t_hi));
-            }
-            let x0 = Tensor::cat(&x0, 0)?;
-            let noise = rng.randn(x0.dims(), device)?;
-            let x_t = model.schedule.add_noise(&x0, &noise, &ts)?;
-            let t = Tensor::new(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), device)?;
-            let ctx = context.repeat((cfg.train_batch_size, 1, 1))?;
-            let recorder = AttentionRecorder::new();
-            unet.forward_with_probe(&x_t, &t, &ctx, Some(&recorder))?;
-            let mask = if masks.is_empty() {
-                None
-            } else {
-                Some(Tensor::cat(&masks, 0)?)
-            };
-            let (_, _, h, w) = x_t.dims4()?;
-            let energy = attention_energy(&recorder.take(), positions, mask.as_ref(), (h, w))?;
-            let norm = energy.sqrt()?;
-            attention_loss = Some(match attention_loss {
-                None => norm,
-                Some(l) => (l + norm)?,
-            });
-        }
-        let attention_loss = attention_loss.expect("at least one concept");
-        let mut loss = attention_loss.clone();
-        if preserve.is_some() || !anchored.is_empty() {
-            let deltas = kv_names
-                .iter()
-                .filter_map(|n| trainable.delta(n).transpose())
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            if let (Some(contexts), false) = (&preserve, deltas.is_empty()) {
-                loss = (loss + (preservation(contexts, &deltas)? * cfg.preserve_weight)?)?;
-            }
-            for (rows, offsets) in &anchored {
-                loss = (loss + (anchoring(rows, &deltas, offsets)? * anchor_weight)?)?;
-            }
-        }
-        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !value.is_finite() {
-            return Err(ResteerError::Diverged { step, value });
-        }
-        let grads = loss.backward()?;
-        opt.step(&grads, Some(cfg.max_grad_norm))
-            .map_err(|e| ResteerError::Input(format!("step {step}: {e}")))?;
-        if step == start {
-            first = value;
-        }
-        last = value;
-        last_attention = attention_loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        (opts.on_step)(step, value);
-        checkpoints.after_step(step + 1, cfg.max_train_steps, &vars, &opt)?;
-    }
-    let (base, deltas) = trainable.export()?;
+        max_grad_norm: Some(cfg.max_grad_norm),
+    };
+    let settings = serde_json::to_value(cfg).map_err(|e| ResteerError::Input(e.to_string()))?;
+    let mut objective = Resteering {
+        model,
+        cfg,
+        concepts,
+        trainable,
+        kv_names,
+        preserve,
+        anchored,
+        anchor_weight,
+        timesteps,
+        device: device.clone(),
+    };
+    let report = train(&vars, &plan, settings, run, &mut objective)?;
+    let (base, deltas) = objective.trainable.export()?;
     Ok(Resteered {
-        report: ResteerReport {
-            steps: cfg.max_train_steps,
-            first_loss: first,
-            final_loss: last,
-            final_attention_loss: last_attention,
-            seconds: started.elapsed().as_secs_f64(),
-            tensors: deltas.len(),
-            trained_values,
-        },
         base,
         deltas,
+        report,
     })
 }

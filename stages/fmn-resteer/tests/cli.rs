@@ -9,26 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd1-tiny")
+    fmn_testkit::fixtures().join("sd1-tiny")
 }
 
 fn images(dir: &Path, n: u32, size: u32) -> (PathBuf, PathBuf) {
-    let (img, masks) = (dir.join("images"), dir.join("masks"));
-    std::fs::create_dir_all(&img).unwrap();
-    std::fs::create_dir_all(&masks).unwrap();
-    for i in 0..n {
-        image::RgbImage::from_fn(size, size, |x, y| {
-            image::Rgb([(x * 4 + i * 30) as u8, (y * 4) as u8, 128])
-        })
-        .save(img.join(format!("{i}.png")))
-        .unwrap();
-        image::GrayImage::from_fn(size, size, |x, _| {
-            image::Luma([if x < size / 2 { 255 } else { 0 }])
-        })
-        .save(masks.join(format!("{i}.png")))
-        .unwrap();
-    }
-    (img, masks)
+    fmn_testkit::write_training_images(dir, n, size)
 }
 
 fn resteer(args: &[&str], extra: &[&Path]) -> Output {

@@ -1,9 +1,9 @@
 //! `fmn-sample`: text-to-image sampling from a diffusers folder, writing PNGs and a manifest,
 //! optionally the final latents and cross-attention maps.
-mod args;
-mod config;
+pub mod args;
 mod images;
 mod manifest;
+pub mod settings;
 mod shard;
 
 pub use args::Args;
@@ -20,22 +20,31 @@ use fmn_sd::sample::pipeline::{
 use manifest::{ImageEntry, Manifest};
 use std::collections::HashMap;
 use std::path::Path;
+use std::process::ExitCode;
 
 /// Seeds of the extra noise ancestral samplers draw are derived from the image seed by this
 /// offset, so that they never coincide with another image's initial noise.
 const STEP_SEED_OFFSET: u64 = 0x5EED_0000_0000;
 
-pub fn run(args: &Args) -> Result<()> {
-    let prompts = args.prompts()?;
-    check_guidance_rescale(args.guidance_rescale).context("--guidance-rescale")?;
-    let device = args.device()?;
-    let model_dir = args.model.path();
-    let guidance = resolve_guidance(args.guidance, &model_dir)?;
+/// Parses the command line and samples.
+pub fn run() -> Result<ExitCode> {
+    let args = fmn_core::cli::parse::<Args>();
+    fmn_core::allocator::tune_for_tensors();
+    execute(&args)
+}
+
+pub fn execute(args: &Args) -> Result<ExitCode> {
+    let s = args.settings()?;
+    let prompts = s.prompts()?;
+    check_guidance_rescale(s.guidance_rescale).context("--guidance-rescale")?;
+    let device = s.device()?;
+    let model_dir = s.model_dir();
+    let guidance = resolve_guidance(s.guidance, &model_dir)?;
     let init = match &args.init_latents {
         Some(path) => Some(load_init_latents(path, &device)?),
         None => None,
     };
-    let patches = args
+    let patches = s
         .patch
         .iter()
         .map(|p| Patch::load(p).with_context(|| format!("cannot load the patch {}", p.display())))
@@ -44,10 +53,10 @@ pub fn run(args: &Args) -> Result<()> {
         .model
         .open_at(&model_dir)
         .and_then(|source| {
-            StableDiffusion::load_source(&source, &device, args.dtype.dtype(), &patches)
+            StableDiffusion::load_source(&source, &device, s.dtype.dtype(), &patches)
         })
         .with_context(|| {
-            let names: Vec<String> = args.patch.iter().map(|p| p.display().to_string()).collect();
+            let names: Vec<String> = s.patch.iter().map(|p| p.display().to_string()).collect();
             match names.len() {
                 0 => format!("cannot load the model {}", model_dir.display()),
                 _ => format!(
@@ -57,10 +66,10 @@ pub fn run(args: &Args) -> Result<()> {
                 ),
             }
         })?;
-    if !args.embedding.is_empty() {
+    if !s.embedding.is_empty() {
         let mut embeddings = Vec::new();
         let mut names = Vec::new();
-        for p in &args.embedding {
+        for p in &s.embedding {
             embeddings.push(
                 TokenEmbedding::load(p)
                     .with_context(|| format!("cannot load the embedding {}", p.display()))?,
@@ -70,8 +79,8 @@ pub fn run(args: &Args) -> Result<()> {
         model.add_embeddings(embeddings, &names)?;
     }
 
-    let (height, width) = args.size(&model, init.as_ref())?;
-    let num_images = match (&init, args.num_images) {
+    let (height, width) = s.size(&model, init.as_ref())?;
+    let num_images = match (&init, s.num_images) {
         (Some(t), Some(n)) if t.dim(0)? != n => bail!(
             "--init-latents holds {} latents but --num-images is {n}",
             t.dim(0)?
@@ -90,7 +99,7 @@ pub fn run(args: &Args) -> Result<()> {
             );
         }
     }
-    let attention_steps = args.attention_steps()?;
+    let attention_steps = s.attention_steps(args.save_attention.as_deref())?;
 
     let staging = StagingDir::new(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -98,8 +107,8 @@ pub fn run(args: &Args) -> Result<()> {
     let batches: Vec<Vec<usize>> = (0..prompts.len())
         .map(|pi| shard::images_of(shard, pi, num_images))
         .collect();
-    let total_steps = (batches.iter().filter(|ks| !ks.is_empty()).count() * args.steps) as u64;
-    let bar = fmn_core::progress::bar(total_steps, "sampling", args.quiet);
+    let total_steps = (batches.iter().filter(|ks| !ks.is_empty()).count() * s.steps) as u64;
+    let bar = args.output.bar(total_steps, "sampling");
     let mut entries = Vec::new();
     let mut all_latents = Vec::new();
     let mut attention: HashMap<String, Vec<Tensor>> = HashMap::new();
@@ -111,22 +120,22 @@ pub fn run(args: &Args) -> Result<()> {
         let noise = match &init {
             _ if ks.len() < num_images => {
                 let per_image = [1, shape[1], shape[2], shape[3]];
-                shard::noise(per_image, ks, args.seed, init.as_ref(), &device)?
+                shard::noise(per_image, ks, s.seed, init.as_ref(), &device)?
             }
             Some(t) => t.clone(),
-            None => seeded_noise(shape, args.seed, &device)?,
+            None => seeded_noise(shape, s.seed, &device)?,
         };
         let out = model.sample(
             &SampleRequest {
                 prompt,
-                negative_prompt: &args.negative_prompt,
-                sampler: args.scheduler,
-                steps: args.steps,
+                negative_prompt: &s.negative_prompt,
+                sampler: s.scheduler,
+                steps: s.steps,
                 guidance,
-                guidance_rescale: args.guidance_rescale,
+                guidance_rescale: s.guidance_rescale,
                 init_noise: noise,
                 attention_steps: &attention_steps,
-                step_seed: args.seed.wrapping_add(STEP_SEED_OFFSET),
+                step_seed: s.seed.wrapping_add(STEP_SEED_OFFSET),
             },
             |_| bar.inc(1),
         )?;
@@ -139,7 +148,7 @@ pub fn run(args: &Args) -> Result<()> {
                 prompt_index: pi,
                 prompt: prompt.clone(),
                 image_index: k,
-                seed: init.is_none().then(|| args.seed.wrapping_add(k as u64)),
+                seed: init.is_none().then(|| s.seed.wrapping_add(k as u64)),
             });
         }
         all_latents.push(out.latents);
@@ -167,18 +176,18 @@ pub fn run(args: &Args) -> Result<()> {
         fmn_version: fmn_core::VERSION.into(),
         model: model_dir.display().to_string(),
         prompts: prompts.clone(),
-        negative_prompt: args.negative_prompt.clone(),
-        scheduler: args.scheduler.to_string(),
-        steps: args.steps,
+        negative_prompt: s.negative_prompt.clone(),
+        scheduler: s.scheduler.to_string(),
+        steps: s.steps,
         guidance,
-        guidance_rescale: args.guidance_rescale,
+        guidance_rescale: s.guidance_rescale,
         width,
         height,
-        seed: args.seed,
+        seed: s.seed,
         num_images,
         init_latents: args.init_latents.as_ref().map(|p| p.display().to_string()),
-        patches: args.patch.iter().map(|p| p.display().to_string()).collect(),
-        embeddings: args
+        patches: s.patch.iter().map(|p| p.display().to_string()).collect(),
+        embeddings: s
             .embedding
             .iter()
             .map(|p| p.display().to_string())
@@ -190,16 +199,16 @@ pub fn run(args: &Args) -> Result<()> {
     let out = staging
         .commit(&["manifest.json"])
         .with_context(|| format!("cannot move the results into {}", args.out.display()))?;
-    if args.json {
+    if args.output.json {
         println!("{}", serde_json::to_string(&manifest)?);
-    } else {
+    } else if !args.output.quiet {
         eprintln!(
             "wrote {} images to {}",
             manifest.images.len(),
             out.display()
         );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_init_latents(path: &Path, device: &Device) -> Result<Tensor> {

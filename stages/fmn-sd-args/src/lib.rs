@@ -1,6 +1,11 @@
 //! The command-line option groups of every stage that loads a Stable Diffusion model, flattened
 //! into its arguments (`#[command(flatten)]`): [`ModelArgs`] (where the model comes from) and
-//! [`DeviceArgs`] (where it runs).
+//! [`DeviceArgs`] (where it runs) — and [`TrainingRun`], what a training stage does around
+//! its run (checkpoints beside the output, the progress bar).
+mod run;
+
+pub use run::TrainingRun;
+
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use fmn_sd::io::source::{ModelSource, SourceOptions};
@@ -58,31 +63,57 @@ impl ModelArgs {
         self.open_at(&self.path())
     }
 
+    /// Opens the model and builds what `build` makes of it; an error names the model.
+    pub fn load<T>(
+        &self,
+        build: impl FnOnce(&ModelSource) -> fmn_sd::Result<T>,
+    ) -> Result<T, LoadError> {
+        self.open()
+            .and_then(|source| build(&source))
+            .map_err(|source| LoadError {
+                model: self.path(),
+                source,
+            })
+    }
+
     /// Opens `model` (in place of `--model`) with these options.
     pub fn open_at(&self, model: &Path) -> fmn_sd::Result<ModelSource> {
         ModelSource::open(model, &self.options())
     }
 }
 
-/// `--device`.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Device")]
-pub struct DeviceArgs {
-    /// cpu, or cuda / cuda:N (needs a build with the `cuda` feature).
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    pub device: String,
+/// The groups every training stage takes besides its model and output: `--device`, run
+/// control (`--checkpoint-every`, `--resume`) and output (`--json`, `-q`, `-v`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TrainingStageArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub run: fmn_core::cli::RunArgs,
+    #[command(flatten)]
+    pub output: fmn_core::cli::OutputArgs,
 }
 
-impl Default for DeviceArgs {
-    fn default() -> Self {
-        Self {
-            device: "cpu".into(),
-        }
-    }
+/// A model that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load the model {}", .model.display())]
+pub struct LoadError {
+    pub model: PathBuf,
+    #[source]
+    pub source: fmn_sd::SdError,
+}
+
+/// `--device`.
+#[derive(Debug, Clone, Default, Args, serde::Serialize)]
+#[command(next_help_heading = "Device")]
+pub struct DeviceArgs {
+    /// cpu, or cuda / cuda:N (needs a build with the `cuda` feature) [default: cpu].
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
 }
 
 impl DeviceArgs {
     pub fn device(&self) -> fmn_sd::Result<Device> {
-        fmn_sd::device::from_name(&self.device)
+        fmn_sd::device::from_name(self.device.as_deref().unwrap_or("cpu"))
     }
 }

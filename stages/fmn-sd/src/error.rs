@@ -44,6 +44,9 @@ pub enum SdError {
     /// Patches that do not fit the model (or each other) they are applied to or merged with.
     #[error("{0}")]
     PatchMismatch(String),
+    /// A training step's gradient norm (or loss) is not finite.
+    #[error("the gradient norm is {0}: the loss diverged (try a lower learning rate)")]
+    NonFiniteGradient(f64),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use fmn_ops::noise::NoiseRng;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `tests/fixtures/` of the workspace.
 pub fn fixtures() -> PathBuf {
@@ -65,4 +65,25 @@ pub fn seeded_randn_f64(shape: &[usize], seed: u64) -> Tensor {
 pub fn max_diff_f64(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!((a.dtype(), b.dtype()), (DType::F64, DType::F64));
     max_abs_in_own_dtype(&(a - b).unwrap())
+}
+
+/// Writes `n` gradient images of `size`² pixels into `dir/images` (`{i}.png`) and masks of their
+/// left halves into `dir/masks`: training inputs for the stages' command-line tests.
+pub fn write_training_images(dir: &Path, n: u32, size: u32) -> (PathBuf, PathBuf) {
+    let (img, masks) = (dir.join("images"), dir.join("masks"));
+    std::fs::create_dir_all(&img).unwrap();
+    std::fs::create_dir_all(&masks).unwrap();
+    for i in 0..n {
+        image::RgbImage::from_fn(size, size, |x, y| {
+            image::Rgb([(x * 4 + i * 30) as u8, (y * 4) as u8, 128])
+        })
+        .save(img.join(format!("{i}.png")))
+        .unwrap();
+        image::GrayImage::from_fn(size, size, |x, _| {
+            image::Luma([if x < size / 2 { 255 } else { 0 }])
+        })
+        .save(masks.join(format!("{i}.png")))
+        .unwrap();
+    }
+    (img, masks)
 }

@@ -572,6 +572,15 @@ impl DiagonalGaussian {
         self.sample_with(&rng.randn(self.mean.dims(), self.mean.device())?)
     }
 
+    /// The same distribution outside the autograd graph.
+    pub fn detach(&self) -> Self {
+        Self {
+            mean: self.mean.detach(),
+            logvar: self.logvar.detach(),
+            std: self.std.detach(),
+        }
+    }
+
     /// `mean + std * eps` for given standard-normal draws `eps` (`[B, L, h, w]`, any float
     /// dtype), e.g. rows of noise drawn once for a larger batch.
     pub fn sample_with(&self, eps: &Tensor) -> Result<Tensor> {

@@ -149,9 +149,7 @@ impl AdamW {
         }
         let norm = total.sqrt();
         if !norm.is_finite() {
-            return Err(SdError::Invalid(format!(
-                "gradient norm is {norm}: the loss diverged (try a lower learning rate)"
-            )));
+            return Err(SdError::NonFiniteGradient(norm));
         }
         let clip = match max_grad_norm {
             // 1e-6 as in torch's clip_grad_norm_.
