@@ -97,6 +97,15 @@ pub fn merge<T: DeserializeOwned>(
     serde_yaml::from_value(Value::Mapping(merged)).map_err(|e| ConfigError::Flags(e.to_string()))
 }
 
+/// For `#[serde(serialize_with = "fmn_core::config::display")]` on a flag whose type parses
+/// from text: the flag as the text a config file would hold.
+pub fn display<T: std::fmt::Display, S: serde::Serializer>(
+    value: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    value.as_ref().map(ToString::to_string).serialize(s)
+}
+
 fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),

@@ -1,8 +1,10 @@
-//! The `fmn-eval` command line.
+//! The `fmn-eval` command line: settings from `--config` (optional), overridden by flags.
 use crate::judge::JudgeSpec;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use fmn_core::cli::{OutputArgs, StageArgs};
 use fmn_core::Shard;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Judge before/after sample folders against a suite of concept prompts and write metrics
@@ -14,15 +16,15 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub eval: EvalArgs,
-    /// Print metrics.json on stdout instead of one summary line per concept.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// No progress bar.
-    #[arg(long, short, global = true)]
-    pub quiet: bool,
-    /// Log progress details on stderr.
-    #[arg(long, short, global = true)]
-    pub verbose: bool,
+    /// With --json: metrics.json on stdout (else one summary line per concept).
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+impl StageArgs for Cli {
+    fn output(&self) -> &OutputArgs {
+        &self.output
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,16 +39,17 @@ pub struct MergeArgs {
     #[arg(required = true)]
     pub shards: Vec<PathBuf>,
     /// The merged report folder (replaced whole).
-    #[arg(long)]
+    #[arg(long, short)]
     pub out: PathBuf,
 }
 
 /// Options of an evaluation; each may also come from `--config FILE.yaml` (same names, with
 /// underscores), the flags overriding it.
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args, Default, Serialize)]
 pub struct EvalArgs {
     /// YAML file with any of the options below.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE.yaml")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// The fmn-sample folder of the original model.
     #[arg(long)]
@@ -59,12 +62,14 @@ pub struct EvalArgs {
     pub suite: Option<PathBuf>,
     /// toy, onnx:PRESET.yaml or clip:DIR.
     #[arg(long)]
+    #[serde(serialize_with = "fmn_core::config::display")]
     pub judge: Option<JudgeSpec>,
     /// The report folder (replaced whole).
-    #[arg(long)]
+    #[arg(long, short)]
     pub out: Option<PathBuf>,
     /// Evaluate only shard I of N (0-based) of the image pairs; combine with `fmn-eval merge`.
     #[arg(long)]
+    #[serde(serialize_with = "fmn_core::config::display")]
     pub shard: Option<Shard>,
     /// The before folder's --save-attention file (default: BEFORE/attention.safetensors if
     /// present).
@@ -80,9 +85,9 @@ pub struct EvalArgs {
     pub tokenizer: Option<PathBuf>,
 }
 
-/// `--config FILE.yaml`.
+/// The settings keys (`--config FILE.yaml`, flags of the same names).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
     pub before: Option<PathBuf>,
     pub after: Option<PathBuf>,
@@ -110,42 +115,39 @@ pub struct Settings {
 }
 
 impl EvalArgs {
-    /// The flags over the config file; missing required options are named.
-    pub fn settings(&self) -> anyhow::Result<Settings> {
-        use anyhow::Context;
-        let cfg: EvalConfig = match &self.config {
-            Some(p) => fmn_core::load_yaml(p)?,
-            None => EvalConfig::default(),
-        };
-        let need = |flag: Option<&PathBuf>, key: Option<PathBuf>, name: &str| {
-            flag.cloned().or(key).with_context(|| {
+    /// Defaults < `--config` < flags; missing required settings are named.
+    pub fn settings(&self) -> Result<Settings> {
+        let cfg: EvalConfig = fmn_core::merge(self.config.as_deref(), self)?;
+        let need = |value: Option<PathBuf>, name: &str| {
+            value.with_context(|| {
                 format!("--{name} is required (as a flag or as `{name}:` in --config)")
             })
         };
-        let judge = match (&self.judge, &cfg.judge) {
-            (Some(j), _) => j.clone(),
-            (None, Some(s)) => s
+        let judge = match &cfg.judge {
+            Some(s) => s
                 .parse()
-                .map_err(|e: String| anyhow::anyhow!("config `judge`: {e}"))?,
-            (None, None) => {
-                anyhow::bail!("--judge is required (as a flag or as `judge:` in --config)")
-            }
+                .map_err(|e: String| anyhow::anyhow!("`judge`: {e}"))?,
+            None => anyhow::bail!("--judge is required (as a flag or as `judge:` in --config)"),
         };
-        let shard = match (&self.shard, &cfg.shard) {
-            (Some(s), _) => *s,
-            (None, Some(s)) => s.parse().context("config `shard`")?,
-            (None, None) => Shard::ALL,
+        let shard = match &cfg.shard {
+            Some(s) => s.parse().context("`shard`")?,
+            None => Shard::ALL,
         };
         Ok(Settings {
-            before: need(self.before.as_ref(), cfg.before, "before")?,
-            after: need(self.after.as_ref(), cfg.after, "after")?,
-            suite: need(self.suite.as_ref(), cfg.suite, "suite")?,
-            out: need(self.out.as_ref(), cfg.out, "out")?,
+            before: need(cfg.before, "before")?,
+            after: need(cfg.after, "after")?,
+            suite: need(cfg.suite, "suite")?,
+            out: need(cfg.out, "out")?,
             judge,
             shard,
-            before_attention: self.before_attention.clone().or(cfg.before_attention),
-            after_attention: self.after_attention.clone().or(cfg.after_attention),
-            tokenizer: self.tokenizer.clone().or(cfg.tokenizer),
+            before_attention: cfg.before_attention,
+            after_attention: cfg.after_attention,
+            tokenizer: cfg.tokenizer,
         })
     }
+}
+
+/// Parses the command line and evaluates (or merges shards).
+pub fn run() -> Result<std::process::ExitCode> {
+    crate::execute(&fmn_core::cli::parse::<Cli>())
 }

@@ -24,7 +24,7 @@ use fmn_core::StagingDir;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn run(cli: &Cli) -> Result<ExitCode> {
+pub fn execute(cli: &Cli) -> Result<ExitCode> {
     let (results, staging, out) = match &cli.command {
         Some(cli::Command::Merge(m)) => {
             let staging = StagingDir::new(&m.out)
@@ -36,7 +36,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             let settings = cli.eval.settings()?;
             let staging = StagingDir::new(&settings.out)
                 .with_context(|| format!("cannot create {}", settings.out.display()))?;
-            let results = eval::evaluate(&settings, staging.path(), cli.quiet)?;
+            let results = eval::evaluate(&settings, staging.path(), cli.output.quiet)?;
             (results, staging, settings.out.clone())
         }
     };
@@ -44,9 +44,9 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
     staging
         .commit_replace()
         .with_context(|| format!("cannot move the report into {}", out.display()))?;
-    if cli.json {
+    if cli.output.json {
         println!("{}", serde_json::to_string_pretty(&metrics)?);
-    } else {
+    } else if !cli.output.quiet {
         for m in &metrics.concepts {
             println!("{}", metrics::summary_line(m));
         }

@@ -1,14 +1,3 @@
-use clap::Parser;
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
-    let cli = fmn_eval::Cli::parse();
-    fmn_core::logging::init(cli.verbose, false);
-    match fmn_eval::run(&cli) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    fmn_core::cli::exit(fmn_eval::cli::run())
 }

@@ -189,7 +189,6 @@ fn a_config_file_supplies_options_and_flags_override_it() {
         cfg.to_str().unwrap(),
         "--out",
         &format!("{r}/from-flag"),
-        "--quiet",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(tmp.path().join("from-flag/metrics.json").is_file());

@@ -86,7 +86,6 @@ fn eval_args<'a>(root: &'a str, out: &'a str) -> Vec<String> {
         "toy".into(),
         "--out".into(),
         format!("{root}/{out}"),
-        "--quiet".into(),
     ]
 }
 
