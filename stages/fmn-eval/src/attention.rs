@@ -1,42 +1,40 @@
-//! Cross-attention saved by `fmn-sample --save-attention`: tensors `step{i}/{module path}` of
-//! shape [images, heads, pixels, 77] (rows in manifest order). The concept's share of the
-//! attention mass, and a heat map of where its tokens are attended.
+//! Cross-attention saved by `fmn-sample --save-attention` (format in
+//! `fmn_sd::io::attention`; rows in manifest order): the concept's share of the attention
+//! mass, and a heat map of where its tokens are attended.
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_core::IndexOp;
 use fmn_sd::io::tokenizer::ClipTokenizer;
+use fmn_sd::models::probes::{token_mass, AttentionRecord};
 use image::{ImageBuffer, Luma, RgbImage};
 use std::path::Path;
 
 pub struct AttentionFile {
-    /// (name, [images, heads, pixels, tokens]) sorted by name.
-    tensors: Vec<(String, Tensor)>,
+    /// The maps, sorted by their key (`step{i}/{module path}`).
+    records: Vec<AttentionRecord>,
     rows: usize,
 }
 
 impl AttentionFile {
     pub fn load(path: &Path, images: usize) -> Result<AttentionFile> {
-        let map = candle_core::safetensors::load(path, &Device::Cpu)
-            .with_context(|| format!("cannot read the attention file {}", path.display()))?;
-        let mut tensors: Vec<(String, Tensor)> = map.into_iter().collect();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        if tensors.is_empty() {
+        let records: Vec<AttentionRecord> = fmn_sd::io::attention::load(path)
+            .with_context(|| format!("cannot read the attention file {}", path.display()))?
+            .into_values()
+            .collect();
+        if records.is_empty() {
             bail!("attention file {}: no tensors", path.display());
         }
-        for (name, t) in &tensors {
-            if t.rank() != 4 || t.dim(0)? != images {
+        for r in &records {
+            if r.probs.dim(0)? != images {
                 bail!(
-                    "attention file {}: tensor `{name}` has shape {:?}; expected [{images}, heads, pixels, tokens] for the {images} images of the manifest",
+                    "attention file {}: tensor `{}` has shape {:?}; expected [{images}, heads, pixels, tokens] for the {images} images of the manifest",
                     path.display(),
-                    t.dims()
+                    r.path,
+                    r.probs.dims()
                 );
             }
         }
-        let tensors = tensors
-            .into_iter()
-            .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?)))
-            .collect::<Result<Vec<_>>>()?;
         Ok(AttentionFile {
-            tensors,
+            records,
             rows: images,
         })
     }
@@ -46,30 +44,30 @@ impl AttentionFile {
         let maps = self.token_maps(row, positions)?;
         let total: f64 = maps
             .iter()
-            .map(|m| m.iter().map(|&v| v as f64).sum::<f64>() / m.len() as f64)
+            .map(|(_, m)| m.iter().map(|&v| v as f64).sum::<f64>() / m.len() as f64)
             .sum();
         Ok(total / maps.len() as f64)
     }
 
-    /// Per tensor: the attention on `positions` summed over them, averaged over heads,
-    /// [pixels].
-    fn token_maps(&self, row: usize, positions: &[usize]) -> Result<Vec<Vec<f32>>> {
+    /// Per map: its record, and the attention on `positions` summed over them, averaged over
+    /// heads, `[pixels]`.
+    fn token_maps(
+        &self,
+        row: usize,
+        positions: &[usize],
+    ) -> Result<Vec<(&AttentionRecord, Vec<f32>)>> {
         if row >= self.rows {
             bail!("attention row {row} out of range ({} rows)", self.rows);
         }
-        let idx = Tensor::new(
-            positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
-            &Device::Cpu,
-        )?;
-        self.tensors
+        self.records
             .iter()
-            .map(|(name, t)| {
-                let tokens = t.dim(3)?;
-                if let Some(&p) = positions.iter().find(|&&p| p >= tokens) {
-                    bail!("token position {p} beyond the {tokens} tokens of `{name}`");
-                }
-                let m = t.i(row)?.index_select(&idx, 2)?.sum(D::Minus1)?.mean(0)?;
-                Ok(m.to_vec1::<f32>()?)
+            .map(|r| {
+                let probs = r.probs.i(row..row + 1)?;
+                let m = token_mass(&probs, positions)
+                    .with_context(|| format!("attention map `{}`", r.path))?
+                    .mean(1)?
+                    .squeeze(0)?;
+                Ok((r, m.to_vec1::<f32>()?))
             })
             .collect()
     }
@@ -84,18 +82,9 @@ impl AttentionFile {
         height: u32,
     ) -> Result<Vec<f32>> {
         let mut acc = vec![0f32; (width * height) as usize];
-        let maps = self.token_maps(row, positions)?;
-        for m in &maps {
-            let px = m.len();
-            // A latent grid of the image's aspect ratio: h × w = pixels.
-            let h = ((px as f64) * height as f64 / width as f64).sqrt().round() as usize;
-            let h = h.max(1);
-            let w = px / h;
-            if h * w != px {
-                bail!("cannot lay {px} attention pixels on a grid of the image's aspect ratio");
-            }
+        for (r, m) in self.token_maps(row, positions)? {
             let grid: ImageBuffer<Luma<f32>, Vec<f32>> =
-                ImageBuffer::from_raw(w as u32, h as u32, m.clone())
+                ImageBuffer::from_raw(r.width as u32, r.height as u32, m)
                     .context("attention grid size")?;
             let up = image::imageops::resize(
                 &grid,
@@ -121,15 +110,7 @@ pub fn token_positions(tok: &ClipTokenizer, prompt: &str, words: &[String]) -> R
     let ids = tok.encode(prompt)?;
     let mut out = Vec::new();
     for word in words {
-        let w = tok.tokenize(word)?;
-        if w.is_empty() {
-            continue;
-        }
-        for start in 0..ids.len().saturating_sub(w.len() - 1) {
-            if ids[start..start + w.len()] == w[..] {
-                out.extend(start..start + w.len());
-            }
-        }
+        out.extend(tok.positions_of(&ids, word)?);
     }
     out.sort_unstable();
     out.dedup();

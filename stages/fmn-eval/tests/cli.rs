@@ -324,12 +324,17 @@ fn attention_shares_and_heat_maps_from_saved_attention() {
                 b[(r * 4 + p) * 77 + 4] = v1;
             }
         }
-        let t = |v: Vec<f32>| Tensor::from_vec(v, (10, 1, 4, 77), &Device::Cpu).unwrap();
-        let map = std::collections::HashMap::from([
+        let t = |v: Vec<f32>| fmn_sd::models::probes::AttentionRecord {
+            path: "down.0.attn2".into(),
+            height: 2,
+            width: 2,
+            probs: Tensor::from_vec(v, (10, 1, 4, 77), &Device::Cpu).unwrap(),
+        };
+        let map = std::collections::BTreeMap::from([
             ("step0/down.0.attn2".to_string(), t(a)),
             ("step1/down.0.attn2".to_string(), t(b)),
         ]);
-        candle_core::safetensors::save(&map, tmp.path().join(dir).join("attention.safetensors"))
+        fmn_sd::io::attention::save(&tmp.path().join(dir).join("attention.safetensors"), &map)
             .unwrap();
     };
     write("before", 0.5, 0.3);

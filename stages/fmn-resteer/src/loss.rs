@@ -3,36 +3,25 @@
 //! `torch.cat(attn_probs).norm()`), optionally weighted by the concept's mask; and the term that
 //! keeps the key/value projections of preserved prompts where they were.
 use candle_core::{Result, Tensor};
-use fmn_sd::train::images::resize_mask;
+use fmn_sd::models::probes::AttentionRecord;
 
-/// Σ over layers of Σ (w · p²) at `positions`, for `records` of probabilities
-/// `[B, heads, h·w, tokens]`. `mask`: `[B, 1, H, W]` at the latent size (weights in [0, 1]),
-/// resized to each layer's resolution; `None` counts every pixel.
+/// Σ over layers of Σ (w · p²) at `positions`, for the recorded maps (probabilities
+/// `[B, heads, h·w, tokens]` on each record's grid). `mask`: `[B, 1, H, W]` weights in [0, 1],
+/// brought onto each record's grid; `None` counts every pixel.
 pub fn attention_energy(
-    records: &[(String, Tensor)],
+    records: &[AttentionRecord],
     positions: &Tensor,
     mask: Option<&Tensor>,
-    latent_hw: (usize, usize),
 ) -> Result<Tensor> {
     let mut total: Option<Tensor> = None;
-    for (_, probs) in records {
-        let (b, _, n, _) = probs.dims4()?;
-        let picked = probs.index_select(positions, 3)?.sqr()?; // [B, heads, N, P]
+    for record in records {
+        let picked = record.probs.index_select(positions, 3)?.sqr()?; // [B, heads, N, P]
         let energy = match mask {
             None => picked.sum_all()?,
             Some(mask) => {
-                let (lh, lw) = latent_hw;
-                // Each layer's grid is the latent grid divided by a power of two.
-                let factor = ((lh * lw) as f64 / n as f64).sqrt().round() as usize;
-                let (h, w) = (lh / factor.max(1), lw / factor.max(1));
-                if h * w != n {
-                    candle_core::bail!(
-                        "attention map of {n} pixels does not fit the {lh}x{lw} latent grid"
-                    );
-                }
-                let m = resize_mask(mask, h, w)
-                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?
-                    .reshape((b, 1, n, 1))?;
+                let m = record
+                    .mask_on_grid(mask)
+                    .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", record.path)))?;
                 picked.broadcast_mul(&m)?.sum_all()?
             }
         };

@@ -32,23 +32,12 @@ pub fn concept_prompt(
     // The template's brackets only mark what anchor prompts replace; the concept keeps its own.
     let text = template.replace(['[', ']'], "").replacen("{}", concept, 1);
     let ids = tokenizer.encode(&text)?;
-    let concept_ids = tokenizer.tokenize(concept)?;
-    if concept_ids.is_empty() {
+    if tokenizer.tokenize(concept)?.is_empty() {
         return Err(ResteerError::Input(format!(
             "concept {concept:?} has no tokens"
         )));
     }
-    let mut positions = Vec::new();
-    // Position 0 is the start token; occurrences cut off by the 77-token limit do not count.
-    let mut i = 1;
-    while i + concept_ids.len() <= ids.len() {
-        if ids[i..i + concept_ids.len()] == concept_ids[..] {
-            positions.extend(i..i + concept_ids.len());
-            i += concept_ids.len();
-        } else {
-            i += 1;
-        }
-    }
+    let mut positions = tokenizer.positions_of(&ids, concept)?;
     if positions.is_empty() {
         return Err(ResteerError::Input(format!(
             "the tokens of concept {concept:?} do not appear in the prompt {text:?} (within {} tokens)",

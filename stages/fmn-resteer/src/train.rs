@@ -296,8 +296,7 @@ impl Objective for Resteering<'_> {
             } else {
                 Some(Tensor::cat(&masks, 0)?)
             };
-            let (_, _, h, w) = noisy.x_t.dims4()?;
-            let energy = attention_energy(&recorder.take(), positions, mask.as_ref(), (h, w))?;
+            let energy = attention_energy(&recorder.take(), positions, mask.as_ref())?;
             let norm = energy.sqrt()?;
             attention_loss = Some(match attention_loss {
                 None => norm,

@@ -73,7 +73,7 @@ fn bob_energy(sd: &StableDiffusion) -> f32 {
         .unwrap();
     rec.take()
         .iter()
-        .map(|(_, p)| sum_of_squares(&p.narrow(3, 4, 1).unwrap()))
+        .map(|r| sum_of_squares(&r.probs.narrow(3, 4, 1).unwrap()))
         .sum()
 }
 

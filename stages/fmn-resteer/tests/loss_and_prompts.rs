@@ -3,6 +3,7 @@ use candle_core::{Device, Tensor};
 use fmn_resteer::loss::{anchor_offsets, anchoring, attention_energy, preservation};
 use fmn_resteer::prompts::{anchor_prompt, check_template, concept_prompt, PoolerPositions};
 use fmn_sd::io::tokenizer::ClipTokenizer;
+use fmn_sd::models::probes::AttentionRecord;
 use std::path::Path;
 
 fn tokenizer() -> ClipTokenizer {
@@ -24,9 +25,14 @@ fn energy_sums_squared_probabilities_at_the_positions_with_mask_weights() {
         &dev,
     )
     .unwrap();
-    let records = vec![("a.attn2".to_string(), probs)];
+    let records = vec![AttentionRecord {
+        path: "a.attn2".into(),
+        height: 2,
+        width: 2,
+        probs,
+    }];
     let pos = Tensor::new(&[1u32], &dev).unwrap();
-    let e: f32 = attention_energy(&records, &pos, None, (2, 2))
+    let e: f32 = attention_energy(&records, &pos, None)
         .unwrap()
         .to_scalar()
         .unwrap();
@@ -39,7 +45,7 @@ fn energy_sums_squared_probabilities_at_the_positions_with_mask_weights() {
         m[y * 4 + x] = 1.0;
     }
     let mask = Tensor::from_vec(m, (1, 1, 4, 4), &dev).unwrap();
-    let e: f32 = attention_energy(&records, &pos, Some(&mask), (4, 4))
+    let e: f32 = attention_energy(&records, &pos, Some(&mask))
         .unwrap()
         .to_scalar()
         .unwrap();
@@ -47,7 +53,7 @@ fn energy_sums_squared_probabilities_at_the_positions_with_mask_weights() {
     assert!((e - want).abs() < 1e-6, "{e} vs {want}");
     // Two positions add up.
     let pos2 = Tensor::new(&[0u32, 2], &dev).unwrap();
-    let e: f32 = attention_energy(&records, &pos2, None, (2, 2))
+    let e: f32 = attention_energy(&records, &pos2, None)
         .unwrap()
         .to_scalar()
         .unwrap();

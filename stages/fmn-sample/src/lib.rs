@@ -11,14 +11,16 @@ pub use args::Args;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use fmn_core::StagingDir;
+use fmn_sd::io::attention as attention_file;
 use fmn_sd::io::embedding::TokenEmbedding;
 use fmn_sd::io::patch::Patch;
 use fmn_sd::io::sampling_defaults::resolve_guidance;
+use fmn_sd::models::probes::AttentionRecord;
 use fmn_sd::sample::pipeline::{
     check_guidance_rescale, seeded_noise, SampleRequest, StableDiffusion,
 };
 use manifest::{ImageEntry, Manifest};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -111,7 +113,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
     let bar = args.output.bar(total_steps, "sampling");
     let mut entries = Vec::new();
     let mut all_latents = Vec::new();
-    let mut attention: HashMap<String, Vec<Tensor>> = HashMap::new();
+    let mut attention: BTreeMap<String, Vec<AttentionRecord>> = BTreeMap::new();
     for (pi, prompt) in prompts.iter().enumerate() {
         let ks = &batches[pi];
         if ks.is_empty() {
@@ -152,11 +154,11 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
             });
         }
         all_latents.push(out.latents);
-        for (step, path, probs) in out.attention {
+        for (step, record) in out.attention {
             attention
-                .entry(format!("step{step}/{path}"))
+                .entry(attention_file::key(step, &record))
                 .or_default()
-                .push(probs);
+                .push(record);
         }
     }
     bar.finish_and_clear();
@@ -166,11 +168,15 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         save_tensors(path, &HashMap::from([("latents".to_string(), latents)]))?;
     }
     if let Some(path) = &args.save_attention {
-        let tensors = attention
+        // Each key's rows, prompt by prompt, as one record of every image.
+        let records = attention
             .into_iter()
-            .map(|(k, v)| Ok((k, Tensor::cat(&v, 0)?)))
-            .collect::<Result<HashMap<_, _>>>()?;
-        save_tensors(path, &tensors)?;
+            .map(|(k, rows)| {
+                let probs: Vec<&Tensor> = rows.iter().map(|r| &r.probs).collect();
+                Ok((k, rows[0].with_probs(Tensor::cat(&probs, 0)?)))
+            })
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        attention_file::save(path, &records)?;
     }
     let manifest = Manifest {
         fmn_version: fmn_core::VERSION.into(),

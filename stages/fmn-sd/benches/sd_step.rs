@@ -143,8 +143,8 @@ fn main() -> candle_core::Result<()> {
             let rec = AttentionRecorder::new();
             unet.forward_with_probe(&sample, &t, &context, Some(&rec))?;
             let mut loss = Tensor::new(0f32, &dev)?;
-            for (_, p) in rec.take() {
-                loss = (loss + p.narrow(3, 1, 2)?.sqr()?.sum_all()?)?;
+            for r in rec.take() {
+                loss = (loss + r.probs.narrow(3, 1, 2)?.sqr()?.sum_all()?)?;
             }
             let grads = loss.backward()?;
             // The last attn2's value/output projections cannot change any attention probability,

@@ -66,8 +66,8 @@ fn loss(model: &UNet2DConditionModel, x: &Inputs) -> Tensor {
     let mut total = (out * &x.out_w).unwrap().sum_all().unwrap();
     let records = rec.take();
     assert!(!records.is_empty());
-    for (_, p) in records {
-        total = (total + p.sqr().unwrap().sum_all().unwrap()).unwrap();
+    for r in records {
+        total = (total + r.probs.sqr().unwrap().sum_all().unwrap()).unwrap();
     }
     total
 }
@@ -145,7 +145,7 @@ fn recorder_sees_every_cross_attention_by_module_path() {
         .forward_with_probe(&x.sample, &x.t, &x.ctx, Some(&rec))
         .unwrap();
     let records = rec.take();
-    let paths: Vec<&str> = records.iter().map(|(p, _)| p.as_str()).collect();
+    let paths: Vec<&str> = records.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(
         paths,
         [
@@ -156,10 +156,13 @@ fn recorder_sees_every_cross_attention_by_module_path() {
         ]
     );
     // [batch, heads, query pixels, key tokens], rows summing to one.
-    assert_eq!(records[0].1.dims(), &[1, 2, 16, 5]);
-    assert_eq!(records[1].1.dims(), &[1, 4, 4, 5]);
+    assert_eq!(records[0].probs.dims(), &[1, 2, 16, 5]);
+    assert_eq!(records[1].probs.dims(), &[1, 4, 4, 5]);
+    // Each map knows the grid of its queries: 4×4 in the first block, 2×2 in the middle.
+    assert_eq!((records[0].height, records[0].width), (4, 4));
+    assert_eq!((records[1].height, records[1].width), (2, 2));
     let row_sums = records[0]
-        .1
+        .probs
         .sum(3)
         .unwrap()
         .flatten_all()

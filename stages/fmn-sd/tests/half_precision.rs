@@ -33,9 +33,9 @@ fn check(name: &str, dtype: DType, tol: f32, prob_tol: f32) {
     assert!(e < tol, "{name} {dtype:?} UNet: relative error {e}");
     let probs = rec.take();
     assert!(!probs.is_empty());
-    for (path, p) in &probs {
-        let key = format!("attn_probs/{path}");
-        let e = max_abs_diff(p, &r[key.as_str()]);
+    for rec in &probs {
+        let key = format!("attn_probs/{}", rec.path);
+        let e = max_abs_diff(&rec.probs, &r[key.as_str()]);
         assert!(e < prob_tol, "{name} {dtype:?} {key}: max error {e}");
     }
 

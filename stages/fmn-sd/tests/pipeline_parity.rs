@@ -94,8 +94,9 @@ impl Fixture {
                     records.len(),
                     self.meta["attn2_modules"].as_array().unwrap().len()
                 );
-                for (path, probs) in records {
-                    let err = max_abs_diff(&probs, self.r(&format!("attn_probs/{path}")));
+                for rec in records {
+                    let path = &rec.path;
+                    let err = max_abs_diff(&rec.probs, self.r(&format!("attn_probs/{path}")));
                     assert!(err <= 1e-5, "attn_probs/{path}: max abs error {err}");
                 }
             }
@@ -146,9 +147,10 @@ impl Fixture {
             );
             if sampler == SamplerKind::Ddim {
                 assert!(!out.attention.is_empty());
-                for (step, path, probs) in &out.attention {
+                for (step, rec) in &out.attention {
                     assert_eq!(*step, 0);
-                    let err = max_abs_diff(probs, self.r(&format!("step0_attn/{path}")));
+                    let path = &rec.path;
+                    let err = max_abs_diff(&rec.probs, self.r(&format!("step0_attn/{path}")));
                     assert!(err <= 1e-5, "step0_attn/{path}: max abs error {err}");
                 }
                 let image = self.model.decode(&out.latents).unwrap();

@@ -4,6 +4,7 @@ use crate::judge::Judge;
 use crate::scene::{Character, Colour, Concept, Object, SceneSpec};
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
+use fmn_sd::models::probes::{token_mass, AttentionRecord};
 use fmn_sd::sample::pipeline::{seeded_noise, SampleRequest, StableDiffusion};
 use fmn_sd::sample::scheduler::SamplerKind;
 use image::{GrayImage, RgbImage};
@@ -159,7 +160,7 @@ fn to_images(decoded: &Tensor) -> Result<Vec<RgbImage>> {
 
 struct Sampled {
     images: Vec<RgbImage>,
-    attention: Vec<(usize, String, Tensor)>,
+    attention: Vec<(usize, AttentionRecord)>,
 }
 
 fn sample(
@@ -199,12 +200,11 @@ fn attention_shares(
     masks: &[Tensor],
 ) -> Result<(f64, f64, usize)> {
     let (mut inside, mut share, mut count) = (0.0, 0.0, 0);
-    for (_, _, probs) in &sampled.attention {
-        let (n, _, pixels, _) = probs.dims4()?;
-        let side = (pixels as f64).sqrt().round() as usize;
-        let map = probs.narrow(3, position, 1)?.squeeze(3)?.mean(1)?; // [N, pixels]
+    for (_, record) in &sampled.attention {
+        let n = record.probs.dim(0)?;
+        let map = token_mass(&record.probs, &[position])?.mean(1)?; // [N, pixels]
         for (i, mask) in masks.iter().enumerate().take(n) {
-            let m = fmn_sd::train::images::resize_mask(mask, side, side)?.flatten_all()?;
+            let m = record.mask_on_grid(mask)?.flatten_all()?;
             let a = map.get(i)?;
             let total = a.sum_all()?.to_scalar::<f32>()? as f64;
             let hit = (&a * &m)?.sum_all()?.to_scalar::<f32>()? as f64;

@@ -385,6 +385,27 @@ impl ClipTokenizer {
         prompts.iter().map(|p| self.encode(p)).collect()
     }
 
+    /// The positions in `ids` (an encoded prompt, start token at 0) of every occurrence of
+    /// `text`'s tokens, occurrences not overlapping, in order; empty when `text` has no tokens
+    /// or does not occur. Occurrences cut off by the length limit do not count.
+    pub fn positions_of(&self, ids: &[u32], text: &str) -> Result<Vec<usize>> {
+        let needle = self.tokenize(text)?;
+        let mut positions = Vec::new();
+        if needle.is_empty() {
+            return Ok(positions);
+        }
+        let mut i = 1;
+        while i + needle.len() <= ids.len() {
+            if ids[i..i + needle.len()] == needle[..] {
+                positions.extend(i..i + needle.len());
+                i += needle.len();
+            } else {
+                i += 1;
+            }
+        }
+        Ok(positions)
+    }
+
     /// The ids of `text` without bos / eos, padding or truncation (transformers'
     /// `tokenizer(text, add_special_tokens=False)["input_ids"]`). Special-token strings written in
     /// the text still become their ids.

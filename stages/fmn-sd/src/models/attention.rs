@@ -1,7 +1,7 @@
 //! diffusers' `Attention` module (self- and cross-attention) with an optional probe on the
 //! attention probabilities.
 use crate::models::nn::Linear;
-use crate::models::probes::AttentionRecorder;
+use crate::models::probes::{AttentionRecord, Probe};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use fmn_ops::fused_attention;
@@ -58,12 +58,12 @@ impl Attention {
     }
 
     /// `x: [B, N, query_dim]`, `context: [B, M, context_dim]` (None: self-attention)
-    /// `-> [B, N, query_dim]`; the probabilities `[B, heads, N, M]` go to `recorder` if given.
+    /// `-> [B, N, query_dim]`; the probabilities `[B, heads, N, M]` go to `probe` if given.
     pub fn forward(
         &self,
         xs: &Tensor,
         context: Option<&Tensor>,
-        recorder: Option<&AttentionRecorder>,
+        probe: Option<Probe>,
     ) -> Result<Tensor> {
         let (b, n, _) = xs.dims3()?;
         let context = context.unwrap_or(xs);
@@ -71,12 +71,12 @@ impl Attention {
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let out = if recorder.is_none() && fused_attention::supported(&q) {
+        let out = if probe.is_none() && fused_attention::supported(&q) {
             let (_, h, m, d) = k.dims4()?;
             let flat = |t: &Tensor, len: usize| t.reshape((b * h, len, d));
             fused_attention::attention(&flat(&q, n)?, &flat(&k, m)?, &flat(&v, m)?, scale)?
                 .reshape((b, h, n, d))?
-        } else if let Some(recorder) = recorder {
+        } else if let Some(probe) = probe {
             // Recorded probabilities feed losses and metrics: with f16 / bf16 weights their
             // scores and softmax are computed in f32.
             let wide = |t: &Tensor| match t.dtype() {
@@ -85,7 +85,20 @@ impl Attention {
             };
             let scores = (wide(&q)?.matmul(&wide(&k)?.t()?)? * scale)?;
             let probs = softmax_last_dim(&scores)?;
-            recorder.record(&self.path, &probs);
+            if probe.height * probe.width != n {
+                candle_core::bail!(
+                    "{}: {n} queries do not lie on the {}x{} grid of the probe",
+                    self.path,
+                    probe.height,
+                    probe.width
+                );
+            }
+            probe.recorder.record(AttentionRecord {
+                path: self.path.clone(),
+                height: probe.height,
+                width: probe.width,
+                probs: probs.clone(),
+            });
             probs.to_dtype(v.dtype())?.matmul(&v)? // [B, H, N, D]
         } else {
             let scores = (q.matmul(&k.t()?)? * scale)?;

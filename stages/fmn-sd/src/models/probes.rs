@@ -1,15 +1,71 @@
-//! Recording cross-attention probabilities while they stay in the autograd graph.
+//! Recording cross-attention probabilities while they stay in the autograd graph, each with
+//! the grid its queries lie on, and what every reader of them shares: a mask brought onto a
+//! record's grid, and the attention mass of chosen tokens.
+use crate::train::images::resize_mask;
+use crate::{Result, SdError};
 use candle_core::Tensor;
 use std::sync::Mutex;
 
-/// Collects the attention probabilities `[batch, heads, query_pixels, key_tokens]` of the
-/// cross-attention (`attn2`) modules it is handed to, keyed by the diffusers module path
-/// (e.g. `down_blocks.1.attentions.0.transformer_blocks.0.attn2`), in forward order.
-///
-/// The tensors are not detached: a loss built on them backpropagates into the UNet.
+/// One cross-attention map: probabilities `[batch, heads, height·width, tokens]` of the
+/// module at `path` (e.g. `down_blocks.1.attentions.0.transformer_blocks.0.attn2`), whose
+/// queries are the pixels of a `height`×`width` grid in row-major order.
+#[derive(Debug, Clone)]
+pub struct AttentionRecord {
+    pub path: String,
+    pub height: usize,
+    pub width: usize,
+    pub probs: Tensor,
+}
+
+impl AttentionRecord {
+    /// `mask [B, 1, H, W]` (weights in [0, 1], at any size) on this record's grid, shaped
+    /// `[B, 1, height·width, 1]` to broadcast over heads and tokens.
+    pub fn mask_on_grid(&self, mask: &Tensor) -> Result<Tensor> {
+        let b = mask.dim(0)?;
+        Ok(resize_mask(mask, self.height, self.width)?
+            .reshape((b, 1, self.height * self.width, 1))?
+            .to_dtype(self.probs.dtype())?)
+    }
+
+    /// The record with `probs` replaced (same module and grid), e.g. one row of a batch.
+    pub fn with_probs(&self, probs: Tensor) -> Self {
+        Self {
+            path: self.path.clone(),
+            height: self.height,
+            width: self.width,
+            probs,
+        }
+    }
+}
+
+/// The attention mass on token `positions`, summed over them: `[B, heads, pixels]`.
+pub fn token_mass(probs: &Tensor, positions: &[usize]) -> Result<Tensor> {
+    let tokens = probs.dim(3)?;
+    if let Some(&p) = positions.iter().find(|&&p| p >= tokens) {
+        return Err(SdError::Invalid(format!(
+            "token position {p} beyond the {tokens} tokens of the attention map"
+        )));
+    }
+    let idx = Tensor::new(
+        positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+        probs.device(),
+    )?;
+    Ok(probs.index_select(&idx, 3)?.sum(3)?)
+}
+
+/// Where a module's attention probabilities go, and the grid of its queries.
+#[derive(Clone, Copy)]
+pub struct Probe<'a> {
+    pub recorder: &'a AttentionRecorder,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// Collects the records of the cross-attention (`attn2`) modules it is handed to, in forward
+/// order. The tensors are not detached: a loss built on them backpropagates into the UNet.
 #[derive(Default)]
 pub struct AttentionRecorder {
-    records: Mutex<Vec<(String, Tensor)>>,
+    records: Mutex<Vec<AttentionRecord>>,
 }
 
 impl AttentionRecorder {
@@ -17,26 +73,34 @@ impl AttentionRecorder {
         Self::default()
     }
 
-    pub fn record(&self, path: &str, probs: &Tensor) {
-        self.records
-            .lock()
-            .expect("attention recorder poisoned")
-            .push((path.to_string(), probs.clone()));
+    /// A probe recording into this recorder for queries on a `height`×`width` grid.
+    pub fn at(&self, height: usize, width: usize) -> Probe<'_> {
+        Probe {
+            recorder: self,
+            height,
+            width,
+        }
+    }
+
+    pub fn record(&self, record: AttentionRecord) {
+        self.lock().push(record);
     }
 
     /// Takes the records gathered so far, leaving the recorder empty.
-    pub fn take(&self) -> Vec<(String, Tensor)> {
-        std::mem::take(&mut *self.records.lock().expect("attention recorder poisoned"))
+    pub fn take(&self) -> Vec<AttentionRecord> {
+        std::mem::take(&mut *self.lock())
     }
 
     pub fn len(&self) -> usize {
-        self.records
-            .lock()
-            .expect("attention recorder poisoned")
-            .len()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<AttentionRecord>> {
+        // A panic while pushing cannot leave the list half-changed: use it as it is.
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -5,7 +5,7 @@ use crate::io::patch::Patch;
 use crate::io::source::{ModelSource, SourceOptions};
 use crate::io::tokenizer::ClipTokenizer;
 use crate::models::clip::ClipTextModel;
-use crate::models::probes::AttentionRecorder;
+use crate::models::probes::{AttentionRecord, AttentionRecorder};
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
 use crate::sample::scheduler::{build_sampler, SamplerKind, SchedulerConfig};
@@ -171,7 +171,7 @@ pub struct SampleOutput {
     /// Final latents `[N, C, h, w]` (before VAE decoding).
     pub latents: Tensor,
     /// `(step index, module path, probabilities [N, heads, pixels, 77])` of the conditional branch.
-    pub attention: Vec<(usize, String, Tensor)>,
+    pub attention: Vec<(usize, AttentionRecord)>,
 }
 
 impl StableDiffusion {
@@ -218,9 +218,13 @@ impl StableDiffusion {
                 )?
                 .to_dtype(DType::F32)?;
             if let Some(rec) = recorder {
-                for (path, probs) in rec.take() {
-                    let probs = if cfg { probs.narrow(0, n, n)? } else { probs };
-                    attention.push((i, path, probs));
+                for record in rec.take() {
+                    let record = if cfg {
+                        record.with_probs(record.probs.narrow(0, n, n)?)
+                    } else {
+                        record
+                    };
+                    attention.push((i, record));
                 }
             }
             let pred = if cfg {

@@ -11,6 +11,7 @@
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use fmn_sd::io::tokenizer::ClipTokenizer;
+use fmn_sd::models::probes::AttentionRecord;
 
 use crate::scene::{Character, Object};
 
@@ -53,7 +54,7 @@ pub fn selectors(positions: &[Option<usize>], tokens: usize, device: &Device) ->
 /// token per sample (`selectors`: `[B, tokens]`), the figure masks `[B, 1, H, W]` and `keep`
 /// (`[B]`, 1 for captions that were not dropped).
 pub fn attention_term(
-    probs: &[(String, Tensor)],
+    records: &[AttentionRecord],
     selectors: &Tensor,
     masks: &Tensor,
     keep: &Tensor,
@@ -62,12 +63,12 @@ pub fn attention_term(
     let sel = selectors.reshape((b, 1, 1, tokens))?;
     let kept = keep.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64;
     let mut total: Option<Tensor> = None;
-    for (path, p) in probs {
-        let (_, _, pixels, _) = p.dims4()?;
-        let side = (pixels as f64).sqrt().round() as usize;
-        let word = p.broadcast_mul(&sel)?.sum(3)?.mean(1)?; // [B, pixels]
-        let m = fmn_sd::train::images::resize_mask(masks, side, side)
-            .with_context(|| format!("{path}: resizing the masks to {side}×{side}"))?
+    for record in records {
+        let pixels = record.height * record.width;
+        let word = record.probs.broadcast_mul(&sel)?.sum(3)?.mean(1)?; // [B, pixels]
+        let m = record
+            .mask_on_grid(masks)
+            .with_context(|| format!("{}: the masks on its grid", record.path))?
             .reshape((b, pixels))?
             .to_dtype(word.dtype())?;
         // A dropped caption selects no token: its total is 0, and the epsilon keeps 0 / 0
@@ -80,7 +81,7 @@ pub fn attention_term(
         });
     }
     let total = total.context("no cross-attention layers were recorded")?;
-    Ok((total / (kept * probs.len() as f64))?.to_dtype(DType::F32)?)
+    Ok((total / (kept * records.len() as f64))?.to_dtype(DType::F32)?)
 }
 
 #[cfg(test)]
@@ -117,7 +118,13 @@ mod tests {
         let masks =
             Tensor::new(&[[[[1f32, 1.], [0., 0.]]], [[[0f32, 0.], [0., 1.]]]], &dev).unwrap();
         let keep = Tensor::new(&[1f32, 0.], &dev).unwrap();
-        let layers = vec![("a".to_string(), probs.clone()), ("b".to_string(), probs)];
+        let record = |path: &str, probs: Tensor| AttentionRecord {
+            path: path.into(),
+            height: 2,
+            width: 2,
+            probs,
+        };
+        let layers = vec![record("a", probs.clone()), record("b", probs)];
         let t: f32 = attention_term(&layers, &sel, &masks, &keep)
             .unwrap()
             .to_scalar()

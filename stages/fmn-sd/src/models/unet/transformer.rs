@@ -1,7 +1,7 @@
 //! diffusers' `Transformer2DModel` (continuous input) and `BasicTransformerBlock`.
 use crate::models::attention::Attention;
 use crate::models::nn::{Conv2d, GroupNorm, LayerNorm, Linear};
-use crate::models::probes::AttentionRecorder;
+use crate::models::probes::{AttentionRecorder, Probe};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -59,17 +59,13 @@ impl BasicTransformerBlock {
         })
     }
 
-    /// `xs: [B, N, dim]`, `context: [B, 77, context_dim]` -> `[B, N, dim]`
-    pub fn forward(
-        &self,
-        xs: &Tensor,
-        context: &Tensor,
-        recorder: Option<&AttentionRecorder>,
-    ) -> Result<Tensor> {
+    /// `xs: [B, N, dim]`, `context: [B, 77, context_dim]` -> `[B, N, dim]`; the
+    /// cross-attention's probabilities go to `probe` if given.
+    pub fn forward(&self, xs: &Tensor, context: &Tensor, probe: Option<Probe>) -> Result<Tensor> {
         let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None, None)? + xs)?;
         let xs = (self
             .attn2
-            .forward(&self.norm2.forward(&xs)?, Some(context), recorder)?
+            .forward(&self.norm2.forward(&xs)?, Some(context), probe)?
             + xs)?;
         self.ff.forward(&self.norm3.forward(&xs)?)? + xs
     }
@@ -155,7 +151,7 @@ impl Transformer2DModel {
             Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
         };
         for block in &self.blocks {
-            hs = block.forward(&hs, context, recorder)?;
+            hs = block.forward(&hs, context, recorder.map(|r| r.at(h, w)))?;
         }
         let to_map = |t: &Tensor| -> Result<Tensor> {
             let ch = t.dim(2)?;
