@@ -136,11 +136,11 @@ mod tests {
 
     use fmn_onnx::{InputSpec, ResizeMode};
 
+    /// An input of `size` fed by `resize`.
     fn spec(resize: ResizeMode, size: [u32; 2]) -> InputSpec {
-        InputSpec {
-            resize,
-            ..InputSpec::new(size)
-        }
+        let mut spec = InputSpec::new(size);
+        spec.resize = resize;
+        spec
     }
 
     #[test]

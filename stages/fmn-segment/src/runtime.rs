@@ -161,10 +161,12 @@ fn check_output(output: &IoInfo, preset: &Preset) -> Result<(), String> {
                 ));
             }
         }
-        (kind, r) => return Err(format!(
+        (kind, r) => {
+            return Err(format!(
             "output {} has rank {r} ({oshape:?}); a {kind:?} output is [N, 1, H, W] or [N, H, W]",
             output.name
-        )),
+        ))
+        }
     }
     Ok(())
 }
