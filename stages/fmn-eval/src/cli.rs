@@ -23,6 +23,9 @@ pub struct Cli {
     /// Log progress details on stderr.
     #[arg(long, short, global = true)]
     pub verbose: bool,
+    /// The ONNX Runtime shared library for `--judge onnx:` (default: $ORT_DYLIB_PATH).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
