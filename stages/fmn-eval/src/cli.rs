@@ -16,9 +16,16 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub eval: EvalArgs,
-    /// With --json: metrics.json on stdout (else one summary line per concept).
     #[command(flatten)]
     pub output: OutputArgs,
+    /// The ONNX Runtime shared library for `--judge onnx:` (default: $ORT_DYLIB_PATH).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help_heading = "ONNX Runtime"
+    )]
+    pub ort_lib: Option<PathBuf>,
 }
 
 impl StageArgs for Cli {

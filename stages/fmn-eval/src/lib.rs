@@ -25,6 +25,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 pub fn execute(cli: &Cli) -> Result<ExitCode> {
+    if let Some(lib) = &cli.ort_lib {
+        // The process's one ONNX Runtime, which the onnx judge uses.
+        fmn_onnx::Runtime::load(Some(lib))?;
+    }
     let (results, staging, out) = match &cli.command {
         Some(cli::Command::Merge(m)) => {
             let staging = StagingDir::new(&m.out)

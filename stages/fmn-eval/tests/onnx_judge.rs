@@ -122,3 +122,58 @@ fn evaluates_folders_with_the_onnx_judge() {
     assert_eq!(c["h_c"]["after"], 0.5);
     assert_eq!(m["judge"], judge);
 }
+
+#[test]
+fn the_runtime_comes_from_ort_lib_or_ort_dylib_path() {
+    require_ort();
+    let lib = std::env::var("ORT_DYLIB_PATH").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path();
+    for dir in ["before", "after"] {
+        common::copied_sample_dir(
+            &r.join(dir),
+            &fixture(),
+            &[("a cat", &["img1.png"]), ("a banana", &["img0.png"])],
+        );
+    }
+    std::fs::write(
+        r.join("suite.yaml"),
+        "concepts:\n  - name: cat\n    erased: [{prompt: a cat, expect: {group: cat}}]\n    preserved: [{prompt: a banana, expect: {label: banana}}]\n",
+    )
+    .unwrap();
+    let judge = format!("onnx:{}", fixture().join("preset.yaml").display());
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let args = [
+        "--before".to_string(),
+        s(&r.join("before")),
+        "--after".into(),
+        s(&r.join("after")),
+        "--suite".into(),
+        s(&r.join("suite.yaml")),
+        "--judge".into(),
+        judge,
+        "--out".into(),
+        s(&r.join("report")),
+        "--quiet".into(),
+    ];
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fmn-eval"))
+            .args(&args)
+            .args(extra)
+            .env_remove("ORT_DYLIB_PATH")
+            .output()
+            .unwrap()
+    };
+    let o = run(&[]);
+    let err = common::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for want in [
+        "preset.yaml",
+        "ORT_DYLIB_PATH is not set",
+        "install-onnxruntime.sh",
+    ] {
+        assert!(err.contains(want), "`{want}` not in: {err}");
+    }
+    let o = run(&["--ort-lib", &lib]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+}

@@ -246,3 +246,37 @@ fn the_template_presets_parse() {
     assert_eq!(f.references.len(), 3);
     assert_eq!(f.references["person_a"], dir.join("faces/person_a"));
 }
+
+#[test]
+fn the_input_block_takes_fmn_onnx_keys_and_names_unknown_ones() {
+    common::require_ort();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let classifier =
+        "model: @/onnx-classifier/classifier.onnx\nlabels: @/onnx-classifier/labels.txt\n";
+    let p = preset(
+        d,
+        "bgr",
+        &format!("{classifier}input: {{size: [8, 8], channels: bgr, filter: lanczos3, resize: letterbox, pad: [127, 127, 127]}}\n"),
+    );
+    let loaded = OnnxPreset::load(&p).unwrap();
+    assert_eq!(loaded.input.channels, fmn_onnx::ChannelOrder::Bgr);
+    assert_eq!(loaded.input.filter, fmn_onnx::Filter::Lanczos3);
+    assert!(OnnxJudge::load(&p).is_ok());
+    fails(
+        &preset(
+            d,
+            "chanels",
+            &format!("{classifier}input: {{size: [8, 8], chanels: bgr}}\n"),
+        ),
+        &["unknown field `chanels`"],
+    );
+    fails(
+        &preset(
+            d,
+            "std",
+            &format!("{classifier}input: {{size: [8, 8], std: [1, 0, 1]}}\n"),
+        ),
+        &["input.std must be finite and non-zero"],
+    );
+}

@@ -84,34 +84,7 @@ fn canonical_or_absolute(p: &Path) -> PathBuf {
 /// The image files of `dir` (sorted by name) and how many other files it holds. Folders
 /// inside are not entered.
 pub fn list_images(dir: &Path) -> Result<(Vec<PathBuf>, usize)> {
-    if !dir.exists() {
-        return Err(SegmentError::Input(format!(
-            "images folder {} does not exist",
-            dir.display()
-        )));
-    }
-    if !dir.is_dir() {
-        return Err(SegmentError::Input(format!(
-            "{} is not a folder of images",
-            dir.display()
-        )));
-    }
-    let mut images = Vec::new();
-    let mut skipped = 0;
-    for entry in std::fs::read_dir(dir).map_err(|e| SegmentError::io(dir, e))? {
-        let entry = entry.map_err(|e| SegmentError::io(dir, e))?;
-        let path = entry.path();
-        if path.is_dir() {
-            continue;
-        }
-        if imaging::is_image_path(&path) {
-            images.push(path);
-        } else {
-            skipped += 1;
-        }
-    }
-    images.sort();
-    Ok((images, skipped))
+    fmn_core::images::list_images(dir).map_err(|e| SegmentError::Input(e.to_string()))
 }
 
 fn file_name(p: &Path) -> String {
@@ -163,11 +136,11 @@ pub fn check_job(job: &FolderJob) -> Result<(Vec<PathBuf>, usize)> {
         )));
     }
     if let Some(o) = &job.overlays {
-        let o = canonical_or_absolute(o);
-        if o == src || o == masks {
+        let canonical = canonical_or_absolute(o);
+        if canonical == src || canonical == masks {
             return Err(SegmentError::Input(format!(
                 "the overlay folder {} must differ from the images and masks folders",
-                job.overlays.as_ref().unwrap().display()
+                o.display()
             )));
         }
     }
@@ -181,7 +154,7 @@ pub fn check_job(job: &FolderJob) -> Result<(Vec<PathBuf>, usize)> {
         return Err(SegmentError::Input(format!(
             "no images in {} (looked for {} files{})",
             job.images.display(),
-            imaging::IMAGE_EXTENSIONS.join(", "),
+            fmn_core::images::IMAGE_EXTENSIONS.join(", "),
             if skipped > 0 {
                 format!("; {skipped} other files")
             } else {

@@ -6,18 +6,16 @@ use crate::runtime::Runtime;
 use crate::toy;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use serde::Serialize;
+use fmn_core::cli::{OutputArgs, StageArgs};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-/// Exit status when some images failed (the others were written).
-pub const EXIT_SOME_FAILED: u8 = 3;
-
 /// Concept masks from ONNX segmentation models.
 ///
-/// `fmn-segment --model toy IMAGES_DIR --out MASKS_DIR` writes one 8-bit PNG mask per image
-/// (same base name), optional overlays and `manifest.json` with each image's coverage.
+/// `fmn-segment --segmenter toy IMAGES_DIR --out MASKS_DIR` writes one 8-bit PNG mask per
+/// image (same base name), optional overlays and `manifest.json` with each image's coverage.
 /// Needs the ONNX Runtime 1.31+ library: `ORT_DYLIB_PATH` or `--ort-lib` (see
 /// `scripts/install-onnxruntime.sh`).
 #[derive(Debug, Parser)]
@@ -27,21 +25,30 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub segment: SegmentArgs,
-    /// Log progress (FMN_LOG=debug for more).
-    #[arg(short, long, global = true)]
-    pub verbose: bool,
     /// The ONNX Runtime shared library (default: $ORT_DYLIB_PATH).
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help_heading = "ONNX Runtime"
+    )]
     pub ort_lib: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+impl StageArgs for Cli {
+    fn output(&self) -> &OutputArgs {
+        &self.output
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List an ONNX model's inputs and outputs (to write a preset for it).
     Inspect {
+        #[arg(value_name = "MODEL.onnx")]
         model: PathBuf,
-        #[arg(long)]
-        json: bool,
     },
     /// Measure a model's IoU on a folder of renders with masks (`NAME.png` + `masks/NAME.png`).
     Eval(EvalArgs),
@@ -49,56 +56,76 @@ pub enum Command {
     TrainToy(TrainArgs),
 }
 
-#[derive(Debug, Args)]
+/// The options of a segmentation run; `segmenter`, `preset`, `overlay`, `batch_size` and
+/// `threads` may also come from `--config FILE.yaml` (flags win).
+#[derive(Debug, Args, Serialize)]
 pub struct SegmentArgs {
     /// A preset name (configs/segment/NAME.yaml), a preset file, or an ONNX file (with
     /// --preset).
     #[arg(long, value_name = "PRESET_OR_ONNX")]
-    pub model: Option<String>,
-    /// The preset (name or file) for an ONNX --model.
-    #[arg(long, value_name = "FILE")]
+    pub segmenter: Option<String>,
+    /// The preset (name or file) for an ONNX --segmenter.
+    #[arg(long, value_name = "PRESET")]
     pub preset: Option<String>,
     /// Folder of images (.png, .jpg, .jpeg); other files are left alone.
     #[arg(value_name = "IMAGES_DIR")]
+    #[serde(skip)]
     pub images: Option<PathBuf>,
     /// Folder for the masks and manifest.json.
-    #[arg(long, value_name = "MASKS_DIR")]
+    #[arg(short, long, value_name = "MASKS_DIR")]
+    #[serde(skip)]
     pub out: Option<PathBuf>,
-    /// Options from a YAML file (`model`, `preset`, `overlay`, `batch_size`, `threads`); flags
-    /// override them.
+    /// Options from a YAML file (`segmenter`, `preset`, `overlay`, `batch_size`, `threads`);
+    /// flags override them.
     #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Folder for overlays (the image with its mask tinted in).
     #[arg(long, value_name = "DIR")]
     pub overlay: Option<PathBuf>,
-    /// Print the manifest as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
     /// Images per model run [default: 16].
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// ONNX Runtime threads (0: its default) [default: 0].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// No progress bar.
-    #[arg(short, long)]
-    pub quiet: bool,
+}
+
+/// A segmentation run's settings: defaults < `--config` file < flags.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegmentSettings {
+    pub segmenter: Option<String>,
+    pub preset: Option<String>,
+    pub overlay: Option<PathBuf>,
+    pub batch_size: usize,
+    pub threads: usize,
+}
+
+impl Default for SegmentSettings {
+    fn default() -> Self {
+        Self {
+            segmenter: None,
+            preset: None,
+            overlay: None,
+            batch_size: 16,
+            threads: 0,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Preset name, preset file, or ONNX file (with --preset).
-    #[arg(long, default_value = "toy")]
-    pub model: String,
-    #[arg(long)]
+    #[arg(long, value_name = "PRESET_OR_ONNX", default_value = "toy")]
+    pub segmenter: String,
+    #[arg(long, value_name = "PRESET")]
     pub preset: Option<String>,
     /// Folder of renders with masks/.
     pub images: PathBuf,
-    /// Exit non-zero if the mean IoU is below this.
+    /// Fail (exit 1) if the mean IoU is below this.
     #[arg(long)]
     pub min_iou: Option<f64>,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -135,11 +162,9 @@ pub struct TrainArgs {
     /// waiting); 0 leaves candle's own choice (RAYON_NUM_THREADS, else all cores).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    #[arg(short, long)]
-    pub quiet: bool,
 }
 
-/// Resolves `--model` and `--preset` to a preset and, for an ONNX `--model`, its file.
+/// Resolves `--segmenter` and `--preset` to a preset and, for an ONNX `--segmenter`, its file.
 pub fn resolve_model(
     model: &str,
     preset: Option<&str>,
@@ -149,29 +174,35 @@ pub fn resolve_model(
     if is_onnx {
         let Some(preset) = preset else {
             return Err(SegmentError::Input(format!(
-                "--model {model} is an ONNX file: say how to feed it with --preset NAME_OR_FILE (e.g. --preset u2net)"
+                "--segmenter {model} is an ONNX file: say how to feed it with --preset NAME_OR_FILE (e.g. --preset u2net)"
             )));
         };
         Ok((Preset::find(preset)?, Some(PathBuf::from(model))))
     } else {
         if let Some(p) = preset {
             return Err(SegmentError::Input(format!(
-                "--preset {p} goes with an ONNX --model; --model {model} is already a preset"
+                "--preset {p} goes with an ONNX --segmenter; --segmenter {model} is already a preset"
             )));
         }
         Ok((Preset::find(model)?, None))
     }
 }
 
-pub fn run(cli: &Cli) -> Result<ExitCode> {
+/// Parses the command line and runs it.
+pub fn run() -> Result<ExitCode> {
+    execute(&fmn_core::cli::parse::<Cli>())
+}
+
+pub fn execute(cli: &Cli) -> Result<ExitCode> {
+    let output = &cli.output;
     match &cli.command {
         None => run_segment(cli, &cli.segment),
-        Some(Command::Inspect { model, json }) => {
+        Some(Command::Inspect { model }) => {
             let rt = Runtime::load(cli.ort_lib.as_deref())?;
             let info = rt.inspect(model)?;
-            if *json {
+            if output.json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
-            } else {
+            } else if !output.quiet {
                 for (what, list) in [("input", &info.inputs), ("output", &info.outputs)] {
                     for i in list {
                         println!(
@@ -186,75 +217,55 @@ pub fn run(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Eval(args)) => run_eval(cli, args),
-        Some(Command::TrainToy(args)) => run_train(args),
+        Some(Command::TrainToy(args)) => run_train(args, output.quiet),
     }
-}
-
-/// `fmn-segment --config FILE.yaml`: the options of a segmentation run; flags win.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SegmentConfig {
-    model: Option<String>,
-    preset: Option<String>,
-    overlay: Option<PathBuf>,
-    batch_size: Option<usize>,
-    threads: Option<usize>,
 }
 
 fn run_segment(cli: &Cli, flags: &SegmentArgs) -> Result<ExitCode> {
-    let cfg: SegmentConfig = match &flags.config {
-        Some(p) => fmn_core::load_yaml(p)?,
-        None => SegmentConfig::default(),
+    let settings: SegmentSettings = fmn_core::config::merge(flags.config.as_deref(), flags)?;
+    let (Some(segmenter), Some(images), Some(out)) =
+        (&settings.segmenter, &flags.images, &flags.out)
+    else {
+        bail!("--segmenter (or `segmenter:` in --config), IMAGES_DIR and --out are required");
     };
-    let model = flags.model.clone().or(cfg.model);
-    let (Some(model), Some(images), Some(out)) = (&model, &flags.images, &flags.out) else {
-        bail!("--model (or `model:` in --config), IMAGES_DIR and --out are required");
-    };
-    let args = SegmentArgs {
-        model: Some(model.clone()),
-        preset: flags.preset.clone().or(cfg.preset),
-        overlay: flags.overlay.clone().or(cfg.overlay),
-        batch_size: Some(flags.batch_size.or(cfg.batch_size).unwrap_or(16)),
-        threads: Some(flags.threads.or(cfg.threads).unwrap_or(0)),
-        images: flags.images.clone(),
-        out: flags.out.clone(),
-        config: flags.config.clone(),
-        ..*flags
-    };
-    let batch_size = args.batch_size.unwrap_or(16);
-    if batch_size == 0 {
+    if settings.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    let output = &cli.output;
     let job = FolderJob {
         images: images.clone(),
         masks: out.clone(),
-        overlays: args.overlay.clone(),
-        batch_size,
-        quiet: args.quiet || args.json,
+        overlays: settings.overlay.clone(),
+        batch_size: settings.batch_size,
+        quiet: output.quiet || output.json,
     };
     // Folder mistakes are reported before the runtime or the model is touched.
     crate::batch::check_job(&job)?;
-    let (preset, onnx) = resolve_model(model, args.preset.as_deref())?;
+    let (preset, onnx) = resolve_model(segmenter, settings.preset.as_deref())?;
     let rt = Runtime::load(cli.ort_lib.as_deref())?;
-    let mut segmenter = rt.open(&preset, onnx.as_deref(), args.threads.unwrap_or(0))?;
+    let mut segmenter = rt.open(&preset, onnx.as_deref(), settings.threads)?;
     let start = Instant::now();
     let manifest = segment_folder(&mut segmenter, &job)?;
-    if args.json {
+    if output.json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
     }
-    eprintln!(
-        "{} masks in {} ({:.1}s){}",
-        manifest.count,
-        out.display(),
-        start.elapsed().as_secs_f64(),
-        if manifest.failed > 0 {
-            format!("; {} images failed", manifest.failed)
-        } else {
-            String::new()
-        }
-    );
     if manifest.failed > 0 {
-        return Ok(ExitCode::from(EXIT_SOME_FAILED));
+        let names: Vec<&str> = manifest.failures.iter().map(|f| f.image.as_str()).collect();
+        bail!(
+            "{} images failed ({}); the other {} masks are in {}",
+            manifest.failed,
+            names.join(", "),
+            manifest.count,
+            out.display()
+        );
+    }
+    if output.summary() {
+        eprintln!(
+            "{} masks in {} ({:.1}s)",
+            manifest.count,
+            out.display(),
+            start.elapsed().as_secs_f64()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -308,13 +319,13 @@ pub fn evaluate(
 
 fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
     let samples = toy::load_render_folder(&args.images)?;
-    let (preset, onnx) = resolve_model(&args.model, args.preset.as_deref())?;
+    let (preset, onnx) = resolve_model(&args.segmenter, args.preset.as_deref())?;
     let rt = Runtime::load(cli.ort_lib.as_deref())?;
     let mut segmenter = rt.open(&preset, onnx.as_deref(), 0)?;
     let report = evaluate(&mut segmenter, &samples)?;
-    if args.json {
+    if cli.output.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+    } else if !cli.output.quiet {
         println!(
             "{}: {} images, mean IoU {:.4}, total IoU {:.4}, min IoU {:.4} ({:.2}s)",
             report.preset,
@@ -327,8 +338,7 @@ fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
     }
     if let Some(min) = args.min_iou {
         if report.mean_iou < min {
-            eprintln!("mean IoU {:.4} is below --min-iou {min}", report.mean_iou);
-            return Ok(ExitCode::FAILURE);
+            bail!("mean IoU {:.4} is below --min-iou {min}", report.mean_iou);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -347,7 +357,7 @@ struct TrainRecord {
     holdout_mean_iou_candle: Option<f64>,
 }
 
-fn run_train(args: &TrainArgs) -> Result<ExitCode> {
+fn run_train(args: &TrainArgs, quiet: bool) -> Result<ExitCode> {
     if args.threads > 0 {
         // Read by candle when its thread pool first starts, which is later than this.
         std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
@@ -377,13 +387,13 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
         lr: args.lr,
         ..Default::default()
     };
-    let bar = fmn_core::progress::bar(cfg.steps as u64, "train", args.quiet);
+    let bar = fmn_core::progress::bar(cfg.steps as u64, "train", quiet);
     let start = Instant::now();
     let mut last = f32::NAN;
     let net = toy::train(&samples, &cfg, |step, loss| {
         last = loss;
         bar.set_position(step as u64);
-        if step % 100 == 0 {
+        if step % 100 == 0 && !quiet {
             bar.suspend(|| {
                 eprintln!(
                     "step {step}: loss {loss:.4} ({:.0}s)",
@@ -417,12 +427,14 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
     let record_path = args.out.join("train.json");
     fmn_core::write_json_atomic(&record_path, &record)
         .with_context(|| record_path.display().to_string())?;
-    eprintln!(
-        "wrote {} ({} parameters, {seconds:.0}s{})",
-        path.display(),
-        net.parameter_count(),
-        iou.map(|i| format!(", held-out mean IoU {i:.4} (candle)"))
-            .unwrap_or_default()
-    );
+    if !quiet {
+        eprintln!(
+            "wrote {} ({} parameters, {seconds:.0}s{})",
+            path.display(),
+            net.parameter_count(),
+            iou.map(|i| format!(", held-out mean IoU {i:.4} (candle)"))
+                .unwrap_or_default()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

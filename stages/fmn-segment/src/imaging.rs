@@ -1,24 +1,14 @@
-//! Reading images of any kind, turning them into model input, and bringing a model's map back
-//! to the image's own size.
+//! Reading images of any kind, and bringing a model's map back to the image's own size (the
+//! model input is made by [`fmn_onnx::prepare`]).
 use crate::error::{Result, SegmentError};
-use crate::preset::{ChannelOrder, InputSpec, ResizeMode, ValueRange};
-use image::{imageops::FilterType, DynamicImage, ImageReader, RgbImage};
+pub use fmn_onnx::{prepare, Geometry, Placement};
+use image::{DynamicImage, ImageReader, RgbImage};
 use std::path::Path;
-
-/// The extensions taken as images when reading a folder.
-pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
 
 /// Largest side accepted (pixels).
 pub const MAX_SIDE: u32 = 20_000;
 /// Largest decoded size accepted (bytes).
 pub const MAX_DECODED_BYTES: u64 = 2 << 30;
-
-/// Whether `path` has one of [`IMAGE_EXTENSIONS`] (any case).
-pub fn is_image_path(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
-}
 
 /// Reads an image file of any supported kind (8/16-bit, gray, gray+alpha, RGB, RGBA) as 8-bit
 /// RGB; transparent pixels are laid over white.
@@ -61,87 +51,6 @@ pub fn to_rgb(img: DynamicImage) -> RgbImage {
         }
     }
     out
-}
-
-/// Where the image lies in the model input, to bring the model's map back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    /// The whole input is the whole image.
-    Stretch,
-    /// The image fills the input rectangle `(x, y, w, h)`; the rest is padding.
-    Letterbox { x: u32, y: u32, w: u32, h: u32 },
-    /// The input is the image's rectangle `(x, y, w, h)`; the rest of the image is outside.
-    Crop { x: u32, y: u32, w: u32, h: u32 },
-}
-
-/// An image's place in the model input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
-    pub width: u32,
-    pub height: u32,
-    pub placement: Placement,
-}
-
-fn resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
-    if img.dimensions() == (w, h) {
-        img.clone()
-    } else {
-        image::imageops::resize(img, w, h, FilterType::Triangle)
-    }
-}
-
-/// The model input (CHW, `3 × height × width` floats) for `img`, and where the image lies in
-/// it.
-pub fn prepare(img: &RgbImage, spec: &InputSpec) -> (Vec<f32>, Geometry) {
-    let [mw, mh] = spec.size;
-    let (iw, ih) = img.dimensions();
-    let (canvas, placement) = match spec.resize {
-        ResizeMode::Stretch => (resize(img, mw, mh), Placement::Stretch),
-        ResizeMode::Letterbox => {
-            let s = (mw as f64 / iw as f64).min(mh as f64 / ih as f64);
-            let w = ((iw as f64 * s).round() as u32).clamp(1, mw);
-            let h = ((ih as f64 * s).round() as u32).clamp(1, mh);
-            let (x, y) = ((mw - w) / 2, (mh - h) / 2);
-            let mut canvas = RgbImage::from_pixel(mw, mh, image::Rgb(spec.pad));
-            image::imageops::replace(&mut canvas, &resize(img, w, h), x as i64, y as i64);
-            (canvas, Placement::Letterbox { x, y, w, h })
-        }
-        ResizeMode::Crop => {
-            // The largest centred rectangle of the input's aspect ratio.
-            let target = mw as f64 / mh as f64;
-            let (w, h) = if iw as f64 / ih as f64 > target {
-                (((ih as f64 * target).round() as u32).clamp(1, iw), ih)
-            } else {
-                (iw, ((iw as f64 / target).round() as u32).clamp(1, ih))
-            };
-            let (x, y) = ((iw - w) / 2, (ih - h) / 2);
-            let cut = image::imageops::crop_imm(img, x, y, w, h).to_image();
-            (resize(&cut, mw, mh), Placement::Crop { x, y, w, h })
-        }
-    };
-    let divisor = match spec.range {
-        ValueRange::Unit => 255.0,
-        ValueRange::ImageMax => canvas.as_raw().iter().copied().max().unwrap_or(0).max(1) as f32,
-    };
-    let plane = (mw * mh) as usize;
-    let mut data = vec![0f32; 3 * plane];
-    for (i, p) in canvas.pixels().enumerate() {
-        for c in 0..3 {
-            let src = match spec.channels {
-                ChannelOrder::Rgb => c,
-                ChannelOrder::Bgr => 2 - c,
-            };
-            data[c * plane + i] = (p[src] as f32 / divisor - spec.mean[c]) / spec.std[c];
-        }
-    }
-    (
-        data,
-        Geometry {
-            width: iw,
-            height: ih,
-            placement,
-        },
-    )
 }
 
 /// Bilinear resize (pixel centres aligned, as PyTorch's `align_corners=False`) of the region
@@ -225,17 +134,13 @@ pub fn map_back(map: &[f32], mw: u32, mh: u32, geometry: &Geometry) -> Vec<f32> 
 mod tests {
     use super::*;
 
+    use fmn_onnx::{InputSpec, ResizeMode};
+
+    /// An input of `size` fed by `resize`.
     fn spec(resize: ResizeMode, size: [u32; 2]) -> InputSpec {
-        InputSpec {
-            name: None,
-            size,
-            resize,
-            channels: ChannelOrder::Rgb,
-            range: ValueRange::Unit,
-            mean: [0.0; 3],
-            std: [1.0; 3],
-            pad: [0; 3],
-        }
+        let mut spec = InputSpec::new(size);
+        spec.resize = resize;
+        spec
     }
 
     #[test]
@@ -267,22 +172,6 @@ mod tests {
         assert_eq!(back.len(), 200 * 100);
         assert_eq!(back[0], 0.0);
         assert_eq!(back[100], 1.0);
-    }
-
-    #[test]
-    fn channel_order_and_normalisation() {
-        let img = RgbImage::from_pixel(2, 2, image::Rgb([255, 0, 51]));
-        let mut s = spec(ResizeMode::Stretch, [2, 2]);
-        s.channels = ChannelOrder::Bgr;
-        s.mean = [0.5; 3];
-        s.std = [0.5; 3];
-        let (data, _) = prepare(&img, &s);
-        assert!((data[0] - (0.2 - 0.5) / 0.5).abs() < 1e-6); // B first
-        assert_eq!(data[8], 1.0); // R last
-        s.range = ValueRange::ImageMax;
-        let img = RgbImage::from_pixel(2, 2, image::Rgb([100, 50, 0]));
-        let (data, _) = prepare(&img, &s);
-        assert_eq!(data[8], 1.0); // 100 / 100
     }
 
     #[test]

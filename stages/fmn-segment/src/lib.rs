@@ -2,9 +2,10 @@
 //! run through ONNX Runtime (the `ort` crate, loading the runtime library at run time).
 //!
 //! - [`preset`]: YAML presets describing a model's input, output and mask post-processing;
-//! - [`runtime`]: loading ONNX Runtime ([`Runtime`]) and models checked against a preset
+//! - [`runtime`]: ONNX Runtime (fmn-onnx's, [`Runtime`]) and models checked against a preset
 //!   ([`Segmenter`]);
-//! - [`imaging`] and [`post`]: pre- and post-processing;
+//! - [`imaging`] and [`post`]: reading images, and from the model's output to a mask (the
+//!   model input is fmn-onnx's [`fmn_onnx::prepare`]);
 //! - [`batch`]: a folder of images to a folder of masks, overlays and a manifest;
 //! - [`onnx`]: a minimal ONNX writer; [`toy`]: the toy segmenter (training and export);
 //! - [`cli`]: the `fmn-segment` command line.

@@ -1,14 +1,5 @@
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = fmn_segment::cli::Cli::parse();
-    fmn_core::logging::init(cli.verbose, false);
-    match fmn_segment::cli::run(&cli) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    fmn_core::cli::exit(fmn_segment::cli::run())
 }

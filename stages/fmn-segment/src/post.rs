@@ -51,13 +51,17 @@ pub fn output_to_map(values: &[f32], channels: usize, spec: &OutputSpec) -> Vec<
     map
 }
 
-/// The final mask from a `width × height` map in 0..1.
+/// The final mask from a `width × height` map in 0..1 (missing values are 0).
 pub fn finish(map: &[f32], width: u32, height: u32, post: &PostProcess) -> GrayImage {
     let (w, h) = (width as usize, height as usize);
-    let mut mask: Vec<u8> = match post.threshold {
-        Some(t) => map.iter().map(|&v| if v >= t { 255 } else { 0 }).collect(),
-        None => map.iter().map(|&v| (v * 255.0).round() as u8).collect(),
-    };
+    let mut mask = GrayImage::new(width, height);
+    for (m, &v) in mask.iter_mut().zip(map) {
+        *m = match post.threshold {
+            Some(t) if v >= t => 255,
+            Some(_) => 0,
+            None => (v * 255.0).round() as u8,
+        };
+    }
     if post.keep_largest {
         keep_largest(&mut mask, w, h);
     }
@@ -70,7 +74,7 @@ pub fn finish(map: &[f32], width: u32, height: u32, post: &PostProcess) -> GrayI
     if post.feather > 0.0 {
         gaussian_blur(&mut mask, w, h, post.feather);
     }
-    GrayImage::from_raw(width, height, mask).expect("mask size")
+    mask
 }
 
 /// Zeroes every region of pixels ≥ 128 (8-connected) but the largest; pixels below 128 stay.

@@ -5,15 +5,12 @@
 //! name: toy
 //! description: The toy world's figure segmenter.
 //! model: ../../data/toy-segmenter/model.onnx   # relative to this file; omit if not shipped
-//! input:
-//!   name: image            # omit to use the model's first input
-//!   size: [64, 64]         # width, height fed to the model
-//!   resize: stretch        # stretch | letterbox | crop
-//!   channels: rgb          # rgb | bgr
-//!   range: unit            # unit (pixel / 255) | image_max (pixel / the image's largest value)
-//!   mean: [0.5, 0.5, 0.5]  # after range scaling: (v - mean) / std
+//! input:                   # the keys of fmn_onnx::InputSpec (size, resize, filter, channels,
+//!   name: image            #   range, mean, std, pad), and the model input's name (omit to
+//!   size: [64, 64]         #   use the model's first input)
+//!   resize: stretch
+//!   mean: [0.5, 0.5, 0.5]
 //!   std: [0.5, 0.5, 0.5]
-//!   pad: [0, 0, 0]         # letterbox border colour (0-255)
 //! output:
 //!   name: mask             # omit to use the model's first output
 //!   kind: probability      # logits | probability | matte
@@ -28,41 +25,9 @@
 //!   feather: 0.0           # Gaussian sigma in pixels
 //! ```
 use crate::error::{Result, SegmentError};
-use serde::{Deserialize, Serialize};
+pub use fmn_onnx::{ChannelOrder, Filter, InputSpec, ResizeMode, ValueRange};
+use serde::{de::Error as _, Deserialize, Deserializer, Serialize};
 use std::path::{Path, PathBuf};
-
-/// How the image is brought to the model's input size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResizeMode {
-    /// Scale each side to the input size, ignoring the aspect ratio.
-    #[default]
-    Stretch,
-    /// Scale to fit inside, keeping the aspect ratio, and pad the rest with `pad`.
-    Letterbox,
-    /// Cut the largest centred region of the input's aspect ratio, then scale it; pixels
-    /// outside that region get mask 0.
-    Crop,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChannelOrder {
-    #[default]
-    Rgb,
-    Bgr,
-}
-
-/// What a pixel value is divided by before mean/std.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ValueRange {
-    /// value / 255.
-    #[default]
-    Unit,
-    /// value / (the largest channel value in the image), as rembg feeds U²-Net and IS-Net.
-    ImageMax,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -85,33 +50,34 @@ pub enum Activation {
     Sigmoid,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InputSpec {
-    #[serde(default)]
+/// The preset's `input:` block: the model input's `name` (default: the model's first input)
+/// and how images are fed to it, the keys of [`InputSpec`] (which it dereferences to).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInput {
     pub name: Option<String>,
-    /// `[width, height]`.
-    pub size: [u32; 2],
-    #[serde(default)]
-    pub resize: ResizeMode,
-    #[serde(default)]
-    pub channels: ChannelOrder,
-    #[serde(default)]
-    pub range: ValueRange,
-    #[serde(default = "zeros")]
-    pub mean: [f32; 3],
-    #[serde(default = "ones")]
-    pub std: [f32; 3],
-    #[serde(default)]
-    pub pad: [u8; 3],
+    pub spec: InputSpec,
 }
 
-fn zeros() -> [f32; 3] {
-    [0.0; 3]
+impl std::ops::Deref for ModelInput {
+    type Target = InputSpec;
+    fn deref(&self) -> &InputSpec {
+        &self.spec
+    }
 }
 
-fn ones() -> [f32; 3] {
-    [1.0; 3]
+impl<'de> Deserialize<'de> for ModelInput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let mut keys = serde_yaml::Mapping::deserialize(d)?;
+        let name = match keys.remove("name") {
+            Some(v) => {
+                serde_yaml::from_value(v).map_err(|e| D::Error::custom(format!("name: {e}")))?
+            }
+            None => None,
+        };
+        let spec =
+            serde_yaml::from_value(serde_yaml::Value::Mapping(keys)).map_err(D::Error::custom)?;
+        Ok(ModelInput { name, spec })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,7 +125,7 @@ impl Default for PostProcess {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preset {
     pub name: String,
@@ -171,7 +137,7 @@ pub struct Preset {
     /// Where the weights come from, for presets whose weights are not shipped.
     #[serde(default)]
     pub weights: Option<String>,
-    pub input: InputSpec,
+    pub input: ModelInput,
     pub output: OutputSpec,
     #[serde(default)]
     pub post: PostProcess,
@@ -284,18 +250,7 @@ impl Preset {
 
     /// Checks the values serde cannot: sizes, std, kind-specific fields.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let [w, h] = self.input.size;
-        if w == 0 || h == 0 || w > 8192 || h > 8192 {
-            return Err(format!(
-                "input.size {w}x{h} must be between 1 and 8192 on each side"
-            ));
-        }
-        if self.input.std.iter().any(|s| !s.is_finite() || *s == 0.0) {
-            return Err("input.std must be finite and non-zero".into());
-        }
-        if self.input.mean.iter().any(|m| !m.is_finite()) {
-            return Err("input.mean must be finite".into());
-        }
+        self.input.validate()?;
         match self.output.kind {
             OutputKind::Logits => {
                 if self.output.classes.is_empty() {

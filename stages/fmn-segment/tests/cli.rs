@@ -4,6 +4,7 @@ mod common;
 use common::*;
 use image::{DynamicImage, ImageBuffer, Luma, LumaA, Rgb, Rgba};
 use std::fs;
+use std::path::Path;
 
 fn toy_folder(dir: &std::path::Path, n: usize) {
     fs::create_dir_all(dir).unwrap();
@@ -32,7 +33,7 @@ fn segments_a_folder_with_masks_overlays_and_manifest() {
     fs::write(imgs.join("00000.txt"), "a caption").unwrap();
     fs::create_dir(imgs.join("masks")).unwrap();
     let out = run(&[
-        "--model",
+        "--segmenter",
         "toy",
         s(&imgs),
         "--out",
@@ -80,13 +81,8 @@ fn unreadable_image_is_named_counted_and_the_rest_written() {
         &fs::read(imgs.join("00000.png")).unwrap()[..60],
     )
     .unwrap();
-    let out = run(&["--model", "toy", s(&imgs), "--out", s(&masks)]);
-    assert_eq!(
-        out.status.code(),
-        Some(fmn_segment::cli::EXIT_SOME_FAILED as i32),
-        "{}",
-        stderr(&out)
-    );
+    let out = run(&["--segmenter", "toy", s(&imgs), "--out", s(&masks)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
         err.contains("00001b.png") && err.contains("zz-truncated.png"),
@@ -106,18 +102,17 @@ fn earlier_masks_survive_a_later_run_that_fails() {
     let t = tempfile::tempdir().unwrap();
     let (imgs, masks) = (t.path().join("imgs"), t.path().join("masks"));
     toy_folder(&imgs, 2);
-    assert!(run(&["--model", "toy", s(&imgs), "--out", s(&masks), "-q"])
-        .status
-        .success());
+    assert!(
+        run(&["--segmenter", "toy", s(&imgs), "--out", s(&masks), "-q"])
+            .status
+            .success()
+    );
     let before = fs::read(masks.join("00000.png")).unwrap();
     let other = t.path().join("other");
     fs::create_dir(&other).unwrap();
     fs::write(other.join("bad.png"), b"nope").unwrap();
-    let out = run(&["--model", "toy", s(&other), "--out", s(&masks), "-q"]);
-    assert_eq!(
-        out.status.code(),
-        Some(fmn_segment::cli::EXIT_SOME_FAILED as i32)
-    );
+    let out = run(&["--segmenter", "toy", s(&other), "--out", s(&masks), "-q"]);
+    assert_eq!(out.status.code(), Some(1));
     assert_eq!(fs::read(masks.join("00000.png")).unwrap(), before);
 }
 
@@ -127,7 +122,13 @@ fn empty_folder_is_an_error() {
     let imgs = t.path().join("imgs");
     fs::create_dir(&imgs).unwrap();
     fs::write(imgs.join("notes.txt"), "x").unwrap();
-    let out = run(&["--model", "toy", s(&imgs), "--out", s(&t.path().join("m"))]);
+    let out = run(&[
+        "--segmenter",
+        "toy",
+        s(&imgs),
+        "--out",
+        s(&t.path().join("m")),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
@@ -141,7 +142,7 @@ fn empty_folder_is_an_error() {
 fn missing_images_folder_or_a_file_is_an_error() {
     let t = tempfile::tempdir().unwrap();
     let out = run(&[
-        "--model",
+        "--segmenter",
         "toy",
         s(&t.path().join("nope")),
         "--out",
@@ -150,7 +151,7 @@ fn missing_images_folder_or_a_file_is_an_error() {
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
     let f = t.path().join("f.png");
     disc(8, 4.0, 4.0, 2.0, [0, 0, 0]).0.save(&f).unwrap();
-    let out = run(&["--model", "toy", s(&f), "--out", s(&t.path().join("m"))]);
+    let out = run(&["--segmenter", "toy", s(&f), "--out", s(&t.path().join("m"))]);
     assert!(stderr(&out).contains("is not a folder"), "{}", stderr(&out));
 }
 
@@ -161,7 +162,7 @@ fn output_folder_equal_to_input_folder_is_an_error() {
     toy_folder(&imgs, 1);
     let same = format!("{}/../imgs/.", s(&imgs));
     for out_dir in [s(&imgs), same.as_str()] {
-        let out = run(&["--model", "toy", s(&imgs), "--out", out_dir]);
+        let out = run(&["--segmenter", "toy", s(&imgs), "--out", out_dir]);
         assert_eq!(out.status.code(), Some(1));
         assert!(
             stderr(&out).contains("is the images folder"),
@@ -170,7 +171,7 @@ fn output_folder_equal_to_input_folder_is_an_error() {
         );
     }
     let out = run(&[
-        "--model",
+        "--segmenter",
         "toy",
         s(&imgs),
         "--out",
@@ -189,7 +190,13 @@ fn two_images_with_one_mask_name_is_an_error() {
     toy_folder(&imgs, 1);
     let img = image::open(imgs.join("00000.png")).unwrap().into_rgb8();
     img.save(imgs.join("00000.jpg")).unwrap();
-    let out = run(&["--model", "toy", s(&imgs), "--out", s(&t.path().join("m"))]);
+    let out = run(&[
+        "--segmenter",
+        "toy",
+        s(&imgs),
+        "--out",
+        s(&t.path().join("m")),
+    ]);
     assert!(
         stderr(&out).contains("would both write mask 00000.png"),
         "{}",
@@ -234,7 +241,7 @@ fn odd_images_are_handled() {
         .save(imgs.join("i-wide.png"))
         .unwrap();
     let _ = LumaA([0u8, 0]);
-    let out = run(&["--model", "toy", s(&imgs), "--out", s(&masks), "-q"]);
+    let out = run(&["--segmenter", "toy", s(&imgs), "--out", s(&masks), "-q"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let m = manifest(&masks);
     assert_eq!(m["count"], 9, "{m}");
@@ -277,7 +284,7 @@ fn a_10000_pixel_square_image() {
     }
     img.save(imgs.join("big.png")).unwrap();
     drop(img);
-    let out = run(&["--model", "toy", s(&imgs), "--out", s(&masks), "-q"]);
+    let out = run(&["--segmenter", "toy", s(&imgs), "--out", s(&masks), "-q"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mask = read_gray(&masks.join("big.png"));
     assert_eq!(mask.dimensions(), (n, n));
@@ -293,7 +300,7 @@ fn runtime_missing_or_wrong_is_a_clear_error() {
     let imgs = t.path().join("imgs");
     toy_folder(&imgs, 1);
     let m = t.path().join("m");
-    let args = ["--model", "toy", s(&imgs), "--out", s(&m)];
+    let args = ["--segmenter", "toy", s(&imgs), "--out", s(&m)];
     let out = run_with_ort(&args, None);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -348,16 +355,16 @@ fn usage_errors() {
     let imgs = t.path().join("imgs");
     toy_folder(&imgs, 1);
     let m = t.path().join("m");
-    let out = run(&["--model", "nosuchpreset", s(&imgs), "--out", s(&m)]);
+    let out = run(&["--segmenter", "nosuchpreset", s(&imgs), "--out", s(&m)]);
     let err = stderr(&out);
     assert!(
         err.contains("no preset named \"nosuchpreset\"") && err.contains("toy"),
         "{err}"
     );
-    let out = run(&["--model", "model.onnx", s(&imgs), "--out", s(&m)]);
+    let out = run(&["--segmenter", "model.onnx", s(&imgs), "--out", s(&m)]);
     assert!(stderr(&out).contains("--preset"), "{}", stderr(&out));
     let out = run(&[
-        "--model",
+        "--segmenter",
         "toy",
         "--preset",
         "toy",
@@ -366,15 +373,15 @@ fn usage_errors() {
         s(&m),
     ]);
     assert!(
-        stderr(&out).contains("goes with an ONNX --model"),
+        stderr(&out).contains("goes with an ONNX --segmenter"),
         "{}",
         stderr(&out)
     );
-    // No --model (it may also come from --config): a plain error naming it.
+    // No --segmenter (it may also come from --config): a plain error naming it.
     let out = run(&[s(&imgs), "--out", s(&m)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("--model"), "{}", stderr(&out));
-    let out = run(&["--model", "u2net", s(&imgs), "--out", s(&m)]);
+    assert!(stderr(&out).contains("--segmenter"), "{}", stderr(&out));
+    let out = run(&["--segmenter", "u2net", s(&imgs), "--out", s(&m)]);
     assert!(
         stderr(&out).contains("weights are not shipped"),
         "{}",
@@ -407,7 +414,10 @@ fn a_config_file_supplies_options_and_flags_override_it() {
     let cfg = t.path().join("segment.yaml");
     fs::write(
         &cfg,
-        format!("model: toy\nbatch_size: 1\noverlay: {}\n", over.display()),
+        format!(
+            "segmenter: toy\nbatch_size: 1\noverlay: {}\n",
+            over.display()
+        ),
     )
     .unwrap();
     let out = run(&["--config", s(&cfg), s(&imgs), "--out", s(&masks)]);
@@ -422,13 +432,16 @@ fn a_config_file_supplies_options_and_flags_override_it() {
     let out = run(&[
         "--config",
         s(&cfg),
-        "--model",
+        "--segmenter",
         "no-such-preset",
         s(&imgs),
         "--out",
         s(&masks2),
     ]);
-    assert!(!out.status.success(), "the --model flag wins over the file");
+    assert!(
+        !out.status.success(),
+        "the --segmenter flag wins over the file"
+    );
     assert!(stderr(&out).contains("no-such-preset"), "{}", stderr(&out));
 
     fs::write(&cfg, "modle: toy\n").unwrap();
@@ -439,4 +452,71 @@ fn a_config_file_supplies_options_and_flags_override_it() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn follows_the_cli_convention() {
+    // --help shows the shared Output group and the ONNX Runtime option.
+    let out = run(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = stdout(&out);
+    for want in [
+        "Output:",
+        "--json",
+        "--quiet",
+        "--verbose",
+        "--segmenter",
+        "--ort-lib",
+    ] {
+        assert!(help.contains(want), "--help lacks {want}:\n{help}");
+    }
+    assert!(!help.contains("--model"), "{help}");
+
+    // -q: nothing at all on success.
+    let t = tempfile::tempdir().unwrap();
+    let (imgs, masks) = (t.path().join("imgs"), t.path().join("masks"));
+    toy_folder(&imgs, 2);
+    let out = run(&["--segmenter", "toy", s(&imgs), "-o", s(&masks), "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!((stdout(&out), stderr(&out)), (String::new(), String::new()));
+    assert!(masks.join("00001.png").is_file());
+    // Without -q, one summary line on stderr; --json alone prints only the manifest.
+    let out = run(&["--segmenter", "toy", s(&imgs), "-o", s(&masks)]);
+    assert!(stderr(&out).contains("2 masks in"), "{}", stderr(&out));
+    let out = run(&["--segmenter", "toy", s(&imgs), "-o", s(&masks), "--json"]);
+    assert_eq!(stderr(&out), "");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["count"], 2);
+
+    // One corrupt image: exit 1, named, the other masks written (also with -q).
+    fs::write(imgs.join("00000-corrupt.png"), b"not a png").unwrap();
+    let masks2 = t.path().join("masks2");
+    let out = run(&["--segmenter", "toy", s(&imgs), "-o", s(&masks2), "-q"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("00000-corrupt.png"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(masks2.join("00000.png").is_file() && masks2.join("00001.png").is_file());
+    assert_eq!(manifest(&masks2)["failed"], 1);
+
+    // Usage errors exit 2; the old --model flag is one.
+    for args in [
+        &["--no-such-flag"][..],
+        &["--model", "toy", s(&imgs), "-o", s(&masks)][..],
+        &["--batch-size", "many", s(&imgs)][..],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+
+    // eval --min-iou above what the model reaches: exit 1, named.
+    let renders = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/toy-holdout/clean");
+    let out = run(&["eval", s(&renders), "--min-iou", "1.01", "-q"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("below --min-iou"), "{}", stderr(&out));
+    let out = run(&["eval", s(&renders), "--min-iou", "0.5", "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!((stdout(&out), stderr(&out)), (String::new(), String::new()));
 }

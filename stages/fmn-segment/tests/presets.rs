@@ -28,7 +28,7 @@ fn one_image(dir: &Path, img: &RgbImage) -> std::path::PathBuf {
 
 fn segment(model: &Path, preset: &Path, imgs: &Path, masks: &Path) -> std::process::Output {
     run(&[
-        "--model",
+        "--segmenter",
         s(model),
         "--preset",
         s(preset),
@@ -238,7 +238,7 @@ fn fixed_batch_of_one_takes_many_images() {
     );
     let masks = t.path().join("m");
     let out = run(&[
-        "--model",
+        "--segmenter",
         s(&model),
         "--preset",
         s(&p),

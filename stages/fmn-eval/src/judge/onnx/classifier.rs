@@ -1,9 +1,9 @@
 //! `kind: classifier`: class scores `[N, C]`, one per label; attributes `label` (the top
 //! label) and `group` (the first group holding it), both unsure below `min_confidence`.
-use super::model::{Model, PerImage};
 use super::preset::{check_groups, read_labels, ClassifierPreset};
 use crate::judge::Judgement;
 use anyhow::{bail, Result};
+use fmn_onnx::{ImageModel, PerImage};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -16,17 +16,17 @@ pub(super) struct Classifier {
 
 impl Classifier {
     /// Reads the labels and checks the groups and the model's declared output against them.
-    pub fn load(file: &Path, p: &ClassifierPreset, model: &Model) -> Result<Classifier> {
+    pub fn load(file: &Path, p: &ClassifierPreset, model: &ImageModel) -> Result<Classifier> {
         let labels = read_labels(file, &p.labels)?;
         check_groups(file, &p.labels, &labels, &p.groups)?;
-        if let Some(s) = &model.output_shape {
+        if let Some(s) = &model.output().shape {
             let n = labels.len() as i64;
             if s.len() != 2 || (s[1] >= 0 && s[1] != n) {
                 bail!(
                     "judge preset {}: output `{}` has shape {s:?}; expected [N, {n}] for the {n} \
                      labels of {}",
                     file.display(),
-                    model.output,
+                    model.output().name,
                     p.labels.display()
                 );
             }

@@ -1,9 +1,9 @@
 //! `kind: detector`: YOLOv8-style boxes (NudeNet 3.x), decoded, thresholded and thinned by
 //! greedy class-agnostic NMS, as NudeNet does.
-use super::model::{Model, PerImage};
 use super::preset::{check_groups, read_labels, DetectorPreset, Layout};
 use crate::judge::Judgement;
 use anyhow::{bail, Result};
+use fmn_onnx::{ImageModel, PerImage};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -126,7 +126,7 @@ pub(super) struct Detector {
 
 impl Detector {
     /// Reads the labels, checks the groups, the names and the model's declared output.
-    pub fn load(file: &Path, p: &DetectorPreset, model: &Model) -> Result<Detector> {
+    pub fn load(file: &Path, p: &DetectorPreset, model: &ImageModel) -> Result<Detector> {
         let labels = read_labels(file, &p.labels)?;
         check_groups(file, &p.labels, &labels, &p.groups)?;
         check_names(file, &labels, &p.groups)?;
@@ -137,14 +137,14 @@ impl Detector {
             iou_threshold: p.iou_threshold,
             groups: p.groups.clone(),
         };
-        if let Some(s) = &model.output_shape {
+        if let Some(s) = &model.output().shape {
             let dims: Vec<usize> = s.iter().skip(1).map(|&d| d.max(0) as usize).collect();
             let known: Vec<bool> = s.iter().skip(1).map(|&d| d >= 0).collect();
             if s.len() != 3 || d.anchors(&dims, &known).is_none() {
                 bail!(
                     "judge preset {}: {}",
                     file.display(),
-                    d.shape_error(&model.output, s, &p.labels)
+                    d.shape_error(&model.output().name, s, &p.labels)
                 );
             }
         }
@@ -369,6 +369,7 @@ mod tests {
         let out = |shape: Vec<usize>| PerImage {
             rows: vec![vec![0.0; shape.iter().product()]; 2],
             shape: Some(shape),
+            geometry: Vec::new(),
         };
         let labels = Path::new("labels.txt");
         let d = detector(4, Layout::AnchorsFirst);

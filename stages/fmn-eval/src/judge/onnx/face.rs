@@ -1,18 +1,15 @@
 //! `kind: face`: an embedding `[N, D]` per image, compared by cosine similarity with the
 //! embeddings of each identity's reference images (computed once, at load).
-use super::model::{Model, PerImage};
 use super::preset::FacePreset;
 use crate::judge::Judgement;
 use anyhow::{bail, Context, Result};
+use fmn_onnx::{ImageModel, PerImage};
 use image::RgbImage;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// An identity's name and its reference images' L2-normalised embeddings.
 pub type IdentityReferences<'a> = (&'a str, &'a [Vec<f32>]);
-
-/// File extensions read as reference images.
-const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 /// `v / |v|`, or `None` when `v` has no direction (zero or not finite).
 pub fn l2_normalise(v: &[f32]) -> Option<Vec<f32>> {
@@ -24,29 +21,15 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// The image files of a references folder, sorted by name.
+/// The image files of a references folder (`fmn_core::images`), sorted by name.
 pub fn reference_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))?;
-    let mut files = Vec::new();
-    for entry in entries {
-        let path = entry
-            .with_context(|| format!("cannot read folder {}", dir.display()))?
-            .path();
-        let is_image = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)));
-        if is_image && path.is_file() {
-            files.push(path);
-        }
-    }
-    files.sort();
+    let (files, _) = fmn_core::images::list_images(dir)
+        .with_context(|| format!("cannot read folder {}", dir.display()))?;
     if files.is_empty() {
         bail!(
             "folder {} holds no {} images",
             dir.display(),
-            IMAGE_EXTENSIONS.join("/")
+            fmn_core::images::IMAGE_EXTENSIONS.join("/")
         );
     }
     Ok(files)
@@ -64,13 +47,13 @@ pub(super) struct Face {
 impl Face {
     /// Embeds every identity's reference images; errors name the preset and the folder or
     /// image that fails.
-    pub fn load(file: &Path, p: &FacePreset, model: &Model) -> Result<Face> {
-        if let Some(s) = model.output_shape.as_ref().filter(|s| s.len() != 2) {
+    pub fn load(file: &Path, p: &FacePreset, model: &ImageModel) -> Result<Face> {
+        if let Some(s) = model.output().shape.as_ref().filter(|s| s.len() != 2) {
             bail!(
                 "judge preset {}: output `{}` has shape {s:?}; a face judge needs an \
                  embedding [N, D]",
                 file.display(),
-                model.output
+                model.output().name
             );
         }
         let mut face = Face {
@@ -93,7 +76,7 @@ impl Face {
         Ok(face)
     }
 
-    fn embed_references(&mut self, model: &Model, dir: &Path) -> Result<Vec<Vec<f32>>> {
+    fn embed_references(&mut self, model: &ImageModel, dir: &Path) -> Result<Vec<Vec<f32>>> {
         let files = reference_files(dir)?;
         let images = files
             .iter()
@@ -103,17 +86,17 @@ impl Face {
                     .with_context(|| format!("cannot read image {}", f.display()))
             })
             .collect::<Result<Vec<RgbImage>>>()?;
-        let out = model.run(&images)?;
+        let out = super::run(model, &images)?;
         if self.dim == 0 {
             self.dim = match out.shape.as_deref() {
                 Some(&[d]) if d > 0 => d,
                 s => bail!(
                     "output `{}` gives {s:?} per image; a face judge needs an embedding [N, D]",
-                    model.output
+                    model.output().name
                 ),
             };
         }
-        let rows = self.embeddings(&model.output, out)?;
+        let rows = self.embeddings(&model.output().name, out)?;
         rows.iter()
             .zip(&files)
             .map(|(e, f)| {

@@ -1,7 +1,7 @@
-//! An ONNX model as judge, through ONNX Runtime (`ort`, loaded at run time from
-//! `ORT_DYLIB_PATH`), described by a YAML preset whose `kind` says what the model's output
-//! means. Paths are relative to the preset; a key that is unknown or belongs to another kind is
-//! an error naming it and the preset file. Keys every kind has:
+//! An ONNX model as judge, through ONNX Runtime (fmn-onnx's: loaded at run time from
+//! `--ort-lib` or `ORT_DYLIB_PATH`), described by a YAML preset whose `kind` says what the
+//! model's output means. Paths are relative to the preset; a key that is unknown or belongs to
+//! another kind is an error naming it and the preset file. Keys every kind has:
 //!
 //! ```yaml
 //! kind: classifier              # classifier (default) | detector | face
@@ -11,9 +11,11 @@
 //! output_name: output0          # optional (default: the model's first output)
 //! ```
 //!
-//! Images are used whole: resized (Triangle filter, aspect ratio not kept) to `input.size`
-//! (`[width, height]`), scaled to 0..1, normalised with `mean`/`std` per RGB channel, NCHW.
-//! A model whose input batch axis is fixed (e.g. 1) gets batches of that size.
+//! `input` holds fmn-onnx's preprocessing keys (`fmn_onnx::InputSpec`): by default images are
+//! used whole, resized (Triangle filter, aspect ratio not kept) to `input.size`
+//! (`[width, height]`), scaled to 0..1, normalised with `mean`/`std` per RGB channel, NCHW;
+//! `resize`, `filter`, `channels`, `range` and `pad` change that. A model whose input batch
+//! axis is fixed (e.g. 1) gets batches of that size.
 //!
 //! **`kind: classifier`** — output `[N, C]`, one score per label:
 //!
@@ -65,7 +67,6 @@
 mod classifier;
 mod detector;
 mod face;
-mod model;
 mod preset;
 
 pub use classifier::softmax;
@@ -81,13 +82,16 @@ use anyhow::{bail, Result};
 use classifier::Classifier;
 use detector::Detector;
 use face::Face;
+use fmn_onnx::{ImageModel, OnnxError, PerImage, Runtime};
 use image::RgbImage;
-use model::Model;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Images judged per model run of [`Judge::judge`] (bounds the memory the outputs take).
 const JUDGE_CHUNK: usize = 32;
+
+/// Images per model run when the model's batch axis is dynamic.
+const BATCH: usize = 32;
 
 enum Reader {
     Classifier(Classifier),
@@ -98,8 +102,37 @@ enum Reader {
 /// An `onnx:` judge: a model, its preset, and what its output means.
 pub struct OnnxJudge {
     preset: OnnxPreset,
-    model: Model,
+    model: ImageModel,
     reader: Reader,
+}
+
+/// The preset's model, loaded by ONNX Runtime (the process's runtime: `--ort-lib` when it
+/// was loaded from there, else `ORT_DYLIB_PATH`), its input checked against `input`.
+fn open_model(preset: &OnnxPreset) -> Result<ImageModel> {
+    let file = preset.path.display();
+    let in_preset = |e: OnnxError| anyhow::anyhow!("judge preset {file}: {e}");
+    let rt = Runtime::load(None).map_err(in_preset)?;
+    if !preset.model.is_file() {
+        bail!(
+            "judge preset {file}: no model file {}",
+            preset.model.display()
+        );
+    }
+    let model = rt.open(&preset.model, 0).map_err(in_preset)?;
+    ImageModel::new(
+        model,
+        preset.input.clone(),
+        preset.input_name.as_deref(),
+        preset.output_name.as_deref(),
+    )
+    .map_err(in_preset)
+}
+
+/// Runs the model on `images` in batches it accepts.
+fn run(model: &ImageModel, images: &[RgbImage]) -> Result<PerImage> {
+    model
+        .run(images, BATCH)
+        .map_err(|e| anyhow::anyhow!("the ONNX judge failed: {e}"))
 }
 
 impl OnnxJudge {
@@ -107,7 +140,7 @@ impl OnnxJudge {
     /// that does not load or does not fit.
     pub fn load(preset_path: &Path) -> Result<OnnxJudge> {
         let preset = OnnxPreset::load(preset_path)?;
-        let model = Model::load(&preset)?;
+        let model = open_model(&preset)?;
         let reader = match &preset.kind {
             KindPreset::Classifier(p) => {
                 Reader::Classifier(Classifier::load(&preset.path, p, &model)?)
@@ -127,9 +160,14 @@ impl OnnxJudge {
         self.preset.kind()
     }
 
-    /// The model input for `images`: resized, scaled to 0..1, normalised, NCHW.
+    /// The model input for `images` (fmn-onnx's `prepare` with the preset's `input`), NCHW.
     pub fn prepare(&self, images: &[RgbImage]) -> Vec<f32> {
-        self.model.prepare(images)
+        self.model.prepare(images).0
+    }
+
+    /// The name of the model output read.
+    fn output(&self) -> &str {
+        &self.model.output().name
     }
 
     fn not_a(&self, want: OnnxKind) -> anyhow::Error {
@@ -146,7 +184,7 @@ impl OnnxJudge {
         let Reader::Classifier(c) = &self.reader else {
             return Err(self.not_a(OnnxKind::Classifier));
         };
-        c.probabilities(&self.model.output, self.model.run(images)?)
+        c.probabilities(self.output(), run(&self.model, images)?)
     }
 
     /// A detector's kept boxes per image, best first.
@@ -155,7 +193,7 @@ impl OnnxJudge {
         else {
             return Err(self.not_a(OnnxKind::Detector));
         };
-        d.detections(&self.model.output, &p.labels, self.model.run(images)?)
+        d.detections(self.output(), &p.labels, run(&self.model, images)?)
     }
 
     /// A face judge's raw (not normalised) embeddings, one per image.
@@ -163,7 +201,7 @@ impl OnnxJudge {
         let Reader::Face(f) = &self.reader else {
             return Err(self.not_a(OnnxKind::Face));
         };
-        f.embeddings(&self.model.output, self.model.run(images)?)
+        f.embeddings(self.output(), run(&self.model, images)?)
     }
 
     /// A face judge's identities with their reference images' L2-normalised embeddings, in
@@ -185,7 +223,7 @@ impl OnnxJudge {
         let Reader::Face(f) = &self.reader else {
             return Err(self.not_a(OnnxKind::Face));
         };
-        let emb = f.embeddings(&self.model.output, self.model.run(images)?)?;
+        let emb = f.embeddings(self.output(), run(&self.model, images)?)?;
         Ok(f.similarities(&emb))
     }
 }

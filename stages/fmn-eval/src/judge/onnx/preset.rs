@@ -2,6 +2,7 @@
 //! its output means. Each kind has its own set of keys; a key that is unknown, or that belongs
 //! to another kind, is an error naming it and the file.
 use anyhow::{bail, Context, Result};
+pub use fmn_onnx::InputSpec;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,25 +31,6 @@ impl OnnxKind {
     }
 }
 
-/// How images become the model's input.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InputSpec {
-    /// Width and height the image is resized to.
-    pub size: [u32; 2],
-    /// Per-channel (RGB) mean and standard deviation, on values scaled to 0..1.
-    #[serde(default = "zero3")]
-    pub mean: [f32; 3],
-    #[serde(default = "one3")]
-    pub std: [f32; 3],
-}
-
-fn zero3() -> [f32; 3] {
-    [0.0; 3]
-}
-fn one3() -> [f32; 3] {
-    [1.0; 3]
-}
 fn yes() -> bool {
     true
 }
@@ -242,15 +224,11 @@ impl OnnxPreset {
         }
     }
 
-    /// Checks values serde cannot: sizes, thresholds, normalisation.
+    /// Checks values serde cannot: sizes, normalisation, thresholds.
     fn check(&self) -> Result<()> {
         let file = self.path.display();
-        let [w, h] = self.input.size;
-        if w == 0 || h == 0 {
-            bail!("judge preset {file}: input size [{w}, {h}] is empty");
-        }
-        if let Some(s) = self.input.std.iter().find(|s| **s == 0.0 || !s.is_finite()) {
-            bail!("judge preset {file}: input std {s} must be a non-zero number");
+        if let Err(e) = self.input.validate() {
+            bail!("judge preset {file}: {e}");
         }
         match &self.kind {
             KindPreset::Classifier(_) => {}

@@ -1,0 +1,23 @@
+//! `fmn-onnx`: ONNX Runtime for the stages that run ONNX models (fmn-segment's segmenters,
+//! fmn-eval's judges).
+//!
+//! - [`Runtime`]: the ONNX Runtime shared library, loaded at run time from `--ort-lib PATH`
+//!   or `ORT_DYLIB_PATH` (one per process); errors say how to get it ([`ORT_HELP`]);
+//! - [`Model`]: an opened ONNX file, its inputs and outputs ([`ModelInfo`]) and one run;
+//! - [`ImageModel`]: a model fed images through an [`InputSpec`], in the batches its input
+//!   allows, its output split per image ([`PerImage`]);
+//! - [`InputSpec`] and [`prepare`]: the preset's `input:` keys (size, resize mode, filter,
+//!   channel order, value range, mean/std, letterbox padding) and the one implementation of
+//!   them.
+pub mod error;
+pub mod input;
+pub mod model;
+pub mod runtime;
+
+pub use error::{OnnxError, Result, ORT_HELP};
+pub use input::{
+    prepare, prepare_batch, ChannelOrder, Filter, Geometry, InputSpec, Placement, ResizeMode,
+    ValueRange,
+};
+pub use model::{ImageModel, IoInfo, Model, ModelInfo, PerImage};
+pub use runtime::{library_path, Runtime, ORT_ENV};
