@@ -1,6 +1,7 @@
 //! End to end on the shipped toy model: `pipelines/forget.sh` chains the real binaries
 //! (render -> segment -> invert -> re-steer -> sample before/after -> eval) with few steps, in
 //! a folder whose path has a space, and every file one stage hands the next is checked.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_e2e::{bin, bin_dir, read_json, repo_root};
 use std::path::Path;
 use std::process::Command;

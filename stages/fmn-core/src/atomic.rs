@@ -49,7 +49,7 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()>
 /// fails (or is killed), the output folder never holds a partial result; a dropped,
 /// uncommitted staging folder is removed.
 pub struct StagingDir {
-    tmp: Option<tempfile::TempDir>,
+    tmp: tempfile::TempDir,
     out: PathBuf,
 }
 
@@ -66,17 +66,14 @@ impl StagingDir {
             .tempdir_in(parent)
             .map_err(|e| with_path(parent, e))?;
         Ok(Self {
-            tmp: Some(tmp),
+            tmp,
             out: out.to_path_buf(),
         })
     }
 
     /// Where to write the files now.
     pub fn path(&self) -> &Path {
-        self.tmp
-            .as_ref()
-            .expect("staging folder already committed")
-            .path()
+        self.tmp.path()
     }
 
     /// The final output folder.
@@ -86,8 +83,8 @@ impl StagingDir {
 
     /// Moves every staged file into the output folder (created if needed), files named in
     /// `last` after all others, replacing files of the same name.
-    pub fn commit(mut self, last: &[&str]) -> io::Result<PathBuf> {
-        let tmp = self.tmp.take().expect("staging folder already committed");
+    pub fn commit(self, last: &[&str]) -> io::Result<PathBuf> {
+        let tmp = self.tmp;
         fs::create_dir_all(&self.out).map_err(|e| with_path(&self.out, e))?;
         let mut entries: Vec<PathBuf> = fs::read_dir(tmp.path())?
             .map(|e| e.map(|e| e.path()))
@@ -113,8 +110,8 @@ impl StagingDir {
     /// Replaces the whole output folder with the staged one (for outputs that are folders of
     /// folders, such as a model): the old folder, if any, is moved aside and deleted only after
     /// the new one is in place.
-    pub fn commit_replace(mut self) -> io::Result<PathBuf> {
-        let tmp = self.tmp.take().expect("staging folder already committed");
+    pub fn commit_replace(self) -> io::Result<PathBuf> {
+        let tmp = self.tmp;
         let staged = tmp.keep();
         let mut old = None;
         if self.out.exists() {

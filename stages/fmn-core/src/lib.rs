@@ -1,5 +1,7 @@
 //! What every fmn stage shares: the command-line conventions, atomic output, settings from
 //! config files and flags, progress bars, logging, shards, image files.
+// The unit-test build also sees the dev-dependencies, which only the integration tests use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 pub mod allocator;
 pub mod atomic;
 pub mod cli;

@@ -11,7 +11,7 @@ pub fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
         ProgressStyle::with_template(
             "{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
         )
-        .expect("valid progress template")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
     bar.set_message(what.to_string());

@@ -1,3 +1,4 @@
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_core::{load_yaml, write_atomic, StagingDir};
 use std::io::Write;
 

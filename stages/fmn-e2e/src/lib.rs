@@ -1,5 +1,9 @@
 //! Helpers for the end-to-end test in the repository's `tests/` folder: where the workspace's
 //! binaries are, and reading the JSON files stages write.
+// The unit-test build also sees the dev-dependencies, which only the integration tests use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+// Test support: a failure here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::path::{Path, PathBuf};
 
 /// The repository root.

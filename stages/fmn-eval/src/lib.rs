@@ -3,6 +3,8 @@
 //! concept — the prompts that name it, synonyms, and neighbours to preserve — and reports
 //! accuracies, MACE's harmonic scores, drift and cross-attention shares (`metrics.json`,
 //! `report.html`).
+// The unit-test build also sees the dev-dependencies, which only the integration tests use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 pub mod attention;
 pub mod charts;
 pub mod cli;

@@ -1,4 +1,5 @@
 //! Bad input: a clear error naming what does not match, a non-zero exit, no report.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use common::{run, sample_dir, stderr, Shows};

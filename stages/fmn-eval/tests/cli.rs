@@ -1,5 +1,6 @@
 //! The fmn-eval binary on synthetic before/after folders of toy renders, whose expected
 //! judgements are known, so every metric has a hand-computed value.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use common::{run, sample_dir, stderr, stdout, Shows};

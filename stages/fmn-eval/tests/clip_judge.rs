@@ -1,5 +1,6 @@
 //! The `clip:` judge against transformers' CLIPModel on the tiny fixture
 //! (tests/fixtures/gen/make_clip_fixture.py): logits, CLIP scores and zero-shot labels.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_eval::judge::{ClipJudge, Judge, JudgeSpec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
 //! The metric formulas on hand-computed cases.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_eval::drift;
 use fmn_eval::items::{Drift, Item, Side};
 use fmn_eval::metrics::{self, accuracy, h_concept, h_overall};

@@ -3,6 +3,7 @@
 //! compute for the same images (decoding, threshold, greedy NMS); hand-computed NMS and
 //! decoding cases; an end-to-end run of the binary. Needs ONNX Runtime:
 //! `export ORT_DYLIB_PATH=$(scripts/install-onnxruntime.sh)` (scripts/test.sh does it).
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use fmn_eval::judge::{decode, iou, nms, Detection, Judge, Layout, OnnxJudge, OnnxKind};

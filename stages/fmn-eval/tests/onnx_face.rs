@@ -2,6 +2,7 @@
 //! (tests/fixtures/gen/make_onnx_face.py), against the embeddings and cosine similarities torch
 //! and numpy compute for the same images; an end-to-end run of the binary. Needs ONNX Runtime:
 //! `export ORT_DYLIB_PATH=$(scripts/install-onnxruntime.sh)` (scripts/test.sh does it).
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use fmn_eval::judge::{l2_normalise, Judge, OnnxJudge, OnnxKind};

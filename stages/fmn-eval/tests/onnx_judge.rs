@@ -1,6 +1,7 @@
 //! The `onnx:` judge on a tiny classifier fixture (tests/fixtures/gen/make_onnx_classifier.py),
 //! against the probabilities torch computes for the same images. Needs ONNX Runtime:
 //! `export ORT_DYLIB_PATH=$(scripts/install-onnxruntime.sh)` (scripts/test.sh does it).
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use fmn_eval::judge::{Judge, OnnxJudge};

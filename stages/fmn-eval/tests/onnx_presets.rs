@@ -2,6 +2,7 @@
 //! keys, keys of another kind, a labels file that does not fit the model's output, missing
 //! reference images. Uses the tiny fixtures of tests/fixtures/gen/make_onnx_*.py; needs ONNX
 //! Runtime (`export ORT_DYLIB_PATH=$(scripts/install-onnxruntime.sh)`).
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use fmn_eval::judge::{KindPreset, OnnxJudge, OnnxKind, OnnxPreset};

@@ -1,6 +1,7 @@
 //! `fmn-invert` end to end on the tiny SD1 fixture: the file holds only the new tokens with
 //! their metadata and the model is untouched; bad input fails
 //! before training and writes nothing; a killed run resumes to the same embedding.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device};
 use fmn_sd::io::embedding::TokenEmbedding;
 use std::path::{Path, PathBuf};

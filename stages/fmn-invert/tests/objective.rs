@@ -1,5 +1,6 @@
 //! The inversion loss pieces against hand-computed values, the initialisers against the text
 //! encoder's table, and the gradient reaching the new tokens' rows against finite differences.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor, Var};
 use fmn_invert::init::Initializer;
 use fmn_invert::train::{decay_norms, denoising_loss, loss_weights, objective, Denoising};

@@ -9,6 +9,8 @@
 //! - [`InputSpec`] and [`prepare`]: the preset's `input:` keys (size, resize mode, filter,
 //!   channel order, value range, mean/std, letterbox padding) and the one implementation of
 //!   them.
+// The unit-test build also sees the dev-dependencies, which only the integration tests use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 pub mod error;
 pub mod input;
 pub mod model;

@@ -1,6 +1,7 @@
 //! Finding and loading ONNX Runtime: a missing or wrong library is an error saying how to get
 //! it; the first library loaded stays for the process. One test (the runtime is per process).
 //! Needs `export ORT_DYLIB_PATH=$(scripts/install-onnxruntime.sh)`.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_onnx::{library_path, OnnxError, Runtime, ORT_ENV};
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,7 @@
 //! Models fed images through ONNX Runtime, on the tiny fixtures of tests/fixtures/gen/: the
 //! input checked against the spec, dynamic and fixed batch axes, outputs per image equal to
 //! one raw run on the prepared input. Needs `export ORT_DYLIB_PATH=$(scripts/install-onnxruntime.sh)`.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_onnx::{prepare_batch, ImageModel, InputSpec, OnnxError, Runtime};
 use image::RgbImage;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! conv2d forward+backward: candle's kernel vs fmn's im2col op, at toy-VAE and SD sizes.
 //! `cargo bench -p fmn-sd --bench conv`
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{Device, Tensor, Var};
 use std::time::Instant;
 

@@ -9,6 +9,8 @@
 //! - [`noise`]: seeded Gaussian tensors, the same on every platform.
 //!
 //! Each kernel is checked against candle's own op and central finite differences (`tests/`).
+// The unit-test build also sees the dev-dependencies, which only the integration tests use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 pub mod conv;
 mod cpu_op;
 pub mod frozen_matmul;

@@ -1,5 +1,6 @@
 //! The im2col convolution equals candle's convolution, and its gradients match finite
 //! differences (f64).
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{Device, Tensor, Var};
 use fmn_ops::conv::conv2d;
 use fmn_ops::noise::NoiseRng;

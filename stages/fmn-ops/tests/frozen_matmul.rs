@@ -1,5 +1,6 @@
 //! The frozen-operand matmul equals candle's matmul in value and in the gradient of the operand
 //! that trains, and computes no gradient for the constant one.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{Tensor, Var};
 use fmn_ops::frozen_matmul::matmul;
 use fmn_testkit::{max_diff_f64 as max_diff, seeded_randn_f64};

@@ -1,5 +1,6 @@
 //! The fused attention op equals softmax(q kᵀ·s) v composed of candle ops, and its gradients
 //! equal both the composed graph's and finite differences (f64).
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor, Var};
 use fmn_ops::fused_attention::attention;
 use fmn_ops::noise::NoiseRng;

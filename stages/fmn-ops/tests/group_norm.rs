@@ -1,5 +1,6 @@
 //! The fused GroupNorm equals candle's composed GroupNorm, and its gradients (input, weight,
 //! bias) match central finite differences in f64.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{Device, Module, Tensor, Var};
 use fmn_ops::group_norm::group_norm;
 use fmn_ops::noise::NoiseRng;

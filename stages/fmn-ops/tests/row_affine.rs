@@ -1,5 +1,6 @@
 //! `add_bias` and `scale_shift` equal candle's broadcast ops, and their gradients equal the
 //! composed graph's and finite differences (f64), over more rows than one parallel task holds.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor, Var};
 use fmn_ops::noise::NoiseRng;
 use fmn_ops::row_affine::{add_bias, scale_shift};

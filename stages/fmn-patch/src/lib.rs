@@ -1,5 +1,7 @@
 //! `fmn-patch`: inspect, merge, apply and LoRA-compress the weight patches re-steering writes
 //! (format in [`fmn_sd::io::patch`]).
+// The unit-test build also sees the dev-dependencies, which only the integration tests use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 mod apply;
 pub mod cli;
 mod inspect;

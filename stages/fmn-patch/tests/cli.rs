@@ -1,4 +1,5 @@
 //! Runs the real `fmn-patch` binary on temporary folders.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor};
 use fmn_sd::io::patch::{Concept, Patch};
 use std::collections::{BTreeMap, HashMap};

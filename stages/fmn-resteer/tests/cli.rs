@@ -1,6 +1,7 @@
 //! `fmn-resteer` end to end on the tiny SD1 fixture: the patch holds what was trained and
 //! lowers the concept's attention; bad input fails before training and writes nothing; a
 //! killed run resumes to the same patch.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor};
 use fmn_sd::io::patch::Patch;
 use fmn_sd::models::probes::AttentionRecorder;

@@ -1,4 +1,5 @@
 //! The loss terms against hand-computed values, and the concept's token positions.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{Device, Tensor};
 use fmn_resteer::loss::{anchor_offsets, anchoring, attention_energy, preservation};
 use fmn_resteer::prompts::{anchor_prompt, check_template, concept_prompt, PoolerPositions};

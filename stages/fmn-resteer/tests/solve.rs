@@ -1,5 +1,6 @@
 //! The anchor solve against a hand-computed case and against the gradient of the two terms it
 //! minimises (zero at the minimiser; the terms are the training loss's own functions).
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor, Var};
 use fmn_ops::noise::NoiseRng;
 use fmn_resteer::loss::{anchor_offsets, anchoring, preservation};

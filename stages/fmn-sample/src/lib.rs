@@ -1,5 +1,7 @@
 //! `fmn-sample`: text-to-image sampling from a diffusers folder, writing PNGs and a manifest,
 //! optionally the final latents and cross-attention maps.
+// The unit-test build also sees the dev-dependencies, which only the integration tests use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 pub mod args;
 mod images;
 mod manifest;
@@ -91,11 +93,11 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         (None, n) => n.unwrap_or(1),
     };
     let shape = model.latent_shape(num_images, height, width)?;
-    if let Some(t) = &init {
+    if let (Some(t), Some(path)) = (&init, &args.init_latents) {
         if t.dims() != shape {
             bail!(
                 "{}: tensor `latents` has shape {:?}, expected {:?} for {width}x{height} images",
-                args.init_latents.as_ref().unwrap().display(),
+                path.display(),
                 t.dims(),
                 shape
             );

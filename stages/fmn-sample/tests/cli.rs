@@ -1,4 +1,5 @@
 //! Runs the real `fmn-sample` binary on the tiny SD1 fixture model.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! into its arguments (`#[command(flatten)]`): [`ModelArgs`] (where the model comes from) and
 //! [`DeviceArgs`] (where it runs) — and [`TrainingRun`], what a training stage does around
 //! its run (checkpoints beside the output, the progress bar).
+// The unit-test build also sees the dev-dependencies, which only the integration tests use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 mod run;
 
 pub use run::TrainingRun;
@@ -72,7 +74,7 @@ impl ModelArgs {
             .and_then(|source| build(&source))
             .map_err(|source| LoadError {
                 model: self.path(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -100,7 +102,7 @@ pub struct TrainingStageArgs {
 pub struct LoadError {
     pub model: PathBuf,
     #[source]
-    pub source: fmn_sd::SdError,
+    pub source: Box<fmn_sd::SdError>,
 }
 
 /// `--device`.

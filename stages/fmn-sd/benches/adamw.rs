@@ -1,6 +1,7 @@
 //! One AdamW step (gradient norm, clipping, update) over a parameter set shaped like the toy
 //! world's UNet + text encoder: 4.8 M values, 3.2 M of them in the token-embedding table.
 //! `cargo bench -p fmn-sd --bench adamw`
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{Device, Tensor, Var};
 use fmn_sd::train::optim::{AdamW, AdamWConfig};
 use std::time::Instant;

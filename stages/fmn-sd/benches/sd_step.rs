@@ -6,6 +6,7 @@
 //! (`all`: gradients for every UNet weight; `ca`: only the cross-attention `attn2` weights,
 //! as re-steering with `only_optimize_ca`; `ti`: a textual-inversion step, gradients for two
 //! token rows through the frozen UNet and text encoder).
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use fmn_sd::models::clip::{ClipTextConfig, ClipTextModel};

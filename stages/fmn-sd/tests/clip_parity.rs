@@ -1,5 +1,6 @@
 //! The CLIP text encoder against transformers' outputs on the tiny fixture models
 //! (`tests/fixtures/gen/make_sd_fixtures.py`).
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_testkit::{fixtures, max_abs_diff, reference};
 
 use candle_core::{DType, Device, Tensor};

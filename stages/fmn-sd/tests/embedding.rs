@@ -1,5 +1,6 @@
 //! Embedding files: the three layouts read back as written, and learned tokens whose vectors
 //! are existing words' rows encode prompts exactly as those words do.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor};
 use fmn_sd::io::embedding::{EmbeddingLayout, EmbeddingMeta, TokenEmbedding};
 use fmn_sd::sample::pipeline::StableDiffusion;

@@ -1,5 +1,6 @@
 //! Every parameter of a tiny random CLIP text encoder and VAE receives a gradient, and the
 //! gradients match central finite differences in f64.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use fmn_ops::noise::NoiseRng;

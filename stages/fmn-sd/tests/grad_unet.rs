@@ -1,4 +1,5 @@
 //! Every UNet parameter receives a gradient, and it matches central finite differences (f64).
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use fmn_sd::models::probes::AttentionRecorder;

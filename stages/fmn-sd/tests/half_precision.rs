@@ -1,6 +1,7 @@
 //! Loading and computing in f16 / bf16 (what `--dtype` asks for on a GPU), checked on the CPU
 //! against diffusers' f32 outputs of the tiny fixtures: text encoder, UNet (with its
 //! cross-attention probabilities, whose softmax runs in f32) and VAE decoder.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_testkit::{fixtures, max_abs_diff, reference, rel_err};
 
 use candle_core::{DType, Device};

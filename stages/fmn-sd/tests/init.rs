@@ -1,4 +1,5 @@
 //! Seeded initialisation is reproducible and follows the modules' init hints.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device};
 use fmn_sd::models::unet::{UNet2DConditionModel, UNetConfig};
 use fmn_sd::train::init::SeededVars;

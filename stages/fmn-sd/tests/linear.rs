@@ -1,5 +1,6 @@
 //! fmn's linear layer (on the frozen-operand matmul) equals candle-nn's, with the weight frozen
 //! or trained.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{Module, Tensor, Var};
 use fmn_sd::models::nn::Linear;
 use fmn_testkit::{max_diff_f64 as max_diff, seeded_randn_f64};

@@ -1,4 +1,5 @@
 //! AdamW against values computed by hand from torch.optim.AdamW's update rule.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor, Var};
 use fmn_sd::train::optim::{AdamW, AdamWConfig};
 

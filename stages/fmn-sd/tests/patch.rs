@@ -1,6 +1,7 @@
 //! The `fmn-patch/1` format: hashes against Python's hashlib, save/load round trips, refusals,
 //! merging, applying, and parity with diffusers on a patch written by Python
 //! (`tests/fixtures/gen/make_patch_fixtures.py`).
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor};
 use fmn_sd::io::patch::{apply_to_component, fingerprint, tensor_hash, Concept, Patch, FORMAT};
 use fmn_sd::sample::pipeline::StableDiffusion;

@@ -1,6 +1,7 @@
 //! End-to-end parity with diffusers on the tiny SD1-style and SD2-style fixture models
 //! (`tests/fixtures/gen/make_sd_fixtures.py`): token ids, the UNet, cross-attention
 //! probabilities, full 10-step DDIM / Euler / DPM-Solver++ runs with guidance 7.5, decoding.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_testkit::{fixtures, max_abs, max_abs_diff};
 
 use candle_core::{DType, Device, Tensor};

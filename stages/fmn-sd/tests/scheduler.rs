@@ -1,5 +1,6 @@
 //! The samplers and the training schedule against diffusers 0.42.1 reference values
 //! (tests/fixtures/schedulers, written by tests/fixtures/gen/make_scheduler_fixtures.py).
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{Device, Tensor};
 use fmn_ops::noise::NoiseRng;
 use fmn_sd::sample::scheduler::{

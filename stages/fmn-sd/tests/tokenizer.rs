@@ -3,6 +3,7 @@
 //! `tests/fixtures/gen/make_tokenizer_fixtures.py` (see there for the format); every case lays out
 //! a tokenizer folder here the same way the script did, loads it and must give the same ids for
 //! every prompt.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_sd::io::tokenizer::ClipTokenizer;
 use fmn_sd::SdError;
 use serde::Deserialize;

@@ -1,4 +1,5 @@
 //! Training-image folders: what is read, how examples are cut, and which inputs are refused.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{Device, Tensor};
 use fmn_ops::noise::NoiseRng;
 use fmn_sd::train::images::{resize_mask, TrainingImages};

@@ -1,6 +1,7 @@
 //! The VAE against diffusers' outputs on the tiny fixture models
 //! (`tests/fixtures/gen/make_sd_fixtures.py`). sd1-tiny stores the mid-block attention under
 //! the old names (query/key/value/proj_attn), sd2-tiny under the new ones, in fp16.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_testkit::{fixtures, max_abs_diff, reference};
 
 use candle_core::{DType, Device, Tensor};

@@ -9,6 +9,8 @@
 //! - [`batch`]: a folder of images to a folder of masks, overlays and a manifest;
 //! - [`onnx`]: a minimal ONNX writer; [`toy`]: the toy segmenter (training and export);
 //! - [`cli`]: the `fmn-segment` command line.
+// The unit-test build also sees the dev-dependencies, which only the integration tests use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 pub mod batch;
 pub mod cli;
 pub mod error;

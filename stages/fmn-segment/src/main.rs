@@ -1,3 +1,4 @@
+#![allow(unused_crate_dependencies)]
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -1,5 +1,6 @@
 //! The `fmn-segment` binary on temporary folders: the normal run and every bad input the issue
 //! lists.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 mod common;
 use common::*;
 use image::{DynamicImage, ImageBuffer, Luma, LumaA, Rgb, Rgba};

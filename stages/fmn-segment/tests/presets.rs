@@ -1,6 +1,7 @@
 //! The preset machinery (channel order, normalisation, resize modes, output kinds,
 //! post-processing, name and rank checks) on small ONNX models written by our own writer and
 //! run through ONNX Runtime.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 mod common;
 use common::*;
 use fmn_segment::onnx::Dim;

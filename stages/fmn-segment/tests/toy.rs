@@ -1,5 +1,6 @@
 //! The shipped toy segmenter: its IoU on held-out renders measured through ONNX Runtime, the
 //! ONNX writer checked against candle on the same weights, and training determinism.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 mod common;
 use common::*;
 use fmn_segment::onnx::ModelProto;

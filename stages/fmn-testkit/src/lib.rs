@@ -1,6 +1,8 @@
 //! What the workspace's tests share: where the fixtures are, the reference tensors the
 //! generator scripts in `tests/fixtures/gen/` recorded, seeded inputs and error measures.
 //! Test code: it panics on failure instead of returning errors.
+// The unit-test build also sees the dev-dependencies, which only the integration tests use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor};
 use fmn_ops::noise::NoiseRng;

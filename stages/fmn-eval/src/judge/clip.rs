@@ -318,11 +318,12 @@ impl Judge for ClipJudge {
         Ok(probs
             .into_iter()
             .map(|p| {
-                let (best, &conf) = p
+                let (best, conf) = p
                     .iter()
+                    .copied()
                     .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .expect("at least two labels");
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .unwrap_or((0, 0.0));
                 let sure = conf >= MIN_CONFIDENCE;
                 Judgement {
                     labels: BTreeMap::from([(

@@ -435,7 +435,9 @@ impl Patch {
 }
 
 fn json<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("serialising plain data to JSON cannot fail")
+    // Plain data (strings, numbers, maps with string keys) always serialises; "null" is the
+    // harmless answer to the impossible case.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
 
 /// Applies `patches` to the weights of one component (`weights`: the tensors of its weights

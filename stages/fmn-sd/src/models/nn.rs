@@ -100,8 +100,8 @@ impl Module for Linear {
             Some(b) => fmn_ops::row_affine::add_bias(&y, b)?,
             None => y,
         };
-        let mut out_shape = dims.to_vec();
-        *out_shape.last_mut().expect("rank >= 1") = out_dim;
+        let mut out_shape = dims[..dims.len().saturating_sub(1)].to_vec();
+        out_shape.push(out_dim);
         y.reshape(out_shape)
     }
 }

@@ -417,7 +417,9 @@ impl Encoder {
                 downsample,
             });
         }
-        let last = *ch.last().expect("validated non-empty");
+        let Some(&last) = ch.last() else {
+            candle_core::bail!("the VAE config has no block_out_channels");
+        };
         Ok(Self {
             conv_in,
             down_blocks,

@@ -8,8 +8,6 @@ use image::imageops::FilterType;
 use image::{GrayImage, RgbImage};
 use std::path::{Path, PathBuf};
 
-/// File extensions read as images (any case).
-
 /// Images smaller than this on either side are refused: they carry no concept.
 pub const MIN_SIDE: u32 = 16;
 

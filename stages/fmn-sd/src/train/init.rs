@@ -43,7 +43,7 @@ impl SeededVars {
         let mut v: Vec<_> = self
             .vars
             .lock()
-            .expect("seeded vars lock")
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -96,7 +96,7 @@ impl SeededVars {
 
 impl SimpleBackend for SeededVars {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let mut vars = self.vars.lock().expect("seeded vars lock");
+        let mut vars = self.vars.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(v) = vars.get(name) {
             if v.shape() != &s {
                 candle_core::bail!("{name}: requested shape {s:?}, existing {:?}", v.shape());
@@ -110,7 +110,12 @@ impl SimpleBackend for SeededVars {
     }
 
     fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> Result<Tensor> {
-        match self.vars.lock().expect("seeded vars lock").get(name) {
+        match self
+            .vars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
             Some(v) => Ok(v.as_tensor().clone()),
             None => candle_core::bail!("no variable named {name}"),
         }
@@ -119,7 +124,7 @@ impl SimpleBackend for SeededVars {
     fn contains_tensor(&self, name: &str) -> bool {
         self.vars
             .lock()
-            .expect("seeded vars lock")
+            .unwrap_or_else(|e| e.into_inner())
             .contains_key(name)
     }
 }
