@@ -8,13 +8,11 @@ pub mod transformer;
 use crate::models::nn::{Conv2d, GroupNorm};
 use crate::models::probes::AttentionRecorder;
 use crate::models::resnet::ResnetSettings;
-use crate::Result;
 use blocks::{DownBlock, MidBlock, UpBlock, UpChannels};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 pub use config::UNetConfig;
 use embeddings::{TimestepEmbedding, Timesteps};
-use std::path::Path;
 use transformer::TransformerSettings;
 
 #[derive(Debug, Clone)]
@@ -121,20 +119,6 @@ impl UNet2DConditionModel {
             conv_norm_out: GroupNorm::load(vb.pp("conv_norm_out"), groups, ch[0], cfg.norm_eps)?,
             conv_out: Conv2d::load(vb.pp("conv_out"), ch[0], cfg.out_channels, 3, 1, 1)?,
             config: cfg.clone(),
-        })
-    }
-
-    /// Reads `dir/config.json` and the weights in f32.
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        Self::load_with_dtype(dir, device, DType::F32)
-    }
-
-    /// Reads `dir/config.json` and the weights (`diffusion_pytorch_model[.fp16].safetensors`),
-    /// converted to `dtype`.
-    pub fn load_with_dtype(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let cfg = UNetConfig::from_file(&dir.join("config.json"))?;
-        crate::io::weights::build_from_dir(dir, "diffusion_pytorch_model", dtype, device, |vb| {
-            Self::new(vb, &cfg)
         })
     }
 
