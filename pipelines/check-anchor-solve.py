@@ -3,7 +3,8 @@ torch + diffusers on the toy model: for every attn2 to_k / to_v weight W,
 Δ = W (Aᵀ C − Cᵀ C)(Cᵀ C + λ (r_C / r_P) Pᵀ P)⁻¹ (C: the concept prompt's encoder rows,
 A: its anchor prompt's, P: the preserved prompts'; λ = preserve_weight / anchor_weight), then
 samples prompts with diffusers (DDIM 25, guidance 7.5, 8 images each) into OUT/<prompt>/ for
-`fmn-toy judge`. Used to choose the preset's weights (BENCHMARKS.md, re-steering). Run by hand:
+`fmn-toy judge`. Used to choose the preset's weights
+(BENCHMARKS.md#re-steering-preset-how-it-was-chosen). Run by hand:
 
     python pipelines/check-anchor-solve.py CONCEPT LAMBDA OUT "template with {}" -- "prompt" ...
 

@@ -3,7 +3,7 @@
 steps as the folder's scheduler config says, guidance 4 — the folder's sampling_defaults.json),
 runs `fmn-sample` (its default guidance, read from that file) from the same latents, and prints
 the largest difference of the final latents relative to diffusers' largest value. Run by hand
-with torch + diffusers 0.42.1 (BENCHMARKS.md):
+with torch + diffusers 0.42.1 (BENCHMARKS.md#toy-model-in-diffusers):
 
     python pipelines/check-toy-diffusers.py [MODEL] [OUT] [PROMPT]
 """

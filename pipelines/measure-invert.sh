@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The fmn-invert acceptance measurement on the toy model (numbers in BENCHMARKS.md):
+# The fmn-invert acceptance measurement on the toy model (numbers in
+# BENCHMARKS.md#textual-inversion-on-the-toy-model):
 # invert `bob` and `triangle` from 8 rendered images each into new tokens (never the word),
 # judge "a photo of <t1> <t2>" over SEEDS seeds; then re-steer away from bob's learned tokens
 # and judge "a photo of bob" before and after.

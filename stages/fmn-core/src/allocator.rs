@@ -2,7 +2,8 @@
 //!
 //! Training allocates and frees many tensors of a few MB per step. glibc serves each of them
 //! with a fresh `mmap` and returns it on free, so every step pays page faults for memory it just
-//! gave back: on the toy model's UNet step this was 20 s of 60 s CPU time (`sys` in `time`).
+//! gave back: on the toy model's UNet step this was 21 s of 60 s CPU time (`sys` in `time`;
+//! BENCHMARKS.md#custom-cpu-ops-what-each-bought).
 //! Keeping such blocks in the heap removes that.
 
 /// Serve blocks up to 32 MiB (glibc's largest mmap threshold on 64-bit) from the heap and keep
@@ -20,8 +21,10 @@ pub fn tune_for_tensors() {
 /// One malloc arena for every thread. Threads other than the main one otherwise get arenas of
 /// their own, whose heaps (64 MiB each) cannot keep the blocks `tune_for_tensors` keeps: with
 /// `fmn-toy train`'s batch split across threads the page faults came back (system time 3.4 s →
-/// 15 s over a short run). Not the default: with one training thread and candle's matrix
-/// products spread over the cores, it cost time (BENCHMARKS.md). Does nothing off glibc.
+/// 15 s over a short run; the shipped split's figures:
+/// BENCHMARKS.md#toy-training-batch-split-across-threads). Not the default: with one training
+/// thread and candle's matrix products spread over the cores it was seen to cost time (no
+/// figure was recorded). Does nothing off glibc.
 pub fn share_one_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before threads start.

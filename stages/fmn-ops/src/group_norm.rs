@@ -1,9 +1,11 @@
 //! GroupNorm as one op with its own backward pass.
 //!
 //! Composed of candle primitives, GroupNorm costs about twenty full-size temporaries per
-//! training step (broadcast subtractions, squares, divisions, and their gradients), which
-//! dominates the toy model's training time (BENCHMARKS.md). This op reads the input twice
-//! forward and three times backward.
+//! training step (broadcast subtractions, squares, divisions, and their gradients): `perf` put
+//! most of the toy VAE step in such element-wise and broadcast chains (GroupNorm, SiLU), only
+//! about 16 % in matrix products — though this op alone took that step only from 8.2 to 7.5 s
+//! (BENCHMARKS.md#custom-cpu-ops-what-each-bought). It reads the input twice forward and three
+//! times backward.
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 

@@ -6,7 +6,7 @@
 //! is smallest at `Δ = W S M⁻¹` with `M = Σ_c a/r_c C_cᵀC_c + p/r_P PᵀP` and
 //! `S = Σ_c a/r_c (A_c − C_c)ᵀ C_c` (both `[d, d]`, shared by every K/V weight). Starting the
 //! re-steering steps there replaces the many optimiser steps these two terms would take (and do
-//! not finish in 50: BENCHMARKS.md).
+//! not finish in 50: BENCHMARKS.md#re-steering-preset-how-it-was-chosen).
 use candle_core::{DType, Device, Result, Tensor};
 use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
