@@ -1,5 +1,6 @@
 //! conv2d forward+backward: candle's kernel vs fmn's im2col op, at toy-VAE and SD sizes.
-//! `cargo bench -p fmn-ops --profile dev --bench conv` (figures: BENCHMARKS.md#conv2d-backward-candle-vs-im2col)
+//! `cargo bench -p fmn-ops --profile dev --bench conv`
+//! (figures: BENCHMARKS.md#conv2d-backward-candle-vs-im2col).
 #![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{Device, Tensor, Var};
 use std::time::Instant;

@@ -2,9 +2,10 @@
 //!
 //! candle's backward computes a gradient for both operands of every matmul, also for a weight
 //! that is not trained: at SD 1.5 size a textual-inversion step (frozen UNet) spent most of its
-//! time and memory on the 860 M weights' gradients (BENCHMARKS.md#sd-15-size-inversion-step). When exactly one operand
-//! is part of the graph (`track_op`), the product is run as a custom op on that operand alone,
-//! holding the other as a constant, so backward computes only the gradient that is used.
+//! time and memory on the 860 M weights' gradients (BENCHMARKS.md#sd-15-size-inversion-step).
+//! When exactly one operand is part of the graph (`track_op`), the product is run as a custom
+//! op on that operand alone, holding the other as a constant, so backward computes only the
+//! gradient that is used.
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor};
 

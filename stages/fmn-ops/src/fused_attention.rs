@@ -2,10 +2,11 @@
 //!
 //! Composed of candle ops, attention materialises the `[B·H, N, M]` scores and probabilities
 //! several times over (matmul, max, exp, sum, div, and as many again backwards); at SD sizes
-//! that is gigabytes per layer, and on the toy UNet a quarter of a training step. Here each
-//! (batch, head) pair is computed in blocks of query rows (gemm products of the block), and
-//! the backward pass recomputes each block's probabilities instead of storing them (as
-//! FlashAttention does), so memory stays O(N·D) plus one `[64, M]` block per thread.
+//! that is gigabytes per layer, and on the toy UNet a quarter of a training step
+//! (BENCHMARKS.md#custom-cpu-ops-what-each-bought). Here each (batch, head) pair is computed
+//! in blocks of query rows (gemm products of the block), and the backward pass recomputes each
+//! block's probabilities instead of storing them (as FlashAttention does), so memory stays
+//! O(N·D) plus one `[64, M]` block per thread.
 //!
 //! Used where the probabilities themselves are not needed; probes take the composed path.
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};

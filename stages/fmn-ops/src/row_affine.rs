@@ -3,7 +3,8 @@
 //!
 //! Composed of candle's broadcast ops, the gradient of `b` (and `w`) is a sum over every
 //! leading dimension, which candle reduces element by element on one thread: 6 % of a toy
-//! training step (perf, BENCHMARKS.md#custom-cpu-ops-what-each-bought). Here those sums run over contiguous rows in parallel.
+//! training step (perf, BENCHMARKS.md#custom-cpu-ops-what-each-bought). Here those sums run
+//! over contiguous rows in parallel.
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use num_traits::Float;
 use rayon::prelude::*;
