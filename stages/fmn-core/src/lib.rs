@@ -1,14 +1,12 @@
-//! What every fmn stage shares: the command-line conventions, atomic output, settings from
-//! config files and flags, progress bars, logging, shards, image files.
+//! What every fmn crate shares: atomic output, settings from config files and flags, shards,
+//! image files, allocator tuning, the source tree's data paths. (The command-line conventions
+//! are `fmn-cli`'s.)
 // The unit-test build also sees the dev-dependencies, which only the integration tests use.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 pub mod allocator;
 pub mod atomic;
-pub mod cli;
 pub mod config;
 pub mod images;
-pub mod logging;
-pub mod progress;
 pub mod shard;
 
 pub use atomic::{write_atomic, write_json_atomic, StagingDir};

@@ -2,7 +2,7 @@
 use crate::judge::JudgeSpec;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use fmn_core::cli::{OutputArgs, StageArgs};
+use fmn_cli::{OutputArgs, StageArgs};
 use fmn_core::Shard;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -156,5 +156,5 @@ impl EvalArgs {
 
 /// Parses the command line and evaluates (or merges shards).
 pub fn run() -> Result<std::process::ExitCode> {
-    crate::execute(&fmn_core::cli::parse::<Cli>())
+    crate::execute(&fmn_cli::parse::<Cli>())
 }

@@ -136,7 +136,7 @@ pub fn evaluate(settings: &Settings, staging: &Path, quiet: bool) -> Result<Resu
     let images_dir = staging.join("images");
     std::fs::create_dir_all(&images_dir)
         .with_context(|| format!("cannot create {}", images_dir.display()))?;
-    let bar = fmn_core::progress::bar(pairs.len() as u64, "judging", quiet);
+    let bar = fmn_cli::progress::bar(pairs.len() as u64, "judging", quiet);
     let mut items = Vec::new();
     for chunk in pairs.chunks(32) {
         let b_imgs = chunk

@@ -4,7 +4,7 @@ use crate::invert;
 use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::Parser;
-use fmn_core::cli::{OutputArgs, StageArgs};
+use fmn_cli::{OutputArgs, StageArgs};
 use fmn_sd::io::embedding::EmbeddingLayout;
 use fmn_sd::sample::pipeline::StableDiffusion;
 use fmn_sd_args::{ModelArgs, TrainingRun, TrainingStageArgs};
@@ -105,7 +105,7 @@ impl Args {
 
 /// Parses the command line and runs the inversion.
 pub fn run() -> Result<ExitCode> {
-    let args = fmn_core::cli::parse::<Args>();
+    let args = fmn_cli::parse::<Args>();
     fmn_core::allocator::tune_for_tensors();
     execute(&args)
 }

@@ -3,7 +3,7 @@
 //! rewritten there (same names, same dtypes), and the folder renamed into place at the end.
 use anyhow::{bail, Context, Result};
 use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor};
-use fmn_core::cli::OutputArgs;
+use fmn_cli::OutputArgs;
 use fmn_core::StagingDir;
 use fmn_sd::io::patch::{apply_to_component, check_components, Patch, COMPONENTS};
 use serde_json::json;

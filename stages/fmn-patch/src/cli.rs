@@ -2,7 +2,7 @@
 use crate::{apply, inspect, lora, merge};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fmn_core::cli::{OutputArgs, StageArgs};
+use fmn_cli::{OutputArgs, StageArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -97,7 +97,7 @@ pub enum LoraDtype {
 
 /// Parses the command line and runs the command.
 pub fn run() -> Result<ExitCode> {
-    execute(&fmn_core::cli::parse::<Cli>())
+    execute(&fmn_cli::parse::<Cli>())
 }
 
 pub fn execute(cli: &Cli) -> Result<ExitCode> {

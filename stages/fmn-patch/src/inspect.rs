@@ -1,6 +1,6 @@
 //! `fmn-patch inspect`.
 use anyhow::Result;
-use fmn_core::cli::OutputArgs;
+use fmn_cli::OutputArgs;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;

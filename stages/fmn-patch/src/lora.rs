@@ -9,7 +9,7 @@ use crate::cli::{LoraArgs, LoraDtype};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use faer::Mat;
-use fmn_core::cli::OutputArgs;
+use fmn_cli::OutputArgs;
 use fmn_sd::io::patch::Patch;
 use serde::Serialize;
 use serde_json::json;

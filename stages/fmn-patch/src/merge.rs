@@ -1,6 +1,6 @@
 //! `fmn-patch merge`.
 use anyhow::{Context, Result};
-use fmn_core::cli::OutputArgs;
+use fmn_cli::OutputArgs;
 use fmn_sd::io::patch::Patch;
 use serde_json::json;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@ use crate::{resteer, Model};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::Parser;
-use fmn_core::cli::{switch, OutputArgs, StageArgs};
+use fmn_cli::{switch, OutputArgs, StageArgs};
 use fmn_sd::io::patch::{Concept, Patch};
 use fmn_sd_args::{ModelArgs, TrainingRun, TrainingStageArgs};
 use serde::Serialize;
@@ -165,7 +165,7 @@ impl Args {
 
 /// Parses the command line and runs the re-steering.
 pub fn run() -> Result<ExitCode> {
-    let args = fmn_core::cli::parse::<Args>();
+    let args = fmn_cli::parse::<Args>();
     fmn_core::allocator::tune_for_tensors();
     execute(&args)
 }

@@ -2,7 +2,7 @@
 use crate::settings::SampleSettings;
 use anyhow::Result;
 use clap::Parser;
-use fmn_core::cli::{OutputArgs, StageArgs};
+use fmn_cli::{OutputArgs, StageArgs};
 use fmn_sd::device::ComputeDType;
 use fmn_sd::sample::scheduler::SamplerKind;
 use fmn_sd_args::{DeviceArgs, ModelArgs};

@@ -32,7 +32,7 @@ const STEP_SEED_OFFSET: u64 = 0x5EED_0000_0000;
 
 /// Parses the command line and samples.
 pub fn run() -> Result<ExitCode> {
-    let args = fmn_core::cli::parse::<Args>();
+    let args = fmn_cli::parse::<Args>();
     fmn_core::allocator::tune_for_tensors();
     execute(&args)
 }

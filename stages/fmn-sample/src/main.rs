@@ -1,4 +1,4 @@
 #![allow(unused_crate_dependencies)]
 fn main() -> std::process::ExitCode {
-    fmn_core::cli::exit(fmn_sample::run())
+    fmn_cli::exit(fmn_sample::run())
 }

@@ -91,9 +91,9 @@ pub struct TrainingStageArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
-    pub run: fmn_core::cli::RunArgs,
+    pub run: fmn_cli::RunArgs,
     #[command(flatten)]
-    pub output: fmn_core::cli::OutputArgs,
+    pub output: fmn_cli::OutputArgs,
 }
 
 /// A model that could not be loaded.

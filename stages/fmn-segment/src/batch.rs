@@ -197,7 +197,7 @@ pub fn segment_folder(segmenter: &mut Segmenter, job: &FolderJob) -> Result<Mani
         masks: Vec::new(),
         failures: Vec::new(),
     };
-    let bar = fmn_core::progress::bar(images.len() as u64, "segment", job.quiet);
+    let bar = fmn_cli::progress::bar(images.len() as u64, "segment", job.quiet);
     let batch = job.batch_size.clamp(1, segmenter.max_batch().max(1));
     for chunk in images.chunks(batch) {
         let mut loaded: Vec<(&PathBuf, RgbImage)> = Vec::new();

@@ -6,7 +6,7 @@ use crate::runtime::Runtime;
 use crate::toy;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use fmn_core::cli::{OutputArgs, StageArgs};
+use fmn_cli::{OutputArgs, StageArgs};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -190,7 +190,7 @@ pub fn resolve_model(
 
 /// Parses the command line and runs it.
 pub fn run() -> Result<ExitCode> {
-    execute(&fmn_core::cli::parse::<Cli>())
+    execute(&fmn_cli::parse::<Cli>())
 }
 
 pub fn execute(cli: &Cli) -> Result<ExitCode> {
@@ -387,7 +387,7 @@ fn run_train(args: &TrainArgs, quiet: bool) -> Result<ExitCode> {
         lr: args.lr,
         ..Default::default()
     };
-    let bar = fmn_core::progress::bar(cfg.steps as u64, "train", quiet);
+    let bar = fmn_cli::progress::bar(cfg.steps as u64, "train", quiet);
     let start = Instant::now();
     let mut last = f32::NAN;
     let net = toy::train(&samples, &cfg, |step, loss| {

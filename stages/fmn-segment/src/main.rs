@@ -2,5 +2,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    fmn_core::cli::exit(fmn_segment::cli::run())
+    fmn_cli::exit(fmn_segment::cli::run())
 }

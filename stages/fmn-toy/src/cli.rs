@@ -188,7 +188,7 @@ struct RenderSummary<'a> {
 }
 
 fn render(a: &RenderArgs) -> Result<ExitCode> {
-    let bar = fmn_core::progress::bar(a.count as u64, "rendering", a.quiet);
+    let bar = fmn_cli::progress::bar(a.count as u64, "rendering", a.quiet);
     let manifest = dataset::render_set(&a.out, a.count, a.seed, a.only, |i| {
         bar.set_position(i as u64)
     })?;
@@ -495,7 +495,7 @@ fn quality(a: &QualityArgs) -> Result<ExitCode> {
     }
     fmn_sd::sample::pipeline::check_guidance_rescale(settings.guidance_rescale)
         .context("--guidance-rescale")?;
-    let bar = fmn_core::progress::bar(34, "prompts", a.quiet);
+    let bar = fmn_cli::progress::bar(34, "prompts", a.quiet);
     let report = crate::quality::measure(&sd, &judge, &settings, |p| {
         bar.inc(1);
         bar.set_message(p.to_string());

@@ -15,6 +15,6 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     fmn_core::allocator::tune_for_tensors();
-    fmn_core::logging::init(cli.verbose, false);
+    fmn_cli::logging::init(cli.verbose, false);
     fmn_toy::cli::run(&cli)
 }

@@ -202,7 +202,7 @@ pub fn train(opts: &TrainOptions) -> Result<(Judge, TrainReport), JudgeError> {
         },
     )?;
     let aug = Augment::default();
-    let bar = fmn_core::progress::bar(opts.steps as u64, "training", opts.quiet);
+    let bar = fmn_cli::progress::bar(opts.steps as u64, "training", opts.quiet);
     let warmup = (opts.steps / 20).max(1);
     let mut recent = Vec::new();
     for step in 0..opts.steps {

@@ -226,7 +226,7 @@ pub fn train(
     let ckpt = Checkpoints::new(checkpoints);
 
     let started = std::time::Instant::now();
-    let bar = fmn_core::progress::bar(settings.vae_steps as u64, "vae", quiet);
+    let bar = fmn_cli::progress::bar(settings.vae_steps as u64, "vae", quiet);
     let vae = vae_stage::train(settings, &data, &ckpt, &mut |step, loss| {
         bar.set_position(step as u64 + 1);
         bar.set_message(format!("vae {loss:.4}"));
@@ -251,7 +251,7 @@ pub fn train(
     let scaled = (&latents * scaling_factor)?;
 
     let started = std::time::Instant::now();
-    let bar = fmn_core::progress::bar(settings.unet_steps as u64, "unet", quiet);
+    let bar = fmn_cli::progress::bar(settings.unet_steps as u64, "unet", quiet);
     let diffusion = diffusion_stage::train(settings, &data, &scaled, &ckpt, &mut |step, loss| {
         bar.set_position(step as u64 + 1);
         bar.set_message(format!("unet {loss:.4}"));
@@ -263,7 +263,7 @@ pub fn train(
     let unet_seconds = started.elapsed().as_secs_f64();
 
     let started = std::time::Instant::now();
-    let bar = fmn_core::progress::bar(settings.decoder_steps as u64, "decoder", quiet);
+    let bar = fmn_cli::progress::bar(settings.decoder_steps as u64, "decoder", quiet);
     let decoder_final_loss = decoder_stage::train(
         settings,
         &data,

@@ -7,6 +7,9 @@
 //! | 0 | success |
 //! | 1 | an error: one message on stderr naming the file, tensor or key, and nothing half-written |
 //! | 2 | a command-line (usage) error, reported by clap |
+pub mod logging;
+pub mod progress;
+
 use clap::{Args, Parser};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,7 +37,7 @@ impl OutputArgs {
 
     /// A progress bar of `len` steps labelled `what`, hidden with `-q`.
     pub fn bar(&self, len: u64, what: &str) -> indicatif::ProgressBar {
-        crate::progress::bar(len, what, self.quiet)
+        progress::bar(len, what, self.quiet)
     }
 }
 
@@ -86,7 +89,7 @@ pub trait StageArgs: Parser {
 pub fn parse<T: StageArgs>() -> T {
     let args = T::parse();
     let output = args.output();
-    crate::logging::init(output.verbose, output.quiet);
+    logging::init(output.verbose, output.quiet);
     args
 }
 
