@@ -191,8 +191,9 @@ pub fn invert(
     let images = TrainingImages::load(images_dir, cfg.mask_dir.as_deref())?;
     if images.is_empty() {
         return Err(InvertError::Input(format!(
-            "{}: no images (png, jpg, webp, ...) in the folder",
-            images_dir.display()
+            "{}: no images ({}) in the folder",
+            images_dir.display(),
+            fmn_core::images::IMAGE_EXTENSIONS.join(", ")
         )));
     }
     let resolution = training_resolution(cfg.resolution, model.unet.config(), &model.vae)?;
