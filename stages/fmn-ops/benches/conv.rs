@@ -1,5 +1,5 @@
 //! conv2d forward+backward: candle's kernel vs fmn's im2col op, at toy-VAE and SD sizes.
-//! `cargo bench -p fmn-sd --bench conv`
+//! `cargo bench -p fmn-ops --bench conv`
 use candle_core::{Device, Tensor, Var};
 use std::time::Instant;
 

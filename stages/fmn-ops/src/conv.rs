@@ -16,6 +16,7 @@ struct Geometry {
     kw: usize,
     stride: usize,
     padding: usize,
+    dilation: usize,
     h_out: usize,
     w_out: usize,
 }
@@ -28,7 +29,7 @@ impl Geometry {
     /// For kernel tap `(ki, kj)` and output row `oy`: the input row it reads, if inside.
     #[inline]
     fn input_row(&self, oy: usize, ki: usize) -> Option<usize> {
-        let iy = (oy * self.stride + ki).checked_sub(self.padding)?;
+        let iy = (oy * self.stride + ki * self.dilation).checked_sub(self.padding)?;
         (iy < self.h).then_some(iy)
     }
 
@@ -36,7 +37,7 @@ impl Geometry {
     /// image, and the input column of output column 0 (may be negative: only used from `lo`).
     #[inline]
     fn column_span(&self, kj: usize) -> (usize, usize, isize) {
-        let first = kj as isize - self.padding as isize;
+        let first = (kj * self.dilation) as isize - self.padding as isize;
         let s = self.stride as isize;
         let lo = if first >= 0 {
             0
@@ -172,12 +173,50 @@ impl CustomOp1 for Col2Im {
     }
 }
 
+/// Stride, zero padding and dilation of a convolution, the same on both axes (as
+/// `torch.nn.functional.conv2d`'s `stride`, `padding`, `dilation` and ONNX `Conv`'s
+/// `strides`, symmetric `pads`, `dilations`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dSpec {
+    pub stride: usize,
+    pub padding: usize,
+    /// Spacing of the kernel taps (1: adjacent pixels).
+    pub dilation: usize,
+}
+
+impl Default for Conv2dSpec {
+    /// Stride 1, no padding, dilation 1.
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+        }
+    }
+}
+
+impl Conv2dSpec {
+    /// `stride` and `padding`, dilation 1.
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Self {
+            stride,
+            padding,
+            dilation: 1,
+        }
+    }
+
+    /// The same with the taps `dilation` pixels apart.
+    pub fn dilated(self, dilation: usize) -> Self {
+        Self { dilation, ..self }
+    }
+}
+
 /// `x: [B, C, H, W]`, `weight: [O, C, kh, kw]` -> `[B, O, H_out, W_out]` (no bias), as
 /// `torch.nn.functional.conv2d` with equal stride and padding on both axes. On non-CPU devices
 /// this is candle's own convolution; on the CPU, f16 / bf16 inputs are computed in f32 (candle's
 /// CPU matmul has no bf16) and the result cast back.
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    conv2d_biased(x, weight, None, stride, padding)
+    conv2d_with(x, weight, None, Conv2dSpec::new(stride, padding))
 }
 
 /// [`conv2d`] plus a per-output-channel `bias: [O]`. On the CPU the bias is added to the
@@ -190,20 +229,37 @@ pub fn conv2d_biased(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    conv2d_with(x, weight, bias, Conv2dSpec::new(stride, padding))
+}
+
+/// The convolution of [`conv2d_biased`] with any [`Conv2dSpec`] (dilation included).
+pub fn conv2d_with(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    spec: Conv2dSpec,
+) -> Result<Tensor> {
+    let Conv2dSpec {
+        stride,
+        padding,
+        dilation,
+    } = spec;
+    if stride == 0 || dilation == 0 {
+        candle_core::bail!("conv2d: stride and dilation must be at least 1, not {spec:?}");
+    }
     if !x.device().is_cpu() {
-        let y = x.conv2d(weight, padding, stride, 1, 1)?;
+        let y = x.conv2d(weight, padding, stride, dilation, 1)?;
         return match bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         };
     }
     if matches!(x.dtype(), DType::F16 | DType::BF16) {
-        let wide = conv2d_biased(
+        let wide = conv2d_with(
             &x.to_dtype(DType::F32)?,
             &weight.to_dtype(DType::F32)?,
             bias.map(|b| b.to_dtype(DType::F32)).transpose()?.as_ref(),
-            stride,
-            padding,
+            spec,
         )?;
         return wide.to_dtype(x.dtype());
     }
@@ -212,8 +268,15 @@ pub fn conv2d_biased(
     if c != c_w {
         candle_core::bail!("conv2d: input has {c} channels, the kernel expects {c_w}");
     }
-    if h + 2 * padding < kh || w + 2 * padding < kw {
-        candle_core::bail!("conv2d: {h}x{w} input is smaller than the {kh}x{kw} kernel");
+    if kh == 0 || kw == 0 {
+        candle_core::bail!("conv2d: the kernel is empty ({kh}x{kw})");
+    }
+    // The kernel's extent with its taps `dilation` apart.
+    let (reach_h, reach_w) = (dilation * (kh - 1) + 1, dilation * (kw - 1) + 1);
+    if h + 2 * padding < reach_h || w + 2 * padding < reach_w {
+        candle_core::bail!(
+            "conv2d: {h}x{w} input is smaller than the {kh}x{kw} kernel (dilation {dilation})"
+        );
     }
     let g = Geometry {
         channels: c,
@@ -223,8 +286,9 @@ pub fn conv2d_biased(
         kw,
         stride,
         padding,
-        h_out: (h + 2 * padding - kh) / stride + 1,
-        w_out: (w + 2 * padding - kw) / stride + 1,
+        dilation,
+        h_out: (h + 2 * padding - reach_h) / stride + 1,
+        w_out: (w + 2 * padding - reach_w) / stride + 1,
     };
     let l = g.h_out * g.w_out;
     let cols = if kh == 1 && kw == 1 && stride == 1 && padding == 0 {
