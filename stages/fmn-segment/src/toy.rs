@@ -313,30 +313,31 @@ pub fn load_render_folder(dir: &Path) -> Result<Vec<Sample>> {
 }
 
 /// `count` renders of the toy world drawn with `seed` (image `i` from
-/// `fmn_toy::scene_rng(seed, i)`, as `fmn-toy render --seed SEED` draws them).
+/// `fmn_toy_world::scene_rng(seed, i)`, as `fmn-toy render --seed SEED` draws them).
 pub fn render_samples(seed: u64, count: usize) -> Vec<Sample> {
     (0..count as u64)
         .map(|i| {
-            let mut rng = fmn_toy::scene_rng(seed, i);
-            let scene = fmn_toy::Scene::random(&mut rng, &fmn_toy::SceneSpec::default());
-            let (image, mask) = fmn_toy::render(&scene);
+            let mut rng = fmn_toy_world::scene_rng(seed, i);
+            let scene =
+                fmn_toy_world::Scene::random(&mut rng, &fmn_toy_world::SceneSpec::default());
+            let (image, mask) = fmn_toy_world::render(&scene);
             Sample { image, mask }
         })
         .collect()
 }
 
 /// The same renders passed through every toy-world degradation
-/// (`fmn_toy::augment::Augment::default().always()`, image `i` with
+/// (`fmn_toy_world::augment::Augment::default().always()`, image `i` with
 /// `scene_rng(seed ^ 0xdead, i)`): what a small diffusion model's output looks like.
 pub fn degraded_samples(seed: u64, count: usize) -> Vec<Sample> {
-    let aug = fmn_toy::augment::Augment::default().always();
+    let aug = fmn_toy_world::augment::Augment::default().always();
     render_samples(seed, count)
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
-            let mut rng = fmn_toy::scene_rng(seed ^ 0xdead, i as u64);
+            let mut rng = fmn_toy_world::scene_rng(seed ^ 0xdead, i as u64);
             Sample {
-                image: fmn_toy::augment::augment(&s.image, &mut rng, &aug),
+                image: fmn_toy_world::augment::augment(&s.image, &mut rng, &aug),
                 mask: s.mask,
             }
         })
