@@ -48,19 +48,11 @@ pub enum SegmentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("training: {0}")]
-    Train(String),
 }
 
 impl From<ort::Error> for SegmentError {
     fn from(e: ort::Error) -> Self {
         SegmentError::Ort(e.to_string())
-    }
-}
-
-impl From<candle_core::Error> for SegmentError {
-    fn from(e: candle_core::Error) -> Self {
-        SegmentError::Train(e.to_string())
     }
 }
 

@@ -6,17 +6,17 @@
 //!   ([`Segmenter`]);
 //! - [`imaging`] and [`post`]: pre- and post-processing;
 //! - [`batch`]: a folder of images to a folder of masks, overlays and a manifest;
-//! - [`onnx`]: a minimal ONNX writer; [`toy`]: the toy segmenter (training and export);
 //! - [`cli`]: the `fmn-segment` command line.
+//!
+//! The toy segmenter's training and the ONNX writer it is exported with are `fmn-toy`'s
+//! (`fmn-toy train-segmenter`); `eval` reads render folders through `fmn-toy-world`.
 pub mod batch;
 pub mod cli;
 pub mod error;
 pub mod imaging;
-pub mod onnx;
 pub mod post;
 pub mod preset;
 pub mod runtime;
-pub mod toy;
 
 pub use batch::{segment_folder, FolderJob, Manifest};
 pub use error::{Result, SegmentError};

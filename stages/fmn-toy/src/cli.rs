@@ -1,5 +1,7 @@
 //! The `fmn-toy` command line: `render`, `judge`, `train-judge` (the world, through
-//! [`fmn_toy_world`]), `train`, `quality` (the toy Stable Diffusion).
+//! [`fmn_toy_world`]), `train`, `quality` (the toy Stable Diffusion), `train-segmenter` (the
+//! toy segmenter).
+use crate::segmenter;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fmn_core::cli::{checkpoint_dir_for, switch, OutputArgs, StageArgs};
@@ -45,6 +47,56 @@ pub enum Command {
     /// Measure a toy model against the quality bar: judged accuracy of sampled images per
     /// prompt family, and where the object word's cross-attention lands.
     Quality(QualityArgs),
+    /// Train the toy segmenter on toy-world renders and export it to ONNX (model.onnx and
+    /// train.json in --out).
+    TrainSegmenter(SegmenterTrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SegmenterTrainArgs {
+    /// Training renders drawn with the toy world's renderer (images `0..N` of seed
+    /// --render-seed).
+    #[arg(long, default_value_t = 4000, conflicts_with = "data")]
+    pub renders: usize,
+    #[arg(long, default_value_t = 101)]
+    pub render_seed: u64,
+    /// Train on a folder instead, as `fmn-toy render` writes it (NAME.png + masks/NAME.png).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Held-out renders to report IoU on (drawn with --holdout-seed; 0: none).
+    #[arg(long, default_value_t = 500, conflicts_with = "holdout")]
+    pub holdout_renders: usize,
+    #[arg(long, default_value_t = 202)]
+    pub holdout_seed: u64,
+    /// Held-out renders from a folder instead (same layout as --data).
+    #[arg(long, value_name = "DIR")]
+    pub holdout: Option<PathBuf>,
+    /// Where model.onnx and train.json go [default: the shipped model's folder,
+    /// $FMN_DATA_DIR/toy-segmenter or the source tree's data/toy-segmenter].
+    #[arg(long, short, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = segmenter::TrainConfig::default().steps)]
+    pub steps: usize,
+    #[arg(long, default_value_t = segmenter::TrainConfig::default().batch)]
+    pub batch: usize,
+    #[arg(long, default_value_t = segmenter::TrainConfig::default().lr)]
+    pub lr: f64,
+    /// CPU threads for candle. 1 (the default) gives the same weights on every machine and is
+    /// the fastest where other work shares the cores (candle's worker threads spin while
+    /// waiting); 0 leaves candle's own choice (RAYON_NUM_THREADS, else all cores).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+impl SegmenterTrainArgs {
+    /// `--out`, else the shipped segmenter's folder.
+    pub fn out(&self) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| fmn_core::data_dir().join("toy-segmenter"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +281,7 @@ pub fn execute(cli: &Cli) -> Result<ExitCode> {
         Command::TrainJudge(a) => train_judge(a, output),
         Command::Train(a) => train_model(a, output),
         Command::Quality(a) => quality(a, output),
+        Command::TrainSegmenter(a) => train_segmenter(a, output),
     }
 }
 
@@ -547,6 +600,103 @@ fn quality(a: &QualityArgs, output: &OutputArgs) -> Result<ExitCode> {
             pct(report.vae_reconstruction.kiki),
             pct(report.vae_reconstruction.striped),
             report.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `train.json` beside the exported segmenter.
+#[derive(Serialize)]
+struct SegmenterTrainRecord {
+    config: segmenter::TrainConfig,
+    training_data: String,
+    training_images: usize,
+    parameters: usize,
+    seconds: f64,
+    final_loss: f32,
+    threads: usize,
+    holdout_images: Option<usize>,
+    holdout_mean_iou_candle: Option<f64>,
+}
+
+fn train_segmenter(a: &SegmenterTrainArgs, output: &OutputArgs) -> Result<ExitCode> {
+    use fmn_toy_world::render_folder::{load_render_folder, render_samples};
+    if a.threads > 0 {
+        // Read by candle when its thread pool first starts, which is later than this.
+        std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", a.threads.to_string());
+    }
+    let samples = match &a.data {
+        Some(d) => load_render_folder(d).context("training renders")?,
+        None if a.renders == 0 => bail!("--renders must be at least 1"),
+        None => render_samples(a.render_seed, a.renders),
+    };
+    let holdout = match &a.holdout {
+        Some(d) => Some(load_render_folder(d).context("held-out renders")?),
+        None if a.holdout_renders == 0 => None,
+        None => Some(render_samples(a.holdout_seed, a.holdout_renders)),
+    };
+    let source = match &a.data {
+        Some(d) => format!("the renders in {}", d.display()),
+        None => format!("fmn-toy renders 0..{} of seed {}", a.renders, a.render_seed),
+    };
+    let cfg = segmenter::TrainConfig {
+        seed: a.seed,
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        ..Default::default()
+    };
+    let bar = output.bar(cfg.steps as u64, "train");
+    let start = std::time::Instant::now();
+    let mut last = f32::NAN;
+    let net = segmenter::train(&samples, &cfg, |step, loss| {
+        last = loss;
+        bar.set_position(step as u64);
+        if step % 100 == 0 && !output.quiet {
+            bar.suspend(|| {
+                eprintln!(
+                    "step {step}: loss {loss:.4} ({:.0}s)",
+                    start.elapsed().as_secs_f64()
+                )
+            });
+        }
+    })?;
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let iou = match &holdout {
+        Some(h) => Some(segmenter::evaluate(&net, h)?),
+        None => None,
+    };
+    let record = SegmenterTrainRecord {
+        config: cfg.clone(),
+        training_data: source.clone(),
+        training_images: samples.len(),
+        parameters: net.parameter_count(),
+        seconds,
+        final_loss: last,
+        threads: candle_core::utils::get_num_threads(),
+        holdout_images: holdout.as_ref().map(Vec::len),
+        holdout_mean_iou_candle: iou,
+    };
+    let note = format!(
+        "trained by `fmn-toy train-segmenter` on {source}, {} steps, seed {}",
+        cfg.steps, cfg.seed
+    );
+    let out = a.out();
+    let path = segmenter::export(&net, &out, &cfg, &note)?;
+    let record_path = out.join("train.json");
+    fmn_core::write_json_atomic(&record_path, &record)
+        .with_context(|| record_path.display().to_string())?;
+    if output.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else if output.summary() {
+        eprintln!(
+            "wrote {} ({} parameters, {seconds:.0}s{})",
+            path.display(),
+            net.parameter_count(),
+            iou.map(|i| format!(", held-out mean IoU {i:.4} (candle)"))
+                .unwrap_or_default()
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -4,8 +4,12 @@
 //!   trained on the toy world's renders (`fmn-toy train`);
 //! - [`quality`]: a toy model measured against the quality bar with the judge
 //!   (`fmn-toy quality`);
+//! - [`segmenter`]: the toy segmenter, a small CNN finding the figure, trained with candle and
+//!   exported to ONNX by [`onnx`], a minimal ONNX writer (`fmn-toy train-segmenter`);
 //! - [`cli`]: the command line, which also renders sets, judges images and trains the judge
 //!   through [`fmn_toy_world`], the world itself (scenes, renderer, captions, judge).
 pub mod cli;
+pub mod onnx;
 pub mod quality;
+pub mod segmenter;
 pub mod train;
