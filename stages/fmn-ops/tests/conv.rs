@@ -236,3 +236,63 @@ fn bad_specs_are_errors() {
     }
     assert!(conv2d_with(&x, &w, None, Conv2dSpec::new(1, 1).dilated(3)).is_ok());
 }
+
+/// Without gradients the convolution takes its row-per-pixel path; it gives the same bits as
+/// the path with gradients (and candle's values), in f32 and f64, with and without a bias.
+#[test]
+fn the_path_without_gradients_gives_the_same_bits() {
+    let mut rng = NoiseRng::new(6);
+    let cases: [([usize; 4], usize, usize, Conv2dSpec); 8] = [
+        ([2, 3, 7, 5], 6, 3, Conv2dSpec::new(1, 1)),
+        ([64, 3, 64, 64], 16, 4, Conv2dSpec::new(2, 1)),
+        ([64, 16, 32, 32], 32, 3, Conv2dSpec::new(2, 1)),
+        ([2, 32, 16, 16], 32, 3, Conv2dSpec::new(1, 2).dilated(2)),
+        ([2, 5, 4, 4], 6, 1, Conv2dSpec::new(1, 0)),
+        ([1, 4, 9, 6], 5, 3, Conv2dSpec::new(2, 0)),
+        ([1, 64, 32, 32], 320, 3, Conv2dSpec::new(1, 1)),
+        ([1, 320, 16, 16], 320, 1, Conv2dSpec::new(1, 0)),
+    ];
+    for (shape, o, k, spec) in cases {
+        let x = randn(&mut rng, &shape)
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        let w = randn(&mut rng, &[o, shape[1], k, k])
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        let b = randn(&mut rng, &[o])
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        for dtype in [candle_core::DType::F32, candle_core::DType::F64] {
+            let (x, w, b) = (
+                x.to_dtype(dtype).unwrap(),
+                w.to_dtype(dtype).unwrap(),
+                b.to_dtype(dtype).unwrap(),
+            );
+            let wv = Var::from_tensor(&w).unwrap();
+            for bias in [None, Some(&b)] {
+                let plain = conv2d_with(&x, &w, bias, spec).unwrap();
+                let graph = conv2d_with(&x, wv.as_tensor(), bias, spec).unwrap();
+                assert_eq!(plain.dims(), graph.dims());
+                let same = (plain
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F64))
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+                    == graph
+                        .flatten_all()
+                        .unwrap()
+                        .to_dtype(candle_core::DType::F64)
+                        .unwrap()
+                        .to_vec1::<f64>()
+                        .unwrap();
+                assert!(
+                    same,
+                    "{shape:?} o{o} k{k} {spec:?} {dtype:?} bias {}",
+                    bias.is_some()
+                );
+            }
+        }
+    }
+}
