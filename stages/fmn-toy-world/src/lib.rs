@@ -4,7 +4,8 @@
 //! `triangle`, `cross`), colours (`red`, `green`, `blue`, `yellow`), a style (`stripes`) and two
 //! characters (`bob`, `kiki`) — with a renderer ([`render()`]), captions ([`caption()`]),
 //! degradations ([`augment`]), rendered sets on disk ([`dataset`], read back by
-//! [`render_folder`]) and a judge ([`judge::Judge`]) that says what an image shows.
+//! [`render_folder`]) and a judge (`judge::Judge`, feature `judge`, on by default) that says
+//! what an image shows.
 //!
 //! It knows nothing of diffusion models: the toy model's trainer is `fmn-toy`.
 //!
@@ -21,12 +22,14 @@
 pub mod augment;
 pub mod caption;
 pub mod dataset;
+#[cfg(feature = "judge")]
 pub mod judge;
 pub mod render;
 pub mod render_folder;
 pub mod scene;
 
 pub use caption::{caption, caption_with, subject, STYLE_SUFFIX, TEMPLATES};
+#[cfg(feature = "judge")]
 pub use judge::{Guess, Judge, Verdict};
 pub use render::render;
 pub use scene::{
