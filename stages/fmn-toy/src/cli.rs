@@ -701,3 +701,66 @@ fn train_segmenter(a: &SegmenterTrainArgs, output: &OutputArgs) -> Result<ExitCo
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<crate::train::TrainSettings> {
+        let cli = Cli::try_parse_from([&["fmn-toy", "train"], args].concat())?;
+        match &cli.command {
+            Command::Train(a) => train_settings(a),
+            _ => bail!("not train"),
+        }
+    }
+
+    #[test]
+    fn train_settings_are_defaults_then_config_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("c.yaml");
+        std::fs::write(&config, "seed: 5\nimages: 40\nzero_terminal_snr: true\n").unwrap();
+        let config = config.to_str().unwrap();
+        let defaults = crate::train::TrainSettings::default();
+
+        let from_file = settings(&["--config", config]).unwrap();
+        assert_eq!((from_file.seed, from_file.images), (5, 40));
+        assert!(from_file.zero_terminal_snr);
+        assert_eq!(from_file.unet_steps, defaults.unet_steps);
+
+        let flagged = settings(&[
+            "--config",
+            config,
+            "--images",
+            "7",
+            "--no-zero-terminal-snr",
+        ]);
+        let flagged = flagged.unwrap();
+        assert_eq!((flagged.seed, flagged.images), (5, 7));
+        assert!(!flagged.zero_terminal_snr);
+        // The last of --X / --no-X wins.
+        let last = settings(&["--no-zero-terminal-snr", "--zero-terminal-snr"]).unwrap();
+        assert!(last.zero_terminal_snr);
+        assert_eq!(settings(&[]).unwrap(), defaults);
+
+        std::fs::write(dir.path().join("bad.yaml"), "sead: 1\n").unwrap();
+        let bad = dir.path().join("bad.yaml");
+        let err = settings(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(format!("{err:#}").contains("bad.yaml"), "{err:#}");
+    }
+
+    #[test]
+    fn path_defaults_do_not_depend_on_the_current_folder() {
+        let cli = Cli::try_parse_from(["fmn-toy", "train"]).unwrap();
+        let Command::Train(a) = &cli.command else {
+            panic!("not train");
+        };
+        assert!(a.out().is_absolute() && a.out().ends_with("toy-model"));
+        assert!(a.checkpoints().ends_with("toy-model.ckpt"));
+        assert!(a.tokenizer().ends_with("clip-tokenizer"));
+        let cli = Cli::try_parse_from(["fmn-toy", "train", "-o", "/tmp/m"]).unwrap();
+        let Command::Train(a) = &cli.command else {
+            panic!("not train");
+        };
+        assert_eq!(a.checkpoints(), PathBuf::from("/tmp/m.ckpt"));
+    }
+}
