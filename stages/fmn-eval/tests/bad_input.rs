@@ -3,7 +3,7 @@
 mod common;
 
 use common::{run, sample_dir, stderr, Shows};
-use fmn_toy::Character::*;
+use fmn_toy_world::Character::*;
 use std::path::Path;
 
 fn setup(root: &Path, after_seed: u64, suite: &str) {

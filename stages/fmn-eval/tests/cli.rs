@@ -4,7 +4,7 @@
 mod common;
 
 use common::{run, sample_dir, stderr, stdout, Shows};
-use fmn_toy::{Character::*, Colour::*, Object::*};
+use fmn_toy_world::{Character::*, Colour::*, Object::*};
 use serde_json::Value;
 use std::path::Path;
 

@@ -3,8 +3,7 @@ use crate::batch::{segment_folder, FolderJob};
 use crate::error::SegmentError;
 use crate::preset::Preset;
 use crate::runtime::Runtime;
-use crate::toy;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use fmn_cli::{OutputArgs, StageArgs};
 use serde::{Deserialize, Serialize};
@@ -52,8 +51,6 @@ pub enum Command {
     },
     /// Measure a model's IoU on a folder of renders with masks (`NAME.png` + `masks/NAME.png`).
     Eval(EvalArgs),
-    /// Train the toy segmenter on toy-world renders and export it to ONNX.
-    TrainToy(TrainArgs),
 }
 
 /// The options of a segmentation run; `segmenter`, `preset`, `overlay`, `batch_size` and
@@ -128,42 +125,6 @@ pub struct EvalArgs {
     pub min_iou: Option<f64>,
 }
 
-#[derive(Debug, Args)]
-pub struct TrainArgs {
-    /// Training renders drawn with fmn-toy's renderer (images `0..N` of seed --render-seed).
-    #[arg(long, default_value_t = 4000, conflicts_with = "data")]
-    pub renders: usize,
-    #[arg(long, default_value_t = 101)]
-    pub render_seed: u64,
-    /// Train on a folder instead, as `fmn-toy render` writes it (NAME.png + masks/NAME.png).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Held-out renders to report IoU on (drawn with --holdout-seed; 0: none).
-    #[arg(long, default_value_t = 500, conflicts_with = "holdout")]
-    pub holdout_renders: usize,
-    #[arg(long, default_value_t = 202)]
-    pub holdout_seed: u64,
-    /// Held-out renders from a folder instead (same layout as --data).
-    #[arg(long)]
-    pub holdout: Option<PathBuf>,
-    /// Where model.onnx and train.json go.
-    #[arg(long, default_value = "data/toy-segmenter")]
-    pub out: PathBuf,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, default_value_t = toy::TrainConfig::default().steps)]
-    pub steps: usize,
-    #[arg(long, default_value_t = toy::TrainConfig::default().batch)]
-    pub batch: usize,
-    #[arg(long, default_value_t = toy::TrainConfig::default().lr)]
-    pub lr: f64,
-    /// CPU threads for candle. 1 (the default) gives the same weights on every machine and is
-    /// the fastest where other work shares the cores (candle's worker threads spin while
-    /// waiting); 0 leaves candle's own choice (RAYON_NUM_THREADS, else all cores).
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
-}
-
 /// Resolves `--segmenter` and `--preset` to a preset and, for an ONNX `--segmenter`, its file.
 pub fn resolve_model(
     model: &str,
@@ -217,7 +178,6 @@ pub fn execute(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Eval(args)) => run_eval(cli, args),
-        Some(Command::TrainToy(args)) => run_train(args, output.quiet),
     }
 }
 
@@ -286,7 +246,7 @@ pub struct EvalReport {
 /// Runs `segmenter` over renders with exact masks and measures IoU.
 pub fn evaluate(
     segmenter: &mut crate::Segmenter,
-    samples: &[toy::Sample],
+    samples: &[fmn_toy_world::render_folder::Sample],
 ) -> Result<EvalReport, SegmentError> {
     let start = Instant::now();
     let (mut sum, mut min, mut inter, mut union) = (0.0, f64::INFINITY, 0u64, 0u64);
@@ -318,7 +278,7 @@ pub fn evaluate(
 }
 
 fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
-    let samples = toy::load_render_folder(&args.images)?;
+    let samples = fmn_toy_world::render_folder::load_render_folder(&args.images)?;
     let (preset, onnx) = resolve_model(&args.segmenter, args.preset.as_deref())?;
     let rt = Runtime::load(cli.ort_lib.as_deref())?;
     let mut segmenter = rt.open(&preset, onnx.as_deref(), 0)?;
@@ -340,101 +300,6 @@ fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
         if report.mean_iou < min {
             bail!("mean IoU {:.4} is below --min-iou {min}", report.mean_iou);
         }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Serialize)]
-struct TrainRecord {
-    config: toy::TrainConfig,
-    training_data: String,
-    training_images: usize,
-    parameters: usize,
-    seconds: f64,
-    final_loss: f32,
-    threads: usize,
-    holdout_images: Option<usize>,
-    holdout_mean_iou_candle: Option<f64>,
-}
-
-fn run_train(args: &TrainArgs, quiet: bool) -> Result<ExitCode> {
-    if args.threads > 0 {
-        // Read by candle when its thread pool first starts, which is later than this.
-        std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
-        std::env::set_var("CANDLE_NUM_THREADS", args.threads.to_string());
-    }
-    let samples = match &args.data {
-        Some(d) => toy::load_render_folder(d).context("training renders")?,
-        None if args.renders == 0 => bail!("--renders must be at least 1"),
-        None => toy::render_samples(args.render_seed, args.renders),
-    };
-    let holdout = match &args.holdout {
-        Some(d) => Some(toy::load_render_folder(d).context("held-out renders")?),
-        None if args.holdout_renders == 0 => None,
-        None => Some(toy::render_samples(args.holdout_seed, args.holdout_renders)),
-    };
-    let source = match &args.data {
-        Some(d) => format!("the renders in {}", d.display()),
-        None => format!(
-            "fmn-toy renders 0..{} of seed {}",
-            args.renders, args.render_seed
-        ),
-    };
-    let cfg = toy::TrainConfig {
-        seed: args.seed,
-        steps: args.steps,
-        batch: args.batch,
-        lr: args.lr,
-        ..Default::default()
-    };
-    let bar = fmn_cli::progress::bar(cfg.steps as u64, "train", quiet);
-    let start = Instant::now();
-    let mut last = f32::NAN;
-    let net = toy::train(&samples, &cfg, |step, loss| {
-        last = loss;
-        bar.set_position(step as u64);
-        if step % 100 == 0 && !quiet {
-            bar.suspend(|| {
-                eprintln!(
-                    "step {step}: loss {loss:.4} ({:.0}s)",
-                    start.elapsed().as_secs_f64()
-                )
-            });
-        }
-    })?;
-    bar.finish_and_clear();
-    let seconds = start.elapsed().as_secs_f64();
-    let iou = match &holdout {
-        Some(h) => Some(toy::evaluate(&net, h)?),
-        None => None,
-    };
-    let record = TrainRecord {
-        config: cfg.clone(),
-        training_data: source.clone(),
-        training_images: samples.len(),
-        parameters: net.parameter_count(),
-        seconds,
-        final_loss: last,
-        threads: candle_core::utils::get_num_threads(),
-        holdout_images: holdout.as_ref().map(Vec::len),
-        holdout_mean_iou_candle: iou,
-    };
-    let note = format!(
-        "trained by `fmn-segment train-toy` on {source}, {} steps, seed {}",
-        cfg.steps, cfg.seed
-    );
-    let path = toy::export(&net, &args.out, &cfg, &note)?;
-    let record_path = args.out.join("train.json");
-    fmn_core::write_json_atomic(&record_path, &record)
-        .with_context(|| record_path.display().to_string())?;
-    if !quiet {
-        eprintln!(
-            "wrote {} ({} parameters, {seconds:.0}s{})",
-            path.display(),
-            net.parameter_count(),
-            iou.map(|i| format!(", held-out mean IoU {i:.4} (candle)"))
-                .unwrap_or_default()
-        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -38,14 +38,6 @@ pub enum SegmentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("training: {0}")]
-    Train(String),
-}
-
-impl From<candle_core::Error> for SegmentError {
-    fn from(e: candle_core::Error) -> Self {
-        SegmentError::Train(e.to_string())
-    }
 }
 
 impl SegmentError {

@@ -7,19 +7,19 @@
 //! - [`imaging`] and [`post`]: reading images, and from the model's output to a mask (the
 //!   model input is fmn-onnx's [`fmn_onnx::prepare`]);
 //! - [`batch`]: a folder of images to a folder of masks, overlays and a manifest;
-//! - [`onnx`]: a minimal ONNX writer; [`toy`]: the toy segmenter (training and export);
 //! - [`cli`]: the `fmn-segment` command line.
+//!
+//! The toy segmenter's training and the ONNX writer it is exported with are `fmn-toy`'s
+//! (`fmn-toy train-segmenter`); `eval` reads render folders through `fmn-toy-world`.
 // The unit-test build also sees the dev-dependencies, which only the integration tests use.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 pub mod batch;
 pub mod cli;
 pub mod error;
 pub mod imaging;
-pub mod onnx;
 pub mod post;
 pub mod preset;
 pub mod runtime;
-pub mod toy;
 
 pub use batch::{segment_folder, FolderJob, Manifest};
 pub use error::{Result, SegmentError};

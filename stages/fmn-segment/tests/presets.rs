@@ -4,7 +4,7 @@
 #![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 mod common;
 use common::*;
-use fmn_segment::onnx::Dim;
+use fmn_toy::onnx::Dim;
 use image::{Rgb, RgbImage};
 use std::fs;
 use std::path::Path;
@@ -308,7 +308,7 @@ fn names_ranks_and_sizes_that_do_not_match_are_errors() {
     // Rank 3 input.
     let r3 = t.path().join("r3.onnx");
     {
-        use fmn_segment::onnx::{encode, GraphBuilder};
+        use fmn_toy::onnx::{encode, GraphBuilder};
         let mut g = GraphBuilder::new("r3");
         let x = g.input("x", &[3.into(), 16.into(), 16.into()]);
         let y = g.sigmoid(&x);

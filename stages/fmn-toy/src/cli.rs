@@ -1,9 +1,13 @@
-//! The `fmn-toy` command line: `render`, `judge`, `train-judge`.
-use crate::dataset::{self, MANIFEST};
-use crate::judge::{train, Judge, Verdict, DEFAULT_WEIGHTS_PATH};
-use crate::scene::{Concept, IMAGE_SIZE};
+//! The `fmn-toy` command line: `render`, `judge`, `train-judge` (the world, through
+//! [`fmn_toy_world`]), `train`, `quality` (the toy Stable Diffusion), `train-segmenter` (the
+//! toy segmenter).
+use crate::segmenter;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use fmn_cli::{checkpoint_dir_for, switch, OutputArgs, StageArgs};
+use fmn_toy_world::dataset::{self, MANIFEST};
+use fmn_toy_world::judge::{train, Judge, Verdict, DEFAULT_WEIGHTS_PATH};
+use fmn_toy_world::scene::{Concept, SceneSpec, IMAGE_SIZE};
 use image::imageops::FilterType;
 use image::RgbImage;
 use serde::Serialize;
@@ -14,14 +18,19 @@ use std::process::ExitCode;
 #[command(
     name = "fmn-toy",
     version,
-    about = "The toy world: render captioned 64x64 images of named concepts, and judge what images show."
+    about = "The toy world: render captioned 64x64 images of named concepts, judge what images show, and train the toy Stable Diffusion on them."
 )]
 pub struct Cli {
-    /// Log at info level (FMN_LOG=debug etc. overrides).
-    #[arg(short, long, global = true)]
-    pub verbose: bool,
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+impl StageArgs for Cli {
+    fn output(&self) -> &OutputArgs {
+        &self.output
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -31,20 +40,69 @@ pub enum Command {
     /// Say what images show: object, colour, striped, character, each with a confidence.
     Judge(JudgeArgs),
     /// Train the judge from scratch (reproducible from the seed).
-    TrainJudge(TrainArgs),
+    TrainJudge(TrainJudgeArgs),
     /// Train the toy Stable Diffusion (VAE, then text encoder + UNet) on rendered images and
     /// write it as a diffusers folder; resumable from --checkpoints.
     Train(ModelTrainArgs),
     /// Measure a toy model against the quality bar: judged accuracy of sampled images per
     /// prompt family, and where the object word's cross-attention lands.
     Quality(QualityArgs),
+    /// Train the toy segmenter on toy-world renders and export it to ONNX (model.onnx and
+    /// train.json in --out).
+    TrainSegmenter(SegmenterTrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SegmenterTrainArgs {
+    /// Training renders drawn with the toy world's renderer (images `0..N` of seed
+    /// --render-seed).
+    #[arg(long, default_value_t = 4000, conflicts_with = "data")]
+    pub renders: usize,
+    #[arg(long, default_value_t = 101)]
+    pub render_seed: u64,
+    /// Train on a folder instead, as `fmn-toy render` writes it (NAME.png + masks/NAME.png).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Held-out renders to report IoU on (drawn with --holdout-seed; 0: none).
+    #[arg(long, default_value_t = 500, conflicts_with = "holdout")]
+    pub holdout_renders: usize,
+    #[arg(long, default_value_t = 202)]
+    pub holdout_seed: u64,
+    /// Held-out renders from a folder instead (same layout as --data).
+    #[arg(long, value_name = "DIR")]
+    pub holdout: Option<PathBuf>,
+    /// Where model.onnx and train.json go [default: the shipped model's folder,
+    /// $FMN_DATA_DIR/toy-segmenter or the source tree's data/toy-segmenter].
+    #[arg(long, short, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = segmenter::TrainConfig::default().steps)]
+    pub steps: usize,
+    #[arg(long, default_value_t = segmenter::TrainConfig::default().batch)]
+    pub batch: usize,
+    #[arg(long, default_value_t = segmenter::TrainConfig::default().lr)]
+    pub lr: f64,
+    /// CPU threads for candle. 1 (the default) gives the same weights on every machine and is
+    /// the fastest where other work shares the cores (candle's worker threads spin while
+    /// waiting); 0 leaves candle's own choice (RAYON_NUM_THREADS, else all cores).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+impl SegmenterTrainArgs {
+    /// `--out`, else the shipped segmenter's folder.
+    pub fn out(&self) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| fmn_core::data_dir().join("toy-segmenter"))
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct QualityArgs {
-    /// The model folder (default: the shipped toy model).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: fmn_sd_args::ModelArgs,
     /// Images (seeds) per prompt.
     #[arg(long, default_value_t = 8)]
     pub seeds: usize,
@@ -65,25 +123,24 @@ pub struct QualityArgs {
     /// Also write the full report (per prompt verdicts) to this JSON file.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    #[arg(long)]
-    pub json: bool,
-    #[arg(long, short)]
-    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct ModelTrainArgs {
-    /// The diffusers folder to write (replaced whole when training finishes).
-    #[arg(long, default_value = "data/toy-model")]
-    pub out: PathBuf,
-    /// Checkpoint folder; an interrupted run started again with the same settings resumes.
-    #[arg(long, default_value = "out/toy-train-checkpoints")]
-    pub checkpoints: PathBuf,
-    /// The CLIP tokenizer folder (vocab.json + merges.txt) shipped with the model.
-    #[arg(long, default_value = "data/clip-tokenizer")]
-    pub tokenizer: PathBuf,
+    /// The diffusers folder to write (replaced whole when training finishes) [default: the
+    /// shipped toy model's folder, $FMN_DATA_DIR/toy-model or the source tree's data/toy-model].
+    #[arg(long, short, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Checkpoint folder; an interrupted run started again with the same settings resumes
+    /// [default: OUT.ckpt beside --out].
+    #[arg(long, value_name = "DIR")]
+    pub checkpoints: Option<PathBuf>,
+    /// The CLIP tokenizer folder (vocab.json + merges.txt) shipped with the model [default:
+    /// $FMN_DATA_DIR/clip-tokenizer or the source tree's data/clip-tokenizer].
+    #[arg(long, value_name = "DIR")]
+    pub tokenizer: Option<PathBuf>,
     /// YAML file with training settings (keys as in `TrainSettings`); flags below override it.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[arg(long)]
     pub seed: Option<u64>,
@@ -98,18 +155,65 @@ pub struct ModelTrainArgs {
     pub decoder_steps: Option<usize>,
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
-    /// Print the training report as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress bars.
-    #[arg(short, long)]
-    pub quiet: bool,
+    /// The zero-terminal-SNR velocity schedule (setting `zero_terminal_snr`).
+    #[arg(long, overrides_with = "no_zero_terminal_snr")]
+    pub zero_terminal_snr: bool,
+    /// SD 1.x's schedule and epsilon prediction.
+    #[arg(long, overrides_with = "zero_terminal_snr")]
+    pub no_zero_terminal_snr: bool,
+}
+
+/// The settings `fmn-toy train`'s flags give (`None`: not given), merged over the config.
+#[derive(Debug, Serialize)]
+struct TrainFlags {
+    seed: Option<u64>,
+    images: Option<usize>,
+    vae_steps: Option<usize>,
+    unet_steps: Option<usize>,
+    decoder_steps: Option<usize>,
+    checkpoint_every: Option<usize>,
+    zero_terminal_snr: Option<bool>,
+}
+
+impl ModelTrainArgs {
+    fn flags(&self) -> TrainFlags {
+        TrainFlags {
+            seed: self.seed,
+            images: self.images,
+            vae_steps: self.vae_steps,
+            unet_steps: self.unet_steps,
+            decoder_steps: self.decoder_steps,
+            checkpoint_every: self.checkpoint_every,
+            zero_terminal_snr: switch(self.zero_terminal_snr, self.no_zero_terminal_snr),
+        }
+    }
+
+    /// `--out`, else the shipped model's folder.
+    pub fn out(&self) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| fmn_core::data_dir().join("toy-model"))
+    }
+
+    /// `--checkpoints`, else `OUT.ckpt` beside the output.
+    pub fn checkpoints(&self) -> PathBuf {
+        self.checkpoints
+            .clone()
+            .unwrap_or_else(|| checkpoint_dir_for(&self.out()))
+    }
+
+    /// `--tokenizer`, else the shipped CLIP tokenizer.
+    pub fn tokenizer(&self) -> PathBuf {
+        self.tokenizer
+            .clone()
+            .unwrap_or_else(|| fmn_core::data_dir().join("clip-tokenizer"))
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct RenderArgs {
     /// Output folder (must not exist or be empty).
-    #[arg(long)]
+    #[arg(long, short, value_name = "DIR")]
     pub out: PathBuf,
     /// Number of images.
     #[arg(long)]
@@ -120,12 +224,6 @@ pub struct RenderArgs {
     /// yellow, stripes, bob, kiki.
     #[arg(long)]
     pub only: Option<Concept>,
-    /// Print a JSON summary on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress bar.
-    #[arg(short, long)]
-    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -133,11 +231,8 @@ pub struct JudgeArgs {
     /// PNG/JPEG files, or folders (their PNG/JPEG files, not recursively).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    /// Print JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
     /// Judge weights (default: the committed ones, compiled in).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
     /// Probability a figure needs to be reported.
     #[arg(long, default_value_t = 0.5)]
@@ -148,10 +243,11 @@ pub struct JudgeArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct TrainArgs {
-    /// Where to write the weights.
-    #[arg(long, default_value = DEFAULT_WEIGHTS_PATH)]
-    pub out: PathBuf,
+pub struct TrainJudgeArgs {
+    /// Where to write the weights [default: the committed file, $FMN_DATA_DIR/toy-judge/
+    /// judge.safetensors or the source tree's data/toy-judge/judge.safetensors].
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
     #[arg(long, default_value_t = train::TrainOptions::default().seed)]
     pub seed: u64,
     #[arg(long, default_value_t = train::TrainOptions::default().steps)]
@@ -160,21 +256,32 @@ pub struct TrainArgs {
     pub batch: usize,
     #[arg(long, default_value_t = train::TrainOptions::default().lr)]
     pub lr: f64,
-    /// Print the training report as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress bar.
-    #[arg(short, long)]
-    pub quiet: bool,
 }
 
-pub fn run(cli: &Cli) -> Result<ExitCode> {
+impl TrainJudgeArgs {
+    /// `--out`, else the committed weights' file.
+    pub fn out(&self) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| fmn_core::data_dir().join("toy-judge/judge.safetensors"))
+    }
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> Result<ExitCode> {
+    execute(&fmn_cli::parse::<Cli>())
+}
+
+pub fn execute(cli: &Cli) -> Result<ExitCode> {
+    fmn_core::allocator::tune_for_tensors();
+    let output = &cli.output;
     match &cli.command {
-        Command::Render(a) => render(a),
-        Command::Judge(a) => judge(a),
-        Command::TrainJudge(a) => train_judge(a),
-        Command::Train(a) => train_model(a),
-        Command::Quality(a) => quality(a),
+        Command::Render(a) => render(a, output),
+        Command::Judge(a) => judge(a, output),
+        Command::TrainJudge(a) => train_judge(a, output),
+        Command::Train(a) => train_model(a, output),
+        Command::Quality(a) => quality(a, output),
+        Command::TrainSegmenter(a) => train_segmenter(a, output),
     }
 }
 
@@ -187,13 +294,13 @@ struct RenderSummary<'a> {
     only: Option<Concept>,
 }
 
-fn render(a: &RenderArgs) -> Result<ExitCode> {
-    let bar = fmn_cli::progress::bar(a.count as u64, "rendering", a.quiet);
+fn render(a: &RenderArgs, output: &OutputArgs) -> Result<ExitCode> {
+    let bar = output.bar(a.count as u64, "rendering");
     let manifest = dataset::render_set(&a.out, a.count, a.seed, a.only, |i| {
         bar.set_position(i as u64)
     })?;
     bar.finish_and_clear();
-    if a.json {
+    if output.json {
         let summary = RenderSummary {
             out: &a.out,
             manifest: a.out.join(MANIFEST),
@@ -202,7 +309,7 @@ fn render(a: &RenderArgs) -> Result<ExitCode> {
             only: a.only,
         };
         println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
+    } else if output.summary() {
         eprintln!(
             "rendered {} images into {}",
             manifest.count,
@@ -210,37 +317,6 @@ fn render(a: &RenderArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn is_image_name(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
-}
-
-/// The image files named by `inputs`: files as given, folders' PNG/JPEG files sorted by name.
-pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for input in inputs {
-        let meta = std::fs::metadata(input)
-            .with_context(|| format!("{}: cannot open", input.display()))?;
-        if meta.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
-                .with_context(|| format!("{}: cannot read folder", input.display()))?
-                .map(|e| e.map(|e| e.path()))
-                .collect::<std::io::Result<_>>()
-                .with_context(|| format!("{}: cannot read folder", input.display()))?;
-            found.retain(|p| p.is_file() && is_image_name(p));
-            if found.is_empty() {
-                bail!("{}: no PNG or JPEG images in this folder", input.display());
-            }
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(input.clone());
-        }
-    }
-    Ok(files)
 }
 
 /// Reads an image (format guessed from its content), as 64×64 RGB.
@@ -278,8 +354,8 @@ struct JudgeOutput<'a> {
     images: Vec<JudgedImage<'a>>,
 }
 
-fn judge(a: &JudgeArgs) -> Result<ExitCode> {
-    let files = collect_images(&a.images)?;
+fn judge(a: &JudgeArgs, output: &OutputArgs) -> Result<ExitCode> {
+    let files = fmn_core::images::collect_images(&a.images)?;
     let images: Vec<RgbImage> = files.iter().map(|f| load_image(f)).collect::<Result<_>>()?;
     let (judge, weights) = match &a.weights {
         Some(p) => (
@@ -292,8 +368,8 @@ fn judge(a: &JudgeArgs) -> Result<ExitCode> {
         ),
     };
     let judge = judge.with_thresholds(a.min_figure, a.min_confidence);
-    let verdicts = judge.try_judge_batch(&images)?;
-    if a.json {
+    let verdicts = judge.judge_batch(&images)?;
+    if output.json {
         let out = JudgeOutput {
             weights,
             min_figure: a.min_figure,
@@ -309,7 +385,7 @@ fn judge(a: &JudgeArgs) -> Result<ExitCode> {
                 .collect(),
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
+    } else if !output.quiet {
         for (f, v) in files.iter().zip(&verdicts) {
             let p = &v.probabilities;
             println!(
@@ -327,7 +403,7 @@ fn judge(a: &JudgeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn train_judge(a: &TrainArgs) -> Result<ExitCode> {
+fn train_judge(a: &TrainJudgeArgs, output: &OutputArgs) -> Result<ExitCode> {
     if a.steps == 0 || a.batch == 0 {
         bail!("--steps and --batch must be at least 1");
     }
@@ -336,7 +412,7 @@ fn train_judge(a: &TrainArgs) -> Result<ExitCode> {
         steps: a.steps,
         batch: a.batch,
         lr: a.lr,
-        quiet: a.quiet,
+        quiet: output.quiet,
         ..train::TrainOptions::default()
     };
     let (judge, report) = train::train(&opts)?;
@@ -344,11 +420,12 @@ fn train_judge(a: &TrainArgs) -> Result<ExitCode> {
         "fmn-toy train-judge --seed {} --steps {} --batch {} --lr {}",
         a.seed, a.steps, a.batch, a.lr
     );
-    train::save(&judge, &a.out, &[("command", command)])
-        .with_context(|| format!("cannot write {}", a.out.display()))?;
-    if a.json {
+    let out = a.out();
+    train::save(&judge, &out, &[("command", command)])
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    if output.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+    } else if output.summary() {
         let line = |name: &str, acc: &train::Accuracy| {
             eprintln!(
                 "{name}: object {:.4} colour {:.4} striped {:.4} character {:.4} figure {:.4} garbage rejected {:.4}",
@@ -359,7 +436,7 @@ fn train_judge(a: &TrainArgs) -> Result<ExitCode> {
             "trained in {:.0} s, final loss {:.4}; wrote {}",
             report.seconds,
             report.final_loss,
-            a.out.display()
+            out.display()
         );
         line("clean held-out renders", &report.clean);
         line("degraded held-out renders", &report.degraded);
@@ -367,26 +444,10 @@ fn train_judge(a: &TrainArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
-    let mut settings = match &a.config {
-        Some(path) => fmn_core::load_yaml::<crate::train::TrainSettings>(path)?,
-        None => crate::train::TrainSettings::default(),
-    };
-    let overrides = [
-        (a.images, &mut settings.images),
-        (a.vae_steps, &mut settings.vae_steps),
-        (a.unet_steps, &mut settings.unet_steps),
-        (a.decoder_steps, &mut settings.decoder_steps),
-        (a.checkpoint_every, &mut settings.checkpoint_every),
-    ];
-    for (flag, slot) in overrides {
-        if let Some(v) = flag {
-            *slot = v;
-        }
-    }
-    if let Some(seed) = a.seed {
-        settings.seed = seed;
-    }
+/// `fmn-toy train`'s settings: the defaults, the `--config` file's keys, the flags given.
+fn train_settings(a: &ModelTrainArgs) -> Result<crate::train::TrainSettings> {
+    let settings: crate::train::TrainSettings =
+        fmn_core::config::merge(a.config.as_deref(), &a.flags())?;
     if settings.images == 0 || settings.checkpoint_every == 0 {
         bail!("--images and --checkpoint-every must be at least 1");
     }
@@ -430,6 +491,11 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
             settings.unet_steps
         );
     }
+    Ok(settings)
+}
+
+fn train_model(a: &ModelTrainArgs, output: &OutputArgs) -> Result<ExitCode> {
+    let settings = train_settings(a)?;
     if settings.batch_parts > 1 {
         fmn_core::allocator::share_one_arena();
         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
@@ -437,11 +503,11 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
             std::env::set_var("RAYON_NUM_THREADS", "1");
         }
     }
-    let spec = crate::scene::SceneSpec::default();
+    let spec = SceneSpec::default();
     let examples: Vec<crate::train::Example> = (0..settings.images as u64)
         .map(|i| {
             let (scene, caption) = dataset::draw(settings.seed, i, &spec);
-            let (image, mask) = crate::render(&scene);
+            let (image, mask) = fmn_toy_world::render(&scene);
             crate::train::Example {
                 image,
                 mask,
@@ -449,20 +515,21 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
             }
         })
         .collect();
+    let out = a.out();
     let report = crate::train::train(
         &settings,
         &examples,
-        &a.tokenizer,
-        &a.checkpoints,
-        &a.out,
-        a.quiet,
+        &a.tokenizer(),
+        &a.checkpoints(),
+        &out,
+        output.quiet,
     )?;
-    if a.json {
+    if output.json {
         println!("{}", serde_json::to_string(&report)?);
-    } else {
+    } else if output.summary() {
         eprintln!(
             "wrote {} (VAE {:.0} s, final reconstruction MSE {:.4}; UNet {:.0} s, final loss {:.4}; decoder {:.0} s, final weighted MSE {:.4})",
-            a.out.display(),
+            out.display(),
             report.vae_seconds,
             report.vae_final_loss,
             report.unet_seconds,
@@ -474,15 +541,21 @@ fn train_model(a: &ModelTrainArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn quality(a: &QualityArgs) -> Result<ExitCode> {
-    let dir = a.model.clone().unwrap_or_else(fmn_core::default_model_dir);
-    let sd = fmn_sd::sample::pipeline::StableDiffusion::load(
-        &dir,
-        &candle_core::Device::Cpu,
-        candle_core::DType::F32,
-    )
-    .with_context(|| format!("cannot load the model {}", dir.display()))?;
-    let judge = crate::judge::Judge::load_default()?;
+fn quality(a: &QualityArgs, output: &OutputArgs) -> Result<ExitCode> {
+    let dir = a.model.path();
+    let sd = a
+        .model
+        .open()
+        .and_then(|source| {
+            fmn_sd::sample::pipeline::StableDiffusion::load_source(
+                &source,
+                &candle_core::Device::Cpu,
+                candle_core::DType::F32,
+                &[],
+            )
+        })
+        .with_context(|| format!("cannot load the model {}", dir.display()))?;
+    let judge = Judge::load_default()?;
     let settings = crate::quality::QualitySettings {
         seeds: a.seeds,
         steps: a.steps,
@@ -495,7 +568,7 @@ fn quality(a: &QualityArgs) -> Result<ExitCode> {
     }
     fmn_sd::sample::pipeline::check_guidance_rescale(settings.guidance_rescale)
         .context("--guidance-rescale")?;
-    let bar = fmn_cli::progress::bar(34, "prompts", a.quiet);
+    let bar = output.bar(34, "prompts");
     let report = crate::quality::measure(&sd, &judge, &settings, |p| {
         bar.inc(1);
         bar.set_message(p.to_string());
@@ -506,11 +579,11 @@ fn quality(a: &QualityArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let pct = |x: f64| format!("{:.1}%", 100.0 * x);
-    if a.json {
+    if output.json {
         let mut summary = serde_json::to_value(&report)?;
         summary.as_object_mut().map(|m| m.remove("prompts"));
         println!("{summary}");
-    } else {
+    } else if output.summary() {
         eprintln!(
             "object {} colour {} | bob {} kiki {} | striped with style {} without {} | object-word attention in figure {} vs figure share {} (ratio {:.2}) | VAE reconstructions judged right: any scene {} bob {} kiki {} striped {} | {:.0} s",
             pct(report.object_accuracy),
@@ -530,4 +603,164 @@ fn quality(a: &QualityArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `train.json` beside the exported segmenter.
+#[derive(Serialize)]
+struct SegmenterTrainRecord {
+    config: segmenter::TrainConfig,
+    training_data: String,
+    training_images: usize,
+    parameters: usize,
+    seconds: f64,
+    final_loss: f32,
+    threads: usize,
+    holdout_images: Option<usize>,
+    holdout_mean_iou_candle: Option<f64>,
+}
+
+fn train_segmenter(a: &SegmenterTrainArgs, output: &OutputArgs) -> Result<ExitCode> {
+    use fmn_toy_world::render_folder::{load_render_folder, render_samples};
+    if a.threads > 0 {
+        // Read by candle when its thread pool first starts, which is later than this.
+        std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", a.threads.to_string());
+    }
+    let samples = match &a.data {
+        Some(d) => load_render_folder(d).context("training renders")?,
+        None if a.renders == 0 => bail!("--renders must be at least 1"),
+        None => render_samples(a.render_seed, a.renders),
+    };
+    let holdout = match &a.holdout {
+        Some(d) => Some(load_render_folder(d).context("held-out renders")?),
+        None if a.holdout_renders == 0 => None,
+        None => Some(render_samples(a.holdout_seed, a.holdout_renders)),
+    };
+    let source = match &a.data {
+        Some(d) => format!("the renders in {}", d.display()),
+        None => format!("fmn-toy renders 0..{} of seed {}", a.renders, a.render_seed),
+    };
+    let cfg = segmenter::TrainConfig {
+        seed: a.seed,
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        ..Default::default()
+    };
+    let bar = output.bar(cfg.steps as u64, "train");
+    let start = std::time::Instant::now();
+    let mut last = f32::NAN;
+    let net = segmenter::train(&samples, &cfg, |step, loss| {
+        last = loss;
+        bar.set_position(step as u64);
+        if step % 100 == 0 && !output.quiet {
+            bar.suspend(|| {
+                eprintln!(
+                    "step {step}: loss {loss:.4} ({:.0}s)",
+                    start.elapsed().as_secs_f64()
+                )
+            });
+        }
+    })?;
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let iou = match &holdout {
+        Some(h) => Some(segmenter::evaluate(&net, h)?),
+        None => None,
+    };
+    let record = SegmenterTrainRecord {
+        config: cfg.clone(),
+        training_data: source.clone(),
+        training_images: samples.len(),
+        parameters: net.parameter_count(),
+        seconds,
+        final_loss: last,
+        threads: candle_core::utils::get_num_threads(),
+        holdout_images: holdout.as_ref().map(Vec::len),
+        holdout_mean_iou_candle: iou,
+    };
+    let note = format!(
+        "trained by `fmn-toy train-segmenter` on {source}, {} steps, seed {}",
+        cfg.steps, cfg.seed
+    );
+    let out = a.out();
+    let path = segmenter::export(&net, &out, &cfg, &note)?;
+    let record_path = out.join("train.json");
+    fmn_core::write_json_atomic(&record_path, &record)
+        .with_context(|| record_path.display().to_string())?;
+    if output.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else if output.summary() {
+        eprintln!(
+            "wrote {} ({} parameters, {seconds:.0}s{})",
+            path.display(),
+            net.parameter_count(),
+            iou.map(|i| format!(", held-out mean IoU {i:.4} (candle)"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<crate::train::TrainSettings> {
+        let cli = Cli::try_parse_from([&["fmn-toy", "train"], args].concat())?;
+        match &cli.command {
+            Command::Train(a) => train_settings(a),
+            _ => bail!("not train"),
+        }
+    }
+
+    #[test]
+    fn train_settings_are_defaults_then_config_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("c.yaml");
+        std::fs::write(&config, "seed: 5\nimages: 40\nzero_terminal_snr: true\n").unwrap();
+        let config = config.to_str().unwrap();
+        let defaults = crate::train::TrainSettings::default();
+
+        let from_file = settings(&["--config", config]).unwrap();
+        assert_eq!((from_file.seed, from_file.images), (5, 40));
+        assert!(from_file.zero_terminal_snr);
+        assert_eq!(from_file.unet_steps, defaults.unet_steps);
+
+        let flagged = settings(&[
+            "--config",
+            config,
+            "--images",
+            "7",
+            "--no-zero-terminal-snr",
+        ]);
+        let flagged = flagged.unwrap();
+        assert_eq!((flagged.seed, flagged.images), (5, 7));
+        assert!(!flagged.zero_terminal_snr);
+        // The last of --X / --no-X wins.
+        let last = settings(&["--no-zero-terminal-snr", "--zero-terminal-snr"]).unwrap();
+        assert!(last.zero_terminal_snr);
+        assert_eq!(settings(&[]).unwrap(), defaults);
+
+        std::fs::write(dir.path().join("bad.yaml"), "sead: 1\n").unwrap();
+        let bad = dir.path().join("bad.yaml");
+        let err = settings(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(format!("{err:#}").contains("bad.yaml"), "{err:#}");
+    }
+
+    #[test]
+    fn path_defaults_do_not_depend_on_the_current_folder() {
+        let cli = Cli::try_parse_from(["fmn-toy", "train"]).unwrap();
+        let Command::Train(a) = &cli.command else {
+            panic!("not train");
+        };
+        assert!(a.out().is_absolute() && a.out().ends_with("toy-model"));
+        assert!(a.checkpoints().ends_with("toy-model.ckpt"));
+        assert!(a.tokenizer().ends_with("clip-tokenizer"));
+        let cli = Cli::try_parse_from(["fmn-toy", "train", "-o", "/tmp/m"]).unwrap();
+        let Command::Train(a) = &cli.command else {
+            panic!("not train");
+        };
+        assert_eq!(a.checkpoints(), PathBuf::from("/tmp/m.ckpt"));
+    }
 }

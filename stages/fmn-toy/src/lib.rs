@@ -1,48 +1,15 @@
-//! `fmn-toy`: the toy world that stands in for real Stable Diffusion data.
+//! `fmn-toy`: the toy world's trainers and the `fmn-toy` command line.
 //!
-//! A synthetic 64×64 image domain with named concepts — objects (`circle`, `square`,
-//! `triangle`, `cross`), colours (`red`, `green`, `blue`, `yellow`), a style (`stripes`) and two
-//! characters (`bob`, `kiki`) — with a renderer ([`render()`]), captions ([`caption()`]) and a
-//! judge ([`judge::Judge`]) that says what an image shows.
-//!
-//! ```
-//! use fmn_toy::{caption, render, scene_rng, Scene, SceneSpec};
-//! let mut rng = scene_rng(7, 0);
-//! let scene = Scene::random(&mut rng, &SceneSpec::default());
-//! let (image, mask) = render(&scene);
-//! let text = caption(&scene, &mut rng);
-//! assert_eq!(image.dimensions(), (64, 64));
-//! assert_eq!(mask.dimensions(), (64, 64));
-//! assert!(!text.is_empty());
-//! ```
-pub mod augment;
-pub mod caption;
+//! - [`train`]: the toy Stable Diffusion (VAE, then text encoder + UNet, then the decoder),
+//!   trained on the toy world's renders (`fmn-toy train`);
+//! - [`quality`]: a toy model measured against the quality bar with the judge
+//!   (`fmn-toy quality`);
+//! - [`segmenter`]: the toy segmenter, a small CNN finding the figure, trained with candle and
+//!   exported to ONNX by [`onnx`], a minimal ONNX writer (`fmn-toy train-segmenter`);
+//! - [`cli`]: the command line, which also renders sets, judges images and trains the judge
+//!   through [`fmn_toy_world`], the world itself (scenes, renderer, captions, judge).
 pub mod cli;
-pub mod dataset;
-pub mod judge;
+pub mod onnx;
 pub mod quality;
-pub mod render;
-pub mod scene;
+pub mod segmenter;
 pub mod train;
-
-pub use caption::{caption, caption_with, subject, STYLE_SUFFIX, TEMPLATES};
-pub use judge::{Guess, Judge, Verdict};
-pub use render::render;
-pub use scene::{
-    vocabulary, Background, Character, Colour, Concept, Object, Scene, SceneSpec, IMAGE_SIZE,
-    STYLE_WORD,
-};
-
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-
-/// The fmn version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// The generator for image `index` of a set drawn with `seed`: ChaCha8 seeded with `seed`, on
-/// stream `index`. Image `i` of a set does not depend on how many images the set has.
-pub fn scene_rng(seed: u64, index: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(index);
-    rng
-}

@@ -1,12 +1,12 @@
 //! The toy model's quality bar, measured: sample the toy world's prompts with several seeds,
 //! judge the images, and check that each object word's cross-attention lands on the figure.
-use crate::judge::Judge;
-use crate::scene::{Character, Colour, Concept, Object, SceneSpec};
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use fmn_sd::models::probes::{token_mass, AttentionRecord};
 use fmn_sd::sample::pipeline::{seeded_noise, SampleRequest, StableDiffusion};
 use fmn_sd::sample::scheduler::SamplerKind;
+use fmn_toy_world::judge::Judge;
+use fmn_toy_world::scene::{Character, Colour, Concept, Object, SceneSpec};
 use image::{GrayImage, RgbImage};
 use serde::Serialize;
 
@@ -86,29 +86,30 @@ pub fn reconstruction(
     judge: &Judge,
     n: usize,
 ) -> Result<ReconstructionReport> {
-    let rate =
-        |spec: &SceneSpec, ok: &dyn Fn(&crate::Verdict, &crate::Scene) -> bool| -> Result<f64> {
-            let mut pixels = Vec::new();
-            let mut scenes = Vec::new();
-            for i in 0..n as u64 {
-                let (scene, _) = crate::dataset::draw(RECONSTRUCTION_SEED, i, spec);
-                let (image, _) = crate::render(&scene);
-                crate::train::extend_planar_pixels(&mut pixels, &image);
-                scenes.push(scene);
-            }
-            let side = crate::IMAGE_SIZE as usize;
-            let x = Tensor::from_vec(pixels, (n, 3, side, side), &sd.device)?;
-            let z = (sd.vae.encode(&x)?.mean() * sd.vae.scaling_factor())?;
-            let images = to_images(&sd.decode(&z)?)?;
-            let verdicts = judge.judge_batch(&images);
-            let right = verdicts
-                .iter()
-                .zip(&scenes)
-                .filter(|(v, sc)| ok(v, sc))
-                .count();
-            Ok(right as f64 / n.max(1) as f64)
-        };
-    let shows = |c: Concept| move |v: &crate::Verdict, _: &crate::Scene| v.shows(c);
+    let rate = |spec: &SceneSpec,
+                ok: &dyn Fn(&fmn_toy_world::Verdict, &fmn_toy_world::Scene) -> bool|
+     -> Result<f64> {
+        let mut pixels = Vec::new();
+        let mut scenes = Vec::new();
+        for i in 0..n as u64 {
+            let (scene, _) = fmn_toy_world::dataset::draw(RECONSTRUCTION_SEED, i, spec);
+            let (image, _) = fmn_toy_world::render(&scene);
+            crate::train::extend_planar_pixels(&mut pixels, &image);
+            scenes.push(scene);
+        }
+        let side = fmn_toy_world::IMAGE_SIZE as usize;
+        let x = Tensor::from_vec(pixels, (n, 3, side, side), &sd.device)?;
+        let z = (sd.vae.encode(&x)?.mean() * sd.vae.scaling_factor())?;
+        let images = to_images(&sd.decode(&z)?)?;
+        let verdicts = judge.judge_batch(&images)?;
+        let right = verdicts
+            .iter()
+            .zip(&scenes)
+            .filter(|(v, sc)| ok(v, sc))
+            .count();
+        Ok(right as f64 / n.max(1) as f64)
+    };
+    let shows = |c: Concept| move |v: &fmn_toy_world::Verdict, _: &fmn_toy_world::Scene| v.shows(c);
     Ok(ReconstructionReport {
         any_scene: rate(&SceneSpec::default(), &|v, sc| {
             v.shows(Concept::Object(sc.object)) && v.shows(Concept::Colour(sc.colour))
@@ -169,7 +170,10 @@ fn sample(
     s: &QualitySettings,
     steps: &[usize],
 ) -> Result<Sampled> {
-    let (h, w) = (crate::IMAGE_SIZE as usize, crate::IMAGE_SIZE as usize);
+    let (h, w) = (
+        fmn_toy_world::IMAGE_SIZE as usize,
+        fmn_toy_world::IMAGE_SIZE as usize,
+    );
     let shape = sd.latent_shape(s.seeds, h, w)?;
     let noise = seeded_noise(shape, s.seed, &sd.device)?;
     let out = sd.sample(
@@ -245,7 +249,7 @@ pub fn measure(
         for &object in Object::ALL.iter() {
             let prompt = format!("a photo of a {} {}", colour.word(), object.word());
             let sampled = sample(sd, &prompt, s, &attention_steps)?;
-            let verdicts = judge.judge_batch(&sampled.images);
+            let verdicts = judge.judge_batch(&sampled.images)?;
             let mut right = 0;
             for v in &verdicts {
                 let o = v.shows(Concept::Object(object));
@@ -282,7 +286,7 @@ pub fn measure(
     }
     let rate = |prompt: String, concept: Concept, prompts: &mut Vec<PromptResult>| -> Result<f64> {
         let sampled = sample(sd, &prompt, s, &[])?;
-        let verdicts = judge.judge_batch(&sampled.images);
+        let verdicts = judge.judge_batch(&sampled.images)?;
         let right = verdicts.iter().filter(|v| v.shows(concept)).count();
         prompts.push(PromptResult {
             prompt,

@@ -215,3 +215,83 @@ fn bad_input_is_a_clear_error() {
     check(render(&tmp.path().join("z"), 0, 0, None), "count");
     assert!(!tmp.path().join("z").exists());
 }
+
+/// The CLI convention on the real binary: the shared output group in `--help`, `-q` silent on
+/// success, exit codes 0 / 1 / 2.
+#[test]
+fn quiet_help_and_exit_codes_follow_the_convention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let help = fmn_toy(&["render", "--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    for needle in ["Output", "--json", "--quiet", "--verbose", "--out"] {
+        assert!(
+            text.contains(needle),
+            "render --help lacks {needle}:\n{text}"
+        );
+    }
+    let quality = String::from_utf8_lossy(&fmn_toy(&["quality", "--help"]).stdout).into_owned();
+    assert!(
+        quality.contains("Model") && quality.contains("--model"),
+        "{quality}"
+    );
+
+    // -q: nothing at all on success; -o is --out.
+    let out = tmp.path().join("q");
+    let o = fmn_toy(&["-q", "render", "-o", out.to_str().unwrap(), "--count", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{o:?}");
+    assert!(out.join("manifest.json").is_file());
+    let o = fmn_toy(&["judge", out.to_str().unwrap(), "--quiet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{o:?}");
+
+    // Errors exit 1 with one message; usage errors exit 2.
+    let o = fmn_toy(&["render", "-o", out.to_str().unwrap(), "--count", "2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+    assert_eq!(fmn_toy(&["render", "--count", "2"]).status.code(), Some(2));
+    assert_eq!(fmn_toy(&["no-such-command"]).status.code(), Some(2));
+    assert_eq!(fmn_toy(&["judge"]).status.code(), Some(2));
+}
+
+/// `fmn-toy train-segmenter` with tiny settings writes the model and its record.
+#[test]
+fn train_segmenter_writes_the_model_and_its_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("seg");
+    let o = fmn_toy(&[
+        "train-segmenter",
+        "--renders",
+        "8",
+        "--holdout-renders",
+        "4",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let record: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(record["training_images"], 8);
+    assert_eq!(record["holdout_images"], 4);
+    assert!(out.join("model.onnx").is_file());
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train.json")).unwrap()).unwrap();
+    assert_eq!(written["config"], record["config"]);
+    // A folder without renders is an error naming it.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = fmn_toy(&[
+        "train-segmenter",
+        "--data",
+        empty.to_str().unwrap(),
+        "-o",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("empty"), "{}", stderr(&o));
+}

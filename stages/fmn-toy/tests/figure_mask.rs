@@ -1,7 +1,7 @@
 //! The figure mask that `fmn-toy quality` measures attention against agrees with the renderer's
 //! exact masks on freshly rendered scenes.
 use fmn_toy::quality::figure_mask;
-use fmn_toy::{render, scene_rng, Scene, SceneSpec};
+use fmn_toy_world::{render, scene_rng, Scene, SceneSpec};
 
 #[test]
 fn figure_mask_matches_rendered_masks() {

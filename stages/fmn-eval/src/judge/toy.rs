@@ -2,19 +2,19 @@
 //! `character` (bob / kiki / none).
 use super::{Judge, Judgement};
 use anyhow::{Context, Result};
-use fmn_toy::judge::Label;
-use fmn_toy::{Character, Colour, Object};
+use fmn_toy_world::judge::Label;
+use fmn_toy_world::{Character, Colour, Object};
 use image::RgbImage;
 use std::collections::BTreeMap;
 
 pub struct ToyJudge {
-    judge: fmn_toy::Judge,
+    judge: fmn_toy_world::Judge,
 }
 
 impl ToyJudge {
     pub fn load() -> Result<ToyJudge> {
         Ok(ToyJudge {
-            judge: fmn_toy::Judge::load_default().context("cannot load the toy judge")?,
+            judge: fmn_toy_world::Judge::load_default().context("cannot load the toy judge")?,
         })
     }
 }
@@ -52,7 +52,7 @@ impl Judge for ToyJudge {
     fn judge(&self, images: &[RgbImage]) -> Result<Vec<Judgement>> {
         let verdicts = self
             .judge
-            .try_judge_batch(images)
+            .judge_batch(images)
             .context("the toy judge failed")?;
         Ok(verdicts
             .into_iter()

@@ -1,6 +1,6 @@
 //! Synthetic fmn-sample folders made of toy renders, and running the binary.
 #![allow(dead_code)]
-use fmn_toy::{render, scene_rng, Character, Colour, Concept, Object, Scene, SceneSpec};
+use fmn_toy_world::{render, scene_rng, Character, Colour, Concept, Object, Scene, SceneSpec};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

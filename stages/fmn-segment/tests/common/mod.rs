@@ -1,6 +1,6 @@
 //! Shared test helpers: the binary, the ONNX Runtime library, images and small ONNX models.
 #![allow(dead_code)]
-use fmn_segment::onnx::{self, ConvSpec, Dim, GraphBuilder};
+use fmn_toy::onnx::{self, ConvSpec, Dim, GraphBuilder};
 use image::{GrayImage, Rgb, RgbImage};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use fmn_sd::io::tokenizer::ClipTokenizer;
 use fmn_sd::models::probes::AttentionRecord;
 
-use crate::scene::{Character, Object};
+use fmn_toy_world::scene::{Character, Object};
 
 /// The token position of each caption's subject, given the captions' token ids: the first
 /// token of the first object word or character name it contains (None: it names neither).

@@ -17,9 +17,9 @@ pub use export::export_model;
 use serde::{Deserialize, Serialize};
 
 /// Everything that determines a training run (written into checkpoints: resuming with other
-/// settings is refused).
+/// settings is refused). A key missing from a config file keeps its [`Default`] value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TrainSettings {
     pub seed: u64,
     /// Rendered training images.
@@ -34,26 +34,21 @@ pub struct TrainSettings {
     pub unet_lr: f64,
     /// The last `unet_lr_decay_steps` UNet steps decay the learning rate linearly towards 0
     /// (0: constant to the end).
-    #[serde(default)]
     pub unet_lr_decay_steps: usize,
     /// Weight of the term that pulls each caption's subject word's cross-attention onto its
     /// figure (`train/attention_term.rs`); 0: off.
-    #[serde(default)]
     pub attention_weight: f64,
     /// The first UNet step that uses the attention term.
-    #[serde(default)]
     pub attention_start: usize,
     /// Min-SNR-γ loss weighting of the diffusion stage (Hang et al. 2023, arXiv 2303.09556):
     /// each row's error is weighted `min(SNR_t, γ) / SNR_t` (with `zero_terminal_snr`, see
     /// `timestep_weight`), so the nearly clean timesteps stop dominating the gradient; 0: off
     /// (every timestep weighted 1).
-    #[serde(default)]
     pub min_snr_gamma: f64,
     /// Weight of the figure's outline in the diffusion loss: a latent cell whose 4×4 pixels the
     /// figure covers to the fraction `m` weighs `1 + figure_edge_weight · 4m(1 − m)` (interior
     /// and background 1, a half-covered cell `1 + figure_edge_weight`), since an object's shape
     /// is told apart only by its outline cells; 0: off.
-    #[serde(default)]
     pub figure_edge_weight: f64,
     /// The noise schedule of Lin et al. 2023 (arXiv 2305.08891) instead of SD 1.x's: betas
     /// rescaled so that the last timestep keeps no signal (SD's keeps 0.47 %, which a 16×16
@@ -62,14 +57,12 @@ pub struct TrainSettings {
     /// "trailing" DDIM timesteps, so that sampling starts at that last timestep. The exported
     /// scheduler config says so (`rescale_betas_zero_snr`, `prediction_type: v_prediction`,
     /// `timestep_spacing: trailing`), as diffusers reads it.
-    #[serde(default)]
     pub zero_terminal_snr: bool,
     /// Linear learning-rate warm-up of the diffusion stage.
     pub warmup_steps: usize,
     /// Each step's batch is cut into this many parts whose gradients are computed on parallel
     /// threads and summed (`train/split_batch.rs`): the same step up to float rounding, faster
     /// on more than one core.
-    #[serde(default = "default_batch_parts")]
     pub batch_parts: usize,
     /// Share of captions replaced by "" so that classifier-free guidance works.
     pub cfg_dropout: f64,
@@ -77,31 +70,11 @@ pub struct TrainSettings {
     /// Steps of the third stage: the VAE decoder alone is fine-tuned on the frozen encoder's
     /// latents (so the trained UNet stays valid), with figure pixels weighted up so that small
     /// details (kiki's eye, bob's face) survive decoding. 0 skips the stage.
-    #[serde(default)]
     pub decoder_steps: usize,
-    #[serde(default = "default_decoder_batch")]
     pub decoder_batch: usize,
-    #[serde(default = "default_decoder_lr")]
     pub decoder_lr: f64,
     /// Per-pixel loss weight `1 + decoder_figure_weight · mask` (mask 1 on the figure).
-    #[serde(default = "default_decoder_figure_weight")]
     pub decoder_figure_weight: f64,
-}
-
-fn default_batch_parts() -> usize {
-    1
-}
-
-fn default_decoder_batch() -> usize {
-    16
-}
-
-fn default_decoder_lr() -> f64 {
-    5e-4
-}
-
-fn default_decoder_figure_weight() -> f64 {
-    4.0
 }
 
 impl Default for TrainSettings {
@@ -123,13 +96,13 @@ impl Default for TrainSettings {
             figure_edge_weight: 0.0,
             zero_terminal_snr: false,
             warmup_steps: 100,
-            batch_parts: default_batch_parts(),
+            batch_parts: 1,
             cfg_dropout: 0.1,
             checkpoint_every: 100,
             decoder_steps: 400,
-            decoder_batch: default_decoder_batch(),
-            decoder_lr: default_decoder_lr(),
-            decoder_figure_weight: default_decoder_figure_weight(),
+            decoder_batch: 16,
+            decoder_lr: 5e-4,
+            decoder_figure_weight: 4.0,
         }
     }
 }

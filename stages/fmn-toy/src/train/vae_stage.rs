@@ -79,11 +79,17 @@ pub fn train(
             let share = r.len() as f64 / batch as f64;
             let rec = ((recon - &x)?.sqr()?.mean_all()? * share)?;
             let kl = (posterior.kl()?.mean_all()? * (s.vae_kl_weight * share))?;
-            *rec_total.lock().expect("loss total poisoned") += rec.to_scalar::<f32>()? as f64;
+            let value = rec.to_scalar::<f32>()? as f64;
+            *rec_total
+                .lock()
+                .map_err(|_| anyhow::anyhow!("a batch part panicked while adding its loss"))? +=
+                value;
             Ok((&rec + kl)?)
         })?;
         opt.step(&grads, Some(1.0))?;
-        last = rec_total.into_inner().expect("loss total poisoned");
+        last = rec_total
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("a batch part panicked while adding its loss"))?;
         on_step(step, last);
         if (step + 1) % s.checkpoint_every == 0 || step + 1 == s.vae_steps {
             ckpt.save(s, STAGE, step + 1, &vars, &opt)?;

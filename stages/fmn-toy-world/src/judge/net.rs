@@ -1,11 +1,15 @@
-//! The judge's network (channels-last): four strided 3×3/4×4 convolutions (64→32→16→8→4 pixels), a hidden
+//! The judge's network: four strided 3×3/4×4 convolutions (64→32→16→8→4 pixels), a hidden
 //! layer of 128, and 15 logits in five heads (object, colour, striped, character, figure).
+//!
+//! The convolutions are [`fmn_ops::conv`]'s (NCHW, kernels `[out, in, k, k]` as stored). The
+//! weights were trained channels-last, so the hidden layer reads the last feature map in
+//! (y, x, channel) order: the map is permuted to that order before it is flattened, and the
+//! stored `fc.weight` `[128, 4·4·64]` is used as it is, in training too.
 use candle_core::{DType, Device, Result, Tensor, D};
+use fmn_ops::conv::{conv2d_with, Conv2dSpec};
 use rand::Rng;
 use std::collections::HashMap;
 use std::ops::Range;
-
-use super::im2col::conv2d_nhwc;
 
 /// (in, out, kernel, stride, padding) of each convolution.
 pub(crate) const CONVS: [(usize, usize, usize, usize, usize); 4] = [
@@ -81,21 +85,26 @@ pub(crate) fn check_params(params: &HashMap<String, Tensor>) -> std::result::Res
     Ok(())
 }
 
-/// Logits `(batch, OUTPUTS)` for channels-last images `(batch, 64, 64, 3)` scaled to -1..1.
+/// Logits `(batch, OUTPUTS)` for images `(batch, 3, 64, 64)` scaled to -1..1.
 pub(crate) fn forward(params: &HashMap<String, Tensor>, x: &Tensor) -> Result<Tensor> {
-    let p = |name: &str| params.get(name).expect("parameters checked at load");
+    let p = |name: &str| {
+        params
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("judge: no parameter `{name}`")))
+    };
     let mut h = x.clone();
     for (i, (_, _, _, stride, pad)) in CONVS.iter().enumerate() {
-        let (w, b) = (p(&format!("conv{i}.weight")), p(&format!("conv{i}.bias")));
-        h = conv2d_nhwc(&h, w, b, *stride, *pad)?.relu()?;
+        let (w, b) = (p(&format!("conv{i}.weight"))?, p(&format!("conv{i}.bias"))?);
+        h = conv2d_with(&h, w, Some(b), Conv2dSpec::new(*stride, *pad))?.relu()?;
     }
-    let h = h.flatten_from(1)?;
+    // [B, 64, 4, 4] -> [B, 4, 4, 64]: the order `fc.weight`'s columns were trained in.
+    let h = h.permute((0, 2, 3, 1))?.flatten_from(1)?;
     let h = h
-        .matmul(&p("fc.weight").t()?)?
-        .broadcast_add(p("fc.bias"))?
+        .matmul(&p("fc.weight")?.t()?)?
+        .broadcast_add(p("fc.bias")?)?
         .relu()?;
-    h.matmul(&p("head.weight").t()?)?
-        .broadcast_add(p("head.bias"))
+    h.matmul(&p("head.weight")?.t()?)?
+        .broadcast_add(p("head.bias")?)
 }
 
 /// Mean cross-entropy of one head over the samples where `mask` is 1.

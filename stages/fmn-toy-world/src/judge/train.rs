@@ -246,13 +246,13 @@ pub fn train(opts: &TrainOptions) -> Result<(Judge, TrainReport), JudgeError> {
         .map(|(v, (name, _))| (name, v.as_tensor().detach()))
         .collect();
     let mut judge = Judge::from_params(params, HashMap::new());
-    let clean = evaluate(&judge, opts.eval_seed, opts.eval_count, &Augment::none());
+    let clean = evaluate(&judge, opts.eval_seed, opts.eval_count, &Augment::none())?;
     let degraded = evaluate(
         &judge,
         opts.eval_seed,
         opts.eval_count,
         &Augment::default().always(),
-    );
+    )?;
     let report = TrainReport {
         options: opts.clone(),
         seconds: start.elapsed().as_secs_f32(),
@@ -264,7 +264,8 @@ pub fn train(opts: &TrainOptions) -> Result<(Judge, TrainReport), JudgeError> {
     meta.insert("format".into(), "fmn-toy judge v1".into());
     meta.insert("fmn_version".into(), crate::VERSION.into());
     // Without the run time, so that the file is byte-for-byte reproducible from the seed.
-    let mut recorded = serde_json::to_value(&report).expect("report serialises");
+    let mut recorded =
+        serde_json::to_value(&report).map_err(|e| JudgeError::Record(e.to_string()))?;
     if let Some(m) = recorded.as_object_mut() {
         m.remove("seconds");
         if let Some(o) = m.get_mut("options").and_then(|o| o.as_object_mut()) {
@@ -278,7 +279,12 @@ pub fn train(opts: &TrainOptions) -> Result<(Judge, TrainReport), JudgeError> {
 
 /// Accuracy of `judge` on `count` scenes of the default distribution drawn with
 /// `scene_rng(seed, i)`, degraded by `aug`, and on `count / 4` garbage images.
-pub fn evaluate(judge: &Judge, seed: u64, count: usize, aug: &Augment) -> Accuracy {
+pub fn evaluate(
+    judge: &Judge,
+    seed: u64,
+    count: usize,
+    aug: &Augment,
+) -> Result<Accuracy, JudgeError> {
     let mut scenes = Vec::with_capacity(count);
     let mut images = Vec::with_capacity(count);
     for i in 0..count {
@@ -288,7 +294,7 @@ pub fn evaluate(judge: &Judge, seed: u64, count: usize, aug: &Augment) -> Accura
         images.push(augment(&image, &mut rng, aug));
         scenes.push(scene);
     }
-    let verdicts = judge.judge_batch(&images);
+    let verdicts = judge.judge_batch(&images)?;
     let share = |f: &dyn Fn(&Scene, &super::Verdict) -> bool| {
         scenes
             .iter()
@@ -306,11 +312,11 @@ pub fn evaluate(judge: &Judge, seed: u64, count: usize, aug: &Augment) -> Accura
         })
         .collect();
     let rejected = judge
-        .judge_batch(&junk)
+        .judge_batch(&junk)?
         .iter()
         .filter(|v| v.is_unknown())
         .count();
-    Accuracy {
+    Ok(Accuracy {
         count,
         object: share(&|s, v| v.object.label() == Some(s.object)),
         colour: share(&|s, v| v.colour.label() == Some(s.colour)),
@@ -319,7 +325,7 @@ pub fn evaluate(judge: &Judge, seed: u64, count: usize, aug: &Augment) -> Accura
         figure: share(&|_, v| v.figure),
         garbage_count,
         garbage_rejected: rejected as f32 / garbage_count.max(1) as f32,
-    }
+    })
 }
 
 /// Writes `judge`'s weights and metadata (plus `extra` metadata) to `path` atomically.
@@ -340,23 +346,25 @@ pub fn save(judge: &Judge, path: &Path, extra: &[(&str, String)]) -> std::io::Re
 /// whose order changes from run to run), so that the file is byte-for-byte reproducible.
 fn sorted_header(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     let bad = |what: &str| std::io::Error::other(format!("safetensors: {what}"));
-    let n = u64::from_le_bytes(
-        bytes
-            .get(..8)
-            .ok_or_else(|| bad("short"))?
-            .try_into()
-            .expect("8 bytes"),
-    ) as usize;
-    let header = bytes.get(8..8 + n).ok_or_else(|| bad("short header"))?;
+    let len: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("short"))?;
+    let end = usize::try_from(u64::from_le_bytes(len))
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .filter(|end| *end <= bytes.len())
+        .ok_or_else(|| bad("short header"))?;
+    let (header, data) = (&bytes[8..end], &bytes[end..]);
     // serde_json's map is ordered by key.
     let value: serde_json::Value = serde_json::from_slice(header).map_err(std::io::Error::other)?;
     let mut header = serde_json::to_vec(&value).map_err(std::io::Error::other)?;
     while header.len() % 8 != 0 {
         header.push(b' ');
     }
-    let mut out = Vec::with_capacity(8 + header.len() + bytes.len() - 8 - n);
+    let mut out = Vec::with_capacity(8 + header.len() + data.len());
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
     out.extend_from_slice(&header);
-    out.extend_from_slice(&bytes[8 + n..]);
+    out.extend_from_slice(data);
     Ok(out)
 }

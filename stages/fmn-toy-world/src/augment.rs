@@ -5,7 +5,7 @@ use crate::scene::{Background, IMAGE_SIZE};
 use image::imageops::{self, FilterType};
 use image::{Rgb, RgbImage};
 use rand::Rng;
-use rand_distr::{Distribution, Normal};
+use rand_distr::StandardNormal;
 
 /// Strength of the degradations; each is applied with its probability.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,12 +141,17 @@ impl Planes {
     }
 }
 
+/// A draw from N(`mean`, `sigma`²): what `rand_distr::Normal::new(mean, sigma)` draws, without
+/// its error for a non-finite sigma.
+fn gaussian<R: Rng + ?Sized>(rng: &mut R, mean: f32, sigma: f32) -> f32 {
+    mean + sigma * rng.sample::<f32, _>(StandardNormal)
+}
+
 /// Smooth random field: `cells`×`cells` Gaussian values, bilinearly upsampled, per channel.
 fn smooth_field<R: Rng + ?Sized>(rng: &mut R, cells: u32, side: u32, sigma: f32) -> RgbImage {
-    let normal = Normal::new(0.5f32, sigma).expect("valid sigma");
     let small = RgbImage::from_fn(cells, cells, |_, _| {
         Rgb(std::array::from_fn(|_| {
-            (normal.sample(rng).clamp(0.0, 1.0) * 255.0) as u8
+            (gaussian(rng, 0.5, sigma).clamp(0.0, 1.0) * 255.0) as u8
         }))
     });
     imageops::resize(&small, side, side, FilterType::Triangle)
@@ -207,9 +212,9 @@ pub fn augment<R: Rng + ?Sized>(img: &RgbImage, rng: &mut R, aug: &Augment) -> R
     }
     if rng.random::<f32>() < aug.noise_p {
         let sigma = rng.random_range(0.0..aug.noise_sigma.max(1e-6));
-        let normal = Normal::new(0.0f32, sigma.max(1e-6)).expect("valid sigma");
+        let sigma = sigma.max(1e-6);
         for v in p.data.iter_mut() {
-            *v += normal.sample(rng);
+            *v += gaussian(rng, 0.0, sigma);
         }
     }
     p.to_image()

@@ -1,7 +1,7 @@
 //! Writes a contact sheet of rendered scenes (and, below each row, the same scenes degraded
-//! as in the judge's training) for eyeballing: `cargo run -p fmn-toy --example sheet -- OUT.png [SEED] [--only CONCEPT]`.
-use fmn_toy::augment::{augment, Augment};
-use fmn_toy::{render, scene_rng, Concept, Scene, SceneSpec};
+//! as in the judge's training) for eyeballing: `cargo run -p fmn-toy-world --example sheet -- OUT.png [SEED] [--only CONCEPT]`.
+use fmn_toy_world::augment::{augment, Augment};
+use fmn_toy_world::{render, scene_rng, Concept, Scene, SceneSpec};
 use image::{imageops, RgbImage};
 
 fn main() -> anyhow::Result<()> {

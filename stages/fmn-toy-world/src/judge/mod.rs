@@ -5,8 +5,7 @@
 //! [`crate::augment`] (blur, resampling, noise, blotches, colour jitter) so that it also copes
 //! with the output of a tiny diffusion model, plus garbage images with no figure. The weights
 //! ship in `data/toy-judge/judge.safetensors` and are compiled into the library
-//! ([`Judge::load_default`]); `fmn-toy train-judge` retrains them from a seed.
-mod im2col;
+//! ([`Judge::load_default`]); `fmn-toy train-judge` ([`train()`]) retrains them from a seed.
 mod net;
 pub mod train;
 
@@ -41,6 +40,8 @@ pub enum JudgeError {
     },
     #[error("{what}: not judge weights: {why}")]
     BadWeights { what: String, why: String },
+    #[error("the judge's report cannot be recorded: {0}")]
+    Record(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
@@ -214,11 +215,31 @@ impl std::fmt::Debug for Judge {
     }
 }
 
-fn softmax(logits: &[f32]) -> Vec<f32> {
+fn softmax<const N: usize>(logits: [f32; N]) -> [f32; N] {
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = logits.iter().map(|l| (l - m).exp()).collect();
+    let e = logits.map(|l| (l - m).exp());
     let s: f32 = e.iter().sum();
-    e.iter().map(|v| v / s).collect()
+    e.map(|v| v / s)
+}
+
+/// The probabilities of one head, from a row of logits.
+fn head<const N: usize>(
+    logits: &[f32],
+    range: std::ops::Range<usize>,
+) -> Result<[f32; N], JudgeError> {
+    let bad = || {
+        candle_core::Error::Msg(format!(
+            "judge: {} logits, expected {}",
+            logits.len(),
+            net::OUTPUTS
+        ))
+    };
+    let row: [f32; N] = logits
+        .get(range)
+        .ok_or_else(bad)?
+        .try_into()
+        .map_err(|_| bad())?;
+    Ok(softmax(row))
 }
 
 fn argmax(p: &[f32]) -> usize {
@@ -231,15 +252,15 @@ fn argmax(p: &[f32]) -> usize {
     best
 }
 
-/// Images as a channels-last `(batch, 64, 64, 3)` tensor scaled to -1..1 (other sizes are
-/// resized).
+/// Images as a `(batch, 3, 64, 64)` tensor scaled to -1..1 (other sizes are resized).
 pub(crate) fn images_to_tensor(
     images: &[&RgbImage],
     device: &Device,
 ) -> candle_core::Result<Tensor> {
     let n = IMAGE_SIZE as usize;
-    let mut data = vec![0f32; images.len() * 3 * n * n];
-    for (b, img) in images.iter().enumerate() {
+    let plane = n * n;
+    let mut data = vec![0f32; images.len() * 3 * plane];
+    for (img, planes) in images.iter().zip(data.chunks_exact_mut(3 * plane)) {
         let resized;
         let img = if img.dimensions() == (IMAGE_SIZE, IMAGE_SIZE) {
             *img
@@ -247,12 +268,15 @@ pub(crate) fn images_to_tensor(
             resized = imageops::resize(*img, IMAGE_SIZE, IMAGE_SIZE, FilterType::Triangle);
             &resized
         };
-        let base = b * 3 * n * n;
-        for (d, v) in data[base..base + 3 * n * n].iter_mut().zip(img.as_raw()) {
-            *d = *v as f32 / 127.5 - 1.0;
+        let (r, gb) = planes.split_at_mut(plane);
+        let (g, b) = gb.split_at_mut(plane);
+        for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
+            r[i] = px[0] as f32 / 127.5 - 1.0;
+            g[i] = px[1] as f32 / 127.5 - 1.0;
+            b[i] = px[2] as f32 / 127.5 - 1.0;
         }
     }
-    Tensor::from_vec(data, (images.len(), n, n, 3), device)
+    Tensor::from_vec(data, (images.len(), 3, n, n), device)
 }
 
 impl Judge {
@@ -316,38 +340,41 @@ impl Judge {
     }
 
     /// Judges one image (any size; not 64×64 is resized).
-    pub fn judge(&self, image: &RgbImage) -> Verdict {
-        self.judge_batch(std::slice::from_ref(image)).remove(0)
+    pub fn judge(&self, image: &RgbImage) -> Result<Verdict, JudgeError> {
+        let mut verdicts = self.judge_batch(std::slice::from_ref(image))?;
+        verdicts
+            .pop()
+            .ok_or_else(|| JudgeError::Candle(candle_core::Error::Msg("judge: no verdict".into())))
     }
 
-    /// Judges many images, batched.
-    ///
-    /// # Panics
-    /// Only on an internal error of the network on the CPU, which its fixed shapes (checked
-    /// at load) rule out; [`Self::try_judge_batch`] returns such errors instead.
-    pub fn judge_batch(&self, images: &[RgbImage]) -> Vec<Verdict> {
-        self.try_judge_batch(images)
-            .expect("judge network failed on the CPU")
-    }
-
-    /// [`Self::judge_batch`], returning errors of the network.
-    pub fn try_judge_batch(&self, images: &[RgbImage]) -> Result<Vec<Verdict>, JudgeError> {
+    /// Judges many images, batched. Errors are those of the network (its shapes are checked
+    /// at load, so none is expected).
+    pub fn judge_batch(&self, images: &[RgbImage]) -> Result<Vec<Verdict>, JudgeError> {
         let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(CHUNK) {
-            let refs: Vec<&RgbImage> = chunk.iter().collect();
-            let x = images_to_tensor(&refs, &self.device)?;
-            let logits = net::forward(&self.params, &x)?.to_vec2::<f32>()?;
-            out.extend(logits.iter().map(|l| self.verdict(l)));
+        for logits in self.logits(images)? {
+            out.push(self.verdict(&logits)?);
         }
         Ok(out)
     }
 
-    fn verdict(&self, logits: &[f32]) -> Verdict {
-        let object = softmax(&logits[net::OBJECT]);
-        let colour = softmax(&logits[net::COLOUR]);
-        let striped = softmax(&logits[net::STRIPED]);
-        let character = softmax(&logits[net::CHARACTER]);
-        let figure_p = softmax(&logits[net::FIGURE])[1];
+    /// The network's 15 raw logits per image (object 4, colour 4, striped 2, character 3,
+    /// figure 2), batched.
+    pub fn logits(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, JudgeError> {
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(CHUNK) {
+            let refs: Vec<&RgbImage> = chunk.iter().collect();
+            let x = images_to_tensor(&refs, &self.device)?;
+            out.extend(net::forward(&self.params, &x)?.to_vec2::<f32>()?);
+        }
+        Ok(out)
+    }
+
+    fn verdict(&self, logits: &[f32]) -> Result<Verdict, JudgeError> {
+        let object: [f32; 4] = head(logits, net::OBJECT)?;
+        let colour: [f32; 4] = head(logits, net::COLOUR)?;
+        let striped: [f32; 2] = head(logits, net::STRIPED)?;
+        let character: [f32; 3] = head(logits, net::CHARACTER)?;
+        let figure_p = head::<2>(logits, net::FIGURE)?[1];
         let figure = figure_p >= self.min_figure;
         let guess = |p: &[f32]| {
             let i = argmax(p);
@@ -357,7 +384,7 @@ impl Judge {
         let (c, cc, cs) = guess(&colour);
         let (s, sc, ss) = guess(&striped);
         let (k, kc, ks) = guess(&character);
-        Verdict {
+        Ok(Verdict {
             figure,
             object: Guess {
                 best: Object::ALL[o],
@@ -384,12 +411,12 @@ impl Judge {
                 sure: ks,
             },
             probabilities: Probabilities {
-                object: object.try_into().expect("4 objects"),
-                colour: colour.try_into().expect("4 colours"),
+                object,
+                colour,
                 striped: striped[1],
-                character: character.try_into().expect("3 character classes"),
+                character,
                 figure: figure_p,
             },
-        }
+        })
     }
 }

@@ -1,7 +1,7 @@
 //! The committed judge on freshly rendered images with held-out seeds.
-use fmn_toy::augment::{augment, garbage, Augment};
-use fmn_toy::judge::{evaluate, Judge};
-use fmn_toy::{
+use fmn_toy_world::augment::{augment, garbage, Augment};
+use fmn_toy_world::judge::{evaluate, Judge};
+use fmn_toy_world::{
     render, scene_rng, Background, Character, Colour, Concept, Object, Scene, SceneSpec,
 };
 use image::{Rgb, RgbImage};
@@ -14,7 +14,7 @@ const HELD_OUT_SEED: u64 = 20_250_917;
 fn judge_is_right_on_fresh_renders() {
     let judge = Judge::load_default().unwrap();
     let start = Instant::now();
-    let acc = evaluate(&judge, HELD_OUT_SEED, 400, &Augment::none());
+    let acc = evaluate(&judge, HELD_OUT_SEED, 400, &Augment::none()).unwrap();
     eprintln!(
         "clean held-out renders ({:.1} s): {acc:?}",
         start.elapsed().as_secs_f32()
@@ -39,7 +39,7 @@ fn judge_is_right_on_fresh_renders() {
 #[test]
 fn judge_copes_with_degraded_renders() {
     let judge = Judge::load_default().unwrap();
-    let acc = evaluate(&judge, HELD_OUT_SEED + 1, 200, &Augment::default().always());
+    let acc = evaluate(&judge, HELD_OUT_SEED + 1, 200, &Augment::default().always()).unwrap();
     eprintln!("degraded held-out renders: {acc:?}");
     assert!(acc.min_attribute() >= 0.9, "{acc:?}");
 }
@@ -57,7 +57,7 @@ fn characters_come_with_their_object_and_colour() {
                 .0
             })
             .collect();
-        for v in judge.judge_batch(&images) {
+        for v in judge.judge_batch(&images).unwrap() {
             assert!(v.shows(Concept::Character(*c)), "{c}: {}", v.description());
             assert!(
                 v.shows(Concept::Object(c.object())),
@@ -83,7 +83,7 @@ fn characters_come_with_their_object_and_colour() {
         rotation: 0.0,
         background: Background::White,
     };
-    let v = judge.judge(&render(&decoy).0);
+    let v = judge.judge(&render(&decoy).0).unwrap();
     assert_eq!(v.character.label(), Some(None), "{}", v.description());
     assert_eq!(v.description(), "yellow circle");
 }
@@ -101,7 +101,7 @@ fn blank_and_garbage_images_are_unknown() {
     images.push(RgbImage::from_fn(64, 64, |_, _| {
         Rgb(rand::Rng::random(&mut rng))
     }));
-    for v in judge.judge_batch(&images) {
+    for v in judge.judge_batch(&images).unwrap() {
         assert!(v.is_unknown(), "{} {:?}", v.description(), v.probabilities);
         assert_eq!(v.object.label(), None);
         assert_eq!(v.character.label(), None);
@@ -116,6 +116,7 @@ fn blank_and_garbage_images_are_unknown() {
         .collect();
     let rejected = judge
         .judge_batch(&junk)
+        .unwrap()
         .iter()
         .filter(|v| v.is_unknown())
         .count();
@@ -137,17 +138,17 @@ fn batch_equals_single_and_other_sizes_work() {
             .0
         })
         .collect();
-    let batch = judge.judge_batch(&images);
+    let batch = judge.judge_batch(&images).unwrap();
     assert_eq!(batch.len(), 70);
     for i in [0, 33, 69] {
-        let single = judge.judge(&images[i]);
+        let single = judge.judge(&images[i]).unwrap();
         assert_eq!(single.object.best, batch[i].object.best);
         assert!((single.probabilities.figure - batch[i].probabilities.figure).abs() < 1e-4);
     }
     // A 128×128 upscale is judged like the original.
     let big = image::imageops::resize(&images[0], 128, 128, image::imageops::FilterType::Nearest);
-    assert_eq!(judge.judge(&big).object.best, batch[0].object.best);
-    assert!(judge.judge_batch(&[]).is_empty());
+    assert_eq!(judge.judge(&big).unwrap().object.best, batch[0].object.best);
+    assert!(judge.judge_batch(&[]).unwrap().is_empty());
 }
 
 #[test]

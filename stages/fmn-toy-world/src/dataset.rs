@@ -4,15 +4,48 @@ use crate::caption::caption;
 use crate::render::render;
 use crate::scene::{Concept, Scene, SceneSpec, IMAGE_SIZE};
 use crate::scene_rng;
-use anyhow::{bail, Context, Result};
 use fmn_core::StagingDir;
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const MASKS: &str = "masks";
 pub const MANIFEST_KIND: &str = "fmn-toy render";
+
+/// Why a set could not be rendered or its manifest read; each names the file or folder.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("--count must be at least 1")]
+    ZeroCount,
+    #[error("{0}: exists and is not a folder")]
+    NotAFolder(PathBuf),
+    #[error("{0}: folder is not empty; give a new or empty folder")]
+    NotEmpty(PathBuf),
+    /// `action` is what failed ("read", "write", "create a staging folder for", ...).
+    #[error("cannot {action} {path}: {message}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("{path}: not a fmn-toy manifest: {message}")]
+    NotAManifest { path: PathBuf, message: String },
+}
+
+pub type Result<T, E = DatasetError> = std::result::Result<T, E>;
+
+/// An error of `action` on `path`.
+fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> DatasetError + 'a {
+    move |e| DatasetError::Io {
+        action,
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
 
 /// `manifest.json` of a rendered set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,10 +75,11 @@ impl Manifest {
     /// Reads `dir/manifest.json`.
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST);
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a fmn-toy manifest", path.display()))
+        let text = fs::read_to_string(&path).map_err(io("read", &path))?;
+        serde_json::from_str(&text).map_err(|e| DatasetError::NotAManifest {
+            message: e.to_string(),
+            path,
+        })
     }
 }
 
@@ -67,27 +101,22 @@ pub fn render_set(
     mut progress: impl FnMut(usize),
 ) -> Result<Manifest> {
     if count == 0 {
-        bail!("--count must be at least 1");
+        return Err(DatasetError::ZeroCount);
     }
     if out.exists() {
         if !out.is_dir() {
-            bail!("{}: exists and is not a folder", out.display());
+            return Err(DatasetError::NotAFolder(out.to_path_buf()));
         }
-        let mut entries =
-            fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?;
+        let mut entries = fs::read_dir(out).map_err(io("read", out))?;
         if entries.next().is_some() {
-            bail!(
-                "{}: folder is not empty; give a new or empty folder",
-                out.display()
-            );
+            return Err(DatasetError::NotEmpty(out.to_path_buf()));
         }
     }
     let spec = only.map_or_else(SceneSpec::default, SceneSpec::only);
-    let staging = StagingDir::new(out)
-        .with_context(|| format!("cannot create a staging folder for {}", out.display()))?;
+    let staging = StagingDir::new(out).map_err(io("create a staging folder for", out))?;
     let dir = staging.path().to_path_buf();
-    fs::create_dir(dir.join(MASKS))
-        .with_context(|| format!("cannot create {}", dir.join(MASKS).display()))?;
+    let masks = dir.join(MASKS);
+    fs::create_dir(&masks).map_err(io("create", &masks))?;
     let width = 5.max(count.saturating_sub(1).to_string().len());
     let mut images = Vec::with_capacity(count);
     for i in 0..count {
@@ -101,13 +130,19 @@ pub fn render_set(
             caption: text,
             scene,
         };
-        let save = |rel: &str, f: &dyn Fn(&Path) -> Result<()>| -> Result<()> {
+        let save = |rel: &str, f: &dyn Fn(&Path) -> std::result::Result<(), String>| {
             let path = dir.join(rel);
-            f(&path).with_context(|| format!("cannot write {}", path.display()))
+            f(&path).map_err(|message| DatasetError::Io {
+                action: "write",
+                path,
+                message,
+            })
         };
-        save(&entry.file, &|p| Ok(image.save(p)?))?;
-        save(&entry.mask, &|p| Ok(mask.save(p)?))?;
-        save(&entry.caption_file, &|p| Ok(fs::write(p, &entry.caption)?))?;
+        save(&entry.file, &|p| image.save(p).map_err(|e| e.to_string()))?;
+        save(&entry.mask, &|p| mask.save(p).map_err(|e| e.to_string()))?;
+        save(&entry.caption_file, &|p| {
+            fs::write(p, &entry.caption).map_err(|e| e.to_string())
+        })?;
         images.push(entry);
         progress(i + 1);
     }
@@ -120,9 +155,10 @@ pub fn render_set(
         image_size: IMAGE_SIZE,
         images,
     };
-    fmn_core::write_json_atomic(&dir.join(MANIFEST), &manifest)?;
+    let manifest_path = dir.join(MANIFEST);
+    fmn_core::write_json_atomic(&manifest_path, &manifest).map_err(io("write", &manifest_path))?;
     staging
         .commit(&[MANIFEST])
-        .with_context(|| format!("cannot move the rendered files into {}", out.display()))?;
+        .map_err(io("move the rendered files into", out))?;
     Ok(manifest)
 }

@@ -1,8 +1,8 @@
 //! Measures a judge on held-out renders and lists the ones it gets wrong:
-//! `cargo run -p fmn-toy --example diag -- [--weights FILE] [--seed S] [--count N] [--degraded]`.
-use fmn_toy::augment::{augment, Augment};
-use fmn_toy::judge::{evaluate, Judge};
-use fmn_toy::{render, scene_rng, Scene, SceneSpec};
+//! `cargo run -p fmn-toy-world --example diag -- [--weights FILE] [--seed S] [--count N] [--degraded]`.
+use fmn_toy_world::augment::{augment, Augment};
+use fmn_toy_world::judge::{evaluate, Judge};
+use fmn_toy_world::{render, scene_rng, Scene, SceneSpec};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
         let mut rng = scene_rng(seed, i);
         let scene = Scene::random(&mut rng, &SceneSpec::default());
         let img = augment(&render(&scene).0, &mut rng, &aug);
-        let v = judge.judge(&img);
+        let v = judge.judge(&img)?;
         let ok = v.object.label() == Some(scene.object)
             && v.colour.label() == Some(scene.colour)
             && v.striped.label() == Some(scene.striped)
@@ -54,6 +54,6 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!("{wrong}/{count} images with some attribute wrong");
-    println!("{:?}", evaluate(&judge, seed, count as usize, &aug));
+    println!("{:?}", evaluate(&judge, seed, count as usize, &aug)?);
     Ok(())
 }

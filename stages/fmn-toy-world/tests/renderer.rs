@@ -1,6 +1,6 @@
 //! The renderer, scene sampling and captions.
-use fmn_toy::render::stripe_period;
-use fmn_toy::{
+use fmn_toy_world::render::stripe_period;
+use fmn_toy_world::{
     caption, caption_with, render, scene_rng, subject, vocabulary, Background, Character, Colour,
     Concept, Object, Scene, SceneSpec, IMAGE_SIZE, STYLE_SUFFIX, TEMPLATES,
 };

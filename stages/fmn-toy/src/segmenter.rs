@@ -1,5 +1,6 @@
 //! The toy segmenter: a small encoder-decoder CNN that finds the figure in toy-world renders,
-//! trained with candle and exported to ONNX with [`crate::onnx`].
+//! trained with candle and exported to ONNX with [`crate::onnx`] (`fmn-toy train-segmenter`;
+//! `fmn-segment` runs the exported model through ONNX Runtime).
 //!
 //! Architecture (input `[N, 3, 64, 64]`, values `(pixel / 255 − 0.5) / 0.5`):
 //!
@@ -11,15 +12,29 @@
 //! d1 = relu(conv3(concat(up2(d2), e1)))                    c1 × 64²
 //! mask = sigmoid(conv1(d1))                                1 × 64²
 //! ```
-use crate::error::{Result, SegmentError};
 use crate::onnx::{self, ConvSpec, Dim, GraphBuilder, ModelProto};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use fmn_ops::conv::{conv2d_with, Conv2dSpec};
+use fmn_toy_world::render_folder::{mask_iou, Sample};
 use image::{GrayImage, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
+use rand_distr::StandardNormal;
 use std::path::{Path, PathBuf};
+
+/// Why the toy segmenter could not be trained, exported or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmenterError {
+    #[error("toy segmenter: {0}")]
+    Train(String),
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = SegmenterError> = std::result::Result<T, E>;
 
 /// The toy segmenter's input side.
 pub const SIZE: usize = 64;
@@ -93,52 +108,24 @@ fn up2(x: &Tensor) -> candle_core::Result<Tensor> {
         .reshape((n, c, 2 * h, 2 * w))
 }
 
-/// A 2-D convolution as shifted copies and one matrix product, equal to ONNX `Conv` with
-/// symmetric padding. candle's own `conv2d` is slow to differentiate on the CPU (its kernel
-/// gradient is a convolution with an image-sized kernel); matrix products are fast both ways.
-/// Stride 2 keeps every other output of the stride-1 convolution.
-pub fn conv2d(x: &Tensor, w: &Tensor, k: usize, spec: ConvSpec) -> candle_core::Result<Tensor> {
-    let (n, c, h, wd) = x.dims4()?;
-    let c_out = w.dim(0)?;
-    let (p, d) = (spec.padding as usize, spec.dilation as usize);
-    // Output size at stride 1.
-    let (oh, ow) = (h + 2 * p - d * (k - 1), wd + 2 * p - d * (k - 1));
-    let xp = if p > 0 {
-        x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?
-    } else {
-        x.clone()
+/// `spec` as [`fmn_ops::conv`] takes it (a negative ONNX value is an error).
+fn conv_spec(spec: ConvSpec) -> candle_core::Result<Conv2dSpec> {
+    let get = |v: i64| {
+        usize::try_from(v).map_err(|_| {
+            candle_core::Error::Msg(format!("convolution {spec:?}: negative value {v}"))
+        })
     };
-    let stride = spec.stride as usize;
-    if stride != 1 && stride != 2 {
-        candle_core::bail!("stride {stride} not supported");
-    }
-    // Stride 2: every other output of the stride-1 convolution.
-    let (sh, sw) = (oh.div_ceil(stride), ow.div_ceil(stride));
-    let mut shifts = Vec::with_capacity(k * k);
-    for ky in 0..k {
-        for kx in 0..k {
-            let v = xp.narrow(2, ky * d, oh)?.narrow(3, kx * d, ow)?;
-            let v = if stride == 2 {
-                let v = if oh % 2 == 1 || ow % 2 == 1 {
-                    v.pad_with_zeros(2, 0, oh % 2)?
-                        .pad_with_zeros(3, 0, ow % 2)?
-                } else {
-                    v
-                };
-                v.reshape((n, c, sh, 2, sw, 2))?
-                    .narrow(3, 0, 1)?
-                    .narrow(5, 0, 1)?
-                    .reshape((n, c, sh, sw))?
-            } else {
-                v
-            };
-            shifts.push(v);
-        }
-    }
-    let patches = Tensor::stack(&shifts, 2)?.reshape((n, c * k * k, sh * sw))?;
-    w.reshape((c_out, c * k * k))?
-        .broadcast_matmul(&patches)?
-        .reshape((n, c_out, sh, sw))
+    Ok(Conv2dSpec {
+        stride: get(spec.stride)?,
+        padding: get(spec.padding)?,
+        dilation: get(spec.dilation)?,
+    })
+}
+
+/// The 2-D convolution ONNX `Conv` computes with `spec` (symmetric padding, no bias), by
+/// [`fmn_ops::conv`], the workspace's one convolution (fast to differentiate on the CPU).
+pub fn conv2d(x: &Tensor, w: &Tensor, spec: ConvSpec) -> candle_core::Result<Tensor> {
+    conv2d_with(x, w, None, conv_spec(spec)?)
 }
 
 impl ToyNet {
@@ -177,10 +164,11 @@ impl ToyNet {
     }
 
     fn conv(&self, i: usize, x: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
-        let l = &layers(self.widths)[i];
-        let (w, b) = &self.params[i];
-        let y = conv2d(x, w.as_tensor(), l.k, l.spec)?;
-        let y = y.broadcast_add(&b.as_tensor().reshape((1, l.c_out, 1, 1))?)?;
+        let (layers, params) = (layers(self.widths), &self.params);
+        let (Some(l), Some((w, b))) = (layers.get(i), params.get(i)) else {
+            candle_core::bail!("toy segmenter: no layer {i}");
+        };
+        let y = conv2d_with(x, w.as_tensor(), Some(b.as_tensor()), conv_spec(l.spec)?)?;
         if relu {
             y.relu()
         } else {
@@ -206,8 +194,9 @@ impl ToyNet {
         let x = g.input(INPUT, &[Dim::from("N"), 3.into(), n.into(), n.into()]);
         let ls = layers(self.widths);
         let conv = |g: &mut GraphBuilder, i: usize, x: &str, relu: bool| -> Result<String> {
-            let l = &ls[i];
-            let (w, b) = &self.params[i];
+            let (Some(l), Some((w, b))) = (ls.get(i), self.params.get(i)) else {
+                return Err(SegmenterError::Train(format!("no layer {i}")));
+            };
             let wv: Vec<f32> = w.as_tensor().flatten_all()?.to_vec1()?;
             let bv: Vec<f32> = b.as_tensor().to_vec1()?;
             let dims = [l.c_out as i64, l.c_in as i64, l.k as i64, l.k as i64];
@@ -237,13 +226,13 @@ impl ToyNet {
         let graph = model
             .graph
             .as_ref()
-            .ok_or_else(|| SegmentError::Train("model has no graph".into()))?;
+            .ok_or_else(|| SegmenterError::Train("model has no graph".into()))?;
         let find = |name: String, shape: Vec<usize>| -> Result<Var> {
             let t = graph
                 .initializer
                 .iter()
                 .find(|t| t.name == name)
-                .ok_or_else(|| SegmentError::Train(format!("model has no initializer {name}")))?;
+                .ok_or_else(|| SegmenterError::Train(format!("model has no initializer {name}")))?;
             let v: Vec<f32> = t
                 .raw_data
                 .chunks_exact(4)
@@ -267,80 +256,6 @@ impl ToyNet {
         }
         Ok(Self { widths, params })
     }
-}
-
-/// One training or test example.
-#[derive(Clone)]
-pub struct Sample {
-    pub image: RgbImage,
-    pub mask: GrayImage,
-}
-
-/// Reads a folder as `fmn-toy render` writes it: `NAME.png` with its mask `masks/NAME.png`
-/// (images without a mask are left out). Images must be 64×64.
-pub fn load_render_folder(dir: &Path) -> Result<Vec<Sample>> {
-    let (images, _) = crate::batch::list_images(dir)?;
-    let mut samples = Vec::new();
-    for path in images {
-        let mask_path = dir.join("masks").join(crate::batch::mask_name(&path));
-        if !mask_path.is_file() {
-            continue;
-        }
-        let image = crate::imaging::load_rgb(&path)?;
-        let mask = image::open(&mask_path)
-            .map_err(|e| SegmentError::Image {
-                path: mask_path.clone(),
-                message: e.to_string(),
-            })?
-            .into_luma8();
-        if image.dimensions() != (SIZE as u32, SIZE as u32)
-            || mask.dimensions() != image.dimensions()
-        {
-            return Err(SegmentError::Train(format!(
-                "{}: toy renders are {SIZE}x{SIZE} with a mask of the same size",
-                path.display()
-            )));
-        }
-        samples.push(Sample { image, mask });
-    }
-    if samples.is_empty() {
-        return Err(SegmentError::Train(format!(
-            "no image with a mask (masks/NAME.png) in {}",
-            dir.display()
-        )));
-    }
-    Ok(samples)
-}
-
-/// `count` renders of the toy world drawn with `seed` (image `i` from
-/// `fmn_toy::scene_rng(seed, i)`, as `fmn-toy render --seed SEED` draws them).
-pub fn render_samples(seed: u64, count: usize) -> Vec<Sample> {
-    (0..count as u64)
-        .map(|i| {
-            let mut rng = fmn_toy::scene_rng(seed, i);
-            let scene = fmn_toy::Scene::random(&mut rng, &fmn_toy::SceneSpec::default());
-            let (image, mask) = fmn_toy::render(&scene);
-            Sample { image, mask }
-        })
-        .collect()
-}
-
-/// The same renders passed through every toy-world degradation
-/// (`fmn_toy::augment::Augment::default().always()`, image `i` with
-/// `scene_rng(seed ^ 0xdead, i)`): what a small diffusion model's output looks like.
-pub fn degraded_samples(seed: u64, count: usize) -> Vec<Sample> {
-    let aug = fmn_toy::augment::Augment::default().always();
-    render_samples(seed, count)
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let mut rng = fmn_toy::scene_rng(seed ^ 0xdead, i as u64);
-            Sample {
-                image: fmn_toy::augment::augment(&s.image, &mut rng, &aug),
-                mask: s.mask,
-            }
-        })
-        .collect()
 }
 
 /// Degradations that make renders look like a small diffusion model's output, so the
@@ -372,9 +287,9 @@ pub fn degrade(img: &RgbImage, rng: &mut ChaCha8Rng) -> RgbImage {
     }
     if rng.random_bool(0.5) {
         let sigma = rng.random_range(0.005..0.06);
-        let normal = Normal::new(0.0f32, sigma).expect("sigma > 0");
+        // As rand_distr's Normal::new(0, sigma) draws (without its error for a bad sigma).
         for v in px.iter_mut() {
-            *v += normal.sample(rng);
+            *v += sigma * rng.sample::<f32, _>(StandardNormal);
         }
     }
     if rng.random_bool(0.3) {
@@ -398,7 +313,9 @@ pub fn degrade(img: &RgbImage, rng: &mut ChaCha8Rng) -> RgbImage {
         .iter()
         .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
         .collect();
-    RgbImage::from_raw(w, h, raw).expect("same size")
+    // `px` holds w·h·3 values (one per byte of `img`), so from_raw cannot fail; the input is
+    // returned unchanged if it somehow did.
+    RgbImage::from_raw(w, h, raw).unwrap_or_else(|| img.clone())
 }
 
 /// Flips and quarter turns of an image and its mask together.
@@ -480,29 +397,19 @@ impl Default for TrainConfig {
     }
 }
 
-/// Every training step allocates and frees the same large tensors; glibc would hand them back
-/// to the kernel and fault them in again each time (a third of the run in system time). Keep
-/// freed memory in the process instead.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; it is safe to call at any time.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
 /// Trains a [`ToyNet`] on `samples`; `progress(step, loss)` is called after every step.
-/// Deterministic for a given seed, sample list and thread count.
+/// Deterministic for a given seed, sample list and thread count. Each step allocates and frees
+/// the same large tensors: a program training should keep freed memory for reuse
+/// ([`fmn_core::allocator::tune_for_tensors`], as `fmn-toy` does), else glibc's page faults
+/// take a third of the run.
 pub fn train(
     samples: &[Sample],
     cfg: &TrainConfig,
     mut progress: impl FnMut(usize, f32),
 ) -> Result<ToyNet> {
     if samples.is_empty() {
-        return Err(SegmentError::Train("no training samples".into()));
+        return Err(SegmenterError::Train("no training samples".into()));
     }
-    keep_freed_memory();
     let net = ToyNet::new(cfg.widths, cfg.seed)?;
     let mut opt = AdamW::new(
         net.vars(),
@@ -559,8 +466,8 @@ pub fn evaluate(net: &ToyNet, samples: &[Sample]) -> Result<f64> {
                 SIZE as u32,
                 l.iter().map(|&v| if v >= 0.0 { 255 } else { 0 }).collect(),
             )
-            .expect("size");
-            total += crate::post::iou(&pred, &s.mask);
+            .ok_or_else(|| SegmenterError::Train("logits of the wrong size".into()))?;
+            total += mask_iou(&pred, &s.mask);
         }
     }
     Ok(total / samples.len() as f64)
@@ -575,7 +482,11 @@ pub fn export(net: &ToyNet, dir: &Path, cfg: &TrainConfig, note: &str) -> Result
     )?;
     let path = dir.join("model.onnx");
     let bytes = onnx::encode(&model);
-    fmn_core::write_atomic(&path, |f| std::io::Write::write_all(f, &bytes))
-        .map_err(|e| SegmentError::io(&path, e))?;
+    fmn_core::write_atomic(&path, |f| std::io::Write::write_all(f, &bytes)).map_err(|e| {
+        SegmenterError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        }
+    })?;
     Ok(path)
 }
