@@ -8,8 +8,9 @@ use fmn_core::Validate;
 use fmn_ops::noise::NoiseRng;
 use fmn_sd::io::embedding::{token_table_fingerprint, EmbeddingMeta, TokenEmbedding};
 use fmn_sd::io::tokenizer::ClipTokenizer;
+use fmn_sd::models::probes::resize_mask;
 use fmn_sd::sample::pipeline::StableDiffusion;
-use fmn_sd::train::images::{resize_mask, TrainingImages};
+use fmn_sd::train::images::TrainingImages;
 use fmn_sd::train::noise_schedule::NoiseSchedule;
 use fmn_sd::train::optim::AdamWConfig;
 use fmn_sd::train::scaffold::{

@@ -13,10 +13,11 @@ use fmn_sd::io::embedding::{AddedTokens, TokenEmbedding};
 use fmn_sd::io::source::ModelSource;
 use fmn_sd::io::tokenizer::ClipTokenizer;
 use fmn_sd::models::clip::ClipTextModel;
+use fmn_sd::models::probes::resize_mask;
 use fmn_sd::models::probes::AttentionRecorder;
 use fmn_sd::models::unet::UNetConfig;
 use fmn_sd::models::vae::{AutoencoderKL, DiagonalGaussian};
-use fmn_sd::train::images::{resize_mask, TrainingImages};
+use fmn_sd::train::images::TrainingImages;
 use fmn_sd::train::noise_schedule::NoiseSchedule;
 use fmn_sd::train::optim::AdamWConfig;
 use fmn_sd::train::scaffold::{

@@ -4,8 +4,10 @@
 //! its run (checkpoints beside the output, the progress bar).
 // The unit-test build also sees the dev-dependencies, which only the integration tests use.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
+#[cfg(feature = "train")]
 mod run;
 
+#[cfg(feature = "train")]
 pub use run::TrainingRun;
 
 use candle_core::Device;

@@ -7,8 +7,8 @@
 //! - [`io`]: files and formats (weights, single-file checkpoints, model sources, patches,
 //!   learned-token embeddings, the CLIP tokenizer);
 //! - [`sample`]: the schedulers and the text-to-image pipeline;
-//! - [`train`]: what training runs share (the training scaffold, AdamW, the noise schedule,
-//!   training images, checkpoints).
+//! - `train` (feature `train`, on by default): what training runs share (the training scaffold,
+//!   AdamW, the noise schedule, training images, checkpoints).
 //!
 //! Every op has a working backward pass: the kernels with their own backward live in
 //! `fmn-ops`, and candle's fused softmax and layer norm (which silently drop gradients) are
@@ -20,6 +20,7 @@ pub mod error;
 pub mod io;
 pub mod models;
 pub mod sample;
+#[cfg(feature = "train")]
 pub mod train;
 
 pub use error::{Result, SdError};

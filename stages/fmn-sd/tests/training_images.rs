@@ -2,7 +2,8 @@
 #![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{Device, Tensor};
 use fmn_ops::noise::NoiseRng;
-use fmn_sd::train::images::{resize_mask, TrainingImages};
+use fmn_sd::models::probes::resize_mask;
+use fmn_sd::train::images::TrainingImages;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
 fn write_set(dir: &std::path::Path, masks: Option<&std::path::Path>) {

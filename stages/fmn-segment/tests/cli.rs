@@ -513,7 +513,8 @@ fn follows_the_cli_convention() {
     }
 
     // eval --min-iou above what the model reaches: exit 1, named.
-    let renders = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/toy-holdout/clean");
+    let renders =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/toy-holdout/clean");
     let out = run(&["eval", s(&renders), "--min-iou", "1.01", "-q"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("below --min-iou"), "{}", stderr(&out));

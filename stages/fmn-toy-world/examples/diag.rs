@@ -1,5 +1,6 @@
 //! Measures a judge on held-out renders and lists the ones it gets wrong:
 //! `cargo run -p fmn-toy-world --example diag -- [--weights FILE] [--seed S] [--count N] [--degraded]`.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_toy_world::augment::{augment, Augment};
 use fmn_toy_world::judge::{evaluate, Judge};
 use fmn_toy_world::{render, scene_rng, Scene, SceneSpec};

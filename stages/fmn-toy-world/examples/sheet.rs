@@ -1,5 +1,6 @@
 //! Writes a contact sheet of rendered scenes (and, below each row, the same scenes degraded
 //! as in the judge's training) for eyeballing: `cargo run -p fmn-toy-world --example sheet -- OUT.png [SEED] [--only CONCEPT]`.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_toy_world::augment::{augment, Augment};
 use fmn_toy_world::{render, scene_rng, Concept, Scene, SceneSpec};
 use image::{imageops, RgbImage};

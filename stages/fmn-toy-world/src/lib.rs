@@ -19,6 +19,8 @@
 //! assert_eq!(mask.dimensions(), (64, 64));
 //! assert!(!text.is_empty());
 //! ```
+// The unit-test build also sees the dev-dependencies, which only the integration tests use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 pub mod augment;
 pub mod caption;
 pub mod dataset;

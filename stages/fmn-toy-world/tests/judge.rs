@@ -1,4 +1,5 @@
 //! The committed judge on freshly rendered images with held-out seeds.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_toy_world::augment::{augment, garbage, Augment};
 use fmn_toy_world::judge::{evaluate, Judge};
 use fmn_toy_world::{

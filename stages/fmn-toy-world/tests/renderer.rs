@@ -1,4 +1,5 @@
 //! The renderer, scene sampling and captions.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_toy_world::render::stripe_period;
 use fmn_toy_world::{
     caption, caption_with, render, scene_rng, subject, vocabulary, Background, Character, Colour,

@@ -8,6 +8,8 @@
 //!   exported to ONNX by [`onnx`], a minimal ONNX writer (`fmn-toy train-segmenter`);
 //! - [`cli`]: the command line, which also renders sets, judges images and trains the judge
 //!   through [`fmn_toy_world`], the world itself (scenes, renderer, captions, judge).
+// The unit-test build also sees the dev-dependencies, which only the integration tests use.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 pub mod cli;
 pub mod onnx;
 pub mod quality;

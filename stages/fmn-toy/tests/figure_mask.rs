@@ -1,5 +1,6 @@
 //! The figure mask that `fmn-toy quality` measures attention against agrees with the renderer's
 //! exact masks on freshly rendered scenes.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use fmn_toy::quality::figure_mask;
 use fmn_toy_world::{render, scene_rng, Scene, SceneSpec};
 

@@ -1,6 +1,7 @@
 //! The toy segmenter's training and ONNX export: the writer checked against candle on the
 //! shipped weights (through ONNX Runtime), the convolution against candle's, and training
 //! determinism.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 mod common;
 use common::*;
 use fmn_toy::onnx::ModelProto;

@@ -1,5 +1,6 @@
 //! `fmn-toy train` end to end with tiny settings: a loadable diffusers folder, deterministic
 //! from the seed, resumable, and settings changes refused on resume.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use std::path::Path;
 use std::process::Command;
 

@@ -1,7 +1,6 @@
 //! Recording cross-attention probabilities while they stay in the autograd graph, each with
 //! the grid its queries lie on, and what every reader of them shares: a mask brought onto a
 //! record's grid, and the attention mass of chosen tokens.
-use crate::train::images::resize_mask;
 use crate::{Result, SdError};
 use candle_core::Tensor;
 use std::sync::Mutex;
@@ -51,6 +50,20 @@ pub fn token_mass(probs: &Tensor, positions: &[usize]) -> Result<Tensor> {
         probs.device(),
     )?;
     Ok(probs.index_select(&idx, 3)?.sum(3)?)
+}
+
+/// A `[B, 1, H, W]` mask at `h`×`w`: the mean over each block when the size divides evenly
+/// (the share of the block inside the figure), nearest neighbour otherwise.
+pub fn resize_mask(mask: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (_, _, mh, mw) = mask.dims4()?;
+    if (mh, mw) == (h, w) {
+        return Ok(mask.clone());
+    }
+    if mh % h == 0 && mw % w == 0 {
+        Ok(mask.avg_pool2d((mh / h, mw / w))?)
+    } else {
+        Ok(mask.upsample_nearest2d(h, w)?)
+    }
 }
 
 /// Where a module's attention probabilities go, and the grid of its queries.

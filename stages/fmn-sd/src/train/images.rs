@@ -181,17 +181,3 @@ fn load_mask(dir: &Path, image_path: &Path, image: &RgbImage) -> Result<GrayImag
     }
     Ok(mask)
 }
-
-/// A `[B, 1, H, W]` mask at `h`×`w`: the mean over each block when the size divides evenly
-/// (the share of the block inside the figure), nearest neighbour otherwise.
-pub fn resize_mask(mask: &Tensor, h: usize, w: usize) -> Result<Tensor, SdError> {
-    let (_, _, mh, mw) = mask.dims4()?;
-    if (mh, mw) == (h, w) {
-        return Ok(mask.clone());
-    }
-    if mh % h == 0 && mw % w == 0 {
-        Ok(mask.avg_pool2d((mh / h, mw / w))?)
-    } else {
-        Ok(mask.upsample_nearest2d(h, w)?)
-    }
-}

@@ -181,7 +181,7 @@ pub fn train(
 /// `[B, 1, h, w]` loss weights `1 + k · 4m(1 − m)` from the figure masks `[B, 1, H, W]`, `m`
 /// being the share of each latent cell's pixels on the figure.
 fn outline_weights(masks: &Tensor, h: usize, w: usize, k: f64) -> Result<Tensor> {
-    let m = fmn_sd::train::images::resize_mask(masks, h, w)?;
+    let m = fmn_sd::models::probes::resize_mask(masks, h, w)?;
     let one_minus = m.affine(-1.0, 1.0)?;
     Ok((m * one_minus)?.affine(4.0 * k, 1.0)?)
 }

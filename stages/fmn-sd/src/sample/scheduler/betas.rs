@@ -22,7 +22,8 @@ pub struct BetaSchedule {
 pub(crate) enum ExtraSchedules {
     /// DDIM, Euler, Euler ancestral, DPM-Solver: linear, scaled_linear, squaredcos_cap_v2.
     None,
-    /// DDPMScheduler also has `laplace` and `sigmoid`.
+    /// DDPMScheduler also has `laplace` and `sigmoid` (the training noise schedule's class).
+    #[cfg_attr(not(feature = "train"), allow(dead_code))]
     Ddpm,
 }
 
