@@ -26,7 +26,8 @@ impl CheckpointDir {
         }
     }
 
-    fn progress_file(&self) -> PathBuf {
+    /// `progress.json`, for errors that name it.
+    pub fn progress_path(&self) -> PathBuf {
         self.dir.join(PROGRESS)
     }
 
@@ -36,7 +37,7 @@ impl CheckpointDir {
 
     /// The recorded progress, `None` when no checkpoint was written yet.
     pub fn progress<P: DeserializeOwned>(&self) -> Result<Option<P>> {
-        let file = self.progress_file();
+        let file = self.progress_path();
         if !file.is_file() {
             return Ok(None);
         }
@@ -64,7 +65,7 @@ impl CheckpointDir {
             tensors.insert(format!("var/{name}"), v.as_tensor().clone());
         }
         crate::io::weights::save_safetensors_atomic(&self.state_file(stage), &tensors, None)?;
-        let file = self.progress_file();
+        let file = self.progress_path();
         fmn_core::write_json_atomic(&file, progress).map_err(|e| SdError::io(&file, e))
     }
 
@@ -123,7 +124,7 @@ impl RunProgress {
         settings: &serde_json::Value,
         steps: usize,
     ) -> Result<()> {
-        let file = dir.progress_file();
+        let file = dir.progress_path();
         if &self.settings != settings {
             return Err(SdError::config(
                 &file,

@@ -1,11 +1,12 @@
-//! Training checkpoints: weights, optimizer moments and progress, written atomically.
+//! The toy run's checkpoints: `fmn_sd::train::checkpoint`'s folder, with the toy's progress
+//! record and the rule for which settings may change on resume.
 use super::TrainSettings;
-use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, Var};
+use anyhow::{bail, Result};
+use candle_core::Var;
+use fmn_sd::train::checkpoint::CheckpointDir;
 use fmn_sd::train::optim::AdamW;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Progress {
@@ -63,31 +64,26 @@ fn resumable(saved: &TrainSettings, new: &TrainSettings, stage: &str, step: usiz
     &relaxed == new
 }
 
+/// The toy run's checkpoints: [`CheckpointDir`]'s files (one `{stage}.safetensors` per
+/// stage, `progress.json`), with the toy's own progress record and resume rule
+/// ([`resumable`]): one run has three stages.
 pub struct Checkpoints {
-    dir: PathBuf,
+    dir: CheckpointDir,
 }
 
 impl Checkpoints {
     pub fn new(dir: &Path) -> Self {
         Self {
-            dir: dir.to_path_buf(),
+            dir: CheckpointDir::new(dir),
         }
     }
 
-    fn progress_file(&self) -> PathBuf {
-        self.dir.join("progress.json")
-    }
-
-    /// The completed step of `stage` to resume from (0: start), refusing other settings.
+    /// The completed step of `stage` to resume from (`None`: start), refusing other settings.
     pub fn resume_point(&self, settings: &TrainSettings, stage: &str) -> Result<Option<usize>> {
-        let file = self.progress_file();
-        if !file.is_file() {
+        let Some(p) = self.dir.progress::<Progress>()? else {
             return Ok(None);
-        }
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        let p: Progress = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a checkpoint", file.display()))?;
+        };
+        let file = self.dir.progress_path();
         if !resumable(&p.settings, settings, &p.stage, p.step) {
             bail!(
                 "{}: the checkpoint was made with other settings ({:?}); use another --checkpoints folder or the same settings",
@@ -150,50 +146,17 @@ impl Checkpoints {
         vars: &[(String, Var)],
         opt: &AdamW,
     ) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        let weights: HashMap<String, Tensor> = vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        fmn_sd::io::weights::save_safetensors_atomic(
-            &self.dir.join(format!("{stage}.safetensors")),
-            &weights,
-            None,
-        )?;
-        fmn_sd::io::weights::save_safetensors_atomic(
-            &self.dir.join(format!("{stage}-optimizer.safetensors")),
-            &opt.state()?,
-            None,
-        )?;
         let progress = Progress {
             settings: settings.clone(),
             stage: stage.to_string(),
             step,
         };
-        fmn_core::write_json_atomic(&self.progress_file(), &progress)?;
-        Ok(())
+        Ok(self.dir.save(stage, vars, opt, &progress)?)
     }
 
-    /// Restores the weights of `vars` and the optimizer state saved for `stage`.
+    /// Restores the weights of `vars` and, if given, the optimizer state saved for `stage`.
     pub fn load(&self, stage: &str, vars: &[(String, Var)], opt: Option<&mut AdamW>) -> Result<()> {
-        let file = self.dir.join(format!("{stage}.safetensors"));
-        let saved = candle_core::safetensors::load(&file, &Device::Cpu)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        for (name, var) in vars {
-            let t = saved
-                .get(name)
-                .with_context(|| format!("{}: no tensor `{name}`", file.display()))?;
-            var.set(t)
-                .with_context(|| format!("{}: tensor `{name}`", file.display()))?;
-        }
-        if let Some(opt) = opt {
-            let file = self.dir.join(format!("{stage}-optimizer.safetensors"));
-            let state = candle_core::safetensors::load(&file, &Device::Cpu)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            opt.load_state(&state)?;
-        }
-        Ok(())
+        Ok(self.dir.load(stage, vars, opt)?)
     }
 }
 
