@@ -39,7 +39,7 @@ masks=()
 if [ "$SEGMENT" != none ]; then
   if [ ! -f "$OUT/masks/manifest.json" ]; then
     step "segment $IMAGES -> $OUT/masks"
-    "$BIN/fmn-segment" --segmenter "$SEGMENT" "$IMAGES" --out "$OUT/masks" >/dev/null
+    "$BIN/fmn-segment" --segmenter "$SEGMENT" --images "$IMAGES" --out "$OUT/masks" >/dev/null
   fi
   masks=(--masks "$OUT/masks")
 fi

@@ -20,7 +20,7 @@ RESTEER_CONFIG=${RESTEER_CONFIG:-configs/resteer/toy.yaml}
 mkdir -p "$OUT"
 
 rate() { # FOLDER FIELD LABEL -> "k/n (p %)"
-  "$BIN/fmn-toy" judge "$1" --json | python3 -c '
+  "$BIN/fmn-toy" judge --images "$1" --json | python3 -c '
 import json, sys
 imgs = json.load(sys.stdin)["images"]
 k = sum(1 for i in imgs if i["figure"] and i[sys.argv[1]]["label"] == sys.argv[2])

@@ -245,7 +245,7 @@ fn a_quiet_successful_run_prints_nothing_and_bad_input_exits_1() {
     );
     assert_error(
         "fmn-toy judge of a missing file",
-        &run("fmn-toy", &["judge", &t("missing.png"), "-q"]),
+        &run("fmn-toy", &["judge", "--images", &t("missing.png"), "-q"]),
         "missing.png",
     );
 }
@@ -264,14 +264,22 @@ fn fmn_segment_is_quiet_with_q_and_names_bad_input() {
         "fmn-segment",
         &run(
             "fmn-segment",
-            &["--segmenter", "toy", &img, "-q", "--out", &out],
+            &["--segmenter", "toy", "--images", &img, "-q", "--out", &out],
         ),
     );
     assert_error(
         "fmn-segment with an unknown preset",
         &run(
             "fmn-segment",
-            &["--segmenter", "no-such-preset", &img, "-q", "--out", &out],
+            &[
+                "--segmenter",
+                "no-such-preset",
+                "--images",
+                &img,
+                "-q",
+                "--out",
+                &out,
+            ],
         ),
         "no-such-preset",
     );

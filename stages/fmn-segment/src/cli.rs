@@ -13,7 +13,7 @@ use std::time::Instant;
 
 /// Concept masks from ONNX segmentation models.
 ///
-/// `fmn-segment --segmenter toy IMAGES_DIR --out MASKS_DIR` writes one 8-bit PNG mask per
+/// `fmn-segment --segmenter toy --images DIR --out MASKS_DIR` writes one 8-bit PNG mask per
 /// image (same base name), optional overlays and `manifest.json` with each image's coverage.
 /// Needs the ONNX Runtime 1.31+ library: `ORT_DYLIB_PATH` or `--ort-lib` (see
 /// `scripts/install-onnxruntime.sh`).
@@ -65,7 +65,7 @@ pub struct SegmentArgs {
     #[arg(long, value_name = "PRESET")]
     pub preset: Option<String>,
     /// Folder of images (.png, .jpg, .jpeg); other files are left alone.
-    #[arg(value_name = "IMAGES_DIR")]
+    #[arg(long, value_name = "DIR")]
     #[serde(skip)]
     pub images: Option<PathBuf>,
     /// Folder for the masks and manifest.json.
@@ -119,6 +119,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "PRESET")]
     pub preset: Option<String>,
     /// Folder of renders with masks/.
+    #[arg(long, value_name = "DIR")]
     pub images: PathBuf,
     /// Fail (exit 1) if the mean IoU is below this.
     #[arg(long)]
@@ -186,7 +187,7 @@ fn run_segment(cli: &Cli, flags: &SegmentArgs) -> Result<ExitCode> {
     let (Some(segmenter), Some(images), Some(out)) =
         (&settings.segmenter, &flags.images, &flags.out)
     else {
-        bail!("--segmenter (or `segmenter:` in --config), IMAGES_DIR and --out are required");
+        bail!("--segmenter (or `segmenter:` in --config), --images and --out are required");
     };
     if settings.batch_size == 0 {
         bail!("--batch-size must be at least 1");

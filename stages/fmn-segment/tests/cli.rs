@@ -36,6 +36,7 @@ fn segments_a_folder_with_masks_overlays_and_manifest() {
     let out = run(&[
         "--segmenter",
         "toy",
+        "--images",
         s(&imgs),
         "--out",
         s(&masks),
@@ -82,7 +83,14 @@ fn unreadable_image_is_named_counted_and_the_rest_written() {
         &fs::read(imgs.join("00000.png")).unwrap()[..60],
     )
     .unwrap();
-    let out = run(&["--segmenter", "toy", s(&imgs), "--out", s(&masks)]);
+    let out = run(&[
+        "--segmenter",
+        "toy",
+        "--images",
+        s(&imgs),
+        "--out",
+        s(&masks),
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
@@ -103,16 +111,30 @@ fn earlier_masks_survive_a_later_run_that_fails() {
     let t = tempfile::tempdir().unwrap();
     let (imgs, masks) = (t.path().join("imgs"), t.path().join("masks"));
     toy_folder(&imgs, 2);
-    assert!(
-        run(&["--segmenter", "toy", s(&imgs), "--out", s(&masks), "-q"])
-            .status
-            .success()
-    );
+    assert!(run(&[
+        "--segmenter",
+        "toy",
+        "--images",
+        s(&imgs),
+        "--out",
+        s(&masks),
+        "-q"
+    ])
+    .status
+    .success());
     let before = fs::read(masks.join("00000.png")).unwrap();
     let other = t.path().join("other");
     fs::create_dir(&other).unwrap();
     fs::write(other.join("bad.png"), b"nope").unwrap();
-    let out = run(&["--segmenter", "toy", s(&other), "--out", s(&masks), "-q"]);
+    let out = run(&[
+        "--segmenter",
+        "toy",
+        "--images",
+        s(&other),
+        "--out",
+        s(&masks),
+        "-q",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(fs::read(masks.join("00000.png")).unwrap(), before);
 }
@@ -126,6 +148,7 @@ fn empty_folder_is_an_error() {
     let out = run(&[
         "--segmenter",
         "toy",
+        "--images",
         s(&imgs),
         "--out",
         s(&t.path().join("m")),
@@ -145,6 +168,7 @@ fn missing_images_folder_or_a_file_is_an_error() {
     let out = run(&[
         "--segmenter",
         "toy",
+        "--images",
         s(&t.path().join("nope")),
         "--out",
         s(&t.path().join("m")),
@@ -152,7 +176,14 @@ fn missing_images_folder_or_a_file_is_an_error() {
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
     let f = t.path().join("f.png");
     disc(8, 4.0, 4.0, 2.0, [0, 0, 0]).0.save(&f).unwrap();
-    let out = run(&["--segmenter", "toy", s(&f), "--out", s(&t.path().join("m"))]);
+    let out = run(&[
+        "--segmenter",
+        "toy",
+        "--images",
+        s(&f),
+        "--out",
+        s(&t.path().join("m")),
+    ]);
     assert!(stderr(&out).contains("is not a folder"), "{}", stderr(&out));
 }
 
@@ -163,7 +194,7 @@ fn output_folder_equal_to_input_folder_is_an_error() {
     toy_folder(&imgs, 1);
     let same = format!("{}/../imgs/.", s(&imgs));
     for out_dir in [s(&imgs), same.as_str()] {
-        let out = run(&["--segmenter", "toy", s(&imgs), "--out", out_dir]);
+        let out = run(&["--segmenter", "toy", "--images", s(&imgs), "--out", out_dir]);
         assert_eq!(out.status.code(), Some(1));
         assert!(
             stderr(&out).contains("is the images folder"),
@@ -174,6 +205,7 @@ fn output_folder_equal_to_input_folder_is_an_error() {
     let out = run(&[
         "--segmenter",
         "toy",
+        "--images",
         s(&imgs),
         "--out",
         s(&t.path().join("m")),
@@ -194,6 +226,7 @@ fn two_images_with_one_mask_name_is_an_error() {
     let out = run(&[
         "--segmenter",
         "toy",
+        "--images",
         s(&imgs),
         "--out",
         s(&t.path().join("m")),
@@ -242,7 +275,15 @@ fn odd_images_are_handled() {
         .save(imgs.join("i-wide.png"))
         .unwrap();
     let _ = LumaA([0u8, 0]);
-    let out = run(&["--segmenter", "toy", s(&imgs), "--out", s(&masks), "-q"]);
+    let out = run(&[
+        "--segmenter",
+        "toy",
+        "--images",
+        s(&imgs),
+        "--out",
+        s(&masks),
+        "-q",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let m = manifest(&masks);
     assert_eq!(m["count"], 9, "{m}");
@@ -285,7 +326,15 @@ fn a_10000_pixel_square_image() {
     }
     img.save(imgs.join("big.png")).unwrap();
     drop(img);
-    let out = run(&["--segmenter", "toy", s(&imgs), "--out", s(&masks), "-q"]);
+    let out = run(&[
+        "--segmenter",
+        "toy",
+        "--images",
+        s(&imgs),
+        "--out",
+        s(&masks),
+        "-q",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mask = read_gray(&masks.join("big.png"));
     assert_eq!(mask.dimensions(), (n, n));
@@ -301,7 +350,7 @@ fn runtime_missing_or_wrong_is_a_clear_error() {
     let imgs = t.path().join("imgs");
     toy_folder(&imgs, 1);
     let m = t.path().join("m");
-    let args = ["--segmenter", "toy", s(&imgs), "--out", s(&m)];
+    let args = ["--segmenter", "toy", "--images", s(&imgs), "--out", s(&m)];
     let out = run_with_ort(&args, None);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -356,19 +405,34 @@ fn usage_errors() {
     let imgs = t.path().join("imgs");
     toy_folder(&imgs, 1);
     let m = t.path().join("m");
-    let out = run(&["--segmenter", "nosuchpreset", s(&imgs), "--out", s(&m)]);
+    let out = run(&[
+        "--segmenter",
+        "nosuchpreset",
+        "--images",
+        s(&imgs),
+        "--out",
+        s(&m),
+    ]);
     let err = stderr(&out);
     assert!(
         err.contains("no preset named \"nosuchpreset\"") && err.contains("toy"),
         "{err}"
     );
-    let out = run(&["--segmenter", "model.onnx", s(&imgs), "--out", s(&m)]);
+    let out = run(&[
+        "--segmenter",
+        "model.onnx",
+        "--images",
+        s(&imgs),
+        "--out",
+        s(&m),
+    ]);
     assert!(stderr(&out).contains("--preset"), "{}", stderr(&out));
     let out = run(&[
         "--segmenter",
         "toy",
         "--preset",
         "toy",
+        "--images",
         s(&imgs),
         "--out",
         s(&m),
@@ -379,10 +443,10 @@ fn usage_errors() {
         stderr(&out)
     );
     // No --segmenter (it may also come from --config): a plain error naming it.
-    let out = run(&[s(&imgs), "--out", s(&m)]);
+    let out = run(&["--images", s(&imgs), "--out", s(&m)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--segmenter"), "{}", stderr(&out));
-    let out = run(&["--segmenter", "u2net", s(&imgs), "--out", s(&m)]);
+    let out = run(&["--segmenter", "u2net", "--images", s(&imgs), "--out", s(&m)]);
     assert!(
         stderr(&out).contains("weights are not shipped"),
         "{}",
@@ -421,7 +485,14 @@ fn a_config_file_supplies_options_and_flags_override_it() {
         ),
     )
     .unwrap();
-    let out = run(&["--config", s(&cfg), s(&imgs), "--out", s(&masks)]);
+    let out = run(&[
+        "--config",
+        s(&cfg),
+        "--images",
+        s(&imgs),
+        "--out",
+        s(&masks),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(manifest(&masks)["count"], 2);
     assert!(
@@ -435,6 +506,7 @@ fn a_config_file_supplies_options_and_flags_override_it() {
         s(&cfg),
         "--segmenter",
         "no-such-preset",
+        "--images",
         s(&imgs),
         "--out",
         s(&masks2),
@@ -446,7 +518,14 @@ fn a_config_file_supplies_options_and_flags_override_it() {
     assert!(stderr(&out).contains("no-such-preset"), "{}", stderr(&out));
 
     fs::write(&cfg, "modle: toy\n").unwrap();
-    let out = run(&["--config", s(&cfg), s(&imgs), "--out", s(&masks2)]);
+    let out = run(&[
+        "--config",
+        s(&cfg),
+        "--images",
+        s(&imgs),
+        "--out",
+        s(&masks2),
+    ]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("modle") && stderr(&out).contains("segment.yaml"),
@@ -477,14 +556,30 @@ fn follows_the_cli_convention() {
     let t = tempfile::tempdir().unwrap();
     let (imgs, masks) = (t.path().join("imgs"), t.path().join("masks"));
     toy_folder(&imgs, 2);
-    let out = run(&["--segmenter", "toy", s(&imgs), "-o", s(&masks), "-q"]);
+    let out = run(&[
+        "--segmenter",
+        "toy",
+        "--images",
+        s(&imgs),
+        "-o",
+        s(&masks),
+        "-q",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!((stdout(&out), stderr(&out)), (String::new(), String::new()));
     assert!(masks.join("00001.png").is_file());
     // Without -q, one summary line on stderr; --json alone prints only the manifest.
-    let out = run(&["--segmenter", "toy", s(&imgs), "-o", s(&masks)]);
+    let out = run(&["--segmenter", "toy", "--images", s(&imgs), "-o", s(&masks)]);
     assert!(stderr(&out).contains("2 masks in"), "{}", stderr(&out));
-    let out = run(&["--segmenter", "toy", s(&imgs), "-o", s(&masks), "--json"]);
+    let out = run(&[
+        "--segmenter",
+        "toy",
+        "--images",
+        s(&imgs),
+        "-o",
+        s(&masks),
+        "--json",
+    ]);
     assert_eq!(stderr(&out), "");
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(json["count"], 2);
@@ -492,7 +587,15 @@ fn follows_the_cli_convention() {
     // One corrupt image: exit 1, named, the other masks written (also with -q).
     fs::write(imgs.join("00000-corrupt.png"), b"not a png").unwrap();
     let masks2 = t.path().join("masks2");
-    let out = run(&["--segmenter", "toy", s(&imgs), "-o", s(&masks2), "-q"]);
+    let out = run(&[
+        "--segmenter",
+        "toy",
+        "--images",
+        s(&imgs),
+        "-o",
+        s(&masks2),
+        "-q",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("00000-corrupt.png"),
@@ -505,8 +608,9 @@ fn follows_the_cli_convention() {
     // Usage errors exit 2; the old --model flag is one.
     for args in [
         &["--no-such-flag"][..],
-        &["--model", "toy", s(&imgs), "-o", s(&masks)][..],
-        &["--batch-size", "many", s(&imgs)][..],
+        &["--model", "toy", "--images", s(&imgs), "-o", s(&masks)][..],
+        &["--batch-size", "many", "--images", s(&imgs)][..],
+        &[s(&imgs), "-o", s(&masks)][..],
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
@@ -515,10 +619,10 @@ fn follows_the_cli_convention() {
     // eval --min-iou above what the model reaches: exit 1, named.
     let renders =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/toy-holdout/clean");
-    let out = run(&["eval", s(&renders), "--min-iou", "1.01", "-q"]);
+    let out = run(&["eval", "--images", s(&renders), "--min-iou", "1.01", "-q"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("below --min-iou"), "{}", stderr(&out));
-    let out = run(&["eval", s(&renders), "--min-iou", "0.5", "-q"]);
+    let out = run(&["eval", "--images", s(&renders), "--min-iou", "0.5", "-q"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!((stdout(&out), stderr(&out)), (String::new(), String::new()));
 }

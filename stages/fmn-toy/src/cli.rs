@@ -144,9 +144,9 @@ pub struct ModelTrainArgs {
     pub config: Option<PathBuf>,
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Rendered training images.
-    #[arg(long)]
-    pub images: Option<usize>,
+    /// How many renders to train on.
+    #[arg(long, value_name = "N")]
+    pub renders: Option<usize>,
     #[arg(long)]
     pub vae_steps: Option<usize>,
     #[arg(long)]
@@ -167,7 +167,7 @@ pub struct ModelTrainArgs {
 #[derive(Debug, Serialize)]
 struct TrainFlags {
     seed: Option<u64>,
-    images: Option<usize>,
+    renders: Option<usize>,
     vae_steps: Option<usize>,
     unet_steps: Option<usize>,
     decoder_steps: Option<usize>,
@@ -179,7 +179,7 @@ impl ModelTrainArgs {
     fn flags(&self) -> TrainFlags {
         TrainFlags {
             seed: self.seed,
-            images: self.images,
+            renders: self.renders,
             vae_steps: self.vae_steps,
             unet_steps: self.unet_steps,
             decoder_steps: self.decoder_steps,
@@ -229,7 +229,7 @@ pub struct RenderArgs {
 #[derive(Debug, Args)]
 pub struct JudgeArgs {
     /// PNG/JPEG files, or folders (their PNG/JPEG files, not recursively).
-    #[arg(required = true)]
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     pub images: Vec<PathBuf>,
     /// Judge weights (default: the committed ones, compiled in).
     #[arg(long, value_name = "FILE")]
@@ -448,8 +448,8 @@ fn train_judge(a: &TrainJudgeArgs, output: &OutputArgs) -> Result<ExitCode> {
 fn train_settings(a: &ModelTrainArgs) -> Result<crate::train::TrainSettings> {
     let settings: crate::train::TrainSettings =
         fmn_core::config::merge(a.config.as_deref(), &a.flags())?;
-    if settings.images == 0 || settings.checkpoint_every == 0 {
-        bail!("--images and --checkpoint-every must be at least 1");
+    if settings.renders == 0 || settings.checkpoint_every == 0 {
+        bail!("--renders and --checkpoint-every must be at least 1");
     }
     let source = a
         .config
@@ -504,7 +504,7 @@ fn train_model(a: &ModelTrainArgs, output: &OutputArgs) -> Result<ExitCode> {
         }
     }
     let spec = SceneSpec::default();
-    let examples: Vec<crate::train::Example> = (0..settings.images as u64)
+    let examples: Vec<crate::train::Example> = (0..settings.renders as u64)
         .map(|i| {
             let (scene, caption) = dataset::draw(settings.seed, i, &spec);
             let (image, mask) = fmn_toy_world::render(&scene);
@@ -718,24 +718,24 @@ mod tests {
     fn train_settings_are_defaults_then_config_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("c.yaml");
-        std::fs::write(&config, "seed: 5\nimages: 40\nzero_terminal_snr: true\n").unwrap();
+        std::fs::write(&config, "seed: 5\nrenders: 40\nzero_terminal_snr: true\n").unwrap();
         let config = config.to_str().unwrap();
         let defaults = crate::train::TrainSettings::default();
 
         let from_file = settings(&["--config", config]).unwrap();
-        assert_eq!((from_file.seed, from_file.images), (5, 40));
+        assert_eq!((from_file.seed, from_file.renders), (5, 40));
         assert!(from_file.zero_terminal_snr);
         assert_eq!(from_file.unet_steps, defaults.unet_steps);
 
         let flagged = settings(&[
             "--config",
             config,
-            "--images",
+            "--renders",
             "7",
             "--no-zero-terminal-snr",
         ]);
         let flagged = flagged.unwrap();
-        assert_eq!((flagged.seed, flagged.images), (5, 7));
+        assert_eq!((flagged.seed, flagged.renders), (5, 7));
         assert!(!flagged.zero_terminal_snr);
         // The last of --X / --no-X wins.
         let last = settings(&["--no-zero-terminal-snr", "--zero-terminal-snr"]).unwrap();

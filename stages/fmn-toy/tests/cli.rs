@@ -92,7 +92,7 @@ fn render_then_judge() {
     }
 
     // Judge the folder (masks/ is not judged).
-    let o = fmn_toy(&["judge", out.to_str().unwrap(), "--json"]);
+    let o = fmn_toy(&["judge", "--images", out.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let verdicts: Value = serde_json::from_slice(&o.stdout).unwrap();
     let judged = verdicts["images"].as_array().unwrap();
@@ -128,6 +128,7 @@ fn render_then_judge() {
     // Plain text output, single files.
     let o = fmn_toy(&[
         "judge",
+        "--images",
         out.join("00000.png").to_str().unwrap(),
         out.join("00001.png").to_str().unwrap(),
     ]);
@@ -148,7 +149,7 @@ fn only_bob() {
         assert_eq!(e["character"], "bob");
         assert!(e["caption"].as_str().unwrap().contains("bob"));
     }
-    let o = fmn_toy(&["judge", out.to_str().unwrap(), "--json"]);
+    let o = fmn_toy(&["judge", "--images", out.to_str().unwrap(), "--json"]);
     let verdicts: Value = serde_json::from_slice(&o.stdout).unwrap();
     for v in verdicts["images"].as_array().unwrap() {
         assert_eq!(v["character"]["label"], "bob");
@@ -169,26 +170,36 @@ fn bad_input_is_a_clear_error() {
 
     let missing = tmp.path().join("missing.png");
     check(
-        fmn_toy(&["judge", missing.to_str().unwrap()]),
+        fmn_toy(&["judge", "--images", missing.to_str().unwrap()]),
         "missing.png",
     );
 
     let text = tmp.path().join("notes.png");
     std::fs::write(&text, "not an image").unwrap();
-    check(fmn_toy(&["judge", text.to_str().unwrap()]), "notes.png");
+    check(
+        fmn_toy(&["judge", "--images", text.to_str().unwrap()]),
+        "notes.png",
+    );
 
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    check(fmn_toy(&["judge", empty.to_str().unwrap()]), "empty");
+    check(
+        fmn_toy(&["judge", "--images", empty.to_str().unwrap()]),
+        "empty",
+    );
 
     let folder = tmp.path().join("mixed");
     std::fs::create_dir(&folder).unwrap();
     std::fs::write(folder.join("broken.jpg"), [0xFF, 0xD8, 0x00]).unwrap();
-    check(fmn_toy(&["judge", folder.to_str().unwrap()]), "broken.jpg");
+    check(
+        fmn_toy(&["judge", "--images", folder.to_str().unwrap()]),
+        "broken.jpg",
+    );
 
     check(
         fmn_toy(&[
             "judge",
+            "--images",
             tmp.path().join("x").to_str().unwrap(),
             "--weights",
             "/nonexistent.safetensors",
@@ -200,6 +211,7 @@ fn bad_input_is_a_clear_error() {
     check(
         fmn_toy(&[
             "judge",
+            "--images",
             ok.to_str().unwrap(),
             "--weights",
             text.to_str().unwrap(),
@@ -243,7 +255,7 @@ fn quiet_help_and_exit_codes_follow_the_convention() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{o:?}");
     assert!(out.join("manifest.json").is_file());
-    let o = fmn_toy(&["judge", out.to_str().unwrap(), "--quiet"]);
+    let o = fmn_toy(&["judge", "--images", out.to_str().unwrap(), "--quiet"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{o:?}");
 

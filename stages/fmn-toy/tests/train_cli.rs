@@ -34,7 +34,7 @@ fn train_in(parent: &Path, name: &str, yaml: &str) -> std::process::Output {
     res
 }
 
-const TINY: &str = "seed: 3\nimages: 8\nvae_steps: 2\nvae_batch: 2\nvae_lr: 0.001\nvae_kl_weight: 0.000001\nunet_steps: 2\nunet_batch: 2\nunet_lr: 0.001\nwarmup_steps: 1\ncfg_dropout: 0.5\ncheckpoint_every: 1\ndecoder_steps: 2\ndecoder_batch: 2\n";
+const TINY: &str = "seed: 3\nrenders: 8\nvae_steps: 2\nvae_batch: 2\nvae_lr: 0.001\nvae_kl_weight: 0.000001\nunet_steps: 2\nunet_batch: 2\nunet_lr: 0.001\nwarmup_steps: 1\ncfg_dropout: 0.5\ncheckpoint_every: 1\ndecoder_steps: 2\ndecoder_batch: 2\n";
 
 #[test]
 fn trains_exports_resumes_and_refuses_other_settings() {

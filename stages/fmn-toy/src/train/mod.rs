@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSettings {
     pub seed: u64,
-    /// Rendered training images.
-    pub images: usize,
+    /// Rendered training images (`images` in settings written before the flag was `--renders`).
+    #[serde(alias = "images")]
+    pub renders: usize,
     pub vae_steps: usize,
     pub vae_batch: usize,
     pub vae_lr: f64,
@@ -81,7 +82,7 @@ impl Default for TrainSettings {
     fn default() -> Self {
         Self {
             seed: 0,
-            images: 6000,
+            renders: 6000,
             vae_steps: 800,
             vae_batch: 16,
             vae_lr: 1e-3,
