@@ -35,6 +35,16 @@ impl OutputArgs {
         !self.quiet && !self.json
     }
 
+    /// A finished run's result: `doc` on stdout with `--json`, else `summary` on stderr unless
+    /// `-q`.
+    pub fn report(&self, doc: &serde_json::Value, summary: impl FnOnce() -> String) {
+        if self.json {
+            println!("{doc}");
+        } else if !self.quiet {
+            eprintln!("{}", summary());
+        }
+    }
+
     /// A progress bar of `len` steps labelled `what`, hidden with `-q`.
     pub fn bar(&self, len: u64, what: &str) -> indicatif::ProgressBar {
         progress::bar(len, what, self.quiet)

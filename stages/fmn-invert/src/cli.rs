@@ -105,9 +105,7 @@ impl Args {
 
 /// Parses the command line and runs the inversion.
 pub fn run() -> Result<ExitCode> {
-    let args = fmn_cli::parse::<Args>();
-    fmn_core::allocator::tune_for_tensors();
-    execute(&args)
+    fmn_sd_args::run_stage(execute)
 }
 
 pub fn execute(args: &Args) -> Result<ExitCode> {
@@ -130,19 +128,14 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     run.output_written();
     let r = &result.report;
-    if args.stage.output.json {
-        println!(
-            "{}",
-            serde_json::json!({
+    args.stage.output.report(&serde_json::json!({
                 "embedding": args.out.display().to_string(),
                 "tokens": result.embedding.tokens,
                 "report": r,
                 "norms": result.norms,
                 "images": result.images,
-            })
-        );
-    } else if !args.stage.output.quiet {
-        eprintln!(
+            }), || {
+        format!(
             "wrote {} ({}): loss {:.4} -> {:.4} (means of the first and last {} steps) in {} steps on {} images, {:.1} s; norms {:?}",
             args.out.display(),
             result.embedding.tokens.join(" "),
@@ -157,7 +150,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
                 .iter()
                 .map(|n| (n * 1000.0).round() / 1000.0)
                 .collect::<Vec<_>>()
-        );
-    }
+        )
+    });
     Ok(ExitCode::SUCCESS)
 }

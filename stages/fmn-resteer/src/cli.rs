@@ -17,12 +17,12 @@ use std::process::ExitCode;
 #[command(name = "fmn-resteer", version)]
 pub struct Args {
     #[command(flatten)]
+    pub concept: ConceptArgs,
+    #[command(flatten)]
     pub model: ModelArgs,
     /// Settings (keys as in configs/resteer/*.yaml); the flags below override them.
     #[arg(long, value_name = "FILE.yaml")]
     pub config: Option<PathBuf>,
-    #[command(flatten)]
-    pub concept: ConceptArgs,
     #[command(flatten)]
     pub settings: SettingArgs,
     /// The patch file to write.
@@ -165,9 +165,7 @@ impl Args {
 
 /// Parses the command line and runs the re-steering.
 pub fn run() -> Result<ExitCode> {
-    let args = fmn_cli::parse::<Args>();
-    fmn_core::allocator::tune_for_tensors();
-    execute(&args)
+    fmn_sd_args::run_stage(execute)
 }
 
 pub fn execute(args: &Args) -> Result<ExitCode> {
@@ -200,28 +198,26 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     run.output_written();
     let r = &result.report;
-    if args.stage.output.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "patch": args.out.display().to_string(),
-                "report": r,
-                "tensors": tensors,
-                "bytes": patch.size_bytes(),
-                "base_fingerprint": patch.meta.base_fingerprint,
-            })
-        );
-    } else if !args.stage.output.quiet {
-        eprintln!(
-            "wrote {} ({} tensors, {:.1} MB): loss {:.4} -> {:.4} in {} steps, {:.1} s",
-            args.out.display(),
-            tensors,
-            patch.size_bytes() as f64 / 1e6,
-            r.first_loss,
-            r.final_loss,
-            r.steps,
-            r.seconds
-        );
-    }
+    args.stage.output.report(
+        &serde_json::json!({
+            "patch": args.out.display().to_string(),
+            "report": r,
+            "tensors": tensors,
+            "bytes": patch.size_bytes(),
+            "base_fingerprint": patch.meta.base_fingerprint,
+        }),
+        || {
+            format!(
+                "wrote {} ({} tensors, {:.1} MB): loss {:.4} -> {:.4} in {} steps, {:.1} s",
+                args.out.display(),
+                tensors,
+                patch.size_bytes() as f64 / 1e6,
+                r.first_loss,
+                r.final_loss,
+                r.steps,
+                r.seconds
+            )
+        },
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -334,8 +334,8 @@ pub fn resteer(
     device: &Device,
     run: RunControl,
 ) -> Result<Resteered, ResteerError> {
-    cfg.validate().map_err(ResteerError::Input)?;
     let set = cfg.param_set();
+    cfg.validate().map_err(ResteerError::Input)?;
     let resolution = training_resolution(cfg.resolution, &model.unet_config, &model.vae)?;
     let timesteps = timestep_range(cfg.timesteps, &model.schedule)?;
     let text = TextSide::new(model, cfg)?;

@@ -32,9 +32,7 @@ const STEP_SEED_OFFSET: u64 = 0x5EED_0000_0000;
 
 /// Parses the command line and samples.
 pub fn run() -> Result<ExitCode> {
-    let args = fmn_cli::parse::<Args>();
-    fmn_core::allocator::tune_for_tensors();
-    execute(&args)
+    fmn_sd_args::run_stage(execute)
 }
 
 pub fn execute(args: &Args) -> Result<ExitCode> {

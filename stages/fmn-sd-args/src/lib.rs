@@ -15,6 +15,18 @@ use clap::{Args, ValueEnum};
 use fmn_sd::io::source::{ModelSource, SourceOptions};
 use fmn_sd::sample::scheduler::PredictionType;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The `cli::run` of a stage that loads a diffusion model: parses its command line
+/// ([`fmn_cli::parse`]), sets the allocator up for tensor work
+/// ([`fmn_core::allocator::tune_for_tensors`]) and runs `execute` on the arguments.
+pub fn run_stage<A: fmn_cli::StageArgs, E>(
+    execute: impl FnOnce(&A) -> Result<ExitCode, E>,
+) -> Result<ExitCode, E> {
+    let args = fmn_cli::parse::<A>();
+    fmn_core::allocator::tune_for_tensors();
+    execute(&args)
+}
 
 /// `--model`, `--model-config`, `--prediction-type`.
 #[derive(Debug, Clone, Default, Args, serde::Serialize)]

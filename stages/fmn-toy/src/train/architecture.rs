@@ -5,7 +5,8 @@
 //! 32/64/64 and a 2-layer, 64-wide CLIP text encoder over the real CLIP vocabulary.
 //! The UNet's transformer blocks sit at 8×8 and 4×4 only — none at 16×16, as SDXL leaves its
 //! highest resolution without attention: the training step fell from 1.34 s to 0.94 s (batch 32,
-//! two threads), and the model trained in the hour met the quality bar (BENCHMARKS.md).
+//! two threads), and the model trained in the hour met the quality bar (BENCHMARKS.md#toy-unet-step-no-attention-at-16x16,
+//! BENCHMARKS.md#toy-model-quality-bar).
 use fmn_sd::io::sampling_defaults::SamplingDefaults;
 use serde_json::{json, Value};
 
@@ -107,7 +108,7 @@ pub fn scheduler_config(zero_terminal_snr: bool) -> Value {
 
 /// What `fmn-sample` uses when not told (`sampling_defaults.json`). A velocity model's guided
 /// prediction overshoots at diffusers' 7.5: the committed model drew bob on 1 of 8 seeds at 7.5
-/// and on 8 of 8 at 4 (`fmn-toy quality`, BENCHMARKS.md).
+/// and on 8 of 8 at 4 (`fmn-toy quality`, BENCHMARKS.md#toy-model-quality-bar).
 pub fn sampling_defaults(zero_terminal_snr: bool) -> SamplingDefaults {
     SamplingDefaults {
         guidance_scale: zero_terminal_snr.then_some(4.0),

@@ -6,7 +6,7 @@
 //!
 //! Without it, the toy UNet reads the prompt mostly through the end-of-text padding tokens
 //! (each holds the whole caption in a causal text encoder): the object word's attention
-//! spread over the image (1.2× the figure's share, BENCHMARKS.md), so re-steering attention
+//! spread over the image (1.2× the figure's share, BENCHMARKS.md#attention-term-why-the-toy-model-has-one), so re-steering attention
 //! away from a word had little to act on.
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};

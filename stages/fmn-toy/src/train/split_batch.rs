@@ -1,11 +1,11 @@
 //! One optimiser step's gradients computed over parts of the batch on parallel threads and
 //! summed. candle runs its element-wise CPU ops and autograd bookkeeping on the calling
 //! thread, so a whole-batch step left the second core idle for about a third of it
-//! (`RAYON_NUM_THREADS=1` cost only 1.33×, BENCHMARKS.md). Each part runs in a one-thread
+//! (`RAYON_NUM_THREADS=1` cost only 1.33×, BENCHMARKS.md#toy-training-batch-split-across-threads). Each part runs in a one-thread
 //! rayon pool of its own, so that the parallel loops of fmn-sd's ops in one part never queue
 //! behind the other's; `fmn-toy train` also makes candle's matrix products single-threaded
 //! when the batch is split (two parts each spreading their products over both cores spun
-//! more than they gained: BENCHMARKS.md).
+//! more than they gained: BENCHMARKS.md#toy-training-batch-split-across-threads).
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
