@@ -71,6 +71,31 @@ impl RunArgs {
     }
 }
 
+/// `--ort-lib`: the stages that run ONNX models (fmn-segment, fmn-eval's `onnx:` judges).
+#[derive(Debug, Clone, Default, Args)]
+pub struct OrtArgs {
+    /// The ONNX Runtime shared library (default: $ORT_DYLIB_PATH).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help_heading = "ONNX Runtime"
+    )]
+    pub ort_lib: Option<PathBuf>,
+}
+
+/// A stage's settings: `--config FILE.yaml` (the keys of the stage's `configs/<stage>/*.yaml`)
+/// and the flags `S` that override its keys (`fmn_core::merge_valid`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct SettingsArgs<S: Args> {
+    /// Settings from a YAML file (keys as in the stage's configs/*.yaml); the flags below
+    /// override them.
+    #[arg(long, value_name = "FILE.yaml")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: S,
+}
+
 /// `OUT.ckpt` beside the output `OUT`.
 pub fn checkpoint_dir_for(out: &Path) -> PathBuf {
     let mut name = out.file_name().unwrap_or_default().to_os_string();

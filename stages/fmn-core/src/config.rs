@@ -32,11 +32,16 @@ pub trait Validate {
     fn validate(&self) -> Result<(), String>;
 }
 
-/// [`merge`], then [`Validate::validate`]: the settings a stage runs with.
-pub fn merge_valid<T: DeserializeOwned + Validate>(
+/// [`merge`], then [`Validate::validate`]: the settings a stage runs with. A key of the file
+/// that `T::default()` does not serialise is refused, so `T` may `#[serde(flatten)]` a group of
+/// keys shared between stages, which `deny_unknown_fields` does not allow.
+pub fn merge_valid<T: DeserializeOwned + Serialize + Default + Validate>(
     file: Option<&Path>,
     flags: &impl Serialize,
 ) -> Result<T, ConfigError> {
+    if let Some(path) = file {
+        refuse_unknown_keys::<T>(path)?;
+    }
     let settings: T = merge(file, flags)?;
     settings
         .validate()
@@ -104,6 +109,41 @@ pub fn display<T: std::fmt::Display, S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     value.as_ref().map(ToString::to_string).serialize(s)
+}
+
+fn refuse_unknown_keys<T: Serialize + Default>(path: &Path) -> Result<(), ConfigError> {
+    let Ok(Value::Mapping(known)) = serde_yaml::to_value(T::default()) else {
+        return Ok(());
+    };
+    let text = read(path)?;
+    let Ok(Value::Mapping(given)) = serde_yaml::from_str::<Value>(&text) else {
+        // Not a mapping: `merge` reports it.
+        return Ok(());
+    };
+    let unknown: Vec<String> = given
+        .keys()
+        .filter(|k| !known.contains_key(*k))
+        .map(|k| {
+            serde_yaml::to_string(k)
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let mut expected: Vec<&str> = known.keys().filter_map(Value::as_str).collect();
+    expected.sort_unstable();
+    Err(ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: format!(
+            "unknown key{} `{}`; the keys are: {}",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown.join("`, `"),
+            expected.join(", ")
+        ),
+    })
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {

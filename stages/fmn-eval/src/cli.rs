@@ -2,7 +2,7 @@
 use crate::judge::JudgeSpec;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use fmn_cli::{OutputArgs, StageArgs};
+use fmn_cli::{OrtArgs, OutputArgs, StageArgs};
 use fmn_core::Shard;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -18,14 +18,8 @@ pub struct Cli {
     pub eval: EvalArgs,
     #[command(flatten)]
     pub output: OutputArgs,
-    /// The ONNX Runtime shared library for `--judge onnx:` (default: $ORT_DYLIB_PATH).
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        help_heading = "ONNX Runtime"
-    )]
-    pub ort_lib: Option<PathBuf>,
+    #[command(flatten)]
+    pub ort: OrtArgs,
 }
 
 impl StageArgs for Cli {

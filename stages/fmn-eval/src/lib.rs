@@ -27,7 +27,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 pub fn execute(cli: &Cli) -> Result<ExitCode> {
-    if let Some(lib) = &cli.ort_lib {
+    if let Some(lib) = &cli.ort.ort_lib {
         // The process's one ONNX Runtime, which the onnx judge uses.
         fmn_onnx::Runtime::load(Some(lib))?;
     }

@@ -4,7 +4,7 @@ use crate::invert;
 use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::Parser;
-use fmn_cli::{OutputArgs, StageArgs};
+use fmn_cli::{OutputArgs, SettingsArgs, StageArgs};
 use fmn_sd::io::embedding::EmbeddingLayout;
 use fmn_sd::sample::pipeline::StableDiffusion;
 use fmn_sd_args::{ModelArgs, TrainingRun, TrainingStageArgs};
@@ -18,11 +18,8 @@ use std::process::ExitCode;
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Settings (keys as in configs/invert/*.yaml); the flags below override them.
-    #[arg(long, value_name = "FILE.yaml")]
-    pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub settings: SettingArgs,
+    pub settings: SettingsArgs<SettingArgs>,
     /// Write AUTOMATIC1111's layout (`emb_params`; invoked by the file name) instead of one
     /// tensor per token.
     #[arg(long)]
@@ -96,10 +93,8 @@ impl StageArgs for Args {
 impl Args {
     /// The run's settings: defaults < `--config` < flags, checked.
     pub fn settings(&self) -> Result<InvertConfig> {
-        Ok(fmn_core::merge_valid(
-            self.config.as_deref(),
-            &self.settings,
-        )?)
+        let s = &self.settings;
+        Ok(fmn_core::merge_valid(s.config.as_deref(), &s.flags)?)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Inversion settings: a YAML file (keys as the original Forget-Me-Not's `ti.yaml` where they
 //! mean the same) whose values CLI flags override.
 use fmn_core::Validate;
-use fmn_sd::train::scaffold::CommonSettings;
+use fmn_sd::train::scaffold::{AdamKeys, CommonSettings};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -46,7 +46,9 @@ pub fn split_tokens(s: &str) -> Vec<String> {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// Unknown keys are refused by [`fmn_core::merge_valid`] (serde cannot deny them beside
+/// `flatten`).
+#[serde(default)]
 pub struct InvertConfig {
     /// Folder of the concept's images (`instance_data_dir`).
     pub instance_data_dir: Option<PathBuf>,
@@ -77,11 +79,9 @@ pub struct InvertConfig {
     /// Prompt templates per kind; `{}` stands for the tokens.
     pub object_templates: Vec<String>,
     pub style_templates: Vec<String>,
-    pub adam_beta1: f64,
-    pub adam_beta2: f64,
-    pub adam_epsilon: f64,
-    /// Gradient-norm clipping (0: none, as the original's inversion stage).
-    pub max_grad_norm: f64,
+    /// No gradient clipping by default, as the original's inversion stage.
+    #[serde(flatten)]
+    pub adam: AdamKeys,
 }
 
 impl Default for InvertConfig {
@@ -106,10 +106,7 @@ impl Default for InvertConfig {
             mask_floor: 0.05,
             object_templates: vec!["a photo of {}".into()],
             style_templates: vec!["a photo in the style of {}".into()],
-            adam_beta1: 0.9,
-            adam_beta2: 0.999,
-            adam_epsilon: 1e-8,
-            max_grad_norm: 0.0,
+            adam: AdamKeys::default(),
         }
     }
 }
@@ -160,6 +157,7 @@ impl Validate for InvertConfig {
             batch: ("train_batch_size", self.train_batch_size),
             learning_rate: ("learning_rate_ti", self.learning_rate_ti),
             timesteps: self.timesteps,
+            adam: &self.adam,
         }
         .check()?;
         if self.mask_floor.is_nan() || self.mask_floor <= 0.0 {

@@ -12,10 +12,9 @@ use fmn_sd::models::probes::resize_mask;
 use fmn_sd::sample::pipeline::StableDiffusion;
 use fmn_sd::train::images::TrainingImages;
 use fmn_sd::train::noise_schedule::NoiseSchedule;
-use fmn_sd::train::optim::AdamWConfig;
 use fmn_sd::train::scaffold::{
     sample_latent, timestep_range, train, training_resolution, NoisyLatents, Objective, RunControl,
-    Schedule, StepLoss, TrainError, TrainReport,
+    StepLoss, TrainError, TrainReport,
 };
 
 /// An inversion's result: the learned tokens, and what the run did.
@@ -236,20 +235,13 @@ pub fn invert(
         schedule,
         device: device.clone(),
     };
-    let plan = Schedule {
-        steps: cfg.max_train_steps_ti,
-        seed: cfg.seed,
-        adamw: AdamWConfig {
-            lr: cfg.learning_rate_ti,
-            beta1: cfg.adam_beta1,
-            beta2: cfg.adam_beta2,
-            eps: cfg.adam_epsilon,
-            weight_decay: cfg.weight_decay_ti,
-        },
-        max_grad_norm: (cfg.max_grad_norm > 0.0).then_some(cfg.max_grad_norm),
-    };
-    let settings = serde_json::to_value(cfg).map_err(|e| InvertError::Input(e.to_string()))?;
-    let report = train(&vars, &plan, settings.clone(), run, &mut inversion)?;
+    let plan = cfg.adam.schedule(
+        cfg.max_train_steps_ti,
+        cfg.seed,
+        cfg.learning_rate_ti,
+        cfg.weight_decay_ti,
+    );
+    let report = train(&vars, &plan, cfg, run, &mut inversion)?;
     let rows = var.as_tensor().detach();
     let norms = rows
         .sqr()?
@@ -264,7 +256,7 @@ pub fn invert(
             source: "fmn".into(),
             initializers: init_texts,
             base_fingerprint: Some(token_table_fingerprint(text_encoder)?),
-            settings,
+            settings: serde_json::to_value(cfg).map_err(|e| InvertError::Input(e.to_string()))?,
             fmn_version: Some(fmn_core::VERSION.into()),
         },
     )?;

@@ -185,28 +185,19 @@ fn a_killed_run_resumes_to_the_same_embedding() {
 
     let resumed = tmp.path().join("resumed.safetensors");
     let ckpt = tmp.path().join("resumed.safetensors.ckpt/progress.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fmn-invert"))
-        .arg("--model")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fmn-invert"));
+    cmd.arg("--model")
         .arg(model())
         .args(["--quiet", "--checkpoint-every", "5"])
         .args(args)
         .arg("--images")
         .arg(&img)
         .arg("--out")
-        .arg(&resumed)
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !ckpt.exists() && started.elapsed().as_secs() < 120 {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+        .arg(&resumed);
     assert!(
-        !resumed.exists(),
+        fmn_testkit::kill_at_first_checkpoint(cmd, &ckpt, &resumed),
         "the run finished before it was killed; raise --steps"
     );
-    assert!(ckpt.exists(), "no checkpoint was written");
     let res = invert(
         &[&args[..], &["--checkpoint-every", "5", "--resume"]].concat(),
         &[("--images", &img), ("--out", &resumed)],

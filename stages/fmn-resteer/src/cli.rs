@@ -4,7 +4,7 @@ use crate::{resteer, Model};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::Parser;
-use fmn_cli::{switch, OutputArgs, StageArgs};
+use fmn_cli::{switch, OutputArgs, SettingsArgs, StageArgs};
 use fmn_sd::io::patch::{Concept, Patch};
 use fmn_sd_args::{ModelArgs, TrainingRun, TrainingStageArgs};
 use serde::Serialize;
@@ -20,11 +20,8 @@ pub struct Args {
     pub concept: ConceptArgs,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Settings (keys as in configs/resteer/*.yaml); the flags below override them.
-    #[arg(long, value_name = "FILE.yaml")]
-    pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub settings: SettingArgs,
+    pub settings: SettingsArgs<SettingArgs>,
     /// The patch file to write.
     #[arg(long, short)]
     pub out: PathBuf,
@@ -144,7 +141,7 @@ impl Args {
             ),
             _ => None,
         };
-        let s = &self.settings;
+        let s = &self.settings.flags;
         let flags = Overrides {
             multi_concept,
             max_train_steps: s.steps,
@@ -159,7 +156,10 @@ impl Args {
             lora_rank: s.lora_rank,
             seed: s.seed,
         };
-        Ok(fmn_core::merge_valid(self.config.as_deref(), &flags)?)
+        Ok(fmn_core::merge_valid(
+            self.settings.config.as_deref(),
+            &flags,
+        )?)
     }
 }
 

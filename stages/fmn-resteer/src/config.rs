@@ -1,7 +1,7 @@
 //! Re-steering settings: a YAML file (keys as the original Forget-Me-Not's `attn.yaml` where
 //! they mean the same) whose values CLI flags override.
 use fmn_core::Validate;
-use fmn_sd::train::scaffold::CommonSettings;
+use fmn_sd::train::scaffold::{AdamKeys, CommonSettings};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -61,7 +61,9 @@ pub enum PoolerChoice {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// Unknown keys are refused by [`fmn_core::merge_valid`] (serde cannot deny them beside
+/// `flatten`).
+#[serde(default)]
 pub struct ResteerConfig {
     pub multi_concept: Vec<ConceptSpec>,
     pub learning_rate: f64,
@@ -106,11 +108,9 @@ pub struct ResteerConfig {
     /// marks the words the anchor prompt replaces with `anchor`.
     pub object_templates: Vec<String>,
     pub style_templates: Vec<String>,
-    pub adam_beta1: f64,
-    pub adam_beta2: f64,
     pub adam_weight_decay: f64,
-    pub adam_epsilon: f64,
-    pub max_grad_norm: f64,
+    #[serde(flatten)]
+    pub adam: AdamKeys,
     /// `f16` or `f32`.
     pub delta_dtype: String,
 }
@@ -140,11 +140,11 @@ impl Default for ResteerConfig {
             lora_rank: None,
             object_templates: vec!["a photo of {}".into()],
             style_templates: vec!["a photo in the style of {}".into()],
-            adam_beta1: 0.9,
-            adam_beta2: 0.999,
             adam_weight_decay: 0.01,
-            adam_epsilon: 1e-8,
-            max_grad_norm: 1.0,
+            adam: AdamKeys {
+                max_grad_norm: 1.0,
+                ..AdamKeys::default()
+            },
             delta_dtype: "f16".into(),
         }
     }
@@ -187,6 +187,7 @@ impl Validate for ResteerConfig {
             batch: ("train_batch_size", self.train_batch_size),
             learning_rate: ("learning_rate", self.learning_rate),
             timesteps: self.timesteps,
+            adam: &self.adam,
         }
         .check()?;
         for (key, w) in [

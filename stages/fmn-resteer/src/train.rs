@@ -19,10 +19,9 @@ use fmn_sd::models::unet::UNetConfig;
 use fmn_sd::models::vae::{AutoencoderKL, DiagonalGaussian};
 use fmn_sd::train::images::TrainingImages;
 use fmn_sd::train::noise_schedule::NoiseSchedule;
-use fmn_sd::train::optim::AdamWConfig;
 use fmn_sd::train::scaffold::{
     sample_latent, timestep_range, train, training_resolution, NoisyLatents, Objective, RunControl,
-    Schedule, StepLoss, TrainError, TrainReport,
+    StepLoss, TrainError, TrainReport,
 };
 use std::collections::BTreeMap;
 
@@ -398,19 +397,12 @@ pub fn resteer(
         }
     }
     let vars = trainable.vars();
-    let plan = Schedule {
-        steps: cfg.max_train_steps,
-        seed: cfg.seed,
-        adamw: AdamWConfig {
-            lr: cfg.learning_rate,
-            beta1: cfg.adam_beta1,
-            beta2: cfg.adam_beta2,
-            eps: cfg.adam_epsilon,
-            weight_decay: cfg.adam_weight_decay,
-        },
-        max_grad_norm: Some(cfg.max_grad_norm),
-    };
-    let settings = serde_json::to_value(cfg).map_err(|e| ResteerError::Input(e.to_string()))?;
+    let plan = cfg.adam.schedule(
+        cfg.max_train_steps,
+        cfg.seed,
+        cfg.learning_rate,
+        cfg.adam_weight_decay,
+    );
     let mut objective = Resteering {
         model,
         cfg,
@@ -423,7 +415,7 @@ pub fn resteer(
         timesteps,
         device: device.clone(),
     };
-    let report = train(&vars, &plan, settings, run, &mut objective)?;
+    let report = train(&vars, &plan, cfg, run, &mut objective)?;
     let (base, deltas) = objective.trainable.export()?;
     Ok(Resteered {
         base,

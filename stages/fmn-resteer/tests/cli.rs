@@ -249,8 +249,8 @@ fn a_killed_run_resumes_to_the_same_patch() {
 
     let resumed = tmp.path().join("resumed.safetensors");
     let ckpt = tmp.path().join("resumed.safetensors.ckpt/progress.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fmn-resteer"))
-        .arg("--model")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fmn-resteer"));
+    cmd.arg("--model")
         .arg(model())
         .args([
             "--quiet",
@@ -264,16 +264,8 @@ fn a_killed_run_resumes_to_the_same_patch() {
         .args(args)
         .arg(&img)
         .arg("--out")
-        .arg(&resumed)
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !ckpt.exists() && started.elapsed().as_secs() < 120 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    if resumed.exists() {
+        .arg(&resumed);
+    if !fmn_testkit::kill_at_first_checkpoint(cmd, &ckpt, &resumed) {
         // The run finished before it could be killed; nothing to resume, but the result must
         // still equal the uninterrupted run.
         assert_eq!(
@@ -282,7 +274,6 @@ fn a_killed_run_resumes_to_the_same_patch() {
         );
         return;
     }
-    assert!(ckpt.exists(), "no checkpoint was written");
     resteer_ok(
         &[
             "--params",

@@ -5,7 +5,7 @@ use crate::preset::Preset;
 use crate::runtime::Runtime;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
-use fmn_cli::{OutputArgs, StageArgs};
+use fmn_cli::{OrtArgs, OutputArgs, StageArgs};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,14 +24,8 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub segment: SegmentArgs,
-    /// The ONNX Runtime shared library (default: $ORT_DYLIB_PATH).
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        help_heading = "ONNX Runtime"
-    )]
-    pub ort_lib: Option<PathBuf>,
+    #[command(flatten)]
+    pub ort: OrtArgs,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -160,7 +154,7 @@ pub fn execute(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         None => run_segment(cli, &cli.segment),
         Some(Command::Inspect { model }) => {
-            let rt = Runtime::load(cli.ort_lib.as_deref())?;
+            let rt = Runtime::load(cli.ort.ort_lib.as_deref())?;
             let info = rt.inspect(model)?;
             if output.json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
@@ -203,7 +197,7 @@ fn run_segment(cli: &Cli, flags: &SegmentArgs) -> Result<ExitCode> {
     // Folder mistakes are reported before the runtime or the model is touched.
     crate::batch::check_job(&job)?;
     let (preset, onnx) = resolve_model(segmenter, settings.preset.as_deref())?;
-    let rt = Runtime::load(cli.ort_lib.as_deref())?;
+    let rt = Runtime::load(cli.ort.ort_lib.as_deref())?;
     let mut segmenter = rt.open(&preset, onnx.as_deref(), settings.threads)?;
     let start = Instant::now();
     let manifest = segment_folder(&mut segmenter, &job)?;
@@ -281,7 +275,7 @@ pub fn evaluate(
 fn run_eval(cli: &Cli, args: &EvalArgs) -> Result<ExitCode> {
     let samples = fmn_toy_world::render_folder::load_render_folder(&args.images)?;
     let (preset, onnx) = resolve_model(&args.segmenter, args.preset.as_deref())?;
-    let rt = Runtime::load(cli.ort_lib.as_deref())?;
+    let rt = Runtime::load(cli.ort.ort_lib.as_deref())?;
     let mut segmenter = rt.open(&preset, onnx.as_deref(), 0)?;
     let report = evaluate(&mut segmenter, &samples)?;
     if cli.output.json {

@@ -89,3 +89,31 @@ pub fn write_training_images(dir: &Path, n: u32, size: u32) -> (PathBuf, PathBuf
     }
     (img, masks)
 }
+
+/// Starts `cmd`, kills it (SIGKILL) as soon as `checkpoint` exists, and says whether it was
+/// killed before it finished (`false`: it wrote `out` first, so there is nothing to resume).
+/// A run that was killed must have left its checkpoint and nothing at `out`.
+pub fn kill_at_first_checkpoint(
+    mut cmd: std::process::Command,
+    checkpoint: &Path,
+    out: &Path,
+) -> bool {
+    let mut child = cmd.spawn().unwrap();
+    let started = std::time::Instant::now();
+    while !checkpoint.exists() && started.elapsed().as_secs() < 120 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    if out.exists() {
+        return false;
+    }
+    assert!(
+        checkpoint.exists(),
+        "no checkpoint was written before the run ended"
+    );
+    true
+}

@@ -12,7 +12,7 @@ use crate::train::optim::{AdamW, AdamWConfig};
 use crate::SdError;
 use candle_core::{DType, Tensor, Var};
 use fmn_ops::noise::NoiseRng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -47,6 +47,7 @@ pub struct CommonSettings<'a> {
     pub learning_rate: (&'a str, f64),
     /// The `timesteps` range `[lo, hi)`.
     pub timesteps: [usize; 2],
+    pub adam: &'a AdamKeys,
 }
 
 impl CommonSettings<'_> {
@@ -65,7 +66,76 @@ impl CommonSettings<'_> {
         if lo >= hi {
             return Err(format!("`timesteps` [{lo}, {hi}) is empty"));
         }
+        self.adam.check()
+    }
+}
+
+/// The optimiser keys every training stage's config has, under the same names
+/// (`#[serde(flatten)]` into the stage's config); the learning rate and weight decay stay the
+/// stage's own keys, as in the original's configs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdamKeys {
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    /// Gradient-norm clipping (0: none).
+    pub max_grad_norm: f64,
+}
+
+impl Default for AdamKeys {
+    /// torch.optim.AdamW's moments, no clipping.
+    fn default() -> Self {
+        let torch = AdamWConfig::default();
+        Self {
+            adam_beta1: torch.beta1,
+            adam_beta2: torch.beta2,
+            adam_epsilon: torch.eps,
+            max_grad_norm: 0.0,
+        }
+    }
+}
+
+impl AdamKeys {
+    /// What is wrong with them, naming the key.
+    pub fn check(&self) -> Result<(), String> {
+        for (key, beta) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(format!("`{key}` must be in [0, 1), got {beta}"));
+            }
+        }
+        if !(self.adam_epsilon > 0.0 && self.adam_epsilon.is_finite()) {
+            return Err(format!(
+                "`adam_epsilon` must be positive, got {}",
+                self.adam_epsilon
+            ));
+        }
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            return Err(format!(
+                "`max_grad_norm` must be zero (no clipping) or positive, got {}",
+                self.max_grad_norm
+            ));
+        }
         Ok(())
+    }
+
+    /// The run's schedule with the stage's step count, seed, learning rate and weight decay.
+    pub fn schedule(&self, steps: usize, seed: u64, lr: f64, weight_decay: f64) -> Schedule {
+        Schedule {
+            steps,
+            seed,
+            adamw: AdamWConfig {
+                lr,
+                beta1: self.adam_beta1,
+                beta2: self.adam_beta2,
+                eps: self.adam_epsilon,
+                weight_decay,
+            },
+            max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
+        }
     }
 }
 
@@ -181,10 +251,12 @@ fn mean(xs: &[f64]) -> f64 {
 pub fn train(
     vars: &[(String, Var)],
     schedule: &Schedule,
-    settings: serde_json::Value,
+    settings: &impl Serialize,
     mut run: RunControl,
     objective: &mut dyn Objective,
 ) -> Result<TrainReport, TrainError> {
+    let settings =
+        serde_json::to_value(settings).map_err(|e| TrainError::Input(format!("settings: {e}")))?;
     let mut opt = AdamW::new(vars.to_vec(), schedule.adamw)?;
     let checkpoints = run.checkpoint_dir.as_deref().map(CheckpointDir::new);
     let mut start = 0;
