@@ -181,6 +181,8 @@ fn a_quiet_successful_run_prints_nothing_and_bad_input_exits_1() {
             "bob",
             "--kind",
             "object",
+            "--cache-dir",
+            &t("cache"),
             "-q",
             "--out",
             &patch,

@@ -39,14 +39,25 @@ pub fn merge_valid<T: DeserializeOwned + Serialize + Default + Validate>(
     file: Option<&Path>,
     flags: &impl Serialize,
 ) -> Result<T, ConfigError> {
-    if let Some(path) = file {
-        refuse_unknown_keys::<T>(path)?;
+    let text = file.map(read).transpose()?;
+    let layers: Vec<(&Path, &str)> = file.zip(text.as_deref()).into_iter().collect();
+    merge_valid_layers(&layers, flags)
+}
+
+/// [`merge_valid`] over several configs, each later one winning key by key (a built-in preset,
+/// then a file): `(name in errors, YAML text)`.
+pub fn merge_valid_layers<T: DeserializeOwned + Serialize + Default + Validate>(
+    layers: &[(&Path, &str)],
+    flags: &impl Serialize,
+) -> Result<T, ConfigError> {
+    for (name, text) in layers {
+        refuse_unknown_keys::<T>(name, text)?;
     }
-    let settings: T = merge(file, flags)?;
+    let settings: T = merge_from(layers, flags)?;
     settings
         .validate()
         .map_err(|message| ConfigError::Invalid {
-            file: file.map(Path::to_path_buf),
+            file: layers.last().map(|(p, _)| p.to_path_buf()),
             message,
         })?;
     Ok(settings)
@@ -68,25 +79,32 @@ pub fn merge<T: DeserializeOwned>(
     file: Option<&Path>,
     flags: &impl Serialize,
 ) -> Result<T, ConfigError> {
-    let mut merged = match file {
-        Some(path) => {
-            let text = read(path)?;
-            let value: Value = serde_yaml::from_str(&text).map_err(|e| parse_error(path, e))?;
-            // Checked alone first, so that a bad key or value is reported against the file.
-            serde_yaml::from_value::<T>(value.clone()).map_err(|e| parse_error(path, e))?;
-            match value {
-                Value::Mapping(m) => m,
-                Value::Null => Mapping::new(),
-                _ => {
-                    return Err(ConfigError::Parse {
-                        path: path.to_path_buf(),
-                        message: "expected a mapping of setting keys".into(),
-                    })
-                }
+    let text = file.map(read).transpose()?;
+    let layers: Vec<(&Path, &str)> = file.zip(text.as_deref()).into_iter().collect();
+    merge_from(&layers, flags)
+}
+
+/// [`merge`] of configs already read, in order: `(name in errors, text)`.
+fn merge_from<T: DeserializeOwned>(
+    layers: &[(&Path, &str)],
+    flags: &impl Serialize,
+) -> Result<T, ConfigError> {
+    let mut merged = Mapping::new();
+    for &(path, text) in layers {
+        let value: Value = serde_yaml::from_str(text).map_err(|e| parse_error(path, e))?;
+        // Checked alone first, so that a bad key or value is reported against the file.
+        serde_yaml::from_value::<T>(value.clone()).map_err(|e| parse_error(path, e))?;
+        match value {
+            Value::Mapping(m) => merged.extend(m),
+            Value::Null => {}
+            _ => {
+                return Err(ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: "expected a mapping of setting keys".into(),
+                })
             }
         }
-        None => Mapping::new(),
-    };
+    }
     let flags = serde_yaml::to_value(flags).map_err(|e| ConfigError::Flags(e.to_string()))?;
     match flags {
         Value::Mapping(m) => {
@@ -111,12 +129,11 @@ pub fn display<T: std::fmt::Display, S: serde::Serializer>(
     value.as_ref().map(ToString::to_string).serialize(s)
 }
 
-fn refuse_unknown_keys<T: Serialize + Default>(path: &Path) -> Result<(), ConfigError> {
+fn refuse_unknown_keys<T: Serialize + Default>(path: &Path, text: &str) -> Result<(), ConfigError> {
     let Ok(Value::Mapping(known)) = serde_yaml::to_value(T::default()) else {
         return Ok(());
     };
-    let text = read(path)?;
-    let Ok(Value::Mapping(given)) = serde_yaml::from_str::<Value>(&text) else {
+    let Ok(Value::Mapping(given)) = serde_yaml::from_str::<Value>(text) else {
         // Not a mapping: `merge` reports it.
         return Ok(());
     };

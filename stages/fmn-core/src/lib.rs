@@ -10,7 +10,7 @@ pub mod images;
 pub mod shard;
 
 pub use atomic::{write_atomic, write_json_atomic, StagingDir};
-pub use config::{load_yaml, merge, merge_valid, ConfigError, Validate};
+pub use config::{load_yaml, merge, merge_valid, merge_valid_layers, ConfigError, Validate};
 pub use shard::Shard;
 
 /// The fmn version written into every output's metadata.

@@ -1,5 +1,6 @@
 //! The `fmn-resteer` command line: settings from `--config` (optional), overridden by flags.
 use crate::config::{ConceptKind, ConceptSpec, ParamSet, ResteerConfig};
+use crate::preserve::GramCache;
 use crate::{resteer, Model};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
@@ -8,7 +9,7 @@ use fmn_cli::{switch, OutputArgs, SettingsArgs, StageArgs};
 use fmn_sd::io::patch::{Concept, Patch};
 use fmn_sd_args::{ModelArgs, TrainingRun, TrainingStageArgs};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Attention re-steering (Forget-Me-Not): fine-tune the UNet so that a concept's tokens get no
@@ -20,8 +21,16 @@ pub struct Args {
     pub concept: ConceptArgs,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Built-in settings to start from (`original`: the paper's; `toy`: the earlier toy-world
+    /// preset); `--config` and flags override them. Default: fmn's method.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
     #[command(flatten)]
     pub settings: SettingsArgs<SettingArgs>,
+    /// Where the preserved prompts' statistics are cached (default: $FMN_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/fmn, else ~/.cache/fmn).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// The patch file to write.
     #[arg(long, short)]
     pub out: PathBuf,
@@ -29,16 +38,41 @@ pub struct Args {
     pub stage: TrainingStageArgs,
 }
 
+/// The built-in presets (`configs/resteer/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// The original Forget-Me-Not settings (its attn.yaml): the whole UNet, lr 2e-6, 35 steps.
+    Original,
+    /// fmn's earlier toy-world preset, with its hand-written preserve list.
+    Toy,
+}
+
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Original => "original",
+            Preset::Toy => "toy",
+        }
+    }
+
+    pub fn text(self) -> &'static str {
+        match self {
+            Preset::Original => include_str!("../../../configs/resteer/original.yaml"),
+            Preset::Toy => include_str!("../../../configs/resteer/toy.yaml"),
+        }
+    }
+}
+
 /// One concept from the command line (several concepts: the config's `multi_concept`).
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(next_help_heading = "Concept")]
 pub struct ConceptArgs {
     /// The concept to forget, as written in prompts.
-    #[arg(long, requires_all = ["kind", "images"])]
+    #[arg(long, requires = "kind")]
     pub concept: Option<String>,
     #[arg(long, value_enum)]
     pub kind: Option<ConceptKind>,
-    /// Folder of the concept's images.
+    /// Folder of the concept's images (not needed with --steps 0).
     #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,
     /// Folder of masks (NAME.png per image): the loss counts only pixels inside them.
@@ -99,6 +133,13 @@ pub struct SettingArgs {
     pub lora_rank: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Also preserve the prompts of this list file (`preserve_files`; format:
+    /// configs/preserve/README.md); repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub preserve: Vec<PathBuf>,
+    /// Preserve nothing (`preserve: false`): no preservation term in the solve or the steps.
+    #[arg(long)]
+    pub no_preserve: bool,
 }
 
 /// The flags as config keys; `None`: not given.
@@ -116,6 +157,8 @@ struct Overrides {
     solve_anchor: Option<bool>,
     lora_rank: Option<usize>,
     seed: Option<u64>,
+    preserve: Option<bool>,
+    preserve_files: Option<Vec<PathBuf>>,
 }
 
 impl StageArgs for Args {
@@ -128,16 +171,16 @@ impl Args {
     /// The run's settings: defaults < `--config` < flags, checked.
     pub fn settings(&self) -> Result<ResteerConfig> {
         let c = &self.concept;
-        let multi_concept = match (&c.concept, c.kind, &c.images) {
-            (Some(name), Some(kind), Some(images)) => Some(vec![ConceptSpec {
+        let multi_concept = match (&c.concept, c.kind) {
+            (Some(name), Some(kind)) => Some(vec![ConceptSpec {
                 name: name.clone(),
                 kind,
-                images: images.clone(),
+                images: c.images.clone(),
                 masks: c.masks.clone(),
                 embedding: c.embedding.clone(),
             }]),
-            _ if c.masks.is_some() || c.embedding.is_some() => bail!(
-                "--masks and --embedding go with --concept/--kind/--images; in a config, give `masks` and `embedding` per concept"
+            _ if c.images.is_some() || c.masks.is_some() || c.embedding.is_some() => bail!(
+                "--images, --masks and --embedding go with --concept/--kind; in a config, give `images`, `masks` and `embedding` per concept"
             ),
             _ => None,
         };
@@ -155,11 +198,28 @@ impl Args {
             solve_anchor: switch(s.solve_anchor, s.no_solve_anchor),
             lora_rank: s.lora_rank,
             seed: s.seed,
+            preserve: s.no_preserve.then_some(false),
+            preserve_files: (!s.preserve.is_empty()).then(|| s.preserve.clone()),
         };
-        Ok(fmn_core::merge_valid(
-            self.settings.config.as_deref(),
-            &flags,
-        )?)
+        let file = &self.settings.config;
+        let text = file
+            .as_deref()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read config {}", p.display()))
+            })
+            .transpose()?;
+        let preset_name = self
+            .preset
+            .map(|p| PathBuf::from(format!("preset {}", p.name())));
+        let mut layers: Vec<(&Path, &str)> = Vec::new();
+        if let (Some(p), Some(name)) = (self.preset, &preset_name) {
+            layers.push((name, p.text()));
+        }
+        if let (Some(f), Some(t)) = (file, &text) {
+            layers.push((f, t));
+        }
+        Ok(fmn_core::merge_valid_layers(&layers, &flags)?)
     }
 }
 
@@ -179,7 +239,12 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         DType::F16
     };
     let run = TrainingRun::new(&args.stage, &args.out, cfg.max_train_steps, "re-steering");
-    let result = resteer(&model, &cfg, &device, run.control())?;
+    let cache = args
+        .cache_dir
+        .clone()
+        .or_else(GramCache::default_dir)
+        .map(GramCache::new);
+    let result = resteer(&model, &cfg, &device, run.control(), cache.as_ref())?;
     run.steps_done();
     let concepts = cfg
         .multi_concept
@@ -205,16 +270,22 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
             "tensors": tensors,
             "bytes": patch.size_bytes(),
             "base_fingerprint": patch.meta.base_fingerprint,
+            "preserved": result.preserved,
         }),
         || {
+            let done = if r.steps == 0 {
+                "solved, no steps".to_string()
+            } else {
+                format!(
+                    "loss {:.4} -> {:.4} in {} steps",
+                    r.first_loss, r.final_loss, r.steps
+                )
+            };
             format!(
-                "wrote {} ({} tensors, {:.1} MB): loss {:.4} -> {:.4} in {} steps, {:.1} s",
+                "wrote {} ({} tensors, {:.1} MB): {done}, {:.1} s",
                 args.out.display(),
                 tensors,
                 patch.size_bytes() as f64 / 1e6,
-                r.first_loss,
-                r.final_loss,
-                r.steps,
                 r.seconds
             )
         },

@@ -11,13 +11,26 @@ use std::path::PathBuf;
 pub enum ConceptKind {
     Object,
     Style,
+    /// A person: the anchor is a generic person phrase, not nothing.
+    Identity,
 }
 
 impl ConceptKind {
+    pub const ALL: [ConceptKind; 3] = [Self::Object, Self::Style, Self::Identity];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ConceptKind::Object => "object",
             ConceptKind::Style => "style",
+            ConceptKind::Identity => "identity",
+        }
+    }
+
+    /// What replaces the concept in its anchor prompts unless `anchor` says otherwise.
+    pub fn default_anchor(self) -> &'static str {
+        match self {
+            ConceptKind::Object | ConceptKind::Style => "",
+            ConceptKind::Identity => "a person",
         }
     }
 }
@@ -29,8 +42,9 @@ pub struct ConceptSpec {
     /// The concept's name, as written in prompts ("bob", "stripes", "Elon Musk").
     pub name: String,
     pub kind: ConceptKind,
-    /// Folder of the concept's images.
-    pub images: PathBuf,
+    /// Folder of the concept's images (needed when there are training steps).
+    #[serde(default)]
+    pub images: Option<PathBuf>,
     /// Folder of masks (`NAME.png` per image `NAME.ext`) restricting the loss to the concept.
     #[serde(default)]
     pub masks: Option<PathBuf>,
@@ -70,9 +84,10 @@ pub struct ResteerConfig {
     pub max_train_steps: usize,
     /// Images per concept per step.
     pub train_batch_size: usize,
-    /// Shorthand of the original: true means `params: attn2` unless `params` says otherwise.
-    pub only_optimize_ca: bool,
-    /// The trained weights; `None`: from `only_optimize_ca`.
+    /// The original's shorthand: true means `params: attn2`, false `params: all`, unless
+    /// `params` says otherwise.
+    pub only_optimize_ca: Option<bool>,
+    /// The trained weights; unset: from `only_optimize_ca`, else `attn2-kv`.
     pub params: Option<ParamSet>,
     /// Also count the end-of-text positions (all padding too, where the tokenizer pads with it).
     pub use_pooler: bool,
@@ -87,17 +102,25 @@ pub struct ResteerConfig {
     pub timesteps: [usize; 2],
     /// Training resolution in pixels (default: the model's sample size × VAE factor).
     pub resolution: Option<usize>,
-    /// Weight of the term keeping the K/V projections of `preserve_prompts` unchanged.
-    pub preserve_weight: f64,
-    /// Prompts whose cross-attention keys and values must stay where they were.
+    /// Whether anything is preserved (`--no-preserve`: false).
+    pub preserve: bool,
+    /// Preserve the shipped lists (`configs/preserve/`, built in) and the model folder's
+    /// `preserve.txt`, if it has one.
+    pub builtin_preserve: bool,
+    /// More list files (`configs/preserve/README.md` format).
+    pub preserve_files: Vec<PathBuf>,
+    /// More prompts, inline.
     pub preserve_prompts: Vec<String>,
+    /// Weight of the term keeping the K/V projections of the preserved prompts unchanged.
+    pub preserve_weight: f64,
     /// Weight of the term moving the K/V projections of the concept's prompts onto those of
     /// its anchor prompts (the same prompts with the concept replaced by `anchor`); with several
     /// concepts it weighs the mean of their terms; 0: off.
     pub anchor_weight: f64,
     /// What replaces the concept in its anchor prompts ("" drops it: "a photo of bob" →
-    /// "a photo of").
-    pub anchor: String,
+    /// "a photo of"); unset: the kind's default ("" for objects and styles, "a person" for
+    /// identities).
+    pub anchor: Option<String>,
     /// Start the steps from the exact minimiser of the anchor and preservation terms (a linear
     /// solve per run: `solve.rs`) instead of from the base weights; needs `anchor_weight` > 0
     /// and full (not LoRA) key/value deltas.
@@ -108,6 +131,7 @@ pub struct ResteerConfig {
     /// marks the words the anchor prompt replaces with `anchor`.
     pub object_templates: Vec<String>,
     pub style_templates: Vec<String>,
+    pub identity_templates: Vec<String>,
     pub adam_weight_decay: f64,
     #[serde(flatten)]
     pub adam: AdamKeys,
@@ -116,31 +140,41 @@ pub struct ResteerConfig {
 }
 
 impl Default for ResteerConfig {
-    /// The original Forget-Me-Not settings (`configs/resteer/original.yaml` repeats them); fmn's
-    /// settings (anchor and preservation terms, K/V only) are `configs/resteer/toy.yaml`.
+    /// fmn's method (BENCHMARKS.md#re-steering-defaults): only the cross-attention key/value
+    /// projections change, solved in closed form from an anchor term (the concept's prompts
+    /// onto the same prompts without it) and a preservation term over the shipped lists, then
+    /// `max_train_steps` steps of the attention loss. The original Forget-Me-Not settings are
+    /// the `original` preset (`configs/resteer/original.yaml`).
     fn default() -> Self {
         Self {
             multi_concept: Vec::new(),
-            learning_rate: 2e-6,
+            learning_rate: 1e-3,
             max_train_steps: 35,
             train_batch_size: 1,
-            only_optimize_ca: false,
+            only_optimize_ca: None,
             params: None,
-            use_pooler: false,
-            pooler_positions: PoolerChoice::All,
-            also_name: false,
+            use_pooler: true,
+            pooler_positions: PoolerChoice::First,
+            also_name: true,
             seed: 0,
             timesteps: [0, 1000],
             resolution: None,
-            preserve_weight: 0.0,
+            preserve: true,
+            builtin_preserve: true,
+            preserve_files: Vec::new(),
             preserve_prompts: Vec::new(),
-            anchor_weight: 0.0,
-            anchor: String::new(),
-            solve_anchor: false,
+            preserve_weight: 1.0,
+            anchor_weight: 1.0,
+            anchor: None,
+            solve_anchor: true,
             lora_rank: None,
-            object_templates: vec!["a photo of {}".into()],
-            style_templates: vec!["a photo in the style of {}".into()],
-            adam_weight_decay: 0.01,
+            object_templates: vec!["a photo of {}".into(), "a picture of {}".into()],
+            style_templates: vec![
+                "a photo[ in the style of {}]".into(),
+                "a picture[ in the style of {}]".into(),
+            ],
+            identity_templates: vec!["a photo of {}".into(), "a portrait of {}".into()],
+            adam_weight_decay: 0.0,
             adam: AdamKeys {
                 max_grad_norm: 1.0,
                 ..AdamKeys::default()
@@ -152,11 +186,12 @@ impl Default for ResteerConfig {
 
 impl ResteerConfig {
     pub fn param_set(&self) -> ParamSet {
-        self.params.unwrap_or(if self.only_optimize_ca {
-            ParamSet::Attn2
-        } else {
-            ParamSet::All
-        })
+        match (self.params, self.only_optimize_ca) {
+            (Some(p), _) => p,
+            (None, Some(true)) => ParamSet::Attn2,
+            (None, Some(false)) => ParamSet::All,
+            (None, None) => ParamSet::Attn2Kv,
+        }
     }
 
     pub fn pooler(&self) -> crate::prompts::PoolerPositions {
@@ -172,7 +207,12 @@ impl ResteerConfig {
         match kind {
             ConceptKind::Object => &self.object_templates,
             ConceptKind::Style => &self.style_templates,
+            ConceptKind::Identity => &self.identity_templates,
         }
+    }
+
+    pub fn anchor_for(&self, kind: ConceptKind) -> &str {
+        self.anchor.as_deref().unwrap_or(kind.default_anchor())
     }
 }
 
@@ -182,8 +222,30 @@ impl Validate for ResteerConfig {
         if self.multi_concept.is_empty() {
             return Err("no concept given (--concept ... or `multi_concept` in the config)".into());
         }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.multi_concept {
+            if !seen.insert((c.name.to_lowercase(), &c.embedding)) {
+                return Err(format!(
+                    "concept {:?} is listed twice in `multi_concept`",
+                    c.name
+                ));
+            }
+            if self.max_train_steps > 0 && c.images.is_none() {
+                return Err(format!(
+                    "concept {:?} has no images (--images or `images`); only a solve without steps (`max_train_steps: 0`) needs none",
+                    c.name
+                ));
+            }
+        }
+        if self.max_train_steps == 0 && !self.solve_anchor {
+            return Err(
+                "`max_train_steps: 0` only solves, and `solve_anchor` is off: nothing would change"
+                    .into(),
+            );
+        }
         CommonSettings {
-            steps: ("max_train_steps", self.max_train_steps),
+            // 0 steps is the solve alone (checked above).
+            steps: ("max_train_steps", self.max_train_steps.max(1)),
             batch: ("train_batch_size", self.train_batch_size),
             learning_rate: ("learning_rate", self.learning_rate),
             timesteps: self.timesteps,
@@ -216,7 +278,7 @@ impl Validate for ResteerConfig {
                 self.delta_dtype
             ));
         }
-        for kind in [ConceptKind::Object, ConceptKind::Style] {
+        for kind in ConceptKind::ALL {
             let t = self.templates(kind);
             if t.is_empty() {
                 return Err(format!(

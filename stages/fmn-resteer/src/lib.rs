@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod loss;
 pub mod params;
+pub mod preserve;
 pub mod prompts;
 pub mod solve;
 pub mod train;

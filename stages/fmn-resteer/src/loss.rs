@@ -37,9 +37,23 @@ pub fn attention_energy(
 }
 
 /// `Σ_layers ‖C Δᵀ‖² / rows(C)`: how far the key/value projections of the preserved contexts
-/// `C: [rows, context_dim]` move under the deltas `Δ: [inner, context_dim]`.
-pub fn preservation(contexts: &Tensor, deltas: &[Tensor]) -> Result<Tensor> {
-    mean_squared_projection(contexts, deltas, None)
+/// `C: [rows, context_dim]` move under the deltas `Δ: [inner, context_dim]`, from the contexts'
+/// mean Gram matrix `CᵀC / rows` (`[context_dim, context_dim]`, [`crate::preserve::Gram::mean`]).
+pub fn preservation(gram_mean: &Tensor, deltas: &[Tensor]) -> Result<Tensor> {
+    // ‖P Δᵀ‖² / rows = tr(Δ (PᵀP / rows) Δᵀ): the rows enter only through their Gram matrix.
+    let mut total: Option<Tensor> = None;
+    for d in deltas {
+        let g = gram_mean.to_dtype(d.dtype())?;
+        let term = (d.matmul(&g)? * d)?.sum_all()?;
+        total = Some(match total {
+            None => term,
+            Some(t) => (t + term)?,
+        });
+    }
+    match total {
+        Some(t) => Ok(t),
+        None => Tensor::zeros((), gram_mean.dtype(), gram_mean.device()),
+    }
 }
 
 /// `Σ_layers ‖C Δᵀ + O‖² / rows(C)` with `O = (C − A) Wᵀ`: how far the key/value projections

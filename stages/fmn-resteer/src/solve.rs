@@ -16,7 +16,8 @@ use faer::{Mat, Side};
 const RIDGE: f64 = 1e-9;
 
 /// `G = S M⁻¹` (`[d, d]`, f32) for concept contexts/anchor contexts `concepts` (`[r_c, d]` each,
-/// row for row) and preserved contexts `preserved` (`[r_P, d]`); each weight's delta is `W G`.
+/// row for row) and the preserved contexts' mean Gram matrix `PᵀP / r_P` (`[d, d]`,
+/// [`crate::preserve::Gram::mean`]); each weight's delta is `W G`.
 pub fn anchor_solution_map(
     concepts: &[(Tensor, Tensor)],
     preserved: Option<&Tensor>,
@@ -42,7 +43,10 @@ pub fn anchor_solution_map(
         s = (s + gram(&(a - c)?, c, anchor_weight)?)?;
     }
     if let Some(p) = preserved {
-        m = (m + gram(p, p, preserve_weight)?)?;
+        m = (m + p
+            .to_dtype(DType::F64)?
+            .to_device(&device)?
+            .affine(preserve_weight, 0.0)?)?;
     }
     let m = to_faer(&m)?;
     let s = to_faer(&s)?;

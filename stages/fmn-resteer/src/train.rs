@@ -3,6 +3,7 @@
 use crate::config::ResteerConfig;
 use crate::loss::{anchor_offsets, anchoring, attention_energy, preservation};
 use crate::params::Trainable;
+use crate::preserve::{self, Gram, GramCache, PreserveSummary};
 use crate::prompts::{anchor_prompt, concept_prompt, ConceptPrompt};
 use crate::solve::anchor_solution_map;
 use crate::ResteerError;
@@ -23,6 +24,7 @@ use fmn_sd::train::scaffold::{
     sample_latent, timestep_range, train, training_resolution, NoisyLatents, Objective, RunControl,
     StepLoss, TrainError, TrainReport,
 };
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// The frozen parts of a diffusers model folder, and the UNet's weights in memory.
@@ -33,6 +35,8 @@ pub struct Model {
     pub unet_config: UNetConfig,
     pub unet_weights: std::collections::HashMap<String, Tensor>,
     pub schedule: NoiseSchedule,
+    /// The model folder's own preservation prompts (`preserve.txt`), if it has them.
+    pub preserve_list: Option<Vec<String>>,
 }
 
 impl Model {
@@ -51,8 +55,21 @@ impl Model {
             unet_config: source.unet_config()?,
             unet_weights: source.load_tensors("unet", DType::F32, device)?,
             schedule: NoiseSchedule::from_config(&source.scheduler_config()?)?,
+            preserve_list: model_preserve_list(source.path())?,
         })
     }
+}
+
+fn model_preserve_list(model: &std::path::Path) -> fmn_sd::Result<Option<Vec<String>>> {
+    let path = model.join(preserve::MODEL_LIST);
+    if !model.is_dir() || !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| fmn_sd::SdError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    preserve::parse_list(&text)
+        .map(Some)
+        .map_err(|e| fmn_sd::SdError::Invalid(format!("{}: {e}", path.display())))
 }
 
 /// One concept, ready to train on.
@@ -73,6 +90,8 @@ pub struct Resteered {
     pub base: BTreeMap<String, Tensor>,
     pub deltas: BTreeMap<String, Tensor>,
     pub report: TrainReport,
+    /// What was preserved (`None`: nothing).
+    pub preserved: Option<PreserveSummary>,
 }
 
 /// The tokenizer and text encoder with the concepts' learned tokens (if any) added.
@@ -134,6 +153,32 @@ impl<'a> TextSide<'a> {
     }
 }
 
+impl preserve::Encoder for TextSide<'_> {
+    fn encode_prompts(&self, prompts: &[&str]) -> Result<Tensor, ResteerError> {
+        let ids = self.tokenizer.encode_batch(prompts)?;
+        let ids = Tensor::new(ids, self.text_encoder.device())?;
+        self.encode(&ids)
+    }
+
+    /// The token table's hash and the bits of one probe prompt's contexts: what any change of
+    /// the encoder's weights or tokenizer changes.
+    fn fingerprint(&self) -> Result<String, ResteerError> {
+        let probe = self.encode_prompts(&["a photo of a cat on a red chair"])?;
+        let bits: Vec<u8> = probe
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let table = fmn_sd::io::embedding::token_table_fingerprint(self.text_encoder)?;
+        let mut h = Sha256::new();
+        h.update(table.as_bytes());
+        h.update(&bits);
+        Ok(hex::encode(h.finalize()))
+    }
+}
+
 fn prepare(
     model: &Model,
     text: &TextSide,
@@ -159,7 +204,7 @@ fn prepare(
             device,
         )?;
         if cfg.anchor_weight > 0.0 {
-            let anchor_text = anchor_prompt(template, &cfg.anchor);
+            let anchor_text = anchor_prompt(template, cfg.anchor_for(spec.kind));
             let ids = Tensor::new(text.tokenizer.encode(&anchor_text)?, device)?.unsqueeze(0)?;
             anchors.push(text.encode(&ids)?);
         }
@@ -178,7 +223,30 @@ fn prepare(
             flat(Tensor::cat(&anchors, 0)?)?,
         ))
     };
-    let images = TrainingImages::load(&spec.images, spec.masks.as_deref())?;
+    let (mut latents, mut masks) = (Vec::new(), None);
+    // The solve alone (no steps) needs no images.
+    if let (Some(dir), true) = (&spec.images, cfg.max_train_steps > 0) {
+        (latents, masks) = encode_images(model, dir, spec.masks.as_deref(), resolution, device)?;
+    }
+    Ok(PreparedConcept {
+        prompts,
+        latents,
+        masks,
+        anchor_rows,
+    })
+}
+
+/// Each image and its mirror image as VAE posteriors, and their masks at the latent size.
+type EncodedImages = (Vec<DiagonalGaussian>, Option<Vec<Tensor>>);
+
+fn encode_images(
+    model: &Model,
+    dir: &std::path::Path,
+    mask_dir: Option<&std::path::Path>,
+    resolution: usize,
+    device: &Device,
+) -> Result<EncodedImages, ResteerError> {
+    let images = TrainingImages::load(dir, mask_dir)?;
     let factor = model.vae.downscale_factor();
     let mut latents = Vec::new();
     let mut masks = images.has_masks().then(Vec::new);
@@ -198,56 +266,35 @@ fn prepare(
             }
         }
     }
-    Ok(PreparedConcept {
-        prompts,
-        latents,
-        masks,
-        anchor_rows,
-    })
+    Ok((latents, masks))
 }
 
-/// Preserved contexts `[P·77, context_dim]` and the K/V delta names they constrain.
-fn preserved_contexts(
-    text: &TextSide,
-    cfg: &ResteerConfig,
-    device: &Device,
-) -> Result<Option<Tensor>, ResteerError> {
-    if cfg.preserve_weight <= 0.0 || cfg.preserve_prompts.is_empty() {
-        return Ok(None);
+/// The preserved prompts: the built-in lists and the model's own (`builtin_preserve`), the
+/// `preserve_files` and the inline `preserve_prompts`, each once, in that order.
+fn preserve_prompts(model: &Model, cfg: &ResteerConfig) -> Result<Vec<String>, ResteerError> {
+    let mut prompts = Vec::new();
+    if !cfg.preserve || cfg.preserve_weight <= 0.0 {
+        return Ok(prompts);
     }
-    // A prompt naming a concept being forgotten is not preserved (one list serves every concept).
-    let names: Vec<String> = cfg
-        .multi_concept
-        .iter()
-        .map(|c| c.name.to_lowercase())
-        .collect();
-    let names_concept = |p: &str| {
-        let words: Vec<String> = p
-            .to_lowercase()
-            .split(|c: char| !c.is_alphanumeric())
-            .map(str::to_string)
-            .collect();
-        names.iter().any(|n| {
-            let n: Vec<&str> = n.split(|c: char| !c.is_alphanumeric()).collect();
-            words
-                .windows(n.len())
-                .any(|w| w.iter().zip(&n).all(|(a, b)| a == b))
-        })
-    };
-    let prompts: Vec<&str> = cfg
-        .preserve_prompts
-        .iter()
-        .map(String::as_str)
-        .filter(|p| !names_concept(p))
-        .collect();
-    if prompts.is_empty() {
-        return Ok(None);
+    let names: Vec<String> = cfg.multi_concept.iter().map(|c| c.name.clone()).collect();
+    if cfg.builtin_preserve {
+        prompts.extend(preserve::shipped_prompts()?);
+        prompts.extend(model.preserve_list.iter().flatten().cloned());
     }
-    let ids = text.tokenizer.encode_batch(&prompts)?;
-    let ids = Tensor::new(ids, device)?;
-    let ctx = text.encode(&ids)?;
-    let (p, n, d) = ctx.dims3()?;
-    Ok(Some(ctx.reshape((p * n, d))?))
+    for file in &cfg.preserve_files {
+        let list = preserve::read_list(file)?;
+        if list.iter().all(|p| preserve::names_any(p, &names)) {
+            return Err(ResteerError::Input(format!(
+                "every prompt of the preserve list {} names a concept being forgotten: nothing in it would be preserved",
+                file.display()
+            )));
+        }
+        prompts.extend(list);
+    }
+    prompts.extend(cfg.preserve_prompts.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    prompts.retain(|p| seen.insert(p.clone()));
+    Ok(prompts)
 }
 
 /// Re-steering's per-step loss: per concept a batch of its latents noised at random
@@ -327,12 +374,16 @@ impl Objective for Resteering<'_> {
     }
 }
 
+/// Re-steers `model` as `cfg` says; the preserved prompts' statistics come from `cache` when
+/// it has them (and are stored there when not).
 pub fn resteer(
     model: &Model,
     cfg: &ResteerConfig,
     device: &Device,
     run: RunControl,
+    cache: Option<&GramCache>,
 ) -> Result<Resteered, ResteerError> {
+    let started = std::time::Instant::now();
     let set = cfg.param_set();
     cfg.validate().map_err(ResteerError::Input)?;
     let resolution = training_resolution(cfg.resolution, &model.unet_config, &model.vae)?;
@@ -341,7 +392,15 @@ pub fn resteer(
     let concepts = (0..cfg.multi_concept.len())
         .map(|i| prepare(model, &text, i, cfg, resolution, device))
         .collect::<Result<Vec<_>, _>>()?;
-    let preserve = preserved_contexts(&text, cfg, device)?;
+    let names: Vec<String> = cfg.multi_concept.iter().map(|c| c.name.clone()).collect();
+    let prompts = preserve_prompts(model, cfg)?;
+    let (gram, preserved) = if prompts.is_empty() {
+        (None, None)
+    } else {
+        let (gram, summary) = preserve::preserved_gram(&text, &prompts, &names, cache, device)?;
+        (gram, Some(summary))
+    };
+    let preserve = gram.as_ref().map(Gram::mean).transpose()?;
     let trainable = Trainable::new(
         model.unet_weights.clone(),
         model.unet_config.clone(),
@@ -396,6 +455,18 @@ pub fn resteer(
             }
         }
     }
+    if cfg.max_train_steps == 0 {
+        let (base, deltas) = trainable.export()?;
+        return Ok(Resteered {
+            base,
+            deltas,
+            report: solve_only_report(
+                started,
+                trainable.vars().iter().map(|(_, v)| v.elem_count()).sum(),
+            ),
+            preserved,
+        });
+    }
     let vars = trainable.vars();
     let plan = cfg.adam.schedule(
         cfg.max_train_steps,
@@ -421,5 +492,21 @@ pub fn resteer(
         base,
         deltas,
         report,
+        preserved,
     })
+}
+
+/// The report of a run that only solved: no steps, no loss.
+fn solve_only_report(started: std::time::Instant, trained_values: usize) -> TrainReport {
+    TrainReport {
+        steps: 0,
+        resumed_from: 0,
+        first_loss: f64::NAN,
+        final_loss: f64::NAN,
+        early_mean_loss: f64::NAN,
+        late_mean_loss: f64::NAN,
+        final_parts: BTreeMap::new(),
+        trained_values,
+        seconds: started.elapsed().as_secs_f64(),
+    }
 }

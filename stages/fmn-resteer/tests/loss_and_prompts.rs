@@ -68,7 +68,8 @@ fn preservation_is_the_mean_squared_projection_of_the_contexts() {
     let c = Tensor::new(&[[1f32, 0.0], [1.0, 2.0]], &dev).unwrap();
     let d = Tensor::new(&[[1f32, 1.0], [0.0, 3.0], [2.0, -1.0]], &dev).unwrap();
     // C Dᵀ = [[1, 0, 2], [3, 6, 0]] -> squares 1+0+4+9+36+0 = 50 per delta, over 2 rows.
-    let p: f32 = preservation(&c, &[d.clone(), d])
+    let gram = fmn_resteer::preserve::Gram::of(&c).unwrap().mean().unwrap();
+    let p: f32 = preservation(&gram, &[d.clone(), d])
         .unwrap()
         .to_scalar()
         .unwrap();

@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use fmn_ops::noise::NoiseRng;
 use fmn_resteer::loss::{anchor_offsets, anchoring, preservation};
+use fmn_resteer::preserve::Gram;
 use fmn_resteer::solve::anchor_solution_map;
 
 #[test]
@@ -13,6 +14,7 @@ fn one_dimensional_case_by_hand() {
     let c = Tensor::new(&[[2f32], [1.0]], &dev).unwrap();
     let a = Tensor::new(&[[0.5f32], [3.0]], &dev).unwrap();
     let p = Tensor::new(&[[4f32]], &dev).unwrap();
+    let p = Gram::of(&p).unwrap().mean().unwrap();
     let g = anchor_solution_map(&[(c, a)], Some(&p), 3.0, 0.5).unwrap();
     let m = 3.0 / 2.0 * (4.0 + 1.0) + 0.5 * 16.0;
     let s = 3.0 / 2.0 * ((0.5 - 2.0) * 2.0 + (3.0 - 1.0) * 1.0);
@@ -36,14 +38,15 @@ fn the_solution_zeroes_the_gradient_of_the_anchor_and_preservation_terms() {
     let preserved = randn((12, d), 5);
     let weights = [randn((5, d), 6), randn((3, d), 7)];
     let (aw, pw) = (2.0, 0.7);
-    let g = anchor_solution_map(&concepts, Some(&preserved), aw, pw).unwrap();
+    let preserved_gram = Gram::of(&preserved).unwrap().mean().unwrap();
+    let g = anchor_solution_map(&concepts, Some(&preserved_gram), aw, pw).unwrap();
     // The two terms in f64 (the training loss's own functions), so that the gradient at the
     // minimiser is zero up to the f32 rounding of the map.
     let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
     let w64: Vec<Tensor> = weights.iter().map(f64_of).collect();
     let w_refs: Vec<&Tensor> = w64.iter().collect();
     let loss = |deltas: &[Tensor]| {
-        let mut loss = (preservation(&f64_of(&preserved), deltas).unwrap() * pw).unwrap();
+        let mut loss = (preservation(&preserved_gram, deltas).unwrap() * pw).unwrap();
         for (c, a) in &concepts {
             let offsets = anchor_offsets(&f64_of(c), &f64_of(a), &w_refs).unwrap();
             loss =

@@ -89,6 +89,11 @@ pub fn export_model(
         None,
     )?;
     write_json(&root.join("training.json"), training_record)?;
+    std::fs::write(
+        root.join("preserve.txt"),
+        fmn_toy_world::caption::preserve_list(),
+    )
+    .context("cannot write preserve.txt")?;
     staging.commit_replace()?;
     Ok(())
 }

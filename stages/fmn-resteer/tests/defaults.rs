@@ -1,0 +1,182 @@
+//! fmn-resteer with no config: fmn's method (the K/V solve with automatic preservation), the
+//! solve alone without images (`--steps 0`), and the bad inputs of preservation.
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
+use candle_core::{DType, Device, Tensor};
+use fmn_sd::io::patch::Patch;
+use fmn_sd::sample::pipeline::StableDiffusion;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn model() -> PathBuf {
+    fmn_testkit::fixtures().join("sd1-tiny")
+}
+
+fn resteer(args: &[&str], cache: &Path, out: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fmn-resteer"))
+        .arg("--model")
+        .arg(model())
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(["--quiet", "--json"])
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+fn ok(res: &Output) -> serde_json::Value {
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    serde_json::from_slice(&res.stdout).unwrap()
+}
+
+/// `Σ_layers ‖C Δᵀ‖²` over the contexts `C` of `prompt` and the patch's K/V deltas.
+fn moved(sd: &StableDiffusion, patch: &Patch, prompt: &str) -> f32 {
+    let ids = sd.tokenizer.encode(prompt).unwrap();
+    let ids = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let ctx = sd.text_encoder.forward(&ids).unwrap().squeeze(0).unwrap();
+    patch
+        .deltas
+        .values()
+        .map(|d| {
+            let d = d.to_dtype(DType::F32).unwrap();
+            ctx.matmul(&d.t().unwrap())
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .sum()
+}
+
+#[test]
+fn with_no_config_the_solve_alone_needs_no_images_and_preserves_the_shipped_lists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("p.safetensors");
+    let args = ["--concept", "bob", "--kind", "object", "--steps", "0"];
+    let first = ok(&resteer(&args, &cache, &out));
+    assert_eq!(first["report"]["steps"], 0);
+    assert_eq!(first["preserved"]["prompts"], 1750);
+    assert_eq!(first["preserved"]["taken_out"], 0);
+    assert_eq!(first["preserved"]["cache_hit"], false);
+    let patch = Patch::load(&out).unwrap();
+    assert!(!patch.deltas.is_empty());
+    for name in patch.deltas.keys() {
+        assert!(
+            name.contains(".attn2.to_k.") || name.contains(".attn2.to_v."),
+            "{name} changed"
+        );
+    }
+    // Again: the cache is read and the deltas are the same.
+    let again = tmp.path().join("q.safetensors");
+    let second = ok(&resteer(&args, &cache, &again));
+    assert_eq!(second["preserved"]["cache_hit"], true);
+    let again = Patch::load(&again).unwrap();
+    for (name, d) in &patch.deltas {
+        let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(f32s(d), f32s(&again.deltas[name]), "{name}");
+    }
+
+    // Without preservation the same solve moves the shipped prompts' keys/values further, and
+    // the concept's own prompt is moved in both.
+    let loose = tmp.path().join("loose.safetensors");
+    let none = ok(&resteer(
+        &[&args[..], &["--no-preserve"]].concat(),
+        &cache,
+        &loose,
+    ));
+    assert!(none["preserved"].is_null());
+    let loose = Patch::load(&loose).unwrap();
+    let sd = StableDiffusion::load(&model(), &Device::Cpu, DType::F32).unwrap();
+    for prompt in [
+        "a photo of a dog",
+        "a painting in the style of Monet",
+        "a photo of a chef",
+    ] {
+        let (kept, free) = (moved(&sd, &patch, prompt), moved(&sd, &loose, prompt));
+        assert!(
+            kept < 0.5 * free,
+            "{prompt}: moved {kept} preserved vs {free} not"
+        );
+    }
+    assert!(moved(&sd, &patch, "a photo of bob") > 0.0);
+}
+
+#[test]
+fn a_concept_in_a_shipped_list_is_taken_out_of_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("p.safetensors");
+    let res = resteer(
+        &["--concept", "Van Gogh", "--kind", "style", "--steps", "0"],
+        &tmp.path().join("cache"),
+        &out,
+    );
+    let json = ok(&res);
+    // styles.txt lists Van Gogh under its two templates.
+    assert_eq!(json["preserved"]["taken_out"], 2);
+}
+
+#[test]
+fn bad_preservation_input_is_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("p.safetensors");
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "# nothing\n\n").unwrap();
+    let only_bob = tmp.path().join("bob.txt");
+    std::fs::write(&only_bob, "@template a photo of {}\nbob\nBob\n").unwrap();
+    let concept = ["--concept", "bob", "--kind", "object", "--steps", "0"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [&concept[..], &["--preserve", empty.to_str().unwrap()]].concat(),
+            "holds no prompts",
+        ),
+        (
+            [&concept[..], &["--preserve", only_bob.to_str().unwrap()]].concat(),
+            "names a concept being forgotten",
+        ),
+        (
+            [&concept[..], &["--preserve", "/nonexistent/list.txt"]].concat(),
+            "/nonexistent/list.txt",
+        ),
+        (vec!["--steps", "0"], "no concept given"),
+        (
+            vec!["--concept", "bob", "--kind", "object"],
+            "has no images",
+        ),
+        (
+            [&concept[..], &["--preset", "original"]].concat(),
+            "only solves",
+        ),
+    ];
+    for (args, expect) in cases {
+        let res = resteer(&args, &cache, &out);
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(res.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(expect),
+            "{args:?}: expected `{expect}` in {err}"
+        );
+        assert!(!out.exists());
+    }
+    // An unknown preset is a usage error that lists the presets.
+    let res = resteer(
+        &[&concept[..], &["--preset", "paper"]].concat(),
+        &cache,
+        &out,
+    );
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(2), "{err}");
+    assert!(err.contains("original") && err.contains("toy"), "{err}");
+}
