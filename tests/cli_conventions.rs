@@ -173,6 +173,7 @@ fn a_quiet_successful_run_prints_nothing_and_bad_input_exits_1() {
         ),
         "none",
     );
+    let cache = t("cache");
     let resteer = [
         &common[..],
         &[
@@ -182,7 +183,7 @@ fn a_quiet_successful_run_prints_nothing_and_bad_input_exits_1() {
             "--kind",
             "object",
             "--cache-dir",
-            &t("cache"),
+            &cache,
             "-q",
             "--out",
             &patch,

@@ -2,8 +2,8 @@
 //! weights: the CLIP ViT-L/14 text encoder, the 32 cross-attention key/value weights, the
 //! built-in preservation lists. Prints the time of each part and the peak resident memory.
 //!
-//! `cargo bench -p fmn-resteer --bench solve_sd15 -- [--concepts N]` (default 1; 100: MACE's
-//! scale). Parts: `cold` encodes the preservation lists into their Gram matrix (what the cache
+//! `cargo bench -p fmn-resteer --bench solve_sd15 -- [--concepts N]` (1 and N concepts; default
+//! N 100: MACE's scale). Parts: `cold` encodes the preservation lists into their Gram matrix (what the cache
 //! then holds); `warm` reads it from the cache, takes out the entries naming the concepts,
 //! encodes the concepts' prompts and their anchors, solves and forms every delta.
 #![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
@@ -25,12 +25,16 @@ struct Clip {
 impl Encoder for Clip {
     fn encode_prompts(&self, prompts: &[&str]) -> Result<Tensor, ResteerError> {
         let ids = Tensor::new(self.tokenizer.encode_batch(prompts)?, &Device::Cpu)?;
-        Ok(self.model.forward(&ids)?)
+        Ok(self.model.forward(&ids)?.detach())
     }
 
     fn fingerprint(&self) -> Result<String, ResteerError> {
         Ok("random-clip-l".into())
     }
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 fn peak_rss_mib() -> f64 {
@@ -48,7 +52,7 @@ fn main() {
         .windows(2)
         .find(|w| w[0] == "--concepts")
         .and_then(|w| w[1].parse().ok())
-        .unwrap_or(1);
+        .unwrap_or(100);
     let dev = Device::Cpu;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     // openai/clip-vit-large-patch14's text config (SD 1.x's text encoder).
@@ -73,18 +77,30 @@ fn main() {
         .flat_map(|&n| [n, n])
         .map(|n| Tensor::randn(0f32, 0.02, (n, 768), &dev).unwrap())
         .collect();
-    let names: Vec<String> = (0..concepts).map(|i| format!("concept{i}")).collect();
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = GramCache::new(cache_dir.path());
     let prompts = shipped_prompts().unwrap();
 
     let t = Instant::now();
-    let (_, summary) = preserved_gram(&clip, &prompts, &names, Some(&cache), &dev).unwrap();
-    let cold = t.elapsed().as_secs_f64();
-    assert!(!summary.cache_hit);
+    let (_, summary) = preserved_gram(&clip, &prompts, &[], Some(&cache), &dev).unwrap();
+    println!(
+        "solve-only, SD 1.5 size, {} preserved prompts: cold (lists encoded, cache written) {:.1} s",
+        summary.prompts,
+        t.elapsed().as_secs_f64()
+    );
+    for concepts in [1, concepts] {
+        warm(&clip, &prompts, &cache, &weights, concepts);
+    }
+    println!("peak RSS {:.0} MiB", peak_rss_mib());
+}
 
+/// A warm solve of `concepts` concepts: cache read, their prompts and anchors encoded, the
+/// solve, every delta.
+fn warm(clip: &Clip, prompts: &[String], cache: &GramCache, weights: &[Tensor], concepts: usize) {
+    let dev = Device::Cpu;
+    let names: Vec<String> = (0..concepts).map(|i| format!("concept{i}")).collect();
     let t = Instant::now();
-    let (gram, summary) = preserved_gram(&clip, &prompts, &names, Some(&cache), &dev).unwrap();
+    let (gram, summary) = preserved_gram(clip, prompts, &names, Some(cache), &dev).unwrap();
     assert!(summary.cache_hit);
     let read = t.elapsed().as_secs_f64();
     let templates = ["a photo of {}", "a picture of {}"];
@@ -95,7 +111,6 @@ fn main() {
             .map(|t| t.replacen("{}", name, 1))
             .collect();
         let anchors: Vec<String> = templates.iter().map(|t| anchor_prompt(t, "")).collect();
-        let refs = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>();
         let c = clip.encode_prompts(&refs(&texts)).unwrap();
         let a = clip.encode_prompts(&refs(&anchors)).unwrap();
         let (b, n, d) = c.dims3().unwrap();
@@ -113,8 +128,6 @@ fn main() {
     let warm = t.elapsed().as_secs_f64();
     assert_eq!(deltas.len(), 32);
     println!(
-        "solve-only, SD 1.5 size, {concepts} concept(s), {} preserved prompts: cold (lists encoded) {cold:.1} s; warm {warm:.2} s = cache read {read:.2} s + concept prompts {encode:.2} s + solve and deltas {solve:.2} s; peak RSS {:.0} MiB",
-        summary.prompts,
-        peak_rss_mib()
+        "  {concepts} concept(s): warm {warm:.2} s = cache read {read:.2} s + concept prompts {encode:.2} s + solve and deltas {solve:.2} s"
     );
 }

@@ -104,8 +104,8 @@ pub struct ResteerConfig {
     pub resolution: Option<usize>,
     /// Whether anything is preserved (`--no-preserve`: false).
     pub preserve: bool,
-    /// Preserve the shipped lists (`configs/preserve/`, built in) and the model folder's
-    /// `preserve.txt`, if it has one.
+    /// Preserve the model folder's `preserve.txt` if it has one, else the shipped lists
+    /// (`configs/preserve/`, built in).
     pub builtin_preserve: bool,
     /// More list files (`configs/preserve/README.md` format).
     pub preserve_files: Vec<PathBuf>,

@@ -127,7 +127,8 @@ impl Gram {
     pub fn of(contexts: &Tensor) -> candle_core::Result<Self> {
         let d = contexts.dim(contexts.rank() - 1)?;
         let rows = contexts.elem_count() / d.max(1);
-        let p = contexts.reshape((rows, d))?.to_dtype(DType::F64)?;
+        // Detached: a statistic, never trained through (and summed over many batches).
+        let p = contexts.detach().reshape((rows, d))?.to_dtype(DType::F64)?;
         Ok(Self {
             sum: p.t()?.matmul(&p)?,
             rows,

@@ -269,7 +269,7 @@ fn encode_images(
     Ok((latents, masks))
 }
 
-/// The preserved prompts: the built-in lists and the model's own (`builtin_preserve`), the
+/// The preserved prompts: the model's own list, else the shipped lists (`builtin_preserve`), the
 /// `preserve_files` and the inline `preserve_prompts`, each once, in that order.
 fn preserve_prompts(model: &Model, cfg: &ResteerConfig) -> Result<Vec<String>, ResteerError> {
     let mut prompts = Vec::new();
@@ -278,8 +278,13 @@ fn preserve_prompts(model: &Model, cfg: &ResteerConfig) -> Result<Vec<String>, R
     }
     let names: Vec<String> = cfg.multi_concept.iter().map(|c| c.name.clone()).collect();
     if cfg.builtin_preserve {
-        prompts.extend(preserve::shipped_prompts()?);
-        prompts.extend(model.preserve_list.iter().flatten().cloned());
+        // A model's own list says what it draws; the shipped lists stand in for it on models
+        // without one. Both together diluted the toy model's list 50-fold and left stripes
+        // unforgotten (BENCHMARKS.md#re-steering-defaults).
+        match &model.preserve_list {
+            Some(own) => prompts.extend(own.iter().cloned()),
+            None => prompts.extend(preserve::shipped_prompts()?),
+        }
     }
     for file in &cfg.preserve_files {
         let list = preserve::read_list(file)?;

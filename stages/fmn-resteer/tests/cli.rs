@@ -49,15 +49,6 @@ fn resteer_ok(args: &[&str], extra: &[&Path]) -> Output {
     res
 }
 
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 fn sum_of_squares(t: &Tensor) -> f32 {
     t.sqr()
         .unwrap()

@@ -180,3 +180,34 @@ fn bad_preservation_input_is_refused_before_anything_is_written() {
     assert_eq!(res.status.code(), Some(2), "{err}");
     assert!(err.contains("original") && err.contains("toy"), "{err}");
 }
+
+#[test]
+fn a_model_folder_with_its_own_list_preserves_that_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = fmn_testkit::fixtures().join("../../data/toy-model");
+    let out = tmp.path().join("p.safetensors");
+    let res = Command::new(env!("CARGO_BIN_EXE_fmn-resteer"))
+        .arg("--model")
+        .arg(&toy)
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache"))
+        .args([
+            "--json",
+            "--quiet",
+            "--concept",
+            "bob",
+            "--kind",
+            "object",
+            "--steps",
+            "0",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let json = ok(&res);
+    // data/toy-model/preserve.txt: 18 subjects, plain and striped, under 2 templates; bob's 4
+    // ("a photo of bob", "bob", and both in the style of stripes) are taken out.
+    assert_eq!(json["preserved"]["prompts"], 72);
+    assert_eq!(json["preserved"]["taken_out"], 4);
+}

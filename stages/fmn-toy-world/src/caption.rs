@@ -55,7 +55,7 @@ pub fn preserve_list() -> String {
     subjects.extend(Character::ALL.iter().map(|c| c.word().to_string()));
     let mut text = String::from(
         "# The subjects this toy model's captions name (written by `fmn-toy train`): what\n\
-         # fmn-resteer preserves by default besides its built-in lists.\n",
+         # fmn-resteer preserves by default (instead of its built-in lists).\n",
     );
     for t in PRESERVE_TEMPLATES {
         text.push_str(&format!("@template {t}\n"));
