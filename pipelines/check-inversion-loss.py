@@ -1,7 +1,7 @@
 """Mean epsilon MSE of a diffusers model on a folder of images under several conditionings:
 learned tokens (an fmn-invert file with tokens <t1> <t2>), their random initialisation, and
 given prompts. Shows how much the prompt moves the denoising loss
-(BENCHMARKS.md#inversion-loss-diagnostic). Run by hand with torch + diffusers:
+(figures in git history: BENCHMARKS.md before 2026-12-04). Run by hand with torch + diffusers:
 
     python pipelines/check-inversion-loss.py EMBEDDING.safetensors IMAGES_DIR "a prompt" ...
 """

@@ -9,7 +9,8 @@
 #   MODEL          diffusers model folder [data/toy-model]
 #   SEGMENT        fmn-segment preset for the masks, or "none" [toy]
 #   USE_TI         1: invert the concept first and re-steer its learned tokens [1]
-#   INVERT_CONFIG  [configs/invert/toy.yaml]      RESTEER_CONFIG [configs/resteer/toy.yaml]
+#   INVERT_CONFIG  [configs/invert/toy.yaml]
+#   RESTEER_CONFIG fmn-resteer --config; empty: its built-in defaults []
 #   PROMPTS        prompts sampled before/after [configs/eval/toy-prompts.txt]
 #   SUITE          fmn-eval suite [configs/eval/toy.yaml]     JUDGE  fmn-eval judge [toy]
 #   SEEDS          images per prompt [8]          SAMPLE_STEPS  denoising steps [25]
@@ -25,7 +26,7 @@ MODEL=${MODEL:-data/toy-model}
 SEGMENT=${SEGMENT:-toy}
 USE_TI=${USE_TI:-1}
 INVERT_CONFIG=${INVERT_CONFIG:-configs/invert/toy.yaml}
-RESTEER_CONFIG=${RESTEER_CONFIG:-configs/resteer/toy.yaml}
+RESTEER_CONFIG=${RESTEER_CONFIG:-}
 PROMPTS=${PROMPTS:-configs/eval/toy-prompts.txt}
 SUITE=${SUITE:-configs/eval/toy.yaml}
 JUDGE=${JUDGE:-toy}
@@ -57,7 +58,9 @@ fi
 
 if [ ! -f "$OUT/patch.safetensors" ]; then
   step "re-steer -> $OUT/patch.safetensors"
-  "$BIN/fmn-resteer" --model "$MODEL" --config "$RESTEER_CONFIG" --concept "$CONCEPT" \
+  resteer_config=()
+  [ -z "$RESTEER_CONFIG" ] || resteer_config=(--config "$RESTEER_CONFIG")
+  "$BIN/fmn-resteer" --model "$MODEL" "${resteer_config[@]}" --concept "$CONCEPT" \
     --kind "$KIND" --images "$IMAGES" "${masks[@]}" "${embedding[@]}" \
     --out "$OUT/patch.safetensors"
 fi

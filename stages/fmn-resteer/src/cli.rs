@@ -88,7 +88,7 @@ pub struct ConceptArgs {
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(next_help_heading = "Settings")]
 pub struct SettingArgs {
-    /// Training steps (`max_train_steps`).
+    /// Attention-loss steps after the solve (`max_train_steps`; 0, the default: the solve alone, no images read).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Learning rate (`learning_rate`).

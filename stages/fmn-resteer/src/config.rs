@@ -142,14 +142,16 @@ pub struct ResteerConfig {
 impl Default for ResteerConfig {
     /// fmn's method (BENCHMARKS.md#re-steering-defaults): only the cross-attention key/value
     /// projections change, solved in closed form from an anchor term (the concept's prompts
-    /// onto the same prompts without it) and a preservation term over the shipped lists, then
-    /// `max_train_steps` steps of the attention loss. The original Forget-Me-Not settings are
+    /// onto the same prompts without it) and a preservation term over the model's or the
+    /// shipped lists. No attention steps by default: after the solve they changed no judged
+    /// image and did not lower the loss (BENCHMARKS.md#re-steering-defaults), so the solve
+    /// alone is the default and needs no images. The original Forget-Me-Not settings are
     /// the `original` preset (`configs/resteer/original.yaml`).
     fn default() -> Self {
         Self {
             multi_concept: Vec::new(),
             learning_rate: 1e-3,
-            max_train_steps: 35,
+            max_train_steps: 0,
             train_batch_size: 1,
             only_optimize_ca: None,
             params: None,

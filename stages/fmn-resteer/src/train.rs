@@ -225,8 +225,17 @@ fn prepare(
     };
     let (mut latents, mut masks) = (Vec::new(), None);
     // The solve alone (no steps) needs no images.
-    if let (Some(dir), true) = (&spec.images, cfg.max_train_steps > 0) {
-        (latents, masks) = encode_images(model, dir, spec.masks.as_deref(), resolution, device)?;
+    match (&spec.images, cfg.max_train_steps > 0) {
+        (Some(dir), true) => {
+            (latents, masks) =
+                encode_images(model, dir, spec.masks.as_deref(), resolution, device)?;
+        }
+        (Some(dir), false) => tracing::info!(
+            "{}: the solve alone does not read the images in {} (only steps do: --steps N)",
+            spec.name,
+            dir.display()
+        ),
+        (None, _) => {}
     }
     Ok(PreparedConcept {
         prompts,

@@ -1,5 +1,5 @@
 //! fmn-resteer with no config: fmn's method (the K/V solve with automatic preservation), the
-//! solve alone without images (`--steps 0`), and the bad inputs of preservation.
+//! solve alone without images (the default, `max_train_steps: 0`), and the bad inputs of preservation.
 #![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor};
 use fmn_sd::io::patch::Patch;
@@ -64,7 +64,7 @@ fn with_no_config_the_solve_alone_needs_no_images_and_preserves_the_shipped_list
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let out = tmp.path().join("p.safetensors");
-    let args = ["--concept", "bob", "--kind", "object", "--steps", "0"];
+    let args = ["--concept", "bob", "--kind", "object"];
     let first = ok(&resteer(&args, &cache, &out));
     assert_eq!(first["report"]["steps"], 0);
     assert_eq!(first["preserved"]["prompts"], 1750);
@@ -152,7 +152,7 @@ fn bad_preservation_input_is_refused_before_anything_is_written() {
         ),
         (vec!["--steps", "0"], "no concept given"),
         (
-            vec!["--concept", "bob", "--kind", "object"],
+            vec!["--concept", "bob", "--kind", "object", "--steps", "3"],
             "has no images",
         ),
         (
