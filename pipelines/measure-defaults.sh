@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # fmn-resteer with no config and no list, on held-out phrasings (pipelines/heldout/toy-prompts.txt:
 # templates that neither the re-steering defaults nor the model's preserve.txt use): each of bob,
-# kiki, circle and stripes forgotten alone with the default steps and with the solve alone
-# (--steps 0), five concepts at once, and the paper's settings (--preset original) on bob.
+# kiki, circle and stripes forgotten alone with the defaults (the solve alone) and with the
+# solve followed by the paper's 35 attention steps (--steps 35), five concepts at once (both
+# ways), and the paper's settings (--preset original) on bob.
 # Prints per patch the forgotten concepts' judged rates before -> after and every other
 # concept's, over the prompts that name no forgotten concept (pipelines/lib/concept_rates.py).
 #
@@ -59,9 +60,9 @@ sample "$OUT/before"
 for spec in bob:object stripes:style circle:object kiki:object; do
   n=${spec%%:*}
   if wanted "$n"; then patch "$n" "$spec"; report "$n" "$spec"; fi
-  if wanted "$n-solve"; then patch "$n-solve" "$spec" --steps 0; report "$n-solve" "$spec"; fi
+  if wanted "$n-steps"; then patch "$n-steps" "$spec" --steps 35; report "$n-steps" "$spec"; fi
 done
 JOINT="bob:object kiki:object circle:object square:object stripes:style"
 if wanted joint; then patch joint "$JOINT"; report joint "$JOINT"; fi
-if wanted joint-solve; then patch joint-solve "$JOINT" --steps 0; report joint-solve "$JOINT"; fi
+if wanted joint-steps; then patch joint-steps "$JOINT" --steps 35; report joint-steps "$JOINT"; fi
 if wanted bob-original; then patch bob-original bob:object --preset original; report bob-original bob:object; fi

@@ -271,6 +271,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
             "bytes": patch.size_bytes(),
             "base_fingerprint": patch.meta.base_fingerprint,
             "preserved": result.preserved,
+            "concepts": result.concepts,
         }),
         || {
             let done = if r.steps == 0 {

@@ -121,6 +121,11 @@ pub struct ResteerConfig {
     /// "a photo of"); unset: the kind's default ("" for objects and styles, "a person" for
     /// identities).
     pub anchor: Option<String>,
+    /// How far past its anchor a concept's contexts are moved, in concept-to-anchor
+    /// distances: the target is `A + anchor_push·(A − C)` (ESD's negative guidance, in K/V
+    /// space). 0 stops at the anchor, which still draws the concept where the model's prior
+    /// without it does (BENCHMARKS.md#re-steering-defaults).
+    pub anchor_push: f64,
     /// Start the steps from the exact minimiser of the anchor and preservation terms (a linear
     /// solve per run: `solve.rs`) instead of from the base weights; needs `anchor_weight` > 0
     /// and full (not LoRA) key/value deltas.
@@ -132,6 +137,11 @@ pub struct ResteerConfig {
     pub object_templates: Vec<String>,
     pub style_templates: Vec<String>,
     pub identity_templates: Vec<String>,
+    /// The preserved prompts that name a concept are its prompts too (anchored to the same
+    /// entry without it: "a yellow circle" → "a yellow"), beside the kind's templates: the
+    /// words a model's captions put before a concept change its context rows, and templates
+    /// alone left "a yellow circle" drawn (BENCHMARKS.md#re-steering-defaults).
+    pub listed_concept_prompts: bool,
     pub adam_weight_decay: f64,
     #[serde(flatten)]
     pub adam: AdamKeys,
@@ -165,9 +175,10 @@ impl Default for ResteerConfig {
             builtin_preserve: true,
             preserve_files: Vec::new(),
             preserve_prompts: Vec::new(),
-            preserve_weight: 1.0,
+            preserve_weight: 4.0,
             anchor_weight: 1.0,
             anchor: None,
+            anchor_push: 1.0,
             solve_anchor: true,
             lora_rank: None,
             object_templates: vec!["a photo of {}".into(), "a picture of {}".into()],
@@ -176,6 +187,7 @@ impl Default for ResteerConfig {
                 "a picture[ in the style of {}]".into(),
             ],
             identity_templates: vec!["a photo of {}".into(), "a portrait of {}".into()],
+            listed_concept_prompts: true,
             adam_weight_decay: 0.0,
             adam: AdamKeys {
                 max_grad_norm: 1.0,
@@ -257,6 +269,7 @@ impl Validate for ResteerConfig {
         for (key, w) in [
             ("preserve_weight", self.preserve_weight),
             ("anchor_weight", self.anchor_weight),
+            ("anchor_push", self.anchor_push),
         ] {
             if !(w >= 0.0 && w.is_finite()) {
                 return Err(format!("`{key}` must be zero or positive, got {w}"));

@@ -93,3 +93,45 @@ pub fn check_template(template: &str) -> Result<(), String> {
         )),
     }
 }
+
+/// A preserved-list entry that names `concept`, as a template of the concept's prompts: where
+/// the entry holds the bracketed phrase of one of the kind's `templates` ("in the style of
+/// stripes" of "a photo[ in the style of {}]"), that phrase is the bracket ("a red circle[ in
+/// the style of {}]"), else the concept's words are the slot ("a blue {}"). Its anchor is then
+/// the entry with the phrase or the concept replaced by the anchor ("a red circle", "a blue").
+/// `None` where the entry does not name the concept as whole words (case aside) or already
+/// holds a template's brackets.
+pub fn entry_template(entry: &str, concept: &str, templates: &[String]) -> Option<String> {
+    if entry.contains(['[', ']', '{', '}']) {
+        return None;
+    }
+    for template in templates {
+        if let (Some(open), Some(close)) = (template.find('['), template.find(']')) {
+            let phrase = template[open + 1..close].trim().replacen("{}", concept, 1);
+            if let Some((s, e)) = find_words(entry, &phrase) {
+                // The space before the phrase goes inside the bracket, so the anchor has none.
+                let before = entry[..s].trim_end();
+                let bracket = template[open + 1..close].trim();
+                return Some(format!(
+                    "{before}[{}{bracket}]{}",
+                    &entry[before.len()..s],
+                    &entry[e..]
+                ));
+            }
+        }
+    }
+    let (s, e) = find_words(entry, concept)?;
+    Some(format!("{}{{}}{}", &entry[..s], &entry[e..]))
+}
+
+/// The byte span of the first occurrence of `phrase` in `text` as whole words, ASCII case aside.
+fn find_words(text: &str, phrase: &str) -> Option<(usize, usize)> {
+    let (hay, needle) = (text.to_ascii_lowercase(), phrase.to_ascii_lowercase());
+    if needle.trim().is_empty() {
+        return None;
+    }
+    let boundary = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric());
+    hay.match_indices(needle.as_str())
+        .map(|(s, m)| (s, s + m.len()))
+        .find(|&(s, e)| boundary(hay[..s].chars().next_back()) && boundary(hay[e..].chars().next()))
+}

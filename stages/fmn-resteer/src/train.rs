@@ -1,10 +1,10 @@
 //! The re-steering loop: frozen VAE and text encoder, UNet deltas trained so that the concept's
 //! tokens receive no cross-attention.
-use crate::config::ResteerConfig;
+use crate::config::{ConceptSpec, ResteerConfig};
 use crate::loss::{anchor_offsets, anchoring, attention_energy, preservation};
 use crate::params::Trainable;
 use crate::preserve::{self, Gram, GramCache, PreserveSummary};
-use crate::prompts::{anchor_prompt, concept_prompt, ConceptPrompt};
+use crate::prompts::{anchor_prompt, concept_prompt, entry_template, ConceptPrompt};
 use crate::solve::anchor_solution_map;
 use crate::ResteerError;
 use candle_core::{DType, Device, Tensor};
@@ -81,6 +81,7 @@ struct PreparedConcept {
     masks: Option<Vec<Tensor>>,
     /// With `anchor_weight`: every prompt's context rows and its anchor prompt's, `[R, D]` each.
     anchor_rows: Option<(Tensor, Tensor)>,
+    texts: ConceptPrompts,
 }
 
 /// A re-steering's result: the deltas of the changed UNet tensors and what the run did (the
@@ -92,6 +93,16 @@ pub struct Resteered {
     pub report: TrainReport,
     /// What was preserved (`None`: nothing).
     pub preserved: Option<PreserveSummary>,
+    /// Per concept, the prompts it was re-steered on.
+    pub concepts: Vec<ConceptPrompts>,
+}
+
+/// A concept's prompts and, with `anchor_weight`, the anchor prompt of each.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConceptPrompts {
+    pub name: String,
+    pub prompts: Vec<String>,
+    pub anchors: Vec<String>,
 }
 
 /// The tokenizer and text encoder with the concepts' learned tokens (if any) added.
@@ -179,20 +190,39 @@ impl preserve::Encoder for TextSide<'_> {
     }
 }
 
+/// The concept's prompt templates: its kind's, then (with `listed_concept_prompts`) each
+/// preserved entry naming it ([`entry_template`]).
+fn concept_templates(spec: &ConceptSpec, cfg: &ResteerConfig, listed: &[String]) -> Vec<String> {
+    let kind = cfg.templates(spec.kind);
+    let mut templates = kind.to_vec();
+    if cfg.listed_concept_prompts {
+        templates.extend(
+            listed
+                .iter()
+                .filter_map(|entry| entry_template(entry, &spec.name, kind)),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    templates.retain(|t| seen.insert(t.clone()));
+    templates
+}
+
 fn prepare(
     model: &Model,
     text: &TextSide,
     index: usize,
     cfg: &ResteerConfig,
+    listed: &[String],
     resolution: usize,
     device: &Device,
 ) -> Result<PreparedConcept, ResteerError> {
     let spec = &cfg.multi_concept[index];
     let mut prompts = Vec::new();
     let mut anchors = Vec::new();
+    let mut anchor_texts = Vec::new();
     let texts = &text.concept_texts[index];
-    for (template, concept) in cfg
-        .templates(spec.kind)
+    let templates = concept_templates(spec, cfg, listed);
+    for (template, concept) in templates
         .iter()
         .flat_map(|t| texts.iter().map(move |c| (t, c)))
     {
@@ -207,6 +237,7 @@ fn prepare(
             let anchor_text = anchor_prompt(template, cfg.anchor_for(spec.kind));
             let ids = Tensor::new(text.tokenizer.encode(&anchor_text)?, device)?.unsqueeze(0)?;
             anchors.push(text.encode(&ids)?);
+            anchor_texts.push(anchor_text);
         }
         prompts.push((p, context, positions));
     }
@@ -218,10 +249,11 @@ fn prepare(
             Ok(t.reshape((b * n, d))?)
         };
         let contexts: Vec<Tensor> = prompts.iter().map(|(_, c, _)| c.clone()).collect();
-        Some((
-            flat(Tensor::cat(&contexts, 0)?)?,
-            flat(Tensor::cat(&anchors, 0)?)?,
-        ))
+        let contexts = flat(Tensor::cat(&contexts, 0)?)?;
+        let anchors = flat(Tensor::cat(&anchors, 0)?)?;
+        // The target lies `anchor_push` concept-to-anchor distances past the anchor.
+        let target = (&anchors + ((&anchors - &contexts)? * cfg.anchor_push)?)?;
+        Some((contexts, target))
     };
     let (mut latents, mut masks) = (Vec::new(), None);
     // The solve alone (no steps) needs no images.
@@ -237,11 +269,17 @@ fn prepare(
         ),
         (None, _) => {}
     }
+    let texts = ConceptPrompts {
+        name: spec.name.clone(),
+        prompts: prompts.iter().map(|(p, _, _)| p.text.clone()).collect(),
+        anchors: anchor_texts,
+    };
     Ok(PreparedConcept {
         prompts,
         latents,
         masks,
         anchor_rows,
+        texts,
     })
 }
 
@@ -403,11 +441,12 @@ pub fn resteer(
     let resolution = training_resolution(cfg.resolution, &model.unet_config, &model.vae)?;
     let timesteps = timestep_range(cfg.timesteps, &model.schedule)?;
     let text = TextSide::new(model, cfg)?;
+    let prompts = preserve_prompts(model, cfg)?;
     let concepts = (0..cfg.multi_concept.len())
-        .map(|i| prepare(model, &text, i, cfg, resolution, device))
+        .map(|i| prepare(model, &text, i, cfg, &prompts, resolution, device))
         .collect::<Result<Vec<_>, _>>()?;
     let names: Vec<String> = cfg.multi_concept.iter().map(|c| c.name.clone()).collect();
-    let prompts = preserve_prompts(model, cfg)?;
+    let concept_texts: Vec<ConceptPrompts> = concepts.iter().map(|c| c.texts.clone()).collect();
     let (gram, preserved) = if prompts.is_empty() {
         (None, None)
     } else {
@@ -479,6 +518,7 @@ pub fn resteer(
                 trainable.vars().iter().map(|(_, v)| v.elem_count()).sum(),
             ),
             preserved,
+            concepts: concept_texts,
         });
     }
     let vars = trainable.vars();
@@ -507,6 +547,7 @@ pub fn resteer(
         deltas,
         report,
         preserved,
+        concepts: concept_texts,
     })
 }
 

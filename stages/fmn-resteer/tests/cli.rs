@@ -530,6 +530,10 @@ fn gap_to_anchor(deltas: &std::collections::BTreeMap<String, Tensor>) -> f32 {
 fn anchor_weight_moves_the_concept_prompt_onto_its_anchor() {
     let tmp = tempfile::tempdir().unwrap();
     let (img, _) = images(tmp.path(), 2, 32);
+    // The gap is measured to the anchor itself, so the target is the anchor (no push past it),
+    // and "a photo of bob" is the one concept prompt.
+    let cfg = tmp.path().join("onto-anchor.yaml");
+    std::fs::write(&cfg, "anchor_push: 0.0\nlisted_concept_prompts: false\n").unwrap();
     let patch = |extra: &[&str], name: &str| {
         let out = tmp.path().join(name);
         let mut args = vec!["--params", "attn2-kv"];
@@ -538,7 +542,10 @@ fn anchor_weight_moves_the_concept_prompt_onto_its_anchor() {
         }
         args.extend_from_slice(extra);
         args.push("--images");
-        resteer_ok(&args, &[&img, Path::new("--out"), &out]);
+        resteer_ok(
+            &args,
+            &[&img, Path::new("--config"), &cfg, Path::new("--out"), &out],
+        );
         Patch::load(&out).unwrap().deltas
     };
     let without = gap_to_anchor(&patch(&[], "plain.safetensors"));

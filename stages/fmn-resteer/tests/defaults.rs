@@ -211,3 +211,106 @@ fn a_model_folder_with_its_own_list_preserves_that_list() {
     assert_eq!(json["preserved"]["prompts"], 72);
     assert_eq!(json["preserved"]["taken_out"], 4);
 }
+
+fn toy_resteer(tmp: &Path, config: &str, out: &Path) -> serde_json::Value {
+    let cfg = tmp.join(format!(
+        "{}.yaml",
+        out.file_stem().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&cfg, config).unwrap();
+    let res = Command::new(env!("CARGO_BIN_EXE_fmn-resteer"))
+        .arg("--model")
+        .arg(fmn_testkit::fixtures().join("../../data/toy-model"))
+        .arg("--cache-dir")
+        .arg(tmp.join("cache"))
+        .args(["--json", "--quiet", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    ok(&res)
+}
+
+#[test]
+fn the_preserved_entries_naming_a_concept_are_its_prompts_and_the_push_scales_the_delta() {
+    let tmp = tempfile::tempdir().unwrap();
+    let concepts = "multi_concept:\n  - {name: circle, kind: object}\n  - {name: stripes, kind: style}\ndelta_dtype: f32\n";
+    let pushed = tmp.path().join("pushed.safetensors");
+    let json = toy_resteer(tmp.path(), concepts, &pushed);
+    let pairs = |i: usize| -> Vec<(String, String)> {
+        let c = &json["concepts"][i];
+        let texts = |k: &str| -> Vec<String> {
+            c[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        };
+        texts("prompts").into_iter().zip(texts("anchors")).collect()
+    };
+    let (circle, stripes) = (pairs(0), pairs(1));
+    let has =
+        |set: &[(String, String)], p: &str, a: &str| set.iter().any(|(x, y)| x == p && y == a);
+    // The kind's templates first, then data/toy-model/preserve.txt's entries naming the concept
+    // (8 entries with circle under its 2 templates; 18 striped ones under 2).
+    assert!(has(&circle, "a photo of circle", "a photo of"));
+    assert!(has(&circle, "a yellow circle", "a yellow"));
+    assert!(has(
+        &circle,
+        "a photo of a blue circle in the style of stripes",
+        "a photo of a blue in the style of stripes"
+    ));
+    assert_eq!(circle.len(), 2 + 16);
+    assert!(has(
+        &stripes,
+        "a red circle in the style of stripes",
+        "a red circle"
+    ));
+    assert!(has(
+        &stripes,
+        "a photo of bob in the style of stripes",
+        "a photo of bob"
+    ));
+    assert_eq!(stripes.len(), 2 + 36);
+
+    // The target A + push (A - C) is linear in the push, and so is the solved delta: push 1
+    // (the default) gives twice the delta of push 0.
+    let at_anchor = tmp.path().join("at_anchor.safetensors");
+    toy_resteer(
+        tmp.path(),
+        &format!("{concepts}anchor_push: 0.0\n"),
+        &at_anchor,
+    );
+    let (pushed, at_anchor) = (
+        Patch::load(&pushed).unwrap(),
+        Patch::load(&at_anchor).unwrap(),
+    );
+    assert!(!pushed.deltas.is_empty());
+    for (name, d) in &pushed.deltas {
+        let twice = (at_anchor.deltas[name].to_dtype(DType::F32).unwrap() * 2.0).unwrap();
+        let d = d.to_dtype(DType::F32).unwrap();
+        let (err, scale) = (max_abs(&(&d - &twice).unwrap()), max_abs(&d));
+        assert!(
+            scale > 0.0 && err <= 1e-4 * scale,
+            "{name}: {err} of {scale}"
+        );
+    }
+
+    // Off: the kind's templates only.
+    let off = toy_resteer(
+        tmp.path(),
+        &format!("{concepts}listed_concept_prompts: false\n"),
+        &tmp.path().join("off.safetensors"),
+    );
+    assert_eq!(off["concepts"][0]["prompts"].as_array().unwrap().len(), 2);
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}

@@ -2,7 +2,9 @@
 #![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{Device, Tensor};
 use fmn_resteer::loss::{anchor_offsets, anchoring, attention_energy, preservation};
-use fmn_resteer::prompts::{anchor_prompt, check_template, concept_prompt, PoolerPositions};
+use fmn_resteer::prompts::{
+    anchor_prompt, check_template, concept_prompt, entry_template, PoolerPositions,
+};
 use fmn_sd::io::tokenizer::ClipTokenizer;
 use fmn_sd::models::probes::AttentionRecord;
 use std::path::Path;
@@ -156,4 +158,25 @@ fn concept_positions_and_pooler_positions() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("do not appear"), "{err}");
+}
+
+#[test]
+fn a_preserved_entry_naming_the_concept_becomes_its_template() {
+    let style = ["a photo[ in the style of {}]".to_string()];
+    let t = entry_template("a red circle in the style of stripes", "stripes", &style).unwrap();
+    assert_eq!(t, "a red circle[ in the style of {}]");
+    assert_eq!(anchor_prompt(&t, ""), "a red circle");
+    // No bracket phrase in the entry: the concept's words are the slot.
+    let t = entry_template("a yellow Circle", "circle", &style).unwrap();
+    assert_eq!(t, "a yellow {}");
+    assert_eq!(anchor_prompt(&t, ""), "a yellow");
+    assert_eq!(
+        entry_template("Elon Musk on stage", "elon musk", &[]).as_deref(),
+        Some("{} on stage")
+    );
+    // Whole words only, and no template syntax in entries.
+    assert_eq!(entry_template("a circles party", "circle", &[]), None);
+    assert_eq!(entry_template("a semicircle", "circle", &[]), None);
+    assert_eq!(entry_template("a [circle]", "circle", &[]), None);
+    assert_eq!(entry_template("a red square", "circle", &style), None);
 }
