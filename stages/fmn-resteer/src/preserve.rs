@@ -3,6 +3,7 @@
 //! them — the Gram matrix `Σ PᵀP` of their context rows — cached on disk per (text encoder,
 //! list). Entries naming a concept being forgotten are taken out exactly (their rows'
 //! Gram subtracted), so one cached list serves every concept.
+use crate::prompts::find_words;
 use crate::ResteerError;
 use candle_core::{DType, Device, Tensor};
 use sha2::{Digest, Sha256};
@@ -97,22 +98,7 @@ pub fn shipped_prompts() -> Result<Vec<String>, ResteerError> {
 
 /// Whether `prompt` names one of `names` (whole words, case-insensitive).
 pub fn names_any(prompt: &str, names: &[String]) -> bool {
-    let words = words_of(prompt);
-    names.iter().any(|n| {
-        let n = words_of(n);
-        !n.is_empty()
-            && words
-                .windows(n.len())
-                .any(|w| w.iter().zip(&n).all(|(a, b)| a == b))
-    })
-}
-
-fn words_of(s: &str) -> Vec<String> {
-    s.to_lowercase()
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_string)
-        .collect()
+    names.iter().any(|n| find_words(prompt, n).is_some())
 }
 
 /// `Σ PᵀP` over context rows `P` (f64 `[d, d]`) and the number of rows.

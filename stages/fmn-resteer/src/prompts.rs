@@ -107,11 +107,10 @@ pub fn entry_template(entry: &str, concept: &str, templates: &[String]) -> Optio
     }
     for template in templates {
         if let (Some(open), Some(close)) = (template.find('['), template.find(']')) {
-            let phrase = template[open + 1..close].trim().replacen("{}", concept, 1);
-            if let Some((s, e)) = find_words(entry, &phrase) {
+            let bracket = template[open + 1..close].trim();
+            if let Some((s, e)) = find_words(entry, &bracket.replacen("{}", concept, 1)) {
                 // The space before the phrase goes inside the bracket, so the anchor has none.
                 let before = entry[..s].trim_end();
-                let bracket = template[open + 1..close].trim();
                 return Some(format!(
                     "{before}[{}{bracket}]{}",
                     &entry[before.len()..s],
@@ -124,14 +123,33 @@ pub fn entry_template(entry: &str, concept: &str, templates: &[String]) -> Optio
     Some(format!("{}{{}}{}", &entry[..s], &entry[e..]))
 }
 
-/// The byte span of the first occurrence of `phrase` in `text` as whole words, ASCII case aside.
-fn find_words(text: &str, phrase: &str) -> Option<(usize, usize)> {
-    let (hay, needle) = (text.to_ascii_lowercase(), phrase.to_ascii_lowercase());
-    if needle.trim().is_empty() {
+/// The byte span in `text` of the first run of words equal to `phrase`'s, case aside (words:
+/// runs of alphanumerics; what lies between them does not count). One rule for "names the
+/// concept", shared with the preservation's take-out ([`crate::preserve::names_any`]).
+pub fn find_words(text: &str, phrase: &str) -> Option<(usize, usize)> {
+    let (words, needle) = (words_of(text), words_of(phrase));
+    if needle.is_empty() {
         return None;
     }
-    let boundary = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric());
-    hay.match_indices(needle.as_str())
-        .map(|(s, m)| (s, s + m.len()))
-        .find(|&(s, e)| boundary(hay[..s].chars().next_back()) && boundary(hay[e..].chars().next()))
+    words
+        .windows(needle.len())
+        .find(|w| w.iter().zip(&needle).all(|(a, b)| a.1 == b.1))
+        .map(|w| (w[0].0.start, w[w.len() - 1].0.end))
+}
+
+/// The words of `s` (runs of alphanumerics), each with its byte range and lower-cased.
+fn words_of(s: &str) -> Vec<(std::ops::Range<usize>, String)> {
+    let mut words = Vec::new();
+    let mut start = None;
+    for (i, c) in s.char_indices().chain([(s.len(), ' ')]) {
+        match (c.is_alphanumeric(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(b)) => {
+                words.push((b..i, s[b..i].to_lowercase()));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    words
 }

@@ -79,7 +79,8 @@ struct PreparedConcept {
     latents: Vec<DiagonalGaussian>,
     /// Per entry of `latents`: the mask at the latent size `[1, 1, h, w]`.
     masks: Option<Vec<Tensor>>,
-    /// With `anchor_weight`: every prompt's context rows and its anchor prompt's, `[R, D]` each.
+    /// With `anchor_weight`: every prompt's context rows and their target (the anchor prompt's
+    /// rows pushed `anchor_push` past it), `[R, D]` each.
     anchor_rows: Option<(Tensor, Tensor)>,
     texts: ConceptPrompts,
 }

@@ -11,10 +11,18 @@ fn model() -> PathBuf {
     fmn_testkit::fixtures().join("sd1-tiny")
 }
 
+fn toy_model() -> PathBuf {
+    fmn_testkit::fixtures().join("../../data/toy-model")
+}
+
 fn resteer(args: &[&str], cache: &Path, out: &Path) -> Output {
+    resteer_on(&model(), args, cache, out)
+}
+
+fn resteer_on(model: &Path, args: &[&str], cache: &Path, out: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fmn-resteer"))
         .arg("--model")
-        .arg(model())
+        .arg(model)
         .arg("--cache-dir")
         .arg(cache)
         .args(["--quiet", "--json"])
@@ -184,52 +192,33 @@ fn bad_preservation_input_is_refused_before_anything_is_written() {
 #[test]
 fn a_model_folder_with_its_own_list_preserves_that_list() {
     let tmp = tempfile::tempdir().unwrap();
-    let toy = fmn_testkit::fixtures().join("../../data/toy-model");
     let out = tmp.path().join("p.safetensors");
-    let res = Command::new(env!("CARGO_BIN_EXE_fmn-resteer"))
-        .arg("--model")
-        .arg(&toy)
-        .arg("--cache-dir")
-        .arg(tmp.path().join("cache"))
-        .args([
-            "--json",
-            "--quiet",
-            "--concept",
-            "bob",
-            "--kind",
-            "object",
-            "--steps",
-            "0",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let json = ok(&res);
+    let json = ok(&resteer_on(
+        &toy_model(),
+        &["--concept", "bob", "--kind", "object", "--steps", "0"],
+        &tmp.path().join("cache"),
+        &out,
+    ));
     // data/toy-model/preserve.txt: 18 subjects, plain and striped, under 2 templates; bob's 4
     // ("a photo of bob", "bob", and both in the style of stripes) are taken out.
     assert_eq!(json["preserved"]["prompts"], 72);
     assert_eq!(json["preserved"]["taken_out"], 4);
 }
 
+/// `fmn-resteer --config` with `config` written beside `out`, on the toy model.
 fn toy_resteer(tmp: &Path, config: &str, out: &Path) -> serde_json::Value {
     let cfg = tmp.join(format!(
         "{}.yaml",
         out.file_stem().unwrap().to_string_lossy()
     ));
     std::fs::write(&cfg, config).unwrap();
-    let res = Command::new(env!("CARGO_BIN_EXE_fmn-resteer"))
-        .arg("--model")
-        .arg(fmn_testkit::fixtures().join("../../data/toy-model"))
-        .arg("--cache-dir")
-        .arg(tmp.join("cache"))
-        .args(["--json", "--quiet", "--config"])
-        .arg(&cfg)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap();
-    ok(&res)
+    let cfg = cfg.to_str().unwrap();
+    ok(&resteer_on(
+        &toy_model(),
+        &["--config", cfg],
+        &tmp.join("cache"),
+        out,
+    ))
 }
 
 #[test]
@@ -289,8 +278,10 @@ fn the_preserved_entries_naming_a_concept_are_its_prompts_and_the_push_scales_th
     assert!(!pushed.deltas.is_empty());
     for (name, d) in &pushed.deltas {
         let twice = (at_anchor.deltas[name].to_dtype(DType::F32).unwrap() * 2.0).unwrap();
-        let d = d.to_dtype(DType::F32).unwrap();
-        let (err, scale) = (max_abs(&(&d - &twice).unwrap()), max_abs(&d));
+        let (err, scale) = (
+            fmn_testkit::max_abs_diff(d, &twice),
+            fmn_testkit::max_abs(d),
+        );
         assert!(
             scale > 0.0 && err <= 1e-4 * scale,
             "{name}: {err} of {scale}"
@@ -304,13 +295,4 @@ fn the_preserved_entries_naming_a_concept_are_its_prompts_and_the_push_scales_th
         &tmp.path().join("off.safetensors"),
     );
     assert_eq!(off["concepts"][0]["prompts"].as_array().unwrap().len(), 2);
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
