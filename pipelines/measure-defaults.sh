@@ -65,4 +65,16 @@ done
 JOINT="bob:object kiki:object circle:object square:object stripes:style"
 if wanted joint; then patch joint "$JOINT"; report joint "$JOINT"; fi
 if wanted joint-steps; then patch joint-steps "$JOINT" --steps 35; report joint-steps "$JOINT"; fi
+# The probes that chose the defaults on circle (BENCHMARKS.md#re-steering-defaults), each run only
+# when named in ONLY: the target at the anchor and the kind's templates alone (the old defaults),
+# plus the listed prompts, plus a push of 1 or 0.5, all at preserve_weight 1.
+probe() { # NAME YAML
+  wanted "$1" && [[ " ${ONLY:-} " == *" $1 "* ]] || return 0
+  printf '%b' "$2" > "$OUT/$1.yaml"
+  patch "$1" circle:object --config "$OUT/$1.yaml"; report "$1" circle:object
+}
+probe circle-at-anchor 'anchor_push: 0.0\nlisted_concept_prompts: false\npreserve_weight: 1.0\n'
+probe circle-listed 'anchor_push: 0.0\npreserve_weight: 1.0\n'
+probe circle-push1 'preserve_weight: 1.0\n'
+probe circle-push05 'anchor_push: 0.5\npreserve_weight: 1.0\n'
 if wanted bob-original; then patch bob-original bob:object --preset original; report bob-original bob:object; fi
