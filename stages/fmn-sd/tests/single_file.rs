@@ -153,22 +153,96 @@ fn standard_configs_read_off_the_shapes() {
         let err = SingleFile::open(&single(name), &SourceOptions::default()).unwrap_err();
         assert!(err.to_string().contains("--model-config"), "{err}");
     }
-    // SD 2.x: one OpenCLIP block more than is used (the penultimate-layer rule).
+    // SD 2.x's tower (ViT-H/14, 1024 wide): 23 layers from files with 24 blocks (the original
+    // checkpoints) or 23 (diffusers' conversion), as diffusers reads both; other depths refused.
+    let vit_h = |blocks: usize| {
+        let mut s = infer::Shapes::new();
+        let p = "cond_stage_model.model.";
+        s.insert(format!("{p}token_embedding.weight"), vec![49408, 1024]);
+        s.insert(format!("{p}positional_embedding"), vec![77, 1024]);
+        for i in 0..blocks {
+            s.insert(
+                format!("{p}transformer.resblocks.{i}.mlp.c_fc.weight"),
+                vec![4096, 1024],
+            );
+        }
+        infer::text_encoder_config(&s, TextLayout::OpenClip)
+    };
+    for blocks in [23, 24] {
+        let te = vit_h(blocks).unwrap();
+        assert_eq!(
+            (
+                te["num_hidden_layers"].as_u64(),
+                te["num_attention_heads"].as_u64(),
+                te["hidden_size"].as_u64()
+            ),
+            (Some(23), Some(16), Some(1024)),
+            "{blocks} blocks"
+        );
+        assert_eq!(te["hidden_act"], "gelu");
+    }
+    for blocks in [12, 22, 25] {
+        let err = vit_h(blocks).unwrap_err();
+        assert!(err.contains(&format!("{blocks} blocks")), "{err}");
+        assert!(err.contains("--model-config"), "{err}");
+    }
+    // Any other OpenCLIP tower: whether its last block is used cannot be read off the file.
     let mut s = shapes("sd2-tiny");
     for (k, v) in s.iter_mut() {
         if k.contains("token_embedding") {
             v[1] = 64;
         }
     }
-    let te = infer::text_encoder_config(&s, TextLayout::OpenClip).unwrap();
-    assert_eq!(
-        (
-            te["num_hidden_layers"].as_u64(),
-            te["num_attention_heads"].as_u64()
-        ),
-        (Some(2), Some(1))
+    let err = infer::text_encoder_config(&s, TextLayout::OpenClip).unwrap_err();
+    assert!(
+        err.contains("ambiguous") && err.contains("--model-config"),
+        "{err}"
     );
-    assert_eq!(te["hidden_act"], "gelu");
+}
+
+/// `single-file/sd2-tiny.safetensors` without its unused last OpenCLIP block: the form
+/// diffusers' diffusers→original conversion writes. `make_sd2_used_blocks_fixture.py` checked
+/// that diffusers reads it into the same text encoder, with the recorded output.
+#[test]
+fn sd2_files_with_and_without_the_unused_block_read_alike() {
+    let full = single("sd2-tiny");
+    let bytes = std::fs::read(&full).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let block = "cond_stage_model.model.transformer.resblocks.";
+    let last = st
+        .names()
+        .iter()
+        .filter_map(|k| {
+            k.strip_prefix(block)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(&format!("{block}{last}.")))
+        .collect();
+    assert!(kept.len() < st.len());
+    let dir = tempfile::tempdir().unwrap();
+    let used = dir.path().join("sd2-tiny-used-blocks.safetensors");
+    safetensors::serialize_to_file(kept, None, &used).unwrap();
+
+    let r = candle_core::safetensors::load(
+        fixtures().join("single-file/sd2-tiny-reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for file in [&full, &used] {
+        let source = ModelSource::open(file, &with_configs("sd2-tiny")).unwrap();
+        let model = StableDiffusion::load_source(&source, &Device::Cpu, DType::F32, &[]).unwrap();
+        let hidden = model.encode_prompts(&["a photo of a red circle"]).unwrap();
+        let e = rel_err(&hidden, &r["text_hidden"]);
+        assert!(e < 1e-5, "{}: text hidden {e:e}", file.display());
+    }
 }
 
 #[test]

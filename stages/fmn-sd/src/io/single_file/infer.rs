@@ -206,15 +206,12 @@ pub fn text_encoder_config(shapes: &Shapes, text: TextLayout) -> Result<Value, S
             let p = |k: &str| format!("{OPEN_CLIP_PREFIX}{k}");
             let token = shape(shapes, &p("token_embedding.weight"))?;
             let blocks = count_indices(shapes, &p("transformer.resblocks."));
-            if blocks < 2 {
-                return Err("OpenCLIP text encoder: fewer than 2 resblocks".into());
-            }
             (
                 token[1],
                 token[0],
                 dim(shapes, &p("positional_embedding"), 0)?,
                 dim(shapes, &p("transformer.resblocks.0.mlp.c_fc.weight"), 0)?,
-                blocks - 1,
+                open_clip_layers(token[1], blocks)?,
                 "gelu",
             )
         }
@@ -240,6 +237,34 @@ pub fn text_encoder_config(shapes: &Shapes, text: TextLayout) -> Result<Value, S
         "pad_token_id": 1,
         "projection_dim": if text == TextLayout::Clip { 768 } else { 512 },
     }))
+}
+
+/// Width and depth of the one OpenCLIP text tower SD 2.x uses (ViT-H/14).
+const OPEN_CLIP_VIT_H: (usize, usize) = (1024, 24);
+
+/// Text-encoder layers of an OpenCLIP tower with `blocks` resblocks in the file, as diffusers
+/// decides: SD 2.x uses the penultimate layer of the standard 24-block ViT-H/14 tower, so 23
+/// layers whether the file holds all 24 blocks (the original checkpoints) or only the 23 used
+/// (what diffusers' diffusers→original conversion writes). Diffusers takes that depth from SD 2's
+/// own `text_encoder/config.json` and skips `resblocks.23`. Any other tower is ambiguous: the
+/// file cannot say whether its last block is the unused one.
+pub fn open_clip_layers(width: usize, blocks: usize) -> Result<usize, String> {
+    let (vit_h_width, vit_h_blocks) = OPEN_CLIP_VIT_H;
+    if width != vit_h_width {
+        return Err(format!(
+            "OpenCLIP text encoder {width} wide with {blocks} blocks is not SD 2's ViT-H/14 \
+             ({vit_h_width} wide, {vit_h_blocks} blocks): how many of its blocks are used is \
+             ambiguous; give --model-config with its text_encoder/config.json"
+        ));
+    }
+    let used = vit_h_blocks - 1;
+    if blocks != used && blocks != vit_h_blocks {
+        return Err(format!(
+            "OpenCLIP ViT-H/14 text encoder with {blocks} blocks: expected {vit_h_blocks} \
+             (the original checkpoints) or {used} (the used ones); give --model-config"
+        ));
+    }
+    Ok(used)
 }
 
 /// SD's training noise schedule with the PNDM sampler of SD 1.5's folder
