@@ -84,6 +84,21 @@ pub struct OrtArgs {
     pub ort_lib: Option<PathBuf>,
 }
 
+/// `--max-memory`: the budget of the pre-flight memory check in the stages that allocate by
+/// request size (sampling, training, evaluation).
+#[derive(Debug, Clone, Default, Args)]
+pub struct MemoryArgs {
+    /// Refuse a request whose estimated peak memory exceeds SIZE (e.g. 12G, 800M) instead
+    /// of the memory available now [default: the available memory].
+    #[arg(
+        long,
+        value_name = "SIZE",
+        value_parser = fmn_core::memory::parse_size,
+        help_heading = "Memory"
+    )]
+    pub max_memory: Option<u64>,
+}
+
 /// A stage's settings: `--config FILE.yaml` (the keys of the stage's `configs/<stage>/*.yaml`)
 /// and the flags `S` that override its keys (`fmn_core::merge_valid`).
 #[derive(Debug, Clone, Default, Args)]

@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod atomic;
 pub mod config;
 pub mod images;
+pub mod memory;
 pub mod shard;
 
 pub use atomic::{write_atomic, write_json_atomic, StagingDir};

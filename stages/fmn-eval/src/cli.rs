@@ -84,6 +84,9 @@ pub struct EvalArgs {
     /// model folder's `tokenizer/`).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub memory: fmn_cli::MemoryArgs,
 }
 
 /// The settings keys (`--config FILE.yaml`, flags of the same names).
@@ -113,6 +116,8 @@ pub struct Settings {
     pub before_attention: Option<PathBuf>,
     pub after_attention: Option<PathBuf>,
     pub tokenizer: Option<PathBuf>,
+    /// `--max-memory` (flag only).
+    pub max_memory: Option<u64>,
 }
 
 impl EvalArgs {
@@ -144,6 +149,7 @@ impl EvalArgs {
             before_attention: cfg.before_attention,
             after_attention: cfg.after_attention,
             tokenizer: cfg.tokenizer,
+            max_memory: self.memory.max_memory,
         })
     }
 }

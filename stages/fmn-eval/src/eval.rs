@@ -95,6 +95,9 @@ fn stem(before: &SampleDir, pair: &Pair) -> String {
     format!("p{pi:03}_n{:02}", pair.key.image_index)
 }
 
+/// Image pairs decoded and judged at once.
+const CHUNK: usize = 32;
+
 /// Runs the evaluation, writing images (and heat maps) under `staging/images/`.
 pub fn evaluate(settings: &Settings, staging: &Path, quiet: bool) -> Result<Results> {
     let suite = Suite::load(&settings.suite)?;
@@ -111,6 +114,7 @@ pub fn evaluate(settings: &Settings, staging: &Path, quiet: bool) -> Result<Resu
         .collect();
     let pairs = samples::shard_pairs(pairs, settings.shard);
     tracing::info!("{} image pairs in shard {}", pairs.len(), settings.shard);
+    crate::preflight::check(&pairs, CHUNK, settings.max_memory)?;
 
     let attention = match attention_paths(settings)? {
         Some((b, a)) => {
@@ -138,7 +142,7 @@ pub fn evaluate(settings: &Settings, staging: &Path, quiet: bool) -> Result<Resu
         .with_context(|| format!("cannot create {}", images_dir.display()))?;
     let bar = fmn_cli::progress::bar(pairs.len() as u64, "judging", quiet);
     let mut items = Vec::new();
-    for chunk in pairs.chunks(32) {
+    for chunk in pairs.chunks(CHUNK) {
         let b_imgs = chunk
             .iter()
             .map(|p| load_image(&p.before_file))

@@ -15,6 +15,7 @@ pub mod judge;
 pub mod merge;
 pub mod metrics;
 pub mod output;
+pub mod preflight;
 pub mod report;
 pub mod samples;
 pub mod suite;

@@ -209,3 +209,22 @@ fn the_toy_prompt_file_lists_the_toy_suite_prompts() {
     let file: Vec<&str> = text.lines().collect();
     assert_eq!(file, suite.prompts());
 }
+
+/// The pre-flight memory check reads the image headers: 3 pairs of 64×64 toy images (the
+/// chunk's 6 images as RGB8, 72 KiB, plus one pair's two grey f64 planes, 64 KiB) do not fit
+/// in 100 KiB, and fit in 1 MiB.
+#[test]
+fn images_that_cannot_fit_in_memory_are_refused_before_judging() {
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path(), 1, GOOD);
+    let o = common::eval_root(tmp.path(), "toy", &["--max-memory", "100K"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("judging the image pairs") && err.contains("needs an estimated 136 KiB"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("report").exists());
+    let o = common::eval_root(tmp.path(), "toy", &["--max-memory", "1M"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

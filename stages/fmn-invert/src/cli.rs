@@ -106,9 +106,25 @@ pub fn run() -> Result<ExitCode> {
 pub fn execute(args: &Args) -> Result<ExitCode> {
     let cfg = args.settings()?;
     let device = args.stage.device.device()?;
-    let model = args
-        .model
-        .load(|source| StableDiffusion::load_source(source, &device, DType::F32, &[]))?;
+    let model_dir = args.model.path();
+    let load_context = || format!("cannot load the model {}", model_dir.display());
+    let source = args.model.open().with_context(load_context)?;
+    let request = fmn_sd_args::TrainingRequest {
+        resolution: cfg.resolution,
+        batch: cfg.train_batch_size,
+        // The learned token rows: a few thousand values.
+        trainable_params: 0,
+        text_encoder_in_graph: true,
+        steps: cfg.max_train_steps_ti > 0,
+    };
+    fmn_sd_args::check_training_memory(
+        &source,
+        &request,
+        args.stage.device.memory.max_memory,
+        "inversion",
+    )?;
+    let model = StableDiffusion::load_source(&source, &device, DType::F32, &[])
+        .with_context(load_context)?;
     let run = TrainingRun::new(&args.stage, &args.out, cfg.max_train_steps_ti, "inverting");
     let result = invert(&model, &cfg, &device, run.control())?;
     run.steps_done();

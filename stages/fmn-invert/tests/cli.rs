@@ -220,3 +220,29 @@ fn a_killed_run_resumes_to_the_same_embedding() {
     assert_eq!(a, b, "resumed run differs from the uninterrupted one");
     assert!(!tmp.path().join("resumed.safetensors.ckpt").exists());
 }
+
+/// The pre-flight memory check refuses a training resolution that cannot fit before any
+/// weight or image is read, naming the request and the estimate.
+#[test]
+fn a_run_that_cannot_fit_in_memory_is_refused_before_it_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, _) = images(tmp.path(), 2, 32);
+    let out = tmp.path().join("e.safetensors");
+    for (args, needle) in [
+        (
+            vec!["--resolution", "100000"],
+            "inversion at 100000x100000, batch 1",
+        ),
+        (
+            vec!["--max-memory", "2M"],
+            "more than the --max-memory limit (2 MiB)",
+        ),
+    ] {
+        let res = invert(&args, &[("--images", &img), ("--out", &out)]);
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(res.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(stderr.contains("needs an estimated"), "{stderr}");
+        assert!(!out.exists());
+    }
+}

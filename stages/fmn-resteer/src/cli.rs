@@ -232,7 +232,25 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
     let cfg = args.settings()?;
     let model_dir = args.model.path();
     let device = args.stage.device.device()?;
-    let model = args.model.load(|source| Model::load(source, &device))?;
+    let load_context = || format!("cannot load the model {}", model_dir.display());
+    let source = args.model.open().with_context(load_context)?;
+    let set = cfg.param_set();
+    let request = fmn_sd_args::TrainingRequest {
+        resolution: cfg.resolution,
+        batch: cfg.train_batch_size,
+        trainable_params: source
+            .parameter_count_where("unet", |name| crate::params::selected(set, name))
+            .with_context(load_context)?,
+        text_encoder_in_graph: false,
+        steps: cfg.max_train_steps > 0,
+    };
+    fmn_sd_args::check_training_memory(
+        &source,
+        &request,
+        args.stage.device.memory.max_memory,
+        "re-steering",
+    )?;
+    let model = Model::load(&source, &device).with_context(load_context)?;
     let delta_dtype = if cfg.delta_dtype == "f32" {
         DType::F32
     } else {

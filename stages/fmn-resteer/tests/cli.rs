@@ -627,3 +627,23 @@ fn a_concept_listed_twice_is_refused() {
     assert!(err.contains("\"bob\" is listed twice"), "{err}");
     assert!(!out.exists());
 }
+
+/// The pre-flight memory check: the training step's estimate (the paper's whole-UNet AdamW
+/// run) is refused under a budget the solve alone fits in.
+#[test]
+fn a_run_that_cannot_fit_in_memory_is_refused_before_it_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, _) = images(tmp.path(), 2, 32);
+    let out = tmp.path().join("p.safetensors");
+    let res = resteer(
+        &["--steps", "2", "--max-memory", "3M", "--images"],
+        &[&img, Path::new("--out"), &out],
+    );
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("re-steering at 32x32, batch 1") && stderr.contains("needs an estimated"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}

@@ -17,6 +17,8 @@ use fmn_sd::io::attention as attention_file;
 use fmn_sd::io::embedding::TokenEmbedding;
 use fmn_sd::io::patch::Patch;
 use fmn_sd::io::sampling_defaults::resolve_guidance;
+use fmn_sd::io::source::ModelSource;
+use fmn_sd::memory;
 use fmn_sd::models::probes::AttentionRecord;
 use fmn_sd::sample::pipeline::{
     check_guidance_rescale, seeded_noise, SampleRequest, StableDiffusion,
@@ -29,6 +31,41 @@ use std::process::ExitCode;
 /// Seeds of the extra noise ancestral samplers draw are derived from the image seed by this
 /// offset, so that they never coincide with another image's initial noise.
 const STEP_SEED_OFFSET: u64 = 0x5EED_0000_0000;
+
+/// Refuses a request whose estimated peak memory (all `num_images` of a prompt in one batch,
+/// doubled by guidance, then decoded) exceeds the budget, before any weight is loaded.
+fn preflight(
+    source: &ModelSource,
+    s: &settings::SampleSettings,
+    guidance: f64,
+    height: usize,
+    width: usize,
+    num_images: usize,
+    args: &Args,
+) -> Result<()> {
+    let (unet, vae) = (source.unet_config()?, source.vae_config()?);
+    let copies = if guidance > 1.0 { 2 } else { 1 };
+    let request = memory::Request {
+        height,
+        width,
+        dtype: s.dtype.dtype(),
+        phases: vec![
+            (memory::Workload::Forward, copies * num_images),
+            (memory::Workload::Decode, num_images),
+        ],
+    };
+    let configs = memory::Configs {
+        unet: Some(&unet),
+        vae: Some(&vae),
+    };
+    let estimate = memory::estimate(&memory::ModelSize::of(source)?, &configs, &request);
+    tracing::debug!("estimated peak memory: {}", estimate.describe());
+    estimate.check(
+        &format!("sampling {num_images} image(s) of {width}x{height} at once"),
+        args.device.memory.max_memory,
+    )?;
+    Ok(())
+}
 
 /// Parses the command line and samples.
 pub fn run() -> Result<ExitCode> {
@@ -51,23 +88,30 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         .iter()
         .map(|p| Patch::load(p).with_context(|| format!("cannot load the patch {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
-    let mut model = args
-        .model
-        .open_at(&model_dir)
-        .and_then(|source| {
-            StableDiffusion::load_source(&source, &device, s.dtype.dtype(), &patches)
-        })
-        .with_context(|| {
-            let names: Vec<String> = s.patch.iter().map(|p| p.display().to_string()).collect();
-            match names.len() {
-                0 => format!("cannot load the model {}", model_dir.display()),
-                _ => format!(
-                    "cannot load the model {} with the patches {}",
-                    model_dir.display(),
-                    names.join(", ")
-                ),
-            }
-        })?;
+    let load_context = || {
+        let names: Vec<String> = s.patch.iter().map(|p| p.display().to_string()).collect();
+        match names.len() {
+            0 => format!("cannot load the model {}", model_dir.display()),
+            _ => format!(
+                "cannot load the model {} with the patches {}",
+                model_dir.display(),
+                names.join(", ")
+            ),
+        }
+    };
+    let source = args.model.open_at(&model_dir).with_context(load_context)?;
+    let (height, width) = s.size(&source, init.as_ref())?;
+    let num_images = match (&init, s.num_images) {
+        (Some(t), Some(n)) if t.dim(0)? != n => bail!(
+            "--init-latents holds {} latents but --num-images is {n}",
+            t.dim(0)?
+        ),
+        (Some(t), _) => t.dim(0)?,
+        (None, n) => n.unwrap_or(1),
+    };
+    preflight(&source, &s, guidance, height, width, num_images, args)?;
+    let mut model = StableDiffusion::load_source(&source, &device, s.dtype.dtype(), &patches)
+        .with_context(load_context)?;
     if !s.embedding.is_empty() {
         let mut embeddings = Vec::new();
         let mut names = Vec::new();
@@ -81,15 +125,6 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         model.add_embeddings(embeddings, &names)?;
     }
 
-    let (height, width) = s.size(&model, init.as_ref())?;
-    let num_images = match (&init, s.num_images) {
-        (Some(t), Some(n)) if t.dim(0)? != n => bail!(
-            "--init-latents holds {} latents but --num-images is {n}",
-            t.dim(0)?
-        ),
-        (Some(t), _) => t.dim(0)?,
-        (None, n) => n.unwrap_or(1),
-    };
     let shape = model.latent_shape(num_images, height, width)?;
     if let (Some(t), Some(path)) = (&init, &args.init_latents) {
         if t.dims() != shape {

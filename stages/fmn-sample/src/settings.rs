@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use fmn_sd::device::ComputeDType;
-use fmn_sd::sample::pipeline::StableDiffusion;
+use fmn_sd::io::source::ModelSource;
 use fmn_sd::sample::scheduler::SamplerKind;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -105,12 +105,12 @@ impl SampleSettings {
 
     /// `(height, width)` in pixels: given, else from the initial latents, else the model's
     /// default.
-    pub fn size(&self, model: &StableDiffusion, init: Option<&Tensor>) -> Result<(usize, usize)> {
-        let f = model.vae.downscale_factor();
+    pub fn size(&self, model: &ModelSource, init: Option<&Tensor>) -> Result<(usize, usize)> {
+        let f = model.vae_config()?.downscale_factor();
         let default = match init {
             Some(t) => (t.dim(2)? * f, t.dim(3)? * f),
             None => {
-                let s = model.unet.config().sample_size.unwrap_or(64) * f;
+                let s = model.unet_config()?.sample_size.unwrap_or(64) * f;
                 (s, s)
             }
         };

@@ -639,3 +639,48 @@ fn guidance_comes_from_the_flag_then_the_config_then_the_model_folder_then_7_5()
         6.0
     );
 }
+
+/// The pre-flight memory check: a request far beyond the machine is refused before any weight
+/// is loaded, with the estimate in the message; `--max-memory` sets the budget.
+#[test]
+fn a_request_that_cannot_fit_in_memory_is_refused_before_it_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("sd1-tiny");
+    let model = model.to_str().unwrap();
+    let out = tmp.path().join("huge");
+    let o = out.to_str().unwrap();
+    let huge = [
+        "--model", model, "--prompt", "x", "--width", "100000", "--height", "100000", "--out", o,
+    ];
+    assert_clean_failure(&huge, &out, "sampling 1 image(s) of 100000x100000");
+    let res = sample(&huge);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("needs an estimated"), "{stderr}");
+    // Even a small request is refused under a budget below the weights themselves.
+    let small = [
+        "--model",
+        model,
+        "--prompt",
+        "x",
+        "--max-memory",
+        "1M",
+        "--out",
+        o,
+    ];
+    assert_clean_failure(&small, &out, "more than the --max-memory limit (1 MiB)");
+    assert_clean_failure(
+        &[
+            "--model",
+            model,
+            "--prompt",
+            "x",
+            "--max-memory",
+            "lots",
+            "--out",
+            o,
+        ],
+        &out,
+        "expected a size such as 12G",
+    );
+}

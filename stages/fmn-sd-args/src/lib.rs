@@ -119,6 +119,70 @@ pub struct LoadError {
     pub source: Box<fmn_sd::SdError>,
 }
 
+/// A training stage's request as the pre-flight memory check sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainingRequest {
+    /// The training resolution (`None`: the model's default, as the stage resolves it).
+    pub resolution: Option<usize>,
+    pub batch: usize,
+    /// Parameters that get gradients and AdamW moments.
+    pub trainable_params: u64,
+    /// Whether the text encoder is in the graph (textual inversion).
+    pub text_encoder_in_graph: bool,
+    /// Whether any training step runs (a solve-only re-steering holds no activations).
+    pub steps: bool,
+}
+
+/// Refuses a training run whose estimated peak memory (every component's weights in f32, the
+/// VAE encoding the training images, then the training step) exceeds `--max-memory` or the
+/// available memory, before any weight is loaded. `stage` names the run in the message.
+pub fn check_training_memory(
+    source: &ModelSource,
+    request: &TrainingRequest,
+    limit: Option<u64>,
+    stage: &str,
+) -> fmn_sd::Result<()> {
+    use fmn_sd::memory::{self, Workload};
+    let (unet, vae) = (source.unet_config()?, source.vae_config()?);
+    let resolution = request
+        .resolution
+        .unwrap_or(unet.sample_size.unwrap_or(64) * vae.downscale_factor());
+    let mut phases = vec![(Workload::Encode, 1)];
+    if request.steps {
+        phases.push((
+            Workload::Train {
+                trainable_params: request.trainable_params,
+                optimizer: true,
+                text_encoder_in_graph: request.text_encoder_in_graph,
+            },
+            request.batch,
+        ));
+    }
+    let estimate = memory::estimate(
+        &memory::ModelSize::of(source)?,
+        &memory::Configs {
+            unet: Some(&unet),
+            vae: Some(&vae),
+        },
+        &memory::Request {
+            height: resolution,
+            width: resolution,
+            dtype: candle_core::DType::F32,
+            phases,
+        },
+    );
+    let what = if request.steps {
+        format!(
+            "{stage} at {resolution}x{resolution}, batch {}, {:.1} M trainable parameters",
+            request.batch,
+            request.trainable_params as f64 / 1e6
+        )
+    } else {
+        format!("{stage} without training steps")
+    };
+    estimate.check(&what, limit)
+}
+
 /// `--device`.
 #[derive(Debug, Clone, Default, Args, serde::Serialize)]
 #[command(next_help_heading = "Device")]
@@ -126,6 +190,9 @@ pub struct DeviceArgs {
     /// cpu, or cuda / cuda:N (needs a build with the `cuda` feature) [default: cpu].
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub memory: fmn_cli::MemoryArgs,
 }
 
 impl DeviceArgs {

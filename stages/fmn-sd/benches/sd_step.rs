@@ -2,16 +2,21 @@
 //! wall time per iteration and the process's peak resident memory (VmHWM).
 //!
 //! One configuration per process, so that peak memory belongs to it alone:
-//! `cargo bench -p fmn-sd --bench sd_step -- --size 256 --mode forward|all|ca|ti [--iters N]`
-//! (`all`: gradients for every UNet weight; `ca`: only the cross-attention `attn2` weights,
-//! as re-steering with `only_optimize_ca`; `ti`: a textual-inversion step, gradients for two
-//! token rows through the frozen UNet and text encoder).
+//! `cargo bench -p fmn-sd --bench sd_step -- --size 256 --mode forward|all|ca|ti|decode|encode
+//! [--iters N] [--batch B]` (`forward`: a UNet forward without gradients, as a sampling step;
+//! `all`: gradients for every UNet weight; `ca`: only the cross-attention `attn2` weights, as
+//! re-steering with `only_optimize_ca`; `ti`: a textual-inversion step, gradients for two token
+//! rows through the frozen UNet and text encoder; `decode` / `encode`: the SD VAE alone, as
+//! sampling's last step and a training stage's first). Each line also prints the peak that
+//! `fmn_sd::memory` estimates for the run, as the stages' pre-flight check makes it.
 #![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use fmn_sd::memory::{self, Workload};
 use fmn_sd::models::clip::{ClipTextConfig, ClipTextModel};
 use fmn_sd::models::probes::AttentionRecorder;
 use fmn_sd::models::unet::{UNet2DConditionModel, UNetConfig};
+use fmn_sd::models::vae::{AutoencoderKL, AutoencoderKLConfig};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -26,6 +31,95 @@ fn sd15_config() -> UNetConfig {
         "norm_num_groups": 32
     }))
     .expect("valid config")
+}
+
+/// SD 1.5's `vae/config.json` (the keys that differ from defaults).
+fn sd15_vae_config() -> AutoencoderKLConfig {
+    serde_json::from_value(serde_json::json!({
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+        "layers_per_block": 2,
+        "latent_channels": 4,
+        "sample_size": 512
+    }))
+    .expect("valid config")
+}
+
+/// The VAE alone: `decode` latents of `size`² images, or `encode` the images.
+fn vae_step(size: usize, mode: &str, iters: usize, batch: usize) -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    let cfg = sd15_vae_config();
+    // Random weights through a VarMap, then plain tensors (as loaded from a file): with the
+    // VarMap's variables the forward would keep its whole graph for a backward.
+    let varmap = VarMap::new();
+    AutoencoderKL::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &cfg)?;
+    let tensors: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .expect("varmap")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    drop(varmap);
+    let params: usize = tensors.values().map(|t| t.elem_count()).sum();
+    let vae = AutoencoderKL::new(VarBuilder::from_tensors(tensors, DType::F32, &dev), &cfg)?;
+    let f = vae.downscale_factor();
+    let mut times = Vec::new();
+    for _ in 0..iters {
+        let start = Instant::now();
+        if mode == "decode" {
+            let z = Tensor::randn(0f32, 1f32, (batch, 4, size / f, size / f), &dev)?;
+            vae.decode(&z).map_err(candle_core::Error::wrap)?;
+        } else {
+            let x = Tensor::randn(0f32, 1f32, (batch, 3, size, size), &dev)?;
+            vae.encode(&x).map_err(candle_core::Error::wrap)?;
+        }
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let workload = match mode {
+        "decode" => Workload::Decode,
+        _ => Workload::Encode,
+    };
+    let estimate = memory::estimate(
+        &memory::ModelSize {
+            vae: params as u64,
+            ..Default::default()
+        },
+        &memory::Configs {
+            unet: None,
+            vae: Some(&cfg),
+        },
+        &memory::Request {
+            height: size,
+            width: size,
+            dtype: DType::F32,
+            phases: vec![(workload, batch)],
+        },
+    );
+    report(
+        &format!(
+            "sd15-vae size={size} mode={mode} batch={batch} params={:.0}M",
+            params as f64 / 1e6
+        ),
+        &times,
+        &estimate,
+    );
+    Ok(())
+}
+
+/// One result line: times, measured and estimated peak.
+fn report(what: &str, times: &[f64], estimate: &memory::Estimate) {
+    let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let peak = peak_rss_mib();
+    let est = estimate.total() as f64 / (1u64 << 20) as f64;
+    println!(
+        "{what} iters={} best={best:.2}s mean={:.2}s peak_rss={peak:.0}MiB estimate={est:.0}MiB ({:+.0} %) threads={}",
+        times.len(),
+        times.iter().sum::<f64>() / times.len() as f64,
+        100.0 * (est - peak) / peak,
+        candle_core::utils::get_num_threads(),
+    );
 }
 
 fn peak_rss_mib() -> f64 {
@@ -49,6 +143,10 @@ fn main() -> candle_core::Result<()> {
     let size: usize = arg(&args, "--size", 256);
     let mode: String = arg(&args, "--mode", "forward".to_string());
     let iters: usize = arg(&args, "--iters", 2);
+    let batch: usize = arg(&args, "--batch", 1);
+    if mode == "decode" || mode == "encode" {
+        return vae_step(size, &mode, iters, batch);
+    }
     let dev = Device::Cpu;
     let cfg = sd15_config();
 
@@ -83,10 +181,10 @@ fn main() -> candle_core::Result<()> {
         UNet2DConditionModel::new(VarBuilder::from_tensors(tensors, DType::F32, &dev), &cfg)?;
 
     let latent = size / 8;
-    let sample = Tensor::randn(0f32, 1f32, (1, 4, latent, latent), &dev)?;
-    let context = Tensor::randn(0f32, 1f32, (1, 77, 768), &dev)?;
-    let t = Tensor::new(&[500f32], &dev)?;
-    let target = Tensor::randn(0f32, 1f32, (1, 4, latent, latent), &dev)?;
+    let sample = Tensor::randn(0f32, 1f32, (batch, 4, latent, latent), &dev)?;
+    let context = Tensor::randn(0f32, 1f32, (batch, 77, 768), &dev)?;
+    let t = Tensor::new(vec![500f32; batch], &dev)?;
+    let target = Tensor::randn(0f32, 1f32, (batch, 4, latent, latent), &dev)?;
     // Textual inversion: the SD 1.5 text encoder (random weights) with two learned rows, frozen
     // UNet, denoising MSE; only the rows train.
     let ti = if mode == "ti" {
@@ -109,15 +207,18 @@ fn main() -> candle_core::Result<()> {
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
             .collect();
+        let text_params: usize = frozen.values().map(|t| t.elem_count()).sum();
         let text = ClipTextModel::new(
             VarBuilder::from_tensors(frozen, DType::F32, &dev),
             &text_cfg,
         )?;
         let mut ids = vec![49406u32, 320, 1125, 539, 49408, 49409, 49407];
         ids.resize(77, 49407);
-        let ids = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
+        let ids = Tensor::new(ids.as_slice(), &dev)?
+            .unsqueeze(0)?
+            .repeat((batch, 1))?;
         let rows = Var::from_tensor(&(Tensor::randn(0f32, 1f32, (2, 768), &dev)? * 0.017)?)?;
-        Some((text, ids, rows))
+        Some((text, ids, rows, text_params))
     } else {
         None
     };
@@ -129,7 +230,7 @@ fn main() -> candle_core::Result<()> {
                 .sum_all()?
                 .to_scalar::<f32>()?;
         } else if mode == "ti" {
-            let (text, ids, rows) = ti.as_ref().expect("built for mode ti");
+            let (text, ids, rows, _) = ti.as_ref().expect("built for mode ti");
             let context = text
                 .forward_with_token_embeddings(ids, rows.as_tensor())
                 .map_err(candle_core::Error::wrap)?;
@@ -161,14 +262,40 @@ fn main() -> candle_core::Result<()> {
         }
         times.push(start.elapsed().as_secs_f64());
     }
-    let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
-    println!(
-        "sd15-unet size={size} mode={mode} params={:.0}M trainable={:.1}M iters={iters} best={best:.2}s mean={:.2}s peak_rss={:.0}MiB threads={}",
-        params as f64 / 1e6,
-        trainable_params as f64 / 1e6,
-        times.iter().sum::<f64>() / iters as f64,
-        peak_rss_mib(),
-        candle_core::utils::get_num_threads(),
+    let text_params = ti.as_ref().map_or(0, |t| t.3);
+    let workload = match mode.as_str() {
+        "forward" => Workload::Forward,
+        _ => Workload::Train {
+            trainable_params: trainable_params as u64,
+            optimizer: false,
+            text_encoder_in_graph: mode == "ti",
+        },
+    };
+    let estimate = memory::estimate(
+        &memory::ModelSize {
+            unet: params as u64,
+            text_encoder: text_params as u64,
+            ..Default::default()
+        },
+        &memory::Configs {
+            unet: Some(&cfg),
+            vae: None,
+        },
+        &memory::Request {
+            height: size,
+            width: size,
+            dtype: DType::F32,
+            phases: vec![(workload, batch)],
+        },
+    );
+    report(
+        &format!(
+            "sd15-unet size={size} mode={mode} batch={batch} params={:.0}M trainable={:.1}M",
+            params as f64 / 1e6,
+            trainable_params as f64 / 1e6,
+        ),
+        &times,
+        &estimate,
     );
     Ok(())
 }

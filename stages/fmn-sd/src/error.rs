@@ -47,6 +47,10 @@ pub enum SdError {
     /// A training step's gradient norm (or loss) is not finite.
     #[error("the gradient norm is {0}: the loss diverged (try a lower learning rate)")]
     NonFiniteGradient(f64),
+    /// A request whose estimated peak memory exceeds what the machine (or `--max-memory`)
+    /// gives, refused before anything is loaded.
+    #[error(transparent)]
+    TooLarge(fmn_core::memory::TooLarge),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

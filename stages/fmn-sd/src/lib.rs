@@ -18,6 +18,7 @@
 pub mod device;
 pub mod error;
 pub mod io;
+pub mod memory;
 pub mod models;
 pub mod sample;
 #[cfg(feature = "train")]

@@ -161,6 +161,41 @@ impl ModelSource {
         crate::io::weights::find_weights_file(&dir.join(folder), stem)
     }
 
+    /// The number of values in `component`'s weights, read off the file header (no tensor
+    /// data is read).
+    pub fn parameter_count(&self, component: &str) -> Result<u64> {
+        self.parameter_count_where(component, |_| true)
+    }
+
+    /// As [`Self::parameter_count`], only the tensors whose diffusers name `keep` selects.
+    pub fn parameter_count_where(
+        &self,
+        component: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<u64> {
+        match self {
+            Self::Folder { dir, .. } => {
+                let file = Self::folder_file(dir, component)?;
+                let f = std::fs::File::open(&file).map_err(|e| SdError::io(&file, e))?;
+                // SAFETY: the mapping is read-only and dropped before this function returns.
+                let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| SdError::io(&file, e))?;
+                let (_, header) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| {
+                    SdError::Safetensors {
+                        path: file.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+                Ok(header
+                    .tensors()
+                    .iter()
+                    .filter(|(name, _)| keep(name))
+                    .map(|(_, info)| info.shape.iter().map(|&d| d as u64).product::<u64>())
+                    .sum())
+            }
+            Self::SingleFile(f) => Ok(f.parameter_count(component, keep)),
+        }
+    }
+
     /// Every tensor of `component` (`unet`, `vae`, `text_encoder`) under its diffusers name.
     pub fn load_tensors(
         &self,

@@ -240,6 +240,21 @@ impl SingleFile {
         }
     }
 
+    /// The number of values in the file's tensors that go into `component` under a diffusers
+    /// name that `keep` selects (a fused tensor counts whole).
+    pub fn parameter_count(&self, component: &str, keep: impl Fn(&str) -> bool) -> u64 {
+        self.index
+            .iter()
+            .filter(|(_, mapped)| {
+                mapped
+                    .iter()
+                    .any(|m| m.component == component && keep(&m.name))
+            })
+            .filter_map(|(key, _)| self.tensors.get(key).ok())
+            .map(|view| view.shape().iter().map(|&d| d as u64).product::<u64>())
+            .sum()
+    }
+
     /// Every tensor of `component` (`unet`, `vae`, `text_encoder`) under its diffusers name,
     /// as `dtype` on `device`.
     pub fn component_tensors(
