@@ -42,6 +42,17 @@ impl SampleDir {
         })?;
         let manifest: SampleManifest = serde_json::from_str(&text)
             .with_context(|| format!("--{what} {}: bad manifest", path.display()))?;
+        // `Shard` deserialises any two numbers; slicing by shard N = 0 divides by zero.
+        if let Some(s) = manifest.shard {
+            if s.count == 0 || s.index >= s.count {
+                bail!(
+                    "--{what} {}: bad manifest: `shard` is {{\"index\": {}, \"count\": {}}}, expected 0 <= index < count",
+                    path.display(),
+                    s.index,
+                    s.count
+                );
+            }
+        }
         Ok(SampleDir {
             dir: dir.to_path_buf(),
             manifest,

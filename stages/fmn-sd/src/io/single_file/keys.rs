@@ -118,7 +118,8 @@ fn unet_name(rest: &str, layers: usize) -> Option<String> {
             return leaf(param).map(|p| format!("{new}{p}"));
         }
     }
-    let per_block = layers + 1;
+    // `layers` may come from a config file: a count past `usize::MAX - 1` maps nothing.
+    let per_block = layers.checked_add(1)?;
     if let Some(s) = rest.strip_prefix("input_blocks.") {
         let (i, s) = split_index(s)?;
         let (j, s) = split_index(s)?;
@@ -235,7 +236,7 @@ fn vae_name(rest: &str, up_blocks: usize) -> Option<(String, Take)> {
     let b = if part == "encoder" {
         i
     } else {
-        up_blocks.checked_sub(1 + i)?
+        up_blocks.checked_sub(i.checked_add(1)?)?
     };
     if let Some(s) = s.strip_prefix("block.") {
         let (j, s) = split_index(s)?;
@@ -473,5 +474,21 @@ mod tests {
         .is_err());
         assert!(map_key("model.diffusion_model.label_emb.0.0.weight", &layout).is_err());
         assert!(map_key("model_ema.decay", &layout).unwrap().is_empty());
+    }
+
+    // Found by fuzzing (fuzz/regressions/single_file): `layers + 1` and `1 + i` overflowed.
+    #[test]
+    fn extreme_counts_map_nothing() {
+        let layout = Layout {
+            unet_layers_per_block: usize::MAX,
+            ..SD15
+        };
+        assert!(map_key(
+            "model.diffusion_model.input_blocks.1.0.in_layers.0.weight",
+            &layout
+        )
+        .is_err());
+        let key = format!("{VAE_PREFIX}decoder.up.{}.block.0.conv1.weight", usize::MAX);
+        assert!(map_key(&key, &SD15).is_err());
     }
 }
