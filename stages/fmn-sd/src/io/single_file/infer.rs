@@ -29,6 +29,13 @@ fn dim(shapes: &Shapes, key: &str, axis: usize) -> Result<usize, String> {
     })
 }
 
+/// The shape of `key`, refused unless it has exactly `N` axes.
+fn dims<const N: usize>(shapes: &Shapes, key: &str) -> Result<[usize; N], String> {
+    let s = shape(shapes, key)?;
+    <[usize; N]>::try_from(s)
+        .map_err(|_| format!("tensor `{key}` has shape {s:?}, expected {N} dims"))
+}
+
 /// The number of distinct `{prefix}{i}.` indices.
 fn count_indices(shapes: &Shapes, prefix: &str) -> usize {
     let mut seen = std::collections::BTreeSet::new();
@@ -96,7 +103,7 @@ pub fn unet_config(shapes: &Shapes, text: TextLayout, v_prediction: bool) -> Res
     )?;
     let linear = shape(shapes, &p(&format!("{first_attn}proj_in.weight")))?.len() == 2;
     let depth = count_indices(shapes, &p(&format!("{first_attn}transformer_blocks.")));
-    let conv_in = shape(shapes, &p("input_blocks.0.0.weight"))?;
+    let [_, in_channels, _, _] = dims::<4>(shapes, &p("input_blocks.0.0.weight"))?;
     let out_channels = dim(shapes, &p("out.2.weight"), 0)?;
     let down: Vec<&str> = attention
         .iter()
@@ -121,7 +128,7 @@ pub fn unet_config(shapes: &Shapes, text: TextLayout, v_prediction: bool) -> Res
     Ok(json!({
         "_class_name": "UNet2DConditionModel",
         "sample_size": if v_prediction { 96 } else { 64 },
-        "in_channels": conv_in[1],
+        "in_channels": in_channels,
         "out_channels": out_channels,
         "down_block_types": down,
         "up_block_types": up,
@@ -188,10 +195,11 @@ pub fn text_encoder_config(shapes: &Shapes, text: TextLayout) -> Result<Value, S
             } else {
                 CLIP_PREFIX.to_string()
             };
-            let token = shape(shapes, &format!("{root}embeddings.token_embedding.weight"))?;
+            let [vocab, hidden] =
+                dims::<2>(shapes, &format!("{root}embeddings.token_embedding.weight"))?;
             (
-                token[1],
-                token[0],
+                hidden,
+                vocab,
                 dim(
                     shapes,
                     &format!("{root}embeddings.position_embedding.weight"),
@@ -204,14 +212,14 @@ pub fn text_encoder_config(shapes: &Shapes, text: TextLayout) -> Result<Value, S
         }
         TextLayout::OpenClip => {
             let p = |k: &str| format!("{OPEN_CLIP_PREFIX}{k}");
-            let token = shape(shapes, &p("token_embedding.weight"))?;
+            let [vocab, hidden] = dims::<2>(shapes, &p("token_embedding.weight"))?;
             let blocks = count_indices(shapes, &p("transformer.resblocks."));
             (
-                token[1],
-                token[0],
+                hidden,
+                vocab,
                 dim(shapes, &p("positional_embedding"), 0)?,
                 dim(shapes, &p("transformer.resblocks.0.mlp.c_fc.weight"), 0)?,
-                open_clip_layers(token[1], blocks)?,
+                open_clip_layers(hidden, blocks)?,
                 "gelu",
             )
         }
