@@ -1,10 +1,11 @@
 //! Outputs appear whole or not at all: files are written to a temporary sibling and renamed.
+use crate::lock::OutputLock;
 use serde::Serialize;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-fn parent_of(path: &Path) -> &Path {
+pub(crate) fn parent_of(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -47,14 +48,18 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()>
 /// A hidden temporary folder beside an output folder: a stage writes its files there and
 /// [`StagingDir::commit`] moves them into the output folder, the manifest last. If the stage
 /// fails (or is killed), the output folder never holds a partial result; a dropped,
-/// uncommitted staging folder is removed.
+/// uncommitted staging folder is removed. The output stays locked ([`OutputLock`]) from
+/// `new` until the staging folder is committed or dropped.
 pub struct StagingDir {
     tmp: tempfile::TempDir,
     out: PathBuf,
+    _lock: OutputLock,
 }
 
 impl StagingDir {
+    /// A staging folder for `out`; fails if another process is writing `out`.
     pub fn new(out: &Path) -> io::Result<Self> {
+        let lock = OutputLock::acquire(out).map_err(io::Error::other)?;
         let parent = parent_of(out);
         fs::create_dir_all(parent).map_err(|e| with_path(parent, e))?;
         let name = out
@@ -68,6 +73,7 @@ impl StagingDir {
         Ok(Self {
             tmp,
             out: out.to_path_buf(),
+            _lock: lock,
         })
     }
 

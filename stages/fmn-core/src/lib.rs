@@ -7,11 +7,13 @@ pub mod allocator;
 pub mod atomic;
 pub mod config;
 pub mod images;
+pub mod lock;
 pub mod memory;
 pub mod shard;
 
 pub use atomic::{write_atomic, write_json_atomic, StagingDir};
 pub use config::{load_yaml, merge, merge_valid, merge_valid_layers, ConfigError, Validate};
+pub use lock::{LockError, OutputLock};
 pub use shard::Shard;
 
 /// The fmn version written into every output's metadata.

@@ -123,9 +123,9 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         args.stage.device.memory.max_memory,
         "inversion",
     )?;
+    let run = TrainingRun::new(&args.stage, &args.out, cfg.max_train_steps_ti, "inverting")?;
     let model = StableDiffusion::load_source(&source, &device, DType::F32, &[])
         .with_context(load_context)?;
-    let run = TrainingRun::new(&args.stage, &args.out, cfg.max_train_steps_ti, "inverting");
     let result = invert(&model, &cfg, &device, run.control())?;
     run.steps_done();
     let layout = if args.a1111 {

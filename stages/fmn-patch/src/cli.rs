@@ -104,8 +104,14 @@ pub fn execute(cli: &Cli) -> Result<ExitCode> {
     let output = &cli.output;
     match &cli.command {
         Command::Inspect { patch } => inspect::run(patch, output),
-        Command::Merge { patches, out } => merge::run(patches, out, output),
-        Command::Lora(args) => lora::run(args, output),
+        Command::Merge { patches, out } => {
+            let _lock = fmn_core::OutputLock::acquire(out)?;
+            merge::run(patches, out, output)
+        }
+        Command::Lora(args) => {
+            let _lock = fmn_core::OutputLock::acquire(&args.out)?;
+            lora::run(args, output)
+        }
         Command::Apply {
             patches,
             model,

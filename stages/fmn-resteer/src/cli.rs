@@ -250,13 +250,13 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         args.stage.device.memory.max_memory,
         "re-steering",
     )?;
+    let run = TrainingRun::new(&args.stage, &args.out, cfg.max_train_steps, "re-steering")?;
     let model = Model::load(&source, &device).with_context(load_context)?;
     let delta_dtype = if cfg.delta_dtype == "f32" {
         DType::F32
     } else {
         DType::F16
     };
-    let run = TrainingRun::new(&args.stage, &args.out, cfg.max_train_steps, "re-steering");
     let cache = args
         .cache_dir
         .clone()

@@ -1,6 +1,7 @@
 //! What a training stage's command line does around the run: checkpoints beside the output
 //! (`--checkpoint-every`, `--resume`), the progress bar (hidden with `-q`), and removing the
-//! checkpoint folder once the output is written.
+//! checkpoint folder once the output is written. The output is locked for the whole run, so
+//! that a second run given the same `--out` (and its checkpoints) fails at once.
 use crate::TrainingStageArgs;
 use fmn_sd::train::checkpoint::CheckpointDir;
 use fmn_sd::train::scaffold::{RunControl, StepRecord};
@@ -12,17 +13,26 @@ pub struct TrainingRun {
     checkpoint_dir: Option<PathBuf>,
     every: usize,
     resume: bool,
+    _lock: fmn_core::OutputLock,
 }
 
 impl TrainingRun {
-    /// A run of `steps` steps labelled `what`, whose result goes to `out`.
-    pub fn new(stage: &TrainingStageArgs, out: &Path, steps: usize, what: &str) -> Self {
-        Self {
+    /// A run of `steps` steps labelled `what`, whose result goes to `out`; fails if another
+    /// process is writing `out`.
+    pub fn new(
+        stage: &TrainingStageArgs,
+        out: &Path,
+        steps: usize,
+        what: &str,
+    ) -> Result<Self, fmn_core::LockError> {
+        let lock = fmn_core::OutputLock::acquire(out)?;
+        Ok(Self {
             bar: stage.output.bar(steps as u64, what),
             checkpoint_dir: stage.run.checkpoint_dir(out),
             every: stage.run.checkpoint_every,
             resume: stage.run.resume,
-        }
+            _lock: lock,
+        })
     }
 
     /// The scaffold's run control: checkpoints as asked, each step shown on the bar.

@@ -196,6 +196,7 @@ fn run_segment(cli: &Cli, flags: &SegmentArgs) -> Result<ExitCode> {
     };
     // Folder mistakes are reported before the runtime or the model is touched.
     crate::batch::check_job(&job)?;
+    let _lock = fmn_core::OutputLock::acquire(out)?;
     let (preset, onnx) = resolve_model(segmenter, settings.preset.as_deref())?;
     let rt = Runtime::load(cli.ort.ort_lib.as_deref())?;
     let mut segmenter = rt.open(&preset, onnx.as_deref(), settings.threads)?;

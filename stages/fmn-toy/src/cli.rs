@@ -407,6 +407,7 @@ fn train_judge(a: &TrainJudgeArgs, output: &OutputArgs) -> Result<ExitCode> {
     if a.steps == 0 || a.batch == 0 {
         bail!("--steps and --batch must be at least 1");
     }
+    let _lock = fmn_core::OutputLock::acquire(&a.out())?;
     let opts = train::TrainOptions {
         seed: a.seed,
         steps: a.steps,
@@ -496,6 +497,8 @@ fn train_settings(a: &ModelTrainArgs) -> Result<crate::train::TrainSettings> {
 
 fn train_model(a: &ModelTrainArgs, output: &OutputArgs) -> Result<ExitCode> {
     let settings = train_settings(a)?;
+    // Held for the whole run: its checkpoints and the model folder are this run's alone.
+    let _lock = fmn_core::OutputLock::acquire(&a.out())?;
     if settings.batch_parts > 1 {
         fmn_core::allocator::share_one_arena();
         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
@@ -621,6 +624,7 @@ struct SegmenterTrainRecord {
 
 fn train_segmenter(a: &SegmenterTrainArgs, output: &OutputArgs) -> Result<ExitCode> {
     use fmn_toy_world::render_folder::{load_render_folder, render_samples};
+    let _lock = fmn_core::OutputLock::acquire(&a.out())?;
     if a.threads > 0 {
         // Read by candle when its thread pool first starts, which is later than this.
         std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
