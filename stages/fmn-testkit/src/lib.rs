@@ -90,30 +90,100 @@ pub fn write_training_images(dir: &Path, n: u32, size: u32) -> (PathBuf, PathBuf
     (img, masks)
 }
 
-/// Starts `cmd`, kills it (SIGKILL) as soon as `checkpoint` exists, and says whether it was
-/// killed before it finished (`false`: it wrote `out` first, so there is nothing to resume).
-/// A run that was killed must have left its checkpoint and nothing at `out`.
-pub fn kill_at_first_checkpoint(
+/// A random number source for tests that pick a point at random: seeded from the clock, or
+/// from `$FMN_TEST_SEED` to replay a run; the seed is printed, so a failure can be replayed.
+pub struct TestRng(u64);
+
+impl TestRng {
+    pub fn new(what: &str) -> Self {
+        let seed = std::env::var("FMN_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+            });
+        eprintln!("{what}: FMN_TEST_SEED={seed}");
+        Self(seed)
+    }
+
+    /// Uniform in `0..n` (splitmix64).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n.max(1)
+    }
+}
+
+/// How a run started by [`kill_when`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Killed {
+    /// Killed (SIGKILL) after its checkpoint reached the point; nothing was at `out`.
+    Midway,
+    /// It wrote `out` before the point was seen: nothing to resume.
+    Finished,
+}
+
+/// Starts `cmd`, and kills it with SIGKILL once its checkpoint's `progress.json` satisfies
+/// `reached`, after a further `delay_ms` (so that the kill can land in the middle of a step
+/// or of a checkpoint write). A killed run must have left a checkpoint and nothing at `out`.
+pub fn kill_when(
     mut cmd: std::process::Command,
-    checkpoint: &Path,
+    progress: &Path,
     out: &Path,
-) -> bool {
+    reached: impl Fn(&serde_json::Value) -> bool,
+    delay_ms: u64,
+) -> Killed {
     let mut child = cmd.spawn().unwrap();
     let started = std::time::Instant::now();
-    while !checkpoint.exists() && started.elapsed().as_secs() < 120 {
-        if child.try_wait().unwrap().is_some() {
+    loop {
+        if child.try_wait().unwrap().is_some() || started.elapsed().as_secs() > 300 {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        let seen = std::fs::read(progress)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if seen.as_ref().is_some_and(&reached) {
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     if out.exists() {
-        return false;
+        return Killed::Finished;
     }
     assert!(
-        checkpoint.exists(),
+        progress.exists(),
         "no checkpoint was written before the run ended"
     );
-    true
+    Killed::Midway
+}
+
+/// Kills `cmd` at a random checkpoint of a single-stage run of `steps` steps that checkpoints
+/// every `every` steps (its `progress.json` records `step`), the last one left out so that
+/// work remains, then a random 0-19 ms later; see [`kill_when`].
+pub fn kill_at_random_step(
+    cmd: std::process::Command,
+    progress: &Path,
+    out: &Path,
+    steps: usize,
+    every: usize,
+) -> Killed {
+    let mut rng = TestRng::new("kill point");
+    let checkpoints = steps.saturating_sub(1) / every;
+    let at = (rng.below(checkpoints.saturating_sub(1).max(1) as u64) as usize + 1) * every;
+    let delay = rng.below(20);
+    eprintln!("killing after step {at} + {delay} ms");
+    kill_when(
+        cmd,
+        progress,
+        out,
+        |p| p["step"].as_u64().is_some_and(|s| s as usize >= at),
+        delay,
+    )
 }

@@ -4,9 +4,10 @@
 use std::path::Path;
 use std::process::Command;
 
-fn train(dir: &Path, config: &Path, out: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_fmn-toy"))
-        .args(["train", "--quiet", "--json"])
+/// `fmn-toy train` with `config`, checkpoints in `dir/ckpt`, the model to `dir/out`.
+fn train_command(dir: &Path, config: &Path, out: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fmn-toy"));
+    cmd.args(["train", "--quiet", "--json"])
         .arg("--config")
         .arg(config)
         .arg("--checkpoints")
@@ -14,9 +15,12 @@ fn train(dir: &Path, config: &Path, out: &str) -> std::process::Output {
         .arg("--out")
         .arg(dir.join(out))
         .arg("--tokenizer")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/clip-tokenizer"))
-        .output()
-        .unwrap()
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/clip-tokenizer"));
+    cmd
+}
+
+fn train(dir: &Path, config: &Path, out: &str) -> std::process::Output {
+    train_command(dir, config, out).output().unwrap()
 }
 
 /// A successful run with settings `yaml` in the new folder `parent/name` (model in `model/`).
@@ -132,6 +136,60 @@ fn trains_exports_resumes_and_refuses_other_settings() {
     assert!(!res6.status.success());
     let err = String::from_utf8_lossy(&res6.stderr);
     assert!(err.contains("already ran 3 steps"), "{err}");
+}
+
+/// A run killed (SIGKILL) at a random step of a random stage leaves nothing at --out, and
+/// running it again resumes from its checkpoint to the uninterrupted run's model, byte for
+/// byte.
+#[test]
+fn a_killed_run_resumes_to_the_same_model() {
+    let yaml = TINY
+        .replace("vae_steps: 2", "vae_steps: 4")
+        .replace("unet_steps: 2", "unet_steps: 4")
+        .replace("decoder_steps: 2", "decoder_steps: 4");
+    let tmp = tempfile::tempdir().unwrap();
+    let full = tmp.path().join("full");
+    train_in(tmp.path(), "full", &yaml);
+
+    let killed = tmp.path().join("killed");
+    std::fs::create_dir(&killed).unwrap();
+    let config = killed.join("tiny.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    const STAGES: [&str; 3] = ["vae", "unet", "decoder"];
+    let mut rng = fmn_testkit::TestRng::new("kill point");
+    let (stage, step, delay) = (rng.below(3) as usize, rng.below(3) + 1, rng.below(20));
+    eprintln!("killing after {} step {step} + {delay} ms", STAGES[stage]);
+    let reached = |p: &serde_json::Value| {
+        let at = STAGES.iter().position(|s| p["stage"] == *s);
+        let done = p["step"].as_u64().unwrap_or(0);
+        at.is_some_and(|at| at > stage || (at == stage && done >= step))
+    };
+    let out = killed.join("model");
+    let how = fmn_testkit::kill_when(
+        train_command(&killed, &config, "model"),
+        &killed.join("ckpt/progress.json"),
+        &out,
+        reached,
+        delay,
+    );
+    assert_eq!(how, fmn_testkit::Killed::Midway, "the run ended first");
+    let res = train(&killed, &config, "model");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    for f in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(full.join("model").join(f)).unwrap(),
+            std::fs::read(out.join(f)).unwrap(),
+            "{f}"
+        );
+    }
 }
 
 #[test]
