@@ -236,6 +236,7 @@ pub fn evaluate(settings: &Settings, staging: &Path, quiet: bool) -> Result<Resu
         fmn_version: fmn_core::VERSION.into(),
         suite,
         judge: settings.judge.to_string(),
+        judge_model: judge.model(),
         before: settings.before.display().to_string(),
         after: settings.after.display().to_string(),
         shards: vec![settings.shard],

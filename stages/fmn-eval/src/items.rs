@@ -46,6 +46,9 @@ pub struct Results {
     pub fmn_version: String,
     pub suite: crate::suite::Suite,
     pub judge: String,
+    /// The `onnx:` judge's preset and model files with their sha256s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_model: Option<crate::judge::JudgeModel>,
     pub before: String,
     pub after: String,
     /// The shards these results cover (one, or all of a merge).

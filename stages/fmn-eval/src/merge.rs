@@ -38,6 +38,14 @@ pub fn merge(dirs: &[PathBuf], staging: &Path) -> Result<Results> {
                 );
             }
         }
+        if r.judge_model != first.judge_model {
+            bail!(
+                "cannot merge: {} and {} were judged with different preset or model files \
+                 (see judge_model in their metrics.json)",
+                dir.display(),
+                first_dir.display()
+            );
+        }
         if serde_json::to_string(&r.suite)? != suite_json {
             bail!(
                 "cannot merge: {} and {} were evaluated with different suites",
@@ -80,6 +88,7 @@ pub fn merge(dirs: &[PathBuf], staging: &Path) -> Result<Results> {
         fmn_version: fmn_core::VERSION.into(),
         suite: first.suite.clone(),
         judge: first.judge.clone(),
+        judge_model: first.judge_model.clone(),
         before: first.before.clone(),
         after: first.after.clone(),
         shards,

@@ -13,6 +13,9 @@ use std::path::Path;
 pub struct MetricsFile {
     pub fmn_version: String,
     pub judge: String,
+    /// The `onnx:` judge's preset and model files with their sha256s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_model: Option<crate::judge::JudgeModel>,
     pub before: String,
     pub after: String,
     pub shards: Vec<Shard>,
@@ -41,6 +44,7 @@ pub fn write_report(dir: &Path, results: &Results) -> Result<MetricsFile> {
     let file = MetricsFile {
         fmn_version: fmn_core::VERSION.into(),
         judge: results.judge.clone(),
+        judge_model: results.judge_model.clone(),
         before: results.before.clone(),
         after: results.after.clone(),
         shards: results.shards.clone(),

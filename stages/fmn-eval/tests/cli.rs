@@ -127,6 +127,8 @@ fn metrics_of_synthetic_folders_match_hand_computed_values() {
     )
     .unwrap();
     assert_eq!(m, on_disk);
+    // The toy judge is shipped: no judge_model record.
+    assert!(m.get("judge_model").is_none());
 
     let bob = concept(&m, "bob");
     assert_eq!(

@@ -302,4 +302,12 @@ fn evaluates_folders_with_the_detector_judge() {
     assert_eq!(c["acc_e"]["after"], 0.5);
     assert_eq!(c["acc_s"]["after"], 0.5);
     assert_eq!(m["judge"], judge);
+    // The preset and the model file, with their sha256s.
+    let model = fixture().join("detector.onnx");
+    assert_eq!(m["judge_model"]["model"], model.display().to_string());
+    assert_eq!(m["judge_model"]["model_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        m["judge_model"]["preset"],
+        fixture().join("preset.yaml").display().to_string()
+    );
 }

@@ -281,3 +281,61 @@ fn the_input_block_takes_fmn_onnx_keys_and_names_unknown_ones() {
         &["input.std must be finite and non-zero"],
     );
 }
+
+/// `model_sha256` pins the model file (checked at load); `model_help` says how to get a
+/// missing one; `nms: opencv` needs an IoU threshold.
+#[test]
+fn the_model_pin_and_help_and_the_nms_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let model = fixtures().join("onnx-detector/detector.onnx");
+    let sha = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(std::fs::read(&model).unwrap()))
+    };
+    let pinned = preset(
+        d,
+        "pinned",
+        &format!("{DETECTOR}model_sha256: {}\nnms: opencv\niou_threshold: 0.45\nprefilter_threshold: 0.2\n", sha.to_uppercase()),
+    );
+    let judge = OnnxJudge::load(&pinned).unwrap();
+    assert_eq!(judge.files().model_sha256, sha);
+    assert_eq!(judge.files().model, model.display().to_string());
+    let other = format!("{}0", &sha[..63]);
+    fails(
+        &preset(
+            d,
+            "other",
+            &format!("{DETECTOR}model_sha256: {other}\nmodel_help: get it from X\n"),
+        ),
+        &[
+            "has sha256",
+            &sha,
+            "pins model_sha256",
+            &other,
+            "get it from X",
+        ],
+    );
+    fails(
+        &preset(d, "short", &format!("{DETECTOR}model_sha256: abc\n")),
+        &["model_sha256 `abc` is not 64 hex digits"],
+    );
+    fails(
+        &preset(
+            d,
+            "missing",
+            &DETECTOR
+                .replace("detector.onnx", "nope.onnx")
+                .replace("input:", "model_help: run get-it.sh\ninput:"),
+        ),
+        &["no model file", "nope.onnx", "(run get-it.sh)"],
+    );
+    fails(
+        &preset(d, "opencv", &format!("{DETECTOR}nms: opencv\n")),
+        &["`nms: opencv` needs an iou_threshold"],
+    );
+    fails(
+        &preset(d, "nms", &format!("{DETECTOR}nms: fast\n")),
+        &["unknown variant `fast`", "greedy", "opencv"],
+    );
+}

@@ -4,14 +4,20 @@
 //! ```yaml
 //! input:
 //!   size: [64, 64]         # width, height fed to the model (required)
-//!   resize: stretch        # stretch | letterbox | crop
-//!   filter: triangle       # nearest | triangle | catmull_rom | gaussian | lanczos3
+//!   resize: stretch        # stretch | letterbox | crop | pad_square
+//!   filter: triangle       # nearest | triangle | catmull_rom | gaussian | lanczos3 | opencv_linear
 //!   channels: rgb          # rgb | bgr
-//!   range: unit            # unit (pixel / 255) | image_max (pixel / the image's largest value)
+//!   range: unit            # unit (pixel / 255) | unit_reciprocal (pixel · f32(1/255))
+//!                          # | image_max (pixel / the image's largest value)
 //!   mean: [0.5, 0.5, 0.5]  # after range scaling: (v - mean) / std, in model channel order
 //!   std: [0.5, 0.5, 0.5]
-//!   pad: [0, 0, 0]         # letterbox border colour (0-255, RGB)
+//!   pad: [0, 0, 0]         # letterbox / pad_square border colour (0-255, RGB)
 //! ```
+//!
+//! `resize: pad_square`, `filter: opencv_linear` and `range: unit_reciprocal` are what NudeNet
+//! 3.4.2 feeds its detector (OpenCV's `copyMakeBorder` + `blobFromImage`), value for value:
+//! see `tests/fixtures/gen/NUDENET_3.4.2.md`.
+pub use crate::geometry::{Geometry, Placement};
 use image::imageops::FilterType;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
@@ -27,10 +33,14 @@ pub enum ResizeMode {
     Letterbox,
     /// Cut the largest centred region of the input's aspect ratio, then scale it.
     Crop,
+    /// Pad the bottom or the right with `pad` to a square of the longer side, the image at
+    /// the top-left, then scale the square (NudeNet 3.x: `copyMakeBorder(0, m - h, 0, m - w)`
+    /// then `blobFromImage`). No offset to undo: boxes only scale back by `m / size`.
+    PadSquare,
 }
 
-/// The resampling filter of every resize (the `image` crate's filters, which widen with the
-/// scale when shrinking, so they smooth rather than skip pixels).
+/// The resampling filter of every resize: the `image` crate's filters, which widen with the
+/// scale when shrinking, so they smooth rather than skip pixels; or OpenCV's bilinear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Filter {
@@ -41,16 +51,22 @@ pub enum Filter {
     CatmullRom,
     Gaussian,
     Lanczos3,
+    /// OpenCV's `cv::resize(..., INTER_LINEAR)` on 8-bit images, in its own fixed-point
+    /// arithmetic (2 × 2 source pixels per output pixel, no widening when shrinking):
+    /// what models preprocessed with OpenCV (`cv2.dnn.blobFromImage`) were fed.
+    OpencvLinear,
 }
 
 impl Filter {
-    fn image_filter(self) -> FilterType {
+    /// The `image` crate's filter (`None`: OpenCV's, done here).
+    fn image_filter(self) -> Option<FilterType> {
         match self {
-            Filter::Nearest => FilterType::Nearest,
-            Filter::Triangle => FilterType::Triangle,
-            Filter::CatmullRom => FilterType::CatmullRom,
-            Filter::Gaussian => FilterType::Gaussian,
-            Filter::Lanczos3 => FilterType::Lanczos3,
+            Filter::Nearest => Some(FilterType::Nearest),
+            Filter::Triangle => Some(FilterType::Triangle),
+            Filter::CatmullRom => Some(FilterType::CatmullRom),
+            Filter::Gaussian => Some(FilterType::Gaussian),
+            Filter::Lanczos3 => Some(FilterType::Lanczos3),
+            Filter::OpencvLinear => None,
         }
     }
 }
@@ -64,16 +80,23 @@ pub enum ChannelOrder {
     Bgr,
 }
 
-/// What a pixel value is divided by before mean/std.
+/// How a pixel value (0-255) is scaled before mean/std.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ValueRange {
-    /// value / 255.
+    /// value / 255 (an f32 division).
     #[default]
     Unit,
+    /// value · f32(1/255) (one f32 multiply by `0x3b808081`): OpenCV's `blobFromImage(img,
+    /// 1/255.0)`, which differs from `Unit` by one ulp in places. (OpenCV subtracts its mean
+    /// before scaling; here `mean`/`std` apply after, so keep them at 0 / 1 to be exact.)
+    UnitReciprocal,
     /// value / (the largest channel value in the image), as rembg feeds U²-Net and IS-Net.
     ImageMax,
 }
+
+/// `float32(1 / 255)`, the factor OpenCV's `blobFromImage(img, 1 / 255.0)` multiplies by.
+pub const RECIPROCAL_255: f32 = f32::from_bits(0x3b80_8081);
 
 /// The `input:` keys of a preset: how an image becomes `3 × height × width` floats.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,36 +167,19 @@ impl InputSpec {
     }
 }
 
-/// Where the image lies in the model input, to bring the model's answer back to the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    /// The whole input is the whole image.
-    Stretch,
-    /// The image fills the input rectangle `(x, y, w, h)`; the rest is padding.
-    Letterbox { x: u32, y: u32, w: u32, h: u32 },
-    /// The input is the image's rectangle `(x, y, w, h)`; the rest of the image is outside.
-    Crop { x: u32, y: u32, w: u32, h: u32 },
-}
-
-/// An image's size and its place in the model input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
-    pub width: u32,
-    pub height: u32,
-    pub placement: Placement,
-}
-
 fn resize(img: &RgbImage, w: u32, h: u32, filter: Filter) -> RgbImage {
     if img.dimensions() == (w, h) {
-        img.clone()
-    } else {
-        image::imageops::resize(img, w, h, filter.image_filter())
+        return img.clone();
+    }
+    match filter.image_filter() {
+        Some(f) => image::imageops::resize(img, w, h, f),
+        None => crate::cv_linear::resize_linear(img, w, h),
     }
 }
 
-/// The model input for `img` (CHW, `3 × height × width` floats, in the spec's channel order)
-/// and where the image lies in it.
-pub fn prepare(img: &RgbImage, spec: &InputSpec) -> (Vec<f32>, Geometry) {
+/// The image as the model sees it, before its values are scaled: resized, padded or cut to
+/// the spec's size (RGB, 0-255), and where the image lies in it.
+pub fn prepare_pixels(img: &RgbImage, spec: &InputSpec) -> (RgbImage, Geometry) {
     let [mw, mh] = spec.size;
     let (iw, ih) = img.dimensions();
     let (canvas, placement) = match spec.resize {
@@ -203,30 +209,81 @@ pub fn prepare(img: &RgbImage, spec: &InputSpec) -> (Vec<f32>, Geometry) {
                 Placement::Crop { x, y, w, h },
             )
         }
-    };
-    let divisor = match spec.range {
-        ValueRange::Unit => 255.0,
-        ValueRange::ImageMax => canvas.as_raw().iter().copied().max().unwrap_or(0).max(1) as f32,
-    };
-    let plane = (mw * mh) as usize;
-    let mut data = vec![0f32; 3 * plane];
-    for (i, p) in canvas.pixels().enumerate() {
-        for c in 0..3 {
-            let src = match spec.channels {
-                ChannelOrder::Rgb => c,
-                ChannelOrder::Bgr => 2 - c,
+        ResizeMode::PadSquare => {
+            let m = iw.max(ih);
+            let canvas = if iw == ih {
+                resize(img, mw, mh, spec.filter)
+            } else if spec.filter == Filter::OpencvLinear {
+                // Padded row by row: a long thin image needs no m × m copy.
+                crate::cv_linear::resize_linear_padded(img, m, spec.pad, mw, mh)
+            } else {
+                let mut square = RgbImage::from_pixel(m, m, image::Rgb(spec.pad));
+                image::imageops::replace(&mut square, img, 0, 0);
+                resize(&square, mw, mh, spec.filter)
             };
-            data[c * plane + i] = (p[src] as f32 / divisor - spec.mean[c]) / spec.std[c];
+            let whole = Placement::Crop {
+                x: 0,
+                y: 0,
+                w: m,
+                h: m,
+            };
+            (canvas, whole)
         }
-    }
+    };
     (
-        data,
+        canvas,
         Geometry {
             width: iw,
             height: ih,
             placement,
         },
     )
+}
+
+/// The canvas's planes in the spec's channel order (`3 × height × width` bytes): what
+/// [`prepare`] scales.
+pub fn planes(canvas: &RgbImage, channels: ChannelOrder) -> Vec<u8> {
+    let plane = canvas.width() as usize * canvas.height() as usize;
+    let mut out = vec![0u8; 3 * plane];
+    for (i, p) in canvas.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = p[channels.source(c)];
+        }
+    }
+    out
+}
+
+impl ChannelOrder {
+    /// The RGB channel that model channel `c` takes.
+    fn source(self, c: usize) -> usize {
+        match self {
+            ChannelOrder::Rgb => c,
+            ChannelOrder::Bgr => 2 - c,
+        }
+    }
+}
+
+/// The model input for `img` (CHW, `3 × height × width` floats, in the spec's channel order)
+/// and where the image lies in it.
+pub fn prepare(img: &RgbImage, spec: &InputSpec) -> (Vec<f32>, Geometry) {
+    let (canvas, geometry) = prepare_pixels(img, spec);
+    let max = match spec.range {
+        ValueRange::ImageMax => canvas.as_raw().iter().copied().max().unwrap_or(0).max(1) as f32,
+        ValueRange::Unit | ValueRange::UnitReciprocal => 255.0,
+    };
+    let scale = |v: u8| match spec.range {
+        ValueRange::Unit | ValueRange::ImageMax => v as f32 / max,
+        ValueRange::UnitReciprocal => v as f32 * RECIPROCAL_255,
+    };
+    let plane = canvas.width() as usize * canvas.height() as usize;
+    let mut data = vec![0f32; 3 * plane];
+    for (i, p) in canvas.pixels().enumerate() {
+        for c in 0..3 {
+            let v = scale(p[spec.channels.source(c)]);
+            data[c * plane + i] = (v - spec.mean[c]) / spec.std[c];
+        }
+    }
+    (data, geometry)
 }
 
 /// The model input for a batch: [`prepare`] of each image, one after the other (NCHW), and
@@ -300,5 +357,85 @@ mod tests {
             ..InputSpec::new([3, 3])
         };
         assert_ne!(prepare(&img, &nearest).0, data);
+    }
+
+    /// `pad_square` pads the bottom of a landscape and the right of a portrait image with
+    /// `pad`, the image at the top-left, and places the whole square.
+    #[test]
+    fn pad_square_pads_bottom_or_right() {
+        let img = RgbImage::from_pixel(4, 2, image::Rgb([200, 100, 50]));
+        let s = InputSpec {
+            resize: ResizeMode::PadSquare,
+            filter: Filter::Nearest,
+            pad: [1, 2, 3],
+            ..InputSpec::new([4, 4])
+        };
+        let (canvas, g) = prepare_pixels(&img, &s);
+        assert_eq!(
+            g.placement,
+            Placement::Crop {
+                x: 0,
+                y: 0,
+                w: 4,
+                h: 4
+            }
+        );
+        assert_eq!(canvas.get_pixel(3, 1).0, [200, 100, 50]);
+        assert_eq!(canvas.get_pixel(0, 2).0, [1, 2, 3]);
+        let portrait = RgbImage::from_pixel(2, 4, image::Rgb([9, 9, 9]));
+        let (canvas, _) = prepare_pixels(&portrait, &s);
+        assert_eq!(canvas.get_pixel(1, 3).0, [9, 9, 9]);
+        assert_eq!(canvas.get_pixel(2, 0).0, [1, 2, 3]);
+        // The same through OpenCV's resize, padded row by row, at another size.
+        let s = InputSpec {
+            filter: Filter::OpencvLinear,
+            size: [2, 2],
+            ..s
+        };
+        let (canvas, _) = prepare_pixels(&img, &s);
+        let mut square = RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]));
+        image::imageops::replace(&mut square, &img, 0, 0);
+        assert_eq!(canvas, crate::resize_linear(&square, 2, 2));
+        assert_eq!(canvas.get_pixel(0, 0).0, [200, 100, 50]);
+        assert_eq!(canvas.get_pixel(0, 1).0, [1, 2, 3]);
+    }
+
+    /// `unit_reciprocal` multiplies by float32(1/255) (OpenCV's blobFromImage), which is
+    /// not always `v / 255`; BGR planes come out blue first.
+    #[test]
+    fn unit_reciprocal_is_one_multiply() {
+        assert_eq!(RECIPROCAL_255, (1.0f64 / 255.0) as f32);
+        let differ = (0..=255u8)
+            .filter(|&v| v as f32 * RECIPROCAL_255 != v as f32 / 255.0)
+            .count();
+        assert!(differ > 0);
+        let img = RgbImage::from_pixel(1, 1, image::Rgb([255, 7, 3]));
+        let s = InputSpec {
+            range: ValueRange::UnitReciprocal,
+            channels: ChannelOrder::Bgr,
+            ..InputSpec::new([1, 1])
+        };
+        let (data, _) = prepare(&img, &s);
+        assert_eq!(
+            data,
+            vec![
+                3.0 * RECIPROCAL_255,
+                7.0 * RECIPROCAL_255,
+                255.0 * RECIPROCAL_255
+            ]
+        );
+        assert_eq!(planes(&img, ChannelOrder::Bgr), vec![3, 7, 255]);
+        let s: InputSpec = serde_yaml::from_str(
+            "{size: [1, 1], resize: pad_square, filter: opencv_linear, range: unit_reciprocal}",
+        )
+        .unwrap();
+        assert_eq!(
+            (s.resize, s.filter, s.range),
+            (
+                ResizeMode::PadSquare,
+                Filter::OpencvLinear,
+                ValueRange::UnitReciprocal
+            )
+        );
     }
 }

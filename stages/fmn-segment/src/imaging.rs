@@ -119,11 +119,19 @@ pub fn map_back(map: &[f32], mw: u32, mh: u32, geometry: &Geometry) -> Vec<f32> 
             h,
         ),
         Placement::Crop { x, y, w: cw, h: ch } => {
+            // The rectangle may reach past the image's right or bottom edge (`pad_square`):
+            // only its part inside the image is copied.
+            let (x, y) = (x as usize, y as usize);
             let inner = resize_region(map, mw, (0, 0, mw, mh), cw as usize, ch as usize);
+            let cols = (cw as usize).min(w.saturating_sub(x));
             let mut out = vec![0f32; w * h];
-            for (j, row) in inner.chunks(cw as usize).enumerate() {
-                let start = (y as usize + j) * w + x as usize;
-                out[start..start + cw as usize].copy_from_slice(row);
+            for (j, row) in inner
+                .chunks(cw as usize)
+                .take(h.saturating_sub(y))
+                .enumerate()
+            {
+                let start = (y + j) * w + x;
+                out[start..start + cols].copy_from_slice(&row[..cols]);
             }
             out
         }
@@ -172,6 +180,25 @@ mod tests {
         assert_eq!(back.len(), 200 * 100);
         assert_eq!(back[0], 0.0);
         assert_eq!(back[100], 1.0);
+
+        // Padded below to the 200 × 200 square: the input's top half is the image.
+        let (_, g) = prepare(&img, &spec(ResizeMode::PadSquare, [64, 64]));
+        assert_eq!(
+            g.placement,
+            Placement::Crop {
+                x: 0,
+                y: 0,
+                w: 200,
+                h: 200
+            }
+        );
+        let map: Vec<f32> = (0..64 * 64).map(|i| (i / 64) as f32).collect();
+        let back = map_back(&map, 64, 64, &g);
+        assert_eq!(back.len(), 200 * 100);
+        assert_eq!(back[0], 0.0);
+        // The image's last row is the square's row 99 of 200: input row ≈ 31.5.
+        let last = back[99 * 200 + 7];
+        assert!((last - 31.5).abs() < 0.5, "{last}");
     }
 
     #[test]

@@ -5,15 +5,16 @@ mod toy;
 
 pub use clip::ClipJudge;
 pub use onnx::{
-    decode, iou, l2_normalise, nms, reference_files, softmax, Candidate, ClassifierPreset,
-    Detection, DetectorPreset, FacePreset, IdentityReferences, InputSpec, KindPreset, Layout,
-    OnnxJudge, OnnxKind, OnnxPreset, DETECTED,
+    candidates, decode, image_box, iou, l2_normalise, nms, nms_opencv, opencv_overlap,
+    reference_files, softmax, Candidate, ClassifierPreset, Decoding, Detection, DetectorPreset,
+    FacePreset, IdentityReferences, InputSpec, KindPreset, Layout, Nms, OnnxJudge, OnnxKind,
+    OnnxPreset, DETECTED,
 };
 pub use toy::ToyJudge;
 
 use anyhow::Result;
 use image::RgbImage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -72,8 +73,25 @@ impl Judgement {
     }
 }
 
+/// The files an `onnx:` judge was loaded from, recorded in `metrics.json` so that a number
+/// can be traced to the exact model (e.g. NudeNet 3.4.2's `320n.onnx`) and preset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JudgeModel {
+    /// The preset file, as given.
+    pub preset: String,
+    pub preset_sha256: String,
+    /// The model file, resolved against the preset's folder.
+    pub model: String,
+    pub model_sha256: String,
+}
+
 /// A judge of images.
 pub trait Judge {
+    /// The judge's preset and model files, for judges loaded from files that are not shipped
+    /// (`onnx:`); `None` for the others.
+    fn model(&self) -> Option<JudgeModel> {
+        None
+    }
     /// Checks a prompt's `expect` against what this judge can say; the error names the bad
     /// key or value.
     fn check_expect(&self, expect: &BTreeMap<String, String>) -> Result<(), String>;

@@ -1,126 +1,19 @@
 //! `kind: detector`: YOLOv8-style boxes (NudeNet 3.x), decoded, thresholded and thinned by
-//! greedy class-agnostic NMS, as NudeNet does.
-use super::preset::{check_groups, read_labels, DetectorPreset, Layout};
+//! class-agnostic NMS ([`super::decode`]), and the verdicts read from the kept boxes.
+use super::decode::{Decoding, Detection};
+use super::preset::{check_groups, read_labels, DetectorPreset, Layout, Nms};
 use crate::judge::Judgement;
 use anyhow::{bail, Result};
 use fmn_onnx::{ImageModel, PerImage};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The prefix of the per-label and per-group yes/no attributes.
 pub const DETECTED: &str = "detected:";
 
-/// One box the detector kept.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Detection {
-    /// The label's index in the labels file.
-    pub class: usize,
-    pub label: String,
-    /// The box's best class score.
-    pub score: f32,
-    /// `[x0, y0, x1, y1]` in model-input pixels.
-    pub bbox: [f32; 4],
-}
-
-/// A box above the score threshold, before NMS.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Candidate {
-    /// Where the box is in the output's anchor axis.
-    pub anchor: usize,
-    /// The class with the best score (the first one on ties).
-    pub class: usize,
-    pub score: f32,
-    /// `[x0, y0, x1, y1]` from `cx, cy, w, h`.
-    pub bbox: [f32; 4],
-}
-
-/// Decodes one image's output (`anchors` boxes of 4 + `classes` values, laid out as `layout`
-/// says): every anchor whose best class score is at least `score_threshold`, best first
-/// (ties keep anchor order). NaN scores never pass.
-pub fn decode(
-    row: &[f32],
-    anchors: usize,
-    classes: usize,
-    layout: Layout,
-    score_threshold: f32,
-) -> Result<Vec<Candidate>, String> {
-    let features = 4 + classes;
-    if row.len() != anchors * features {
-        return Err(format!(
-            "{} output values for {anchors} anchors of {features} values",
-            row.len()
-        ));
-    }
-    let at = |a: usize, k: usize| match layout {
-        Layout::ChannelsFirst => row[k * anchors + a],
-        Layout::AnchorsFirst => row[a * features + k],
-    };
-    let mut out = Vec::new();
-    for a in 0..anchors {
-        let (class, score) =
-            (0..classes)
-                .map(|c| (c, at(a, 4 + c)))
-                .fold((0, f32::NEG_INFINITY), |best, (c, s)| {
-                    if s > best.1 {
-                        (c, s)
-                    } else {
-                        best
-                    }
-                });
-        if score >= score_threshold {
-            let (cx, cy, w, h) = (at(a, 0), at(a, 1), at(a, 2), at(a, 3));
-            let bbox = [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0];
-            out.push(Candidate {
-                anchor: a,
-                class,
-                score,
-                bbox,
-            });
-        }
-    }
-    out.sort_by(|x, y| y.score.total_cmp(&x.score));
-    Ok(out)
-}
-
-/// Intersection over union of two `[x0, y0, x1, y1]` boxes (0 when both are empty).
-pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let union = area(a) + area(b) - inter;
-    if union > 0.0 {
-        inter / union
-    } else {
-        0.0
-    }
-}
-
-/// Greedy non-maximum suppression: going from the best score down, keeps a box unless it
-/// overlaps an already kept one by IoU > `iou_threshold`. Returns the kept indices, best
-/// first (ties keep index order).
-pub fn nms(boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f32) -> Vec<usize> {
-    let n = boxes.len().min(scores.len());
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]));
-    let mut kept: Vec<usize> = Vec::new();
-    for i in order {
-        if kept
-            .iter()
-            .all(|&k| iou(&boxes[k], &boxes[i]) <= iou_threshold)
-        {
-            kept.push(i);
-        }
-    }
-    kept
-}
-
 pub(super) struct Detector {
     pub labels: Vec<String>,
-    layout: Layout,
-    score_threshold: f32,
-    iou_threshold: Option<f32>,
+    decoding: Decoding,
     groups: BTreeMap<String, Vec<String>>,
 }
 
@@ -131,10 +24,8 @@ impl Detector {
         check_groups(file, &p.labels, &labels, &p.groups)?;
         check_names(file, &labels, &p.groups)?;
         let d = Detector {
+            decoding: Decoding::new(p, labels.len(), model.spec().size),
             labels,
-            layout: p.layout,
-            score_threshold: p.score_threshold,
-            iou_threshold: p.iou_threshold,
             groups: p.groups.clone(),
         };
         if let Some(s) = &model.output().shape {
@@ -155,7 +46,7 @@ impl Detector {
     /// (`known[i]`: whether axis `i` is known; an unknown axis fits).
     fn anchors(&self, shape: &[usize], known: &[bool]) -> Option<usize> {
         let features = 4 + self.labels.len();
-        let (f, a) = match self.layout {
+        let (f, a) = match self.decoding.layout {
             Layout::ChannelsFirst => (0, 1),
             Layout::AnchorsFirst => (1, 0),
         };
@@ -167,11 +58,11 @@ impl Detector {
 
     fn shape_error(&self, output: &str, shape: &[i64], labels: &Path) -> String {
         let c = self.labels.len();
-        let want = match self.layout {
+        let want = match self.decoding.layout {
             Layout::ChannelsFirst => format!("[N, {}, A]", 4 + c),
             Layout::AnchorsFirst => format!("[N, A, {}]", 4 + c),
         };
-        let layout = match self.layout {
+        let layout = match self.decoding.layout {
             Layout::ChannelsFirst => "channels_first",
             Layout::AnchorsFirst => "anchors_first",
         };
@@ -199,36 +90,22 @@ impl Detector {
                 .collect();
             anyhow::anyhow!(self.shape_error(output, &full, labels))
         })?;
+        if out.geometry.len() != out.rows.len() {
+            bail!(
+                "the detector got {} outputs for {} images",
+                out.rows.len(),
+                out.geometry.len()
+            );
+        }
         out.rows
             .iter()
-            .map(|row| self.detect(row, anchors))
-            .collect()
-    }
-
-    fn detect(&self, row: &[f32], anchors: usize) -> Result<Vec<Detection>> {
-        let c = self.labels.len();
-        let cands = decode(row, anchors, c, self.layout, self.score_threshold)
-            .map_err(|e| anyhow::anyhow!("detector output: {e}"))?;
-        let kept: Vec<usize> = match self.iou_threshold {
-            Some(t) => {
-                let boxes: Vec<[f32; 4]> = cands.iter().map(|d| d.bbox).collect();
-                let scores: Vec<f32> = cands.iter().map(|d| d.score).collect();
-                nms(&boxes, &scores, t)
-            }
-            None => (0..cands.len()).collect(),
-        };
-        Ok(kept
-            .into_iter()
-            .map(|i| {
-                let d = cands[i];
-                Detection {
-                    class: d.class,
-                    label: self.labels[d.class].clone(),
-                    score: d.score,
-                    bbox: d.bbox,
-                }
+            .zip(&out.geometry)
+            .map(|(row, g)| {
+                self.decoding
+                    .detections(row, anchors, g, &self.labels)
+                    .map_err(|e| anyhow::anyhow!("detector output: {e}"))
             })
-            .collect())
+            .collect()
     }
 
     /// Checks `label`, `group` and `detected:NAME` keys and values.
@@ -312,7 +189,11 @@ impl Detector {
 
     fn describe(&self, dets: &[Detection]) -> String {
         if dets.is_empty() {
-            return format!("nothing detected (scores < {})", self.score_threshold);
+            let t = self.decoding.score_threshold;
+            return match self.decoding.nms {
+                Nms::Greedy => format!("nothing detected (scores < {t})"),
+                Nms::Opencv => format!("nothing detected (scores ≤ {t})"),
+            };
         }
         let mut s: Vec<String> = dets
             .iter()
@@ -356,9 +237,15 @@ mod tests {
     fn detector(labels: usize, layout: Layout) -> Detector {
         Detector {
             labels: (0..labels).map(|i| format!("l{i}")).collect(),
-            layout,
-            score_threshold: 0.5,
-            iou_threshold: Some(0.5),
+            decoding: Decoding {
+                classes: labels,
+                layout,
+                prefilter_threshold: 0.5,
+                score_threshold: 0.5,
+                iou_threshold: Some(0.5),
+                nms: Nms::Greedy,
+                input_size: [8, 8],
+            },
             groups: BTreeMap::new(),
         }
     }
@@ -366,10 +253,15 @@ mod tests {
     /// A model whose output shape is only known when it runs is checked then.
     #[test]
     fn an_output_that_does_not_fit_is_named_when_it_runs() {
+        let geometry = fmn_onnx::Geometry {
+            width: 8,
+            height: 8,
+            placement: fmn_onnx::Placement::Stretch,
+        };
         let out = |shape: Vec<usize>| PerImage {
             rows: vec![vec![0.0; shape.iter().product()]; 2],
             shape: Some(shape),
-            geometry: Vec::new(),
+            geometry: vec![geometry; 2],
         };
         let labels = Path::new("labels.txt");
         let d = detector(4, Layout::AnchorsFirst);

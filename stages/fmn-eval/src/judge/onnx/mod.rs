@@ -6,6 +6,8 @@
 //! ```yaml
 //! kind: classifier              # classifier (default) | detector | face
 //! model: model.onnx
+//! model_sha256: c15d…           # optional: the model file must have this sha256
+//! model_help: run scripts/…     # optional: added to the error when the model is missing
 //! input: {size: [224, 224], mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
 //! input_name: images            # optional (default: the model's first input)
 //! output_name: output0          # optional (default: the model's first output)
@@ -15,7 +17,8 @@
 //! used whole, resized (Triangle filter, aspect ratio not kept) to `input.size`
 //! (`[width, height]`), scaled to 0..1, normalised with `mean`/`std` per RGB channel, NCHW;
 //! `resize`, `filter`, `channels`, `range` and `pad` change that. A model whose input batch
-//! axis is fixed (e.g. 1) gets batches of that size.
+//! axis is fixed (e.g. 1) gets batches of that size. The model file's sha256 is computed at
+//! load (and checked against `model_sha256`) and recorded in `metrics.json`.
 //!
 //! **`kind: classifier`** — output `[N, C]`, one score per label:
 //!
@@ -36,12 +39,19 @@
 //! ```yaml
 //! labels: labels.txt            # C labels, in output order
 //! layout: channels_first
+//! prefilter_threshold: 0.2      # optional: anchors decoded (best class score ≥ this)
 //! score_threshold: 0.25         # an anchor counts when its best class score is ≥ this
-//! iou_threshold: 0.45           # optional: greedy class-agnostic NMS (IoU > this is dropped)
+//!                               # (nms: opencv: > this)
+//! iou_threshold: 0.45           # optional: class-agnostic NMS (IoU > this is dropped)
+//! nms: greedy                   # greedy | opencv (cv::dnn::NMSBoxes, as NudeNet 3.x)
 //! groups: {nudity: [FEMALE_BREAST_EXPOSED, BUTTOCKS_EXPOSED]}
 //! ```
 //!
-//! Each anchor takes its best class (the first on ties). Attributes, always sure:
+//! Each anchor takes its best class (the first on ties). Its box is brought back to the
+//! image's pixels through where the image lay in the input (`[x, y, w, h]`, clipped to the
+//! image as NudeNet does, reported truncated to integers). `nms: greedy` compares the corner
+//! boxes in model-input pixels in f32; `nms: opencv` the image-pixel boxes, as OpenCV does
+//! (see [`nms_opencv`]). Attributes, always sure:
 //! `label` = the label of the highest-scoring kept box, or `none` when no box passes the
 //! threshold; `group` = the group of the highest-scoring kept box that is in a group (the first
 //! group holding its label), or `none`; and `detected:NAME` = `yes` / `no` for every label and
@@ -65,20 +75,24 @@
 //! Attribute `identity` (always sure): the most similar identity when its cosine is ≥
 //! `threshold`, else `none`; the description gives the cosine.
 mod classifier;
+mod decode;
 mod detector;
 mod face;
+mod nms;
 mod preset;
 
 pub use classifier::softmax;
-pub use detector::{decode, iou, nms, Candidate, Detection, DETECTED};
+pub use decode::{candidates, decode, image_box, Candidate, Decoding, Detection};
+pub use detector::DETECTED;
 pub use face::{l2_normalise, reference_files, IdentityReferences};
+pub use nms::{iou, nms, nms_opencv, opencv_overlap};
 pub use preset::{
-    ClassifierPreset, DetectorPreset, FacePreset, InputSpec, KindPreset, Layout, OnnxKind,
+    ClassifierPreset, DetectorPreset, FacePreset, InputSpec, KindPreset, Layout, Nms, OnnxKind,
     OnnxPreset,
 };
 
-use super::{Judge, Judgement};
-use anyhow::{bail, Result};
+use super::{Judge, JudgeModel, Judgement};
+use anyhow::{bail, Context, Result};
 use classifier::Classifier;
 use detector::Detector;
 use face::Face;
@@ -104,28 +118,68 @@ pub struct OnnxJudge {
     preset: OnnxPreset,
     model: ImageModel,
     reader: Reader,
+    /// The preset's and the model's files and hashes.
+    files: JudgeModel,
 }
 
-/// The preset's model, loaded by ONNX Runtime (the process's runtime: `--ort-lib` when it
-/// was loaded from there, else `ORT_DYLIB_PATH`), its input checked against `input`.
-fn open_model(preset: &OnnxPreset) -> Result<ImageModel> {
+/// The sha256 of a file, hex.
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The preset's and its model's files and sha256s; the model must exist and, when the preset
+/// pins `model_sha256`, have it.
+fn model_files(preset: &OnnxPreset) -> Result<JudgeModel> {
     let file = preset.path.display();
-    let in_preset = |e: OnnxError| anyhow::anyhow!("judge preset {file}: {e}");
-    let rt = Runtime::load(None).map_err(in_preset)?;
+    let help = preset
+        .model_help
+        .as_deref()
+        .map(|h| format!(" ({h})"))
+        .unwrap_or_default();
     if !preset.model.is_file() {
         bail!(
-            "judge preset {file}: no model file {}",
+            "judge preset {file}: no model file {}{help}",
             preset.model.display()
         );
     }
+    let model_sha256 = sha256_file(&preset.model)?;
+    if let Some(want) = preset.model_sha256.as_ref().filter(|w| **w != model_sha256) {
+        bail!(
+            "judge preset {file}: model {} has sha256 {model_sha256}, but the preset pins \
+             model_sha256 {want}: it is another model{help}",
+            preset.model.display()
+        );
+    }
+    Ok(JudgeModel {
+        preset: preset.path.display().to_string(),
+        preset_sha256: sha256_file(&preset.path)?,
+        model: preset.model.display().to_string(),
+        model_sha256,
+    })
+}
+
+/// The preset's model, loaded by ONNX Runtime (the process's runtime: `--ort-lib` when it
+/// was loaded from there, else `ORT_DYLIB_PATH`), its input checked against `input`; and the
+/// files' hashes.
+fn open_model(preset: &OnnxPreset) -> Result<(ImageModel, JudgeModel)> {
+    let file = preset.path.display();
+    let in_preset = |e: OnnxError| anyhow::anyhow!("judge preset {file}: {e}");
+    let rt = Runtime::load(None).map_err(in_preset)?;
+    let files = model_files(preset)?;
     let model = rt.open(&preset.model, 0).map_err(in_preset)?;
-    ImageModel::new(
+    let model = ImageModel::new(
         model,
         preset.input.clone(),
         preset.input_name.as_deref(),
         preset.output_name.as_deref(),
     )
-    .map_err(in_preset)
+    .map_err(in_preset)?;
+    Ok((model, files))
 }
 
 /// Runs the model on `images` in batches it accepts.
@@ -140,7 +194,7 @@ impl OnnxJudge {
     /// that does not load or does not fit.
     pub fn load(preset_path: &Path) -> Result<OnnxJudge> {
         let preset = OnnxPreset::load(preset_path)?;
-        let model = open_model(&preset)?;
+        let (model, files) = open_model(&preset)?;
         let reader = match &preset.kind {
             KindPreset::Classifier(p) => {
                 Reader::Classifier(Classifier::load(&preset.path, p, &model)?)
@@ -152,12 +206,18 @@ impl OnnxJudge {
             preset,
             model,
             reader,
+            files,
         })
     }
 
     /// The preset's kind.
     pub fn kind(&self) -> OnnxKind {
         self.preset.kind()
+    }
+
+    /// The preset's and the model's files and sha256s.
+    pub fn files(&self) -> &JudgeModel {
+        &self.files
     }
 
     /// The model input for `images` (fmn-onnx's `prepare` with the preset's `input`), NCHW.
@@ -229,6 +289,10 @@ impl OnnxJudge {
 }
 
 impl Judge for OnnxJudge {
+    fn model(&self) -> Option<JudgeModel> {
+        Some(self.files.clone())
+    }
+
     fn check_expect(&self, expect: &BTreeMap<String, String>) -> Result<(), String> {
         match &self.reader {
             Reader::Classifier(c) => c.check_expect(expect),

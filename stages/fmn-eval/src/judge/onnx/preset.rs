@@ -49,12 +49,30 @@ pub enum Layout {
     AnchorsFirst,
 }
 
+/// How a detector thins overlapping boxes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Nms {
+    /// fmn's greedy NMS: boxes scoring ≥ `score_threshold`, IoU of the model-input corner
+    /// boxes in f32, a box dropped when its IoU with a better kept one is > `iou_threshold`.
+    #[default]
+    Greedy,
+    /// OpenCV's `cv::dnn::NMSBoxes` (NudeNet 3.x): boxes scoring > `score_threshold`, IoU of
+    /// the image-pixel boxes in f64 as OpenCV computes it, rounded through f32, a box kept
+    /// when that is ≤ `iou_threshold`; two empty boxes overlap fully.
+    Opencv,
+}
+
 /// The parts every kind shares, with paths resolved against the preset's folder.
 #[derive(Debug, Clone)]
 pub struct OnnxPreset {
     /// The preset file itself (for error messages).
     pub path: PathBuf,
     pub model: PathBuf,
+    /// The sha256 the model file must have (lowercase hex), when the preset pins it.
+    pub model_sha256: Option<String>,
+    /// What to do when the model file is missing (added to that error).
+    pub model_help: Option<String>,
     pub input: InputSpec,
     /// The input's name (default: the model's first input).
     pub input_name: Option<String>,
@@ -85,11 +103,16 @@ pub struct ClassifierPreset {
 pub struct DetectorPreset {
     pub labels: PathBuf,
     pub layout: Layout,
-    /// A box counts when its best class score is at least this.
+    /// Anchors whose best class score is at least this are decoded (default:
+    /// `score_threshold`). NudeNet: 0.2. Only the candidates' list depends on it.
+    pub prefilter_threshold: Option<f32>,
+    /// A box counts when its best class score is at least this (`nms: greedy`) or above it
+    /// (`nms: opencv`).
     pub score_threshold: f32,
-    /// Greedy class-agnostic NMS drops a box overlapping a better one by more than this IoU
-    /// (`None`: no NMS).
+    /// Class-agnostic NMS drops a box overlapping a better kept one by more than this IoU
+    /// (`None`: no NMS; `nms: opencv` needs it).
     pub iou_threshold: Option<f32>,
+    pub nms: Nms,
     pub groups: BTreeMap<String, Vec<String>>,
 }
 
@@ -114,6 +137,10 @@ struct ClassifierFile {
     #[serde(default, rename = "kind")]
     _kind: OnnxKind,
     model: PathBuf,
+    #[serde(default)]
+    model_sha256: Option<String>,
+    #[serde(default)]
+    model_help: Option<String>,
     labels: PathBuf,
     input: InputSpec,
     #[serde(default = "yes")]
@@ -134,14 +161,22 @@ struct DetectorFile {
     #[serde(rename = "kind")]
     _kind: OnnxKind,
     model: PathBuf,
+    #[serde(default)]
+    model_sha256: Option<String>,
+    #[serde(default)]
+    model_help: Option<String>,
     labels: PathBuf,
     input: InputSpec,
     #[serde(default)]
     layout: Layout,
+    #[serde(default)]
+    prefilter_threshold: Option<f32>,
     #[serde(default = "quarter")]
     score_threshold: f32,
     #[serde(default)]
     iou_threshold: Option<f32>,
+    #[serde(default)]
+    nms: Nms,
     #[serde(default)]
     groups: BTreeMap<String, Vec<String>>,
     #[serde(default)]
@@ -163,6 +198,10 @@ struct FaceFile {
     #[serde(rename = "kind")]
     _kind: OnnxKind,
     model: PathBuf,
+    #[serde(default)]
+    model_sha256: Option<String>,
+    #[serde(default)]
+    model_help: Option<String>,
     input: InputSpec,
     references: References,
     threshold: f32,
@@ -189,18 +228,36 @@ impl OnnxPreset {
                     min_confidence: f.min_confidence,
                     groups: f.groups,
                 });
-                common(path, f.model, f.input, f.input_name, f.output_name, kind)
+                let c = Common {
+                    model: f.model,
+                    model_sha256: f.model_sha256,
+                    model_help: f.model_help,
+                    input: f.input,
+                    input_name: f.input_name,
+                    output_name: f.output_name,
+                };
+                common(path, c, kind)
             }
             OnnxKind::Detector => {
                 let f: DetectorFile = fmn_core::load_yaml(path).with_context(in_kind)?;
                 let kind = KindPreset::Detector(DetectorPreset {
                     labels: base.join(f.labels),
                     layout: f.layout,
+                    prefilter_threshold: f.prefilter_threshold,
                     score_threshold: f.score_threshold,
                     iou_threshold: f.iou_threshold,
+                    nms: f.nms,
                     groups: f.groups,
                 });
-                common(path, f.model, f.input, f.input_name, f.output_name, kind)
+                let c = Common {
+                    model: f.model,
+                    model_sha256: f.model_sha256,
+                    model_help: f.model_help,
+                    input: f.input,
+                    input_name: f.input_name,
+                    output_name: f.output_name,
+                };
+                common(path, c, kind)
             }
             OnnxKind::Face => {
                 let f: FaceFile = fmn_core::load_yaml(path).with_context(in_kind)?;
@@ -208,7 +265,15 @@ impl OnnxPreset {
                     references: references(path, f.references)?,
                     threshold: f.threshold,
                 });
-                common(path, f.model, f.input, f.input_name, f.output_name, kind)
+                let c = Common {
+                    model: f.model,
+                    model_sha256: f.model_sha256,
+                    model_help: f.model_help,
+                    input: f.input,
+                    input_name: f.input_name,
+                    output_name: f.output_name,
+                };
+                common(path, c, kind)
             }
         };
         preset.check()?;
@@ -230,14 +295,25 @@ impl OnnxPreset {
         if let Err(e) = self.input.validate() {
             bail!("judge preset {file}: {e}");
         }
+        if let Some(h) = &self.model_sha256 {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("judge preset {file}: model_sha256 `{h}` is not 64 hex digits");
+            }
+        }
         match &self.kind {
             KindPreset::Classifier(_) => {}
             KindPreset::Detector(d) => {
                 if !d.score_threshold.is_finite() {
                     bail!("judge preset {file}: score_threshold must be a number");
                 }
+                if d.prefilter_threshold.is_some_and(|t| !t.is_finite()) {
+                    bail!("judge preset {file}: prefilter_threshold must be a number");
+                }
                 if let Some(t) = d.iou_threshold.filter(|t| !(*t > 0.0 && *t <= 1.0)) {
                     bail!("judge preset {file}: iou_threshold {t} is not in (0, 1]");
+                }
+                if d.nms == Nms::Opencv && d.iou_threshold.is_none() {
+                    bail!("judge preset {file}: `nms: opencv` needs an iou_threshold");
                 }
             }
             KindPreset::Face(f) => {
@@ -253,21 +329,26 @@ impl OnnxPreset {
     }
 }
 
-fn common(
-    path: &Path,
+/// The keys every kind has, as read.
+struct Common {
     model: PathBuf,
+    model_sha256: Option<String>,
+    model_help: Option<String>,
     input: InputSpec,
     input_name: Option<String>,
     output_name: Option<String>,
-    kind: KindPreset,
-) -> OnnxPreset {
+}
+
+fn common(path: &Path, c: Common, kind: KindPreset) -> OnnxPreset {
     let base = path.parent().unwrap_or(Path::new("."));
     OnnxPreset {
         path: path.to_path_buf(),
-        model: base.join(model),
-        input,
-        input_name,
-        output_name,
+        model: base.join(c.model),
+        model_sha256: c.model_sha256.map(|h| h.to_ascii_lowercase()),
+        model_help: c.model_help,
+        input: c.input,
+        input_name: c.input_name,
+        output_name: c.output_name,
         kind,
     }
 }
