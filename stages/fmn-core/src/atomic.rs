@@ -12,6 +12,19 @@ pub(crate) fn parent_of(path: &Path) -> &Path {
     }
 }
 
+/// Asks `builder` for what `open`/`mkdir` would give a new file or folder: `mode` less the
+/// process's umask (tempfile's own 0600 / 0700 would make every output private).
+fn plain_mode<'a, 'b>(
+    builder: &'b mut tempfile::Builder<'a, 'a>,
+    mode: u32,
+) -> &'b mut tempfile::Builder<'a, 'a> {
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(mode));
+    #[cfg(not(unix))]
+    let _ = mode;
+    builder
+}
+
 fn with_path(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
@@ -24,11 +37,12 @@ pub fn write_atomic(
 ) -> io::Result<()> {
     let dir = parent_of(path);
     fs::create_dir_all(dir).map_err(|e| with_path(dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".fmn-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| with_path(dir, e))?;
+    let mut tmp = plain_mode(
+        tempfile::Builder::new().prefix(".fmn-").suffix(".tmp"),
+        0o666,
+    )
+    .tempfile_in(dir)
+    .map_err(|e| with_path(dir, e))?;
     fill(tmp.as_file_mut()).map_err(|e| with_path(path, e))?;
     tmp.as_file_mut().flush()?;
     tmp.as_file().sync_all().map_err(|e| with_path(path, e))?;
@@ -66,8 +80,8 @@ impl StagingDir {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "out".into());
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}.partial-"))
+        let prefix = format!(".{name}.partial-");
+        let tmp = plain_mode(tempfile::Builder::new().prefix(&prefix), 0o777)
             .tempdir_in(parent)
             .map_err(|e| with_path(parent, e))?;
         Ok(Self {

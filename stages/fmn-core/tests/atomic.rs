@@ -62,3 +62,27 @@ fn unknown_yaml_key_is_named_with_the_file() {
     let msg = load_yaml::<Settings>(&path).unwrap_err().to_string();
     assert!(msg.contains("stpes") && msg.contains("c.yaml"), "{msg}");
 }
+
+/// Outputs get what a plain `File::create` / `create_dir` gives here (the umask's), not the
+/// temporary file's private 0600 / 0700.
+#[cfg(unix)]
+#[test]
+fn outputs_get_the_permissions_of_a_plain_new_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    std::fs::write(dir.path().join("plain.txt"), "x").unwrap();
+    std::fs::create_dir(dir.path().join("plain-dir")).unwrap();
+    write_atomic(&dir.path().join("a.txt"), |f| f.write_all(b"a")).unwrap();
+    assert_eq!(
+        mode(&dir.path().join("a.txt")),
+        mode(&dir.path().join("plain.txt"))
+    );
+    let staging = StagingDir::new(&dir.path().join("out")).unwrap();
+    std::fs::write(staging.path().join("b.txt"), "b").unwrap();
+    staging.commit_replace().unwrap();
+    assert_eq!(
+        mode(&dir.path().join("out")),
+        mode(&dir.path().join("plain-dir"))
+    );
+}

@@ -8,12 +8,14 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
-/// `flock` holding `lock` (it and the shell it starts, in a process group of their own) until
+/// `flock` holding `lock` (in a process group of its own with the shell it starts) until
 /// [`kill`]ed, once it says so.
 fn hold_elsewhere(lock: &std::path::Path) -> Child {
     let mut child = Command::new("flock")
         .process_group(0)
-        .arg("-x")
+        // -o: the command it starts does not hold the lock, so that the lock is gone once
+        // `flock` itself has been reaped.
+        .args(["-x", "-o"])
         .arg(lock)
         .args(["-c", "echo locked; exec sleep 60"])
         .stdout(Stdio::piped())
@@ -27,7 +29,7 @@ fn hold_elsewhere(lock: &std::path::Path) -> Child {
     child
 }
 
-/// SIGKILL to the holder's whole process group (both processes hold the lock).
+/// SIGKILL to the holder's whole process group.
 fn kill(mut holder: Child) {
     let group = i32::try_from(holder.id()).unwrap();
     // SAFETY: a plain kill(2) of the process group this test started.
