@@ -5,12 +5,19 @@
 //!   the lines of `labels.txt` in the folder, if any) with the prompt "a photo of {label}"; sure
 //!   when the top label's probability is at least 0.5;
 //! - CLIP score of an image and its own prompt: `100 · max(cos(image, text), 0)`.
+//!
+//! The images are preprocessed exactly as transformers 4.x's `CLIPImageProcessor` does with the
+//! folder's `preprocessor_config.json` (Pillow's resampler included): [`ClipProcessor`].
+mod pil_resize;
+mod processor;
+
+pub use processor::{ClipProcessor, ResizeTo};
+
 use super::{Judge, Judgement};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use candle_transformers::models::clip::{text_model, vision_model, ClipConfig, ClipModel};
 use fmn_sd::io::tokenizer::ClipTokenizer;
-use image::imageops::FilterType;
 use image::RgbImage;
 use serde::Deserialize;
 use std::cell::RefCell;
@@ -65,46 +72,14 @@ fn logit_scale() -> f32 {
     2.6592
 }
 
-#[derive(Debug, Deserialize)]
-struct Preprocessor {
-    #[serde(default)]
-    size: Option<serde_json::Value>,
-    #[serde(default)]
-    crop_size: Option<serde_json::Value>,
-    #[serde(default = "clip_mean")]
-    image_mean: [f32; 3],
-    #[serde(default = "clip_std")]
-    image_std: [f32; 3],
-}
-
-fn clip_mean() -> [f32; 3] {
-    [0.481_454_66, 0.457_827_5, 0.408_210_73]
-}
-fn clip_std() -> [f32; 3] {
-    [0.268_629_5, 0.261_302_6, 0.275_777_1]
-}
-
-/// A size entry: a number, `{shortest_edge}` or `{height, width}` (height is used).
-fn size_of(v: &Option<serde_json::Value>, fallback: usize) -> usize {
-    match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map_or(fallback, |n| n as usize),
-        Some(serde_json::Value::Object(m)) => m
-            .get("shortest_edge")
-            .or_else(|| m.get("height"))
-            .and_then(|n| n.as_u64())
-            .map_or(fallback, |n| n as usize),
-        _ => fallback,
-    }
-}
-
 pub struct ClipJudge {
     dir: PathBuf,
     model: ClipModel,
     tokenizer: ClipTokenizer,
-    resize: usize,
-    crop: usize,
-    mean: [f32; 3],
-    std: [f32; 3],
+    /// `preprocessor_config.json`'s CLIPImageProcessor.
+    processor: ClipProcessor,
+    /// The vision model's input size (`vision_config.image_size`).
+    image_size: usize,
     /// Zero-shot classes: `labels.txt` plus every `label` the suite expects.
     labels: RefCell<BTreeSet<String>>,
     /// The normalised text embeddings of `labels` (computed at the first judgement).
@@ -184,15 +159,16 @@ impl ClipJudge {
             ClipTokenizer::from_files(&d.join("vocab.json"), &d.join("merges.txt"))?
         };
         let pre_path = dir.join("preprocessor_config.json");
-        let pre: Preprocessor = if pre_path.is_file() {
-            serde_json::from_str(&std::fs::read_to_string(&pre_path)?)
-                .with_context(|| format!("{}: not an image-processor config", pre_path.display()))?
+        let processor = if pre_path.is_file() {
+            ClipProcessor::from_file(&pre_path)?
         } else {
-            Preprocessor {
-                size: None,
-                crop_size: None,
-                image_mean: clip_mean(),
-                image_std: clip_std(),
+            // No processor config: the model's input size, CLIP's other defaults.
+            let s = u32::try_from(v.image_size)?;
+            ClipProcessor {
+                size: ResizeTo::ShortestEdge(s),
+                crop_height: s,
+                crop_width: s,
+                ..ClipProcessor::default()
             }
         };
         let mut labels = BTreeSet::new();
@@ -208,45 +184,42 @@ impl ClipJudge {
             dir: dir.to_path_buf(),
             model,
             tokenizer,
-            resize: size_of(&pre.size, v.image_size),
-            crop: size_of(&pre.crop_size, v.image_size),
-            mean: pre.image_mean,
-            std: pre.image_std,
+            processor,
+            image_size: v.image_size,
             labels: RefCell::new(labels),
             label_embeds: RefCell::new(None),
             logit_scale,
         })
     }
 
-    /// CLIPImageProcessor's steps: shortest edge to `resize` (bicubic), centre crop, 0..1,
-    /// normalise. `[N, 3, crop, crop]`.
+    /// The image processor (`preprocessor_config.json`).
+    pub fn processor(&self) -> &ClipProcessor {
+        &self.processor
+    }
+
+    /// `CLIPImageProcessor(**json)` of a `preprocessor_config.json`, without a model.
+    pub fn read_processor(file: &Path) -> Result<ClipProcessor> {
+        ClipProcessor::from_file(file)
+    }
+
+    /// transformers' `CLIPImageProcessor(images)["pixel_values"]`: `[N, 3, H, W]`, which must
+    /// be the vision model's `image_size` square.
     pub fn pixels(&self, images: &[RgbImage]) -> Result<Tensor> {
+        let lut = self.processor.lut();
         let mut rows = Vec::with_capacity(images.len());
         for img in images {
-            let (w, h) = img.dimensions();
-            let scale = self.resize as f64 / w.min(h) as f64;
-            let (nw, nh) = (
-                ((w as f64 * scale).round() as u32).max(self.crop as u32),
-                ((h as f64 * scale).round() as u32).max(self.crop as u32),
-            );
-            let resized = if (nw, nh) == (w, h) {
-                img.clone()
-            } else {
-                image::imageops::resize(img, nw, nh, FilterType::CatmullRom)
-            };
-            let (x0, y0) = ((nw - self.crop as u32) / 2, (nh - self.crop as u32) / 2);
-            let c = self.crop;
-            let mut data = vec![0f32; 3 * c * c];
-            for y in 0..c {
-                for x in 0..c {
-                    let p = resized.get_pixel(x0 + x as u32, y0 + y as u32);
-                    for ch in 0..3 {
-                        data[ch * c * c + y * c + x] =
-                            (p[ch] as f32 / 255.0 - self.mean[ch]) / self.std[ch];
-                    }
-                }
+            let (data, h, w) = ClipProcessor::apply_lut(&lut, &self.processor.pixels_u8(img)?);
+            if (h, w) != (self.image_size, self.image_size) {
+                bail!(
+                    "{}: preprocessing a {}x{} image gives {w}x{h} pixels, but the model takes {}x{} (check `size`, `crop_size` and `do_center_crop`)",
+                    self.dir.join("preprocessor_config.json").display(),
+                    img.width(),
+                    img.height(),
+                    self.image_size,
+                    self.image_size
+                );
             }
-            rows.push(Tensor::from_vec(data, (3, c, c), &Device::Cpu)?);
+            rows.push(Tensor::from_vec(data, (3, h, w), &Device::Cpu)?);
         }
         Ok(Tensor::stack(&rows, 0)?)
     }
