@@ -32,6 +32,36 @@ impl StageArgs for Cli {
 pub enum Command {
     /// Combine the report folders of `--shard I/N` runs into one report.
     Merge(MergeArgs),
+    /// Judge any images (files, or the image files directly in folders): per image the
+    /// verdicts and, for detectors, every kept box; totals per class.
+    Judge(JudgeArgs),
+}
+
+/// `fmn-eval judge`: no manifest, no suite, no report folder.
+#[derive(Debug, Args)]
+pub struct JudgeArgs {
+    /// Image files, and folders whose image files (png, jpg, jpeg; not in sub-folders) are
+    /// judged in name order.
+    #[arg(required = true, value_name = "IMAGES_OR_DIRS")]
+    pub inputs: Vec<PathBuf>,
+    /// toy, onnx:PRESET.yaml or clip:DIR.
+    #[arg(long)]
+    pub judge: JudgeSpec,
+    /// Also write the results as CSV: one row per kept box for detectors, one row per image
+    /// for the other judges.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Detectors: the second column of totals counts the kept boxes scoring at least this.
+    #[arg(
+        long,
+        value_name = "SCORE",
+        default_value_t = crate::judge_images::DEFAULT_MIN_SCORE,
+        value_parser = crate::judge_images::parse_score
+    )]
+    pub min_score: f64,
+    /// `clip:` judges: a zero-shot label (repeat the flag; added to DIR/labels.txt).
+    #[arg(long = "label", value_name = "LABEL")]
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -154,7 +184,7 @@ impl EvalArgs {
     }
 }
 
-/// Parses the command line and evaluates (or merges shards).
+/// Parses the command line and evaluates (or merges shards, or judges images).
 pub fn run() -> Result<std::process::ExitCode> {
     crate::execute(&fmn_cli::parse::<Cli>())
 }

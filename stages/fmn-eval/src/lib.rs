@@ -12,6 +12,7 @@ pub mod drift;
 pub mod eval;
 pub mod items;
 pub mod judge;
+pub mod judge_images;
 pub mod merge;
 pub mod metrics;
 pub mod output;
@@ -33,6 +34,7 @@ pub fn execute(cli: &Cli) -> Result<ExitCode> {
         fmn_onnx::Runtime::load(Some(lib))?;
     }
     let (results, staging, out) = match &cli.command {
+        Some(cli::Command::Judge(j)) => return judge_images::run(j, &cli.output),
         Some(cli::Command::Merge(m)) => {
             let staging = StagingDir::new(&m.out)
                 .with_context(|| format!("cannot create {}", m.out.display()))?;

@@ -215,6 +215,28 @@ impl OnnxJudge {
         self.preset.kind()
     }
 
+    /// The preset as loaded.
+    pub fn preset(&self) -> &OnnxPreset {
+        &self.preset
+    }
+
+    /// A detector's labels, in output order.
+    pub fn detector_labels(&self) -> Result<&[String]> {
+        let Reader::Detector(d) = &self.reader else {
+            return Err(self.not_a(OnnxKind::Detector));
+        };
+        Ok(&d.labels)
+    }
+
+    /// A detector's verdicts on an image whose kept boxes are `dets` (best first): what
+    /// [`Judge::judge`] gives for that image, without running the model again.
+    pub fn detection_judgement(&self, dets: &[Detection]) -> Result<Judgement> {
+        let Reader::Detector(d) = &self.reader else {
+            return Err(self.not_a(OnnxKind::Detector));
+        };
+        Ok(d.judgement(dets))
+    }
+
     /// The preset's and the model's files and sha256s.
     pub fn files(&self) -> &JudgeModel {
         &self.files
