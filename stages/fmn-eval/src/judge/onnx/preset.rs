@@ -211,6 +211,21 @@ struct FaceFile {
     output_name: Option<String>,
 }
 
+/// The keys every kind's file has, moved out of the kind's `*File` (serde's `flatten` would
+/// share them, but it does not work with `deny_unknown_fields`).
+macro_rules! common_keys {
+    ($f:ident) => {
+        Common {
+            model: $f.model,
+            model_sha256: $f.model_sha256,
+            model_help: $f.model_help,
+            input: $f.input,
+            input_name: $f.input_name,
+            output_name: $f.output_name,
+        }
+    };
+}
+
 impl OnnxPreset {
     /// Reads the preset at `path` (its `kind` first, then the keys of that kind) and resolves
     /// its paths against the preset's folder; errors name the file and the bad key or value.
@@ -228,15 +243,7 @@ impl OnnxPreset {
                     min_confidence: f.min_confidence,
                     groups: f.groups,
                 });
-                let c = Common {
-                    model: f.model,
-                    model_sha256: f.model_sha256,
-                    model_help: f.model_help,
-                    input: f.input,
-                    input_name: f.input_name,
-                    output_name: f.output_name,
-                };
-                common(path, c, kind)
+                common(path, common_keys!(f), kind)
             }
             OnnxKind::Detector => {
                 let f: DetectorFile = fmn_core::load_yaml(path).with_context(in_kind)?;
@@ -249,15 +256,7 @@ impl OnnxPreset {
                     nms: f.nms,
                     groups: f.groups,
                 });
-                let c = Common {
-                    model: f.model,
-                    model_sha256: f.model_sha256,
-                    model_help: f.model_help,
-                    input: f.input,
-                    input_name: f.input_name,
-                    output_name: f.output_name,
-                };
-                common(path, c, kind)
+                common(path, common_keys!(f), kind)
             }
             OnnxKind::Face => {
                 let f: FaceFile = fmn_core::load_yaml(path).with_context(in_kind)?;
@@ -265,15 +264,7 @@ impl OnnxPreset {
                     references: references(path, f.references)?,
                     threshold: f.threshold,
                 });
-                let c = Common {
-                    model: f.model,
-                    model_sha256: f.model_sha256,
-                    model_help: f.model_help,
-                    input: f.input,
-                    input_name: f.input_name,
-                    output_name: f.output_name,
-                };
-                common(path, c, kind)
+                common(path, common_keys!(f), kind)
             }
         };
         preset.check()?;
