@@ -2,7 +2,7 @@
 //! pre-filter ([`candidates`]), each box brought back to the image's pixels ([`image_box`]),
 //! then thinned by NMS ([`Decoding::keep`]). With NudeNet's preset every step is nudenet
 //! 3.4.2's, to the bit (tests/fixtures/gen/NUDENET_3.4.2.md, "Postprocessing").
-use super::nms::{nms, nms_opencv};
+use super::nms::{greedy, iou as iou_of, nms_opencv};
 use super::preset::{DetectorPreset, Layout, Nms};
 use fmn_onnx::Geometry;
 use serde::Serialize;
@@ -175,9 +175,7 @@ impl Decoding {
                 let Some(t) = iou else {
                     return counted;
                 };
-                let boxes: Vec<[f32; 4]> = counted.iter().map(|&i| cands[i].bbox).collect();
-                let s: Vec<f32> = counted.iter().map(|&i| scores[i]).collect();
-                nms(&boxes, &s, t).into_iter().map(|k| counted[k]).collect()
+                greedy(counted, |k, i| iou_of(&cands[k].bbox, &cands[i].bbox) <= t)
             }
         }
     }

@@ -26,12 +26,19 @@ pub fn nms(boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f32) -> Vec<usize>
     let n = boxes.len().min(scores.len());
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]));
+    greedy(order, |k, i| iou(&boxes[k], &boxes[i]) <= iou_threshold)
+}
+
+/// The greedy walk of every NMS here: goes through `order` (best first) and keeps an index
+/// when `fits(kept, index)` holds for every index kept before it. Returns the kept indices in
+/// walk order.
+pub fn greedy(
+    order: impl IntoIterator<Item = usize>,
+    fits: impl Fn(usize, usize) -> bool,
+) -> Vec<usize> {
     let mut kept: Vec<usize> = Vec::new();
     for i in order {
-        if kept
-            .iter()
-            .all(|&k| iou(&boxes[k], &boxes[i]) <= iou_threshold)
-        {
+        if kept.iter().all(|&k| fits(k, i)) {
             kept.push(i);
         }
     }
@@ -99,16 +106,9 @@ pub fn nms_opencv(
     let mut order: Vec<usize> = (0..n).filter(|&i| scores[i] > score_threshold).collect();
     // No NaN passed the test above, so this is a total order; sort_by is stable.
     order.sort_by(|&i, &j| scores[j].partial_cmp(&scores[i]).unwrap_or(Ordering::Equal));
-    let mut kept: Vec<usize> = Vec::new();
-    for i in order {
-        if kept
-            .iter()
-            .all(|&k| opencv_overlap(&boxes[i], &boxes[k]) <= iou_threshold)
-        {
-            kept.push(i);
-        }
-    }
-    kept
+    greedy(order, |k, i| {
+        opencv_overlap(&boxes[i], &boxes[k]) <= iou_threshold
+    })
 }
 
 #[cfg(test)]
