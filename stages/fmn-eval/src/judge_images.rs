@@ -6,7 +6,8 @@
 //! on stderr and skipped; the run then ends with exit code 1 after writing the results.
 use crate::cli::JudgeArgs;
 use crate::judge::{
-    self, Detection, Judge, JudgeModel, JudgeSpec, Judgement, KindPreset, Nms, OnnxJudge, OnnxKind,
+    self, Detection, DetectorPreset, Judge, JudgeModel, JudgeSpec, Judgement, KindPreset, Nms,
+    OnnxJudge, OnnxKind,
 };
 use anyhow::{bail, Context, Result};
 use fmn_cli::OutputArgs;
@@ -138,10 +139,7 @@ pub struct Document {
 struct DetectorJudge {
     judge: OnnxJudge,
     labels: Vec<String>,
-    groups: BTreeMap<String, Vec<String>>,
-    score_threshold: f32,
-    nms: Nms,
-    iou_threshold: Option<f32>,
+    preset: DetectorPreset,
 }
 
 enum Loaded {
@@ -179,10 +177,7 @@ fn load(spec: &JudgeSpec, clip_labels: &[String]) -> Result<Loaded> {
     };
     Ok(Loaded::Detector(Box::new(DetectorJudge {
         labels: judge.detector_labels()?.to_vec(),
-        groups: p.groups.clone(),
-        score_threshold: p.score_threshold,
-        nms: p.nms,
-        iou_threshold: p.iou_threshold,
+        preset: p.clone(),
         judge,
     })))
 }
@@ -195,14 +190,14 @@ fn decimal(x: f32) -> f64 {
 impl DetectorJudge {
     fn settings(&self) -> DetectorSettings {
         DetectorSettings {
-            score_threshold: decimal(self.score_threshold),
-            nms: match self.nms {
+            score_threshold: decimal(self.preset.score_threshold),
+            nms: match self.preset.nms {
                 Nms::Greedy => "greedy",
                 Nms::Opencv => "opencv",
             },
-            iou_threshold: self.iou_threshold.map(decimal),
+            iou_threshold: self.preset.iou_threshold.map(decimal),
             labels: self.labels.clone(),
-            groups: self.groups.clone(),
+            groups: self.preset.groups.clone(),
         }
     }
 
@@ -224,6 +219,7 @@ impl DetectorJudge {
                 .map(|l| (l.clone(), Count::default()))
                 .collect(),
             groups: self
+                .preset
                 .groups
                 .keys()
                 .map(|g| (g.clone(), Count::default()))
@@ -245,7 +241,7 @@ impl DetectorJudge {
                 add(c, kept.iter().filter(|d| &d.label == l).count());
             }
             for (g, c) in t.groups.iter_mut() {
-                let members = &self.groups[g];
+                let members = &self.preset.groups[g];
                 add(
                     c,
                     kept.iter().filter(|d| members.contains(&d.label)).count(),
@@ -357,8 +353,12 @@ fn totals(loaded: &Loaded, images: &[ImageResult], unreadable: usize, min_score:
     match loaded {
         Loaded::Detector(d) => {
             // The kept boxes are those past the preset's threshold already.
-            let inclusive = d.nms == Nms::Greedy;
-            t.preset = Some(d.table(images, decimal(d.score_threshold), inclusive, |_| true));
+            let inclusive = d.preset.nms == Nms::Greedy;
+            t.preset = Some(
+                d.table(images, decimal(d.preset.score_threshold), inclusive, |_| {
+                    true
+                }),
+            );
             // As Python compares a float32 score with 0.6: in f64.
             t.min_score = Some(d.table(images, min_score, true, |det| {
                 f64::from(det.score) >= min_score
