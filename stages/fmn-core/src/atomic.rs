@@ -5,6 +5,13 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+/// The last part of an output's path (`out` when it has none), for the hidden files and
+/// folders made beside it.
+pub(crate) fn output_name(out: &Path) -> String {
+    out.file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned())
+}
+
 pub(crate) fn parent_of(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -76,11 +83,7 @@ impl StagingDir {
         let lock = OutputLock::acquire(out).map_err(io::Error::other)?;
         let parent = parent_of(out);
         fs::create_dir_all(parent).map_err(|e| with_path(parent, e))?;
-        let name = out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "out".into());
-        let prefix = format!(".{name}.partial-");
+        let prefix = format!(".{}.partial-", output_name(out));
         let tmp = plain_mode(tempfile::Builder::new().prefix(&prefix), 0o777)
             .tempdir_in(parent)
             .map_err(|e| with_path(parent, e))?;

@@ -32,11 +32,11 @@ pub enum LockError {
 
 /// The lock file of `out`: `.{name}.lock` in `out`'s folder.
 pub fn lock_path(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    crate::atomic::parent_of(out).join(format!(".{name}.lock"))
+    crate::atomic::parent_of(out).join(lock_name(out))
+}
+
+fn lock_name(out: &Path) -> String {
+    format!(".{}.lock", crate::atomic::output_name(out))
 }
 
 /// Held for as long as the value lives; the lock file is removed with the last holder.
@@ -75,11 +75,7 @@ impl OutputLock {
         };
         let dir = crate::atomic::parent_of(out);
         fs::create_dir_all(dir).map_err(io_err)?;
-        let path = fs::canonicalize(dir).map_err(io_err)?.join(
-            lock_path(out)
-                .file_name()
-                .unwrap_or_else(|| std::ffi::OsStr::new(".out.lock")),
-        );
+        let path = fs::canonicalize(dir).map_err(io_err)?.join(lock_name(out));
         let mut here = held_here().lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(held) = here.get(&path).and_then(Weak::upgrade) {
             return Ok(Self { held });
