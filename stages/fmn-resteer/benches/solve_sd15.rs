@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use fmn_resteer::preserve::{preserved_gram, shipped_prompts, Encoder, GramCache};
 use fmn_resteer::prompts::anchor_prompt;
-use fmn_resteer::solve::anchor_solution_map;
+use fmn_resteer::solve::AnchorSolve;
 use fmn_resteer::ResteerError;
 use fmn_sd::io::tokenizer::ClipTokenizer;
 use fmn_sd::models::clip::{ClipTextConfig, ClipTextModel};
@@ -122,7 +122,13 @@ fn warm(clip: &Clip, prompts: &[String], cache: &GramCache, weights: &[Tensor], 
     let encode = t.elapsed().as_secs_f64() - read;
     let t2 = Instant::now();
     let mean = gram.unwrap().mean().unwrap();
-    let map = anchor_solution_map(&rows, Some(&mean), 1.0 / concepts as f64, 1.0).unwrap();
+    // The product's defaults: the balanced solve at `ResteerConfig::default()`'s weights.
+    let defaults = fmn_resteer::config::ResteerConfig::default();
+    let map = AnchorSolve::new(&rows, Some(&mean))
+        .unwrap()
+        .balanced(defaults.anchor_weight, defaults.preserve_weight)
+        .unwrap()
+        .map;
     let deltas: Vec<Tensor> = weights.iter().map(|w| w.matmul(&map).unwrap()).collect();
     let solve = t2.elapsed().as_secs_f64();
     let warm = t.elapsed().as_secs_f64();

@@ -5,7 +5,7 @@ use crate::loss::{anchor_offsets, anchoring, attention_energy, preservation};
 use crate::params::Trainable;
 use crate::preserve::{self, Gram, GramCache, PreserveSummary};
 use crate::prompts::{anchor_prompt, concept_prompt, entry_template, ConceptPrompt};
-use crate::solve::anchor_solution_map;
+use crate::solve::AnchorSolve;
 use crate::ResteerError;
 use candle_core::{DType, Device, Tensor};
 use fmn_core::Validate;
@@ -104,6 +104,11 @@ pub struct ConceptPrompts {
     pub name: String,
     pub prompts: Vec<String>,
     pub anchors: Vec<String>,
+    /// The anchor term's weight for this concept (several concepts: the balanced solve's).
+    pub anchor_weight: Option<f64>,
+    /// After the solve: how far the concept's contexts remain from their targets, relative to
+    /// the start (`‖C(I + G)ᵀ − A‖² / ‖C − A‖²`), and that distance in a solve of it alone.
+    pub distance_to_targets: Option<[f64; 2]>,
 }
 
 /// The tokenizer and text encoder with the concepts' learned tokens (if any) added.
@@ -192,14 +197,23 @@ impl preserve::Encoder for TextSide<'_> {
 }
 
 /// The concept's prompt templates: its kind's, then (with `listed_concept_prompts`) each
-/// preserved entry naming it ([`entry_template`]).
+/// preserved entry naming it and no other concept of the run ([`entry_template`]): an entry
+/// naming two ("a red circle in the style of stripes") would be anchored onto the other
+/// concept by each, two targets that pull apart.
 fn concept_templates(spec: &ConceptSpec, cfg: &ResteerConfig, listed: &[String]) -> Vec<String> {
     let kind = cfg.templates(spec.kind);
     let mut templates = kind.to_vec();
     if cfg.listed_concept_prompts {
+        let others: Vec<String> = cfg
+            .multi_concept
+            .iter()
+            .filter(|c| c.name != spec.name)
+            .map(|c| c.name.clone())
+            .collect();
         templates.extend(
             listed
                 .iter()
+                .filter(|entry| !preserve::names_any(entry, &others))
                 .filter_map(|entry| entry_template(entry, &spec.name, kind)),
         );
     }
@@ -274,6 +288,8 @@ fn prepare(
         name: spec.name.clone(),
         prompts: prompts.iter().map(|(p, _, _)| p.text.clone()).collect(),
         anchors: anchor_texts,
+        anchor_weight: None,
+        distance_to_targets: None,
     };
     Ok(PreparedConcept {
         prompts,
@@ -362,7 +378,8 @@ struct Resteering<'a> {
     preserve: Option<Tensor>,
     /// Per anchored concept: its context rows and the anchor offsets per K/V delta.
     anchored: Vec<(Tensor, Vec<Tensor>)>,
-    anchor_weight: f64,
+    /// Per anchored concept: its anchor term's weight.
+    anchor_weights: Vec<f64>,
     timesteps: (usize, usize),
     device: Device,
 }
@@ -416,8 +433,8 @@ impl Objective for Resteering<'_> {
             if let (Some(contexts), false) = (&self.preserve, deltas.is_empty()) {
                 loss = (loss + (preservation(contexts, &deltas)? * cfg.preserve_weight)?)?;
             }
-            for (rows, offsets) in &self.anchored {
-                loss = (loss + (anchoring(rows, &deltas, offsets)? * self.anchor_weight)?)?;
+            for ((rows, offsets), w) in self.anchored.iter().zip(&self.anchor_weights) {
+                loss = (loss + (anchoring(rows, &deltas, offsets)? * *w)?)?;
             }
         }
         Ok(StepLoss {
@@ -447,7 +464,7 @@ pub fn resteer(
         .map(|i| prepare(model, &text, i, cfg, &prompts, resolution, device))
         .collect::<Result<Vec<_>, _>>()?;
     let names: Vec<String> = cfg.multi_concept.iter().map(|c| c.name.clone()).collect();
-    let concept_texts: Vec<ConceptPrompts> = concepts.iter().map(|c| c.texts.clone()).collect();
+    let mut concept_texts: Vec<ConceptPrompts> = concepts.iter().map(|c| c.texts.clone()).collect();
     let (gram, preserved) = if prompts.is_empty() {
         (None, None)
     } else {
@@ -490,23 +507,41 @@ pub fn resteer(
         .filter_map(|c| c.anchor_rows.as_ref())
         .map(|(rows, anchor)| Ok((rows.clone(), anchor_offsets(rows, anchor, &kv_base)?)))
         .collect::<Result<Vec<_>, ResteerError>>()?;
-    // The anchor term is the mean of the concepts' terms: one preservation list then holds
-    // several concepts as firmly as one (summed, three concepts broke kiki in the toy world:
-    // BENCHMARKS.md#joint-runs-the-anchor-term-is-a-mean).
-    let anchor_weight = cfg.anchor_weight / anchored.len().max(1) as f64;
+    // Per concept: its anchor term's weight. One concept: `anchor_weight`; several: the
+    // balanced solve's (each as close to its targets as alone, the preserved prompts paying
+    // only for the concepts that need it: `AnchorSolve::balanced`), else the mean of the terms.
+    let mut anchor_weights = vec![cfg.anchor_weight / anchored.len().max(1) as f64; anchored.len()];
     if cfg.solve_anchor {
         let rows: Vec<(Tensor, Tensor)> = concepts
             .iter()
             .filter_map(|c| c.anchor_rows.clone())
             .collect();
-        let map =
-            anchor_solution_map(&rows, preserve.as_ref(), anchor_weight, cfg.preserve_weight)?;
+        let solved = AnchorSolve::new(&rows, preserve.as_ref())?
+            .balanced(cfg.anchor_weight, cfg.preserve_weight)?;
+        for ((c, &w), &(joint, alone)) in concept_texts
+            .iter_mut()
+            .zip(&solved.weights)
+            .zip(&solved.residuals)
+        {
+            tracing::info!(
+                "{}: anchor weight {w:.3}, distance to its targets {joint:.4} of the start ({alone:.4} alone)",
+                c.name
+            );
+            c.anchor_weight = Some(w);
+            c.distance_to_targets = Some([joint, alone]);
+        }
         for (name, w) in kv_names.iter().zip(&kv_base) {
-            if !trainable.set_full(name, &w.matmul(&map)?)? {
+            if !trainable.set_full(name, &w.matmul(&solved.map)?)? {
                 return Err(ResteerError::Input(format!(
                     "`solve_anchor` needs a full delta for {name}"
                 )));
             }
+        }
+        anchor_weights = solved.weights;
+    }
+    if !anchored.is_empty() {
+        for (c, &w) in concept_texts.iter_mut().zip(&anchor_weights) {
+            c.anchor_weight.get_or_insert(w);
         }
     }
     if cfg.max_train_steps == 0 {
@@ -537,7 +572,7 @@ pub fn resteer(
         kv_names,
         preserve,
         anchored,
-        anchor_weight,
+        anchor_weights,
         timesteps,
         device: device.clone(),
     };
