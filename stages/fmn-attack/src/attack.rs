@@ -1,0 +1,190 @@
+//! One attack: textual inversion on the (patched) model from the concept's images, the learned
+//! tokens sampled on the attack prompts, every image judged.
+use crate::config::{AttackConfig, Planned};
+use anyhow::{Context, Result};
+use candle_core::Device;
+use fmn_eval::judge::Judge;
+use fmn_invert::config::{InvertConfig, TokenList};
+use fmn_sd::io::embedding::EmbeddingLayout;
+use fmn_sd::sample::pipeline::{seeded_noise, to_rgb_image, SampleRequest, StableDiffusion};
+use fmn_sd::train::scaffold::RunControl;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// What `fmn-sample` adds to its seed for the noise of the sampler's own steps; the same here,
+/// so an attack image equals `fmn-sample --embedding E --seed S` of its prompt.
+const STEP_SEED_OFFSET: u64 = 0x5EED_0000_0000;
+
+/// The result file of a finished attack inside its folder (written last).
+pub const RESULT_FILE: &str = "result.json";
+pub const EMBEDDING_FILE: &str = "embedding.safetensors";
+
+/// One attack image and the judge's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JudgedImage {
+    /// Relative to the attack's folder.
+    pub file: String,
+    pub prompt: String,
+    pub seed: u64,
+    /// Whether the judge saw the concept (every `expect` label).
+    pub concept: bool,
+    pub labels: BTreeMap<String, Option<String>>,
+}
+
+/// A finished attack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttackResult {
+    pub name: String,
+    pub method: String,
+    pub tokens: usize,
+    pub init: String,
+    pub seed: u64,
+    pub steps: usize,
+    /// The learned tokens as the prompts use them.
+    pub token_text: String,
+    /// Mean inversion loss of the last steps.
+    pub final_loss: f64,
+    pub seconds: f64,
+    pub images: Vec<JudgedImage>,
+    /// Images judged the concept, of all.
+    pub judged_concept: usize,
+    pub rate: f64,
+}
+
+/// The inversion settings of `plan`: `base` (fmn-invert's, or the attack's `invert_config`)
+/// with the attack's images, kind, tokens, initialiser, steps and seed.
+pub fn inversion_settings(cfg: &AttackConfig, base: &InvertConfig, plan: &Planned) -> InvertConfig {
+    let mut inv = base.clone();
+    inv.instance_data_dir = cfg.images.clone();
+    inv.mask_dir = cfg.masks.clone();
+    inv.use_template = cfg.kind;
+    inv.placeholder_tokens = TokenList::List(
+        (1..=plan.tokens)
+            .map(|i| format!("<{}-{i}>", plan.name))
+            .collect(),
+    );
+    inv.initializer_tokens = TokenList::List(vec![plan.initializer.clone()]);
+    inv.max_train_steps_ti = cfg.steps;
+    inv.seed = plan.seed;
+    inv
+}
+
+/// Runs `plan` into `dir` (created; the result file last) and returns its result.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    model: &mut StableDiffusion,
+    cfg: &AttackConfig,
+    base: &InvertConfig,
+    plan: &Planned,
+    judge: &dyn Judge,
+    guidance: f64,
+    dir: &Path,
+    control: RunControl,
+    device: &Device,
+) -> Result<AttackResult> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let inv = inversion_settings(cfg, base, plan);
+    let inverted = fmn_invert::invert(model, &inv, device, control)
+        .with_context(|| format!("attack {}: the inversion failed", plan.name))?;
+    let embedding_path = dir.join(EMBEDDING_FILE);
+    let tmp = dir.join(format!(".{EMBEDDING_FILE}.tmp"));
+    inverted
+        .embedding
+        .save(&tmp, EmbeddingLayout::Fmn)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &embedding_path)
+        .with_context(|| format!("cannot write {}", embedding_path.display()))?;
+    let token_text = inverted.embedding.tokens.join(" ");
+
+    let base_tokenizer = model.tokenizer.clone();
+    model.add_embeddings(vec![inverted.embedding], &[plan.name.clone()])?;
+    let sampled = sample(model, cfg, &token_text, guidance, dir, device);
+    model.tokenizer = base_tokenizer;
+    model.added_tokens = None;
+    let (files, prompts, seeds, pictures) = sampled?;
+
+    let verdicts = judge
+        .judge(&pictures)
+        .with_context(|| format!("attack {}: the judge failed", plan.name))?;
+    let images: Vec<JudgedImage> = verdicts
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| JudgedImage {
+            file: files[i].clone(),
+            prompt: prompts[i].clone(),
+            seed: seeds[i],
+            concept: v.matches(&cfg.expect),
+            labels: v.labels,
+        })
+        .collect();
+    let judged_concept = images.iter().filter(|i| i.concept).count();
+    let result = AttackResult {
+        name: plan.name.clone(),
+        method: "inversion".into(),
+        tokens: plan.tokens,
+        init: plan.init.clone(),
+        seed: plan.seed,
+        steps: cfg.steps,
+        token_text,
+        final_loss: inverted.report.late_mean_loss,
+        seconds: started.elapsed().as_secs_f64(),
+        rate: judged_concept as f64 / images.len().max(1) as f64,
+        judged_concept,
+        images,
+    };
+    fmn_core::write_json_atomic(&dir.join(RESULT_FILE), &result)
+        .with_context(|| format!("cannot write {}", dir.join(RESULT_FILE).display()))?;
+    Ok(result)
+}
+
+type Sampled = (Vec<String>, Vec<String>, Vec<u64>, Vec<image::RgbImage>);
+
+/// Every attack prompt with the learned tokens, `samples` images each, saved as PNGs in `dir`.
+fn sample(
+    model: &StableDiffusion,
+    cfg: &AttackConfig,
+    token_text: &str,
+    guidance: f64,
+    dir: &Path,
+    device: &Device,
+) -> Result<Sampled> {
+    let size = model.unet.config().sample_size.unwrap_or(64) * model.vae.downscale_factor();
+    let shape = model.latent_shape(cfg.samples, size, size)?;
+    let (mut files, mut prompts, mut seeds, mut pictures) = (vec![], vec![], vec![], vec![]);
+    for (pi, template) in cfg.prompts.iter().enumerate() {
+        let prompt = template.replacen("{}", token_text, 1);
+        let out = model.sample(
+            &SampleRequest {
+                prompt: &prompt,
+                negative_prompt: "",
+                sampler: fmn_sd::sample::scheduler::SamplerKind::Ddim,
+                steps: cfg.sample_steps,
+                guidance,
+                guidance_rescale: 0.0,
+                init_noise: seeded_noise(shape, cfg.sample_seed, device)?,
+                attention_steps: &[],
+                step_seed: cfg.sample_seed.wrapping_add(STEP_SEED_OFFSET),
+            },
+            |_| {},
+        )?;
+        let images = model.decode(&out.latents)?;
+        for k in 0..cfg.samples {
+            let file = format!("p{pi:03}_n{k:02}.png");
+            let picture = to_rgb_image(&images.get(k)?)?;
+            let path = dir.join(&file);
+            fmn_core::write_atomic(&path, |f| {
+                picture
+                    .write_to(f, image::ImageFormat::Png)
+                    .map_err(std::io::Error::other)
+            })
+            .with_context(|| format!("cannot write {}", path.display()))?;
+            files.push(file);
+            prompts.push(prompt.clone());
+            seeds.push(cfg.sample_seed.wrapping_add(k as u64));
+            pictures.push(picture);
+        }
+    }
+    Ok((files, prompts, seeds, pictures))
+}

@@ -1,0 +1,345 @@
+//! The `fmn-attack` command line: settings from `--config` (optional), overridden by flags.
+use crate::attack::{self, AttackResult, RESULT_FILE};
+use crate::config::AttackConfig;
+use crate::report::{self, AttackReport, PatchRef, REPORT_FILE};
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use clap::Parser;
+use fmn_cli::{OutputArgs, SettingsArgs, StageArgs};
+use fmn_core::Validate;
+use fmn_eval::judge::{Judge, JudgeSpec};
+use fmn_invert::config::{InvertConfig, Kind};
+use fmn_sd::io::patch::Patch;
+use fmn_sd::sample::pipeline::StableDiffusion;
+use fmn_sd::train::scaffold::RunControl;
+use fmn_sd_args::{ModelArgs, TrainingStageArgs};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Attack a forgetting: learn tokens that bring the concept back on the patched model
+/// (concept inversion), sample them and judge the samples. Prints the attack success rate.
+#[derive(Debug, Parser)]
+#[command(name = "fmn-attack", version)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A patch applied to the model before the attack (repeatable); none: the attack is the
+    /// baseline on the base model.
+    #[arg(long, value_name = "FILE")]
+    pub patch: Vec<PathBuf>,
+    #[command(flatten)]
+    pub settings: SettingsArgs<SettingArgs>,
+    /// The attack folder to write: `attack.json` and per attack `NAME/` (embedding, images).
+    #[arg(long, short)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub stage: TrainingStageArgs,
+}
+
+/// The settings flags, each named after its config key.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+#[command(next_help_heading = "Settings")]
+pub struct SettingArgs {
+    /// The forgotten concept's name (`concept`).
+    #[arg(long)]
+    pub concept: Option<String>,
+    /// What the images show: picks the inversion's templates (`kind`).
+    #[arg(long, value_enum)]
+    pub kind: Option<Kind>,
+    /// Folder of the concept's images (`images`).
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// Folder of their masks (`masks`).
+    #[arg(long, value_name = "DIR")]
+    pub masks: Option<PathBuf>,
+    /// Numbers of learned tokens, e.g. 1,2,4 (`tokens`).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub tokens: Option<Vec<usize>>,
+    /// Initialisers, e.g. random,word (`inits`).
+    #[arg(long = "init", value_delimiter = ',', num_args = 1..)]
+    #[serde(rename = "inits")]
+    pub inits: Option<Vec<String>>,
+    /// Seeds per (tokens, init) (`seeds`).
+    #[arg(long)]
+    pub seeds: Option<usize>,
+    /// Inversion steps per attack (`steps`).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// An fmn-invert config for the other inversion settings (`invert_config`).
+    #[arg(long, value_name = "FILE.yaml")]
+    pub invert_config: Option<PathBuf>,
+    /// An attack prompt, `{}` for the learned tokens (repeatable; `prompts`).
+    #[arg(long = "prompt")]
+    #[serde(rename = "prompts")]
+    pub prompts: Option<Vec<String>>,
+    /// Images per prompt (`samples`).
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Noise seed of image 0 (`sample_seed`).
+    #[arg(long)]
+    pub sample_seed: Option<u64>,
+    /// Classifier-free guidance (`guidance`).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// The judge: toy, onnx:PRESET.yaml or clip:DIR (`judge`).
+    #[arg(long)]
+    pub judge: Option<String>,
+    /// What counts as the concept, ATTRIBUTE=LABEL (repeatable; `expect`), e.g.
+    /// character=bob.
+    #[arg(long, value_name = "ATTRIBUTE=LABEL")]
+    #[serde(serialize_with = "key_values")]
+    pub expect: Option<Vec<String>>,
+}
+
+fn key_values<S: serde::Serializer>(v: &Option<Vec<String>>, s: S) -> Result<S::Ok, S::Error> {
+    let map: Option<BTreeMap<&str, &str>> = v.as_ref().map(|items| {
+        items
+            .iter()
+            .map(|kv| kv.split_once('=').unwrap_or((kv.as_str(), "")))
+            .collect()
+    });
+    map.serialize(s)
+}
+
+impl StageArgs for Args {
+    fn output(&self) -> &OutputArgs {
+        &self.stage.output
+    }
+}
+
+/// Parses the command line and runs the attacks.
+pub fn run() -> Result<ExitCode> {
+    fmn_sd_args::run_stage(execute)
+}
+
+/// The judge and what it must see: `expect`, or with the toy judge the attribute whose
+/// labels include the concept's name.
+fn judge_and_expect(cfg: &mut AttackConfig) -> Result<Box<dyn Judge>> {
+    let spec: JudgeSpec = cfg.judge.parse().map_err(anyhow::Error::msg)?;
+    let judge = fmn_eval::judge::load(&spec)?;
+    if let Some((k, _)) = cfg
+        .expect
+        .iter()
+        .find(|(k, v)| k.is_empty() || v.is_empty())
+    {
+        bail!("--expect {k}: write ATTRIBUTE=LABEL, e.g. character=bob");
+    }
+    if cfg.expect.is_empty() {
+        let concept = cfg.concept().to_string();
+        let found = ["character", "object", "style", "colour"]
+            .into_iter()
+            .map(|k| BTreeMap::from([(k.to_string(), concept.clone())]))
+            .find(|e| judge.check_expect(e).is_ok());
+        match found {
+            Some(e) => cfg.expect = e,
+            None => bail!(
+                "the judge {} has no label \"{concept}\": say what it must see for an image to count as the concept, --expect ATTRIBUTE=LABEL (e.g. style=striped)",
+                cfg.judge
+            ),
+        }
+    }
+    judge
+        .check_expect(&cfg.expect)
+        .map_err(|e| anyhow::anyhow!("`expect`: {e}"))?;
+    Ok(judge)
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+pub fn execute(args: &Args) -> Result<ExitCode> {
+    let s = &args.settings;
+    let mut cfg: AttackConfig = fmn_core::merge_valid(s.config.as_deref(), &s.flags)?;
+    let judge = judge_and_expect(&mut cfg)?;
+    let base_inversion: InvertConfig =
+        fmn_core::merge(cfg.invert_config.as_deref(), &serde_json::Value::Null)?;
+    let plan = cfg.plan();
+    for p in &plan {
+        attack::inversion_settings(&cfg, &base_inversion, p)
+            .validate()
+            .map_err(|e| anyhow::anyhow!("attack {}: {e}", p.name))?;
+    }
+    let device = args.stage.device.device()?;
+    let model_dir = args.model.path();
+    let load_context = || format!("cannot load the model {}", model_dir.display());
+    let source = args.model.open().with_context(load_context)?;
+    let patches = args
+        .patch
+        .iter()
+        .map(|p| Patch::load(p).with_context(|| format!("cannot load the patch {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    fmn_sd_args::check_training_memory(
+        &source,
+        &fmn_sd_args::TrainingRequest {
+            resolution: base_inversion.resolution,
+            batch: base_inversion.train_batch_size,
+            trainable_params: 0,
+            text_encoder_in_graph: true,
+            steps: true,
+        },
+        args.stage.device.memory.max_memory,
+        "attack (inversion)",
+    )?;
+    let _lock = fmn_core::OutputLock::acquire(&args.out)?;
+    let mut model = StableDiffusion::load_source(&source, &device, DType::F32, &patches)
+        .with_context(|| {
+            if args.patch.is_empty() {
+                load_context()
+            } else {
+                format!(
+                    "cannot apply the patches {} to the model {}",
+                    args.patch
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    model_dir.display()
+                )
+            }
+        })?;
+    let guidance = fmn_sd::io::sampling_defaults::resolve_guidance(cfg.guidance, &model_dir)?;
+    if args.patch.is_empty() {
+        tracing::warn!("no --patch: attacking the base model (the baseline the patched model is compared with)");
+    }
+
+    // Finished attacks live in OUT.ckpt/ until every attack is done; `--resume` reuses them
+    // when the settings are the same.
+    let work = fmn_cli::checkpoint_dir_for(&args.out);
+    let settings = serde_json::json!({
+        "attack": cfg,
+        "inversion": base_inversion,
+        "model": model_dir.display().to_string(),
+        "patches": args.patch.iter().map(|p| sha256_file(p)).collect::<Result<Vec<_>>>()?,
+    });
+    let settings_file = work.join("settings.json");
+    let same = std::fs::read(&settings_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|old| old == settings);
+    if work.exists() && !(args.stage.run.resume && same) {
+        if args.stage.run.resume {
+            tracing::warn!("{}: other settings; starting over", work.display());
+        }
+        std::fs::remove_dir_all(&work)
+            .with_context(|| format!("cannot remove {}", work.display()))?;
+    }
+    fmn_core::write_json_atomic(&settings_file, &settings)
+        .with_context(|| format!("cannot write {}", settings_file.display()))?;
+
+    let bar = args
+        .stage
+        .output
+        .bar((plan.len() * cfg.steps) as u64, "attacking");
+    let mut results: Vec<AttackResult> = Vec::new();
+    for (i, p) in plan.iter().enumerate() {
+        let dir = work.join(&p.name);
+        let done = std::fs::read(dir.join(RESULT_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<AttackResult>(&b).ok());
+        if let Some(r) = done {
+            tracing::info!(
+                "{}: finished earlier ({:.1} % judged the concept)",
+                p.name,
+                100.0 * r.rate
+            );
+            results.push(r);
+            continue;
+        }
+        let ckpt = work.join(format!("{}.ckpt", p.name));
+        let offset = (i * cfg.steps) as u64;
+        let bar_ref = &bar;
+        let control = RunControl {
+            checkpoint_dir: Some(ckpt.clone()),
+            checkpoint_every: match args.stage.run.checkpoint_every {
+                0 => 100,
+                n => n,
+            },
+            resume: true,
+            on_step: Box::new(move |r| {
+                bar_ref.set_position(offset + r.step as u64 + 1);
+                bar_ref.set_message(format!("loss {:.4}", r.loss));
+            }),
+        };
+        let r = attack::run(
+            &mut model,
+            &cfg,
+            &base_inversion,
+            p,
+            judge.as_ref(),
+            guidance,
+            &dir,
+            control,
+            &device,
+        )?;
+        let _ = std::fs::remove_dir_all(&ckpt);
+        tracing::info!(
+            "{}: {}/{} images judged the concept",
+            p.name,
+            r.judged_concept,
+            r.images.len()
+        );
+        results.push(r);
+    }
+    bar.finish_and_clear();
+
+    let (asr, strongest) = report::rates(&results);
+    let doc = AttackReport {
+        fmn_version: fmn_core::VERSION.into(),
+        model: model_dir.display().to_string(),
+        patches: args
+            .patch
+            .iter()
+            .map(|p| {
+                Ok(PatchRef {
+                    path: p.display().to_string(),
+                    sha256: sha256_file(p)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        baseline: args.patch.is_empty(),
+        concept: cfg.concept().to_string(),
+        judge: cfg.judge.clone(),
+        expect: cfg.expect.clone(),
+        settings,
+        attacks: results,
+        asr,
+        strongest,
+    };
+    let staging = fmn_core::StagingDir::new(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    for a in &doc.attacks {
+        let from = work.join(&a.name);
+        std::fs::rename(&from, staging.path().join(&a.name))
+            .with_context(|| format!("cannot move {}", from.display()))?;
+    }
+    fmn_core::write_json_atomic(&staging.path().join(REPORT_FILE), &doc)?;
+    staging
+        .commit_replace()
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    let _ = std::fs::remove_dir_all(&work);
+
+    let json = serde_json::to_value(&doc)?;
+    args.stage.output.report(&json, || {
+        format!(
+            "{}{}: ASR {:.1} % over {} attack(s) ({} images); strongest {} {:.1} %; wrote {}",
+            doc.concept,
+            if doc.baseline {
+                " (baseline: no patch)"
+            } else {
+                ""
+            },
+            100.0 * doc.asr,
+            doc.attacks.len(),
+            doc.attacks.iter().map(|a| a.images.len()).sum::<usize>(),
+            doc.strongest.name,
+            100.0 * doc.strongest.rate,
+            args.out.join(REPORT_FILE).display()
+        )
+    });
+    Ok(ExitCode::SUCCESS)
+}
