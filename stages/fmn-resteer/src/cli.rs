@@ -7,6 +7,8 @@ use candle_core::DType;
 use clap::Parser;
 use fmn_cli::{switch, OutputArgs, SettingsArgs, StageArgs};
 use fmn_sd::io::patch::{Concept, Patch};
+use fmn_sd::sample::pipeline::StableDiffusion;
+use fmn_sd::train::scaffold::RunControl;
 use fmn_sd_args::{ModelArgs, TrainingRun, TrainingStageArgs};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -82,6 +84,10 @@ pub struct ConceptArgs {
     /// embedding): the prompts use them instead of the concept's name.
     #[arg(long, value_name = "FILE")]
     pub embedding: Option<PathBuf>,
+    /// Learned tokens that bring the concept back (e.g. an `fmn-attack` embedding): forgotten
+    /// with it (`adversarial`; repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub adversarial: Vec<PathBuf>,
 }
 
 /// The settings flags, each named after its config key (`fmn_core::config::merge`).
@@ -140,6 +146,13 @@ pub struct SettingArgs {
     /// Preserve nothing (`preserve: false`): no preservation term in the solve or the steps.
     #[arg(long)]
     pub no_preserve: bool,
+    /// Rounds of attack-then-forget after the solve (`harden`): tokens learned on the patched
+    /// model from the concept's images are forgotten with it.
+    #[arg(long, value_name = "N")]
+    pub harden: Option<usize>,
+    /// Inversion steps of each hardening attack (`harden_steps`).
+    #[arg(long, value_name = "N")]
+    pub harden_steps: Option<usize>,
 }
 
 /// The flags as config keys; `None`: not given.
@@ -159,6 +172,8 @@ struct Overrides {
     seed: Option<u64>,
     preserve: Option<bool>,
     preserve_files: Option<Vec<PathBuf>>,
+    harden: Option<usize>,
+    harden_steps: Option<usize>,
 }
 
 impl StageArgs for Args {
@@ -178,10 +193,17 @@ impl Args {
                 images: c.images.clone(),
                 masks: c.masks.clone(),
                 embedding: c.embedding.clone(),
+                adversarial: c.adversarial.clone(),
             }]),
-            _ if c.images.is_some() || c.masks.is_some() || c.embedding.is_some() => bail!(
-                "--images, --masks and --embedding go with --concept/--kind; in a config, give `images`, `masks` and `embedding` per concept"
-            ),
+            _ if c.images.is_some()
+                || c.masks.is_some()
+                || c.embedding.is_some()
+                || !c.adversarial.is_empty() =>
+            {
+                bail!(
+                "--images, --masks, --embedding and --adversarial go with --concept/--kind; in a config, give `images`, `masks`, `embedding` and `adversarial` per concept"
+            )
+            }
             _ => None,
         };
         let s = &self.settings.flags;
@@ -200,6 +222,8 @@ impl Args {
             seed: s.seed,
             preserve: s.no_preserve.then_some(false),
             preserve_files: (!s.preserve.is_empty()).then(|| s.preserve.clone()),
+            harden: s.harden,
+            harden_steps: s.harden_steps,
         };
         let file = &self.settings.config;
         let text = file
@@ -241,8 +265,9 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         trainable_params: source
             .parameter_count_where("unet", |name| crate::params::selected(set, name))
             .with_context(load_context)?,
-        text_encoder_in_graph: false,
-        steps: cfg.max_train_steps > 0,
+        // Hardening inverts tokens through the text encoder.
+        text_encoder_in_graph: cfg.harden > 0,
+        steps: cfg.max_train_steps > 0 || cfg.harden > 0,
     };
     fmn_sd_args::check_training_memory(
         &source,
@@ -262,9 +287,9 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         .clone()
         .or_else(GramCache::default_dir)
         .map(GramCache::new);
-    let result = resteer(&model, &cfg, &device, run.control(), cache.as_ref())?;
+    let mut result = resteer(&model, &cfg, &device, run.control(), cache.as_ref())?;
     run.steps_done();
-    let concepts = cfg
+    let concepts: Vec<Concept> = cfg
         .multi_concept
         .iter()
         .map(|c| Concept {
@@ -274,6 +299,43 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         .collect();
     let mut settings = serde_json::to_value(&cfg)?;
     settings["model"] = serde_json::json!(model_dir.display().to_string());
+    let mut hardening = Vec::new();
+    if cfg.harden > 0 {
+        let dir = fmn_cli::checkpoint_dir_for(&args.out).join("harden");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut hardened = cfg.clone();
+        for round in 1..=cfg.harden {
+            let patch = Patch::from_deltas(
+                &result.base,
+                result.deltas.clone(),
+                concepts.clone(),
+                settings.clone(),
+                DType::F32,
+            )?;
+            let patched = StableDiffusion::load_source(&source, &device, DType::F32, &[patch])
+                .with_context(load_context)?;
+            for (ci, path, attack) in
+                crate::harden::attack_round(&patched, &hardened, round, &dir, &device)?
+            {
+                hardened.multi_concept[ci].adversarial.push(path);
+                hardening.push(attack);
+            }
+            drop(patched);
+            result = resteer(
+                &model,
+                &hardened,
+                &device,
+                RunControl::silent(),
+                cache.as_ref(),
+            )?;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        // The checkpoint folder too, if hardening was all it held.
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
     let tensors = result.deltas.len();
     let patch = Patch::from_deltas(&result.base, result.deltas, concepts, settings, delta_dtype)?;
     patch
@@ -290,6 +352,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
             "base_fingerprint": patch.meta.base_fingerprint,
             "preserved": result.preserved,
             "concepts": result.concepts,
+            "hardening": hardening,
         }),
         || {
             let done = if r.steps == 0 {

@@ -52,6 +52,10 @@ pub struct ConceptSpec {
     /// stand for the concept in the training prompts instead of its name.
     #[serde(default)]
     pub embedding: Option<PathBuf>,
+    /// Learned tokens that bring the concept back on a patched model (`fmn-attack`'s
+    /// embeddings, or the rounds of `harden`): forgotten with it, anchored like its name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adversarial: Vec<PathBuf>,
 }
 
 /// Which UNet weights change.
@@ -147,6 +151,12 @@ pub struct ResteerConfig {
     pub adam: AdamKeys,
     /// `f16` or `f32`.
     pub delta_dtype: String,
+    /// Rounds of attack-then-forget after the solve: each round learns tokens that bring each
+    /// concept back on the patched model (textual inversion from its images, from its name
+    /// and from noise), adds them to the concept's `adversarial` tokens and solves again.
+    pub harden: usize,
+    /// Inversion steps of each hardening attack.
+    pub harden_steps: usize,
 }
 
 impl Default for ResteerConfig {
@@ -194,6 +204,8 @@ impl Default for ResteerConfig {
                 ..AdamKeys::default()
             },
             delta_dtype: "f16".into(),
+            harden: 0,
+            harden_steps: 500,
         }
     }
 }
@@ -244,12 +256,24 @@ impl Validate for ResteerConfig {
                     c.name
                 ));
             }
+            if self.harden > 0 && c.images.is_none() {
+                return Err(format!(
+                    "concept {:?} has no images (--images or `images`): `harden` learns the tokens that bring it back from them",
+                    c.name
+                ));
+            }
             if self.max_train_steps > 0 && c.images.is_none() {
                 return Err(format!(
                     "concept {:?} has no images (--images or `images`); only a solve without steps (`max_train_steps: 0`) needs none",
                     c.name
                 ));
             }
+        }
+        if self.harden > 0 && (!self.solve_anchor || self.anchor_weight <= 0.0) {
+            return Err("`harden` forgets the learned tokens through the anchor solve: it needs `solve_anchor` and `anchor_weight` > 0".into());
+        }
+        if self.harden > 0 && self.harden_steps == 0 {
+            return Err("`harden_steps` must be at least 1 when `harden` is on".into());
         }
         if self.max_train_steps == 0 && !self.solve_anchor {
             return Err(

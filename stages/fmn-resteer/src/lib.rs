@@ -5,6 +5,7 @@
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 pub mod cli;
 pub mod config;
+pub mod harden;
 pub mod loss;
 pub mod params;
 pub mod preserve;

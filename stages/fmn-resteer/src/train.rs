@@ -126,19 +126,26 @@ impl<'a> TextSide<'a> {
         let mut tokenizer = model.tokenizer.clone();
         let (mut embeddings, mut names, mut concept_texts) = (Vec::new(), Vec::new(), Vec::new());
         for c in &cfg.multi_concept {
+            let mut texts = Vec::new();
             match &c.embedding {
                 Some(path) => {
                     let e = TokenEmbedding::load(path)?;
-                    let mut texts = vec![e.tokens.join(" ")];
+                    texts.push(e.tokens.join(" "));
                     if cfg.also_name {
                         texts.push(c.name.clone());
                     }
-                    concept_texts.push(texts);
                     embeddings.push(e);
                     names.push(path.display().to_string());
                 }
-                None => concept_texts.push(vec![c.name.clone()]),
+                None => texts.push(c.name.clone()),
             }
+            for path in &c.adversarial {
+                let e = TokenEmbedding::load(path)?;
+                texts.push(e.tokens.join(" "));
+                embeddings.push(e);
+                names.push(path.display().to_string());
+            }
+            concept_texts.push(texts);
         }
         let added = if embeddings.is_empty() {
             None

@@ -106,6 +106,40 @@ fn learned_tokens_with_word_rows_encode_like_the_words() {
 }
 
 #[test]
+fn two_multi_token_embeddings_added_together_encode_like_their_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = load();
+    let rows = |words: [&str; 2]| {
+        let r: Vec<Tensor> = words.iter().map(|w| word_row(&reference, w)).collect();
+        Tensor::stack(&r, 0).unwrap()
+    };
+    let mut embeddings = Vec::new();
+    for (name, tokens, words) in [
+        ("first", ["<a1>", "<a2>"], ["red", "dog"]),
+        ("second", ["<b1>", "<b2>"], ["blue", "cat"]),
+    ] {
+        let path = tmp.path().join(format!("{name}.safetensors"));
+        TokenEmbedding::new(
+            tokens.iter().map(|t| t.to_string()).collect(),
+            rows(words),
+            EmbeddingMeta::default(),
+        )
+        .unwrap()
+        .save(&path, EmbeddingLayout::Fmn)
+        .unwrap();
+        embeddings.push(TokenEmbedding::load(&path).unwrap());
+    }
+    let mut sd = load();
+    sd.add_embeddings(embeddings, &["first".into(), "second".into()])
+        .unwrap();
+    let got = sd.encode_prompts(&["a <a1> <a2> and a <b1> <b2>"]).unwrap();
+    let want = reference
+        .encode_prompts(&["a red dog and a blue cat"])
+        .unwrap();
+    assert!(max_diff(&got, &want) < 1e-6);
+}
+
+#[test]
 fn fmn_layout_round_trips_tokens_vectors_and_metadata() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("e.safetensors");

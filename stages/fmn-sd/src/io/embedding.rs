@@ -360,6 +360,8 @@ impl AddedTokens {
             )));
         }
         let mut rows = Vec::new();
+        // Tokens added so far: each embedding's ids follow the previous ones'.
+        let mut added = 0;
         for (i, e) in embeddings.iter().enumerate() {
             let name = names.get(i).map(String::as_str).unwrap_or("embedding");
             if e.width() != width {
@@ -372,12 +374,13 @@ impl AddedTokens {
             let ids = tokenizer
                 .add_tokens(&refs)
                 .map_err(|err| SdError::Invalid(format!("{name}: {err}")))?;
-            let expected = vocab + rows.len();
+            let expected = vocab + added;
             if ids.first().map(|&id| id as usize) != Some(expected) {
                 return Err(SdError::Invalid(format!(
                     "{name}: the added tokens got ids {ids:?}, expected from {expected}"
                 )));
             }
+            added += ids.len();
             rows.push(e.vectors.clone());
             // The fingerprint hashes f32 values: a table loaded in f16 / bf16 (`--dtype`) was
             // rounded and cannot be compared.
