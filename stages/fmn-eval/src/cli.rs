@@ -114,6 +114,10 @@ pub struct EvalArgs {
     /// model folder's `tokenizer/`).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// An fmn-attack folder on one of the suite's concepts (repeatable): its images are judged
+    /// too, and the attack success rate is reported per concept.
+    #[arg(long, value_name = "DIR")]
+    pub attack: Option<Vec<PathBuf>>,
     #[command(flatten)]
     #[serde(skip)]
     pub memory: fmn_cli::MemoryArgs,
@@ -132,6 +136,7 @@ pub struct EvalConfig {
     pub before_attention: Option<PathBuf>,
     pub after_attention: Option<PathBuf>,
     pub tokenizer: Option<PathBuf>,
+    pub attack: Vec<PathBuf>,
 }
 
 /// Every option resolved.
@@ -146,6 +151,8 @@ pub struct Settings {
     pub before_attention: Option<PathBuf>,
     pub after_attention: Option<PathBuf>,
     pub tokenizer: Option<PathBuf>,
+    /// fmn-attack folders.
+    pub attack: Vec<PathBuf>,
     /// `--max-memory` (flag only).
     pub max_memory: Option<u64>,
 }
@@ -179,6 +186,7 @@ impl EvalArgs {
             before_attention: cfg.before_attention,
             after_attention: cfg.after_attention,
             tokenizer: cfg.tokenizer,
+            attack: cfg.attack,
             max_memory: self.memory.max_memory,
         })
     }

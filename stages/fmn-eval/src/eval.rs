@@ -232,6 +232,18 @@ pub fn evaluate(settings: &Settings, staging: &Path, quiet: bool) -> Result<Resu
         }
     }
     bar.finish_and_clear();
+    // The attack images once, with the first shard.
+    let mut attacks = Vec::new();
+    if settings.shard.index == 0 {
+        for dir in &settings.attack {
+            attacks.extend(crate::attack::judge_attack(
+                dir,
+                &suite,
+                judge.as_ref(),
+                staging,
+            )?);
+        }
+    }
     Ok(Results {
         fmn_version: fmn_core::VERSION.into(),
         suite,
@@ -241,5 +253,6 @@ pub fn evaluate(settings: &Settings, staging: &Path, quiet: bool) -> Result<Resu
         after: settings.after.display().to_string(),
         shards: vec![settings.shard],
         items,
+        attacks,
     })
 }

@@ -54,6 +54,9 @@ pub struct Results {
     /// The shards these results cover (one, or all of a merge).
     pub shards: Vec<Shard>,
     pub items: Vec<Item>,
+    /// Attack images (`--attack`), judged like the items.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attacks: Vec<crate::attack::AttackItem>,
 }
 
 impl Group {

@@ -5,6 +5,7 @@
 //! `report.html`).
 // The unit-test build also sees the dev-dependencies, which only the integration tests use.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
+pub mod attack;
 pub mod attention;
 pub mod charts;
 pub mod cli;

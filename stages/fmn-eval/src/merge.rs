@@ -24,6 +24,7 @@ pub fn merge(dirs: &[PathBuf], staging: &Path) -> Result<Results> {
     let suite_json = serde_json::to_string(&first.suite)?;
     let mut shards = Vec::new();
     let mut items = Vec::new();
+    let mut attacks = Vec::new();
     for (dir, r) in &all {
         for (what, a, b) in [
             ("judge", &r.judge, &first.judge),
@@ -60,6 +61,14 @@ pub fn merge(dirs: &[PathBuf], staging: &Path) -> Result<Results> {
             shards.push(*s);
         }
         items.extend(r.items.iter().cloned());
+        for a in &r.attacks {
+            let (src, dst) = (dir.join(&a.image), staging.join(&a.image));
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::copy(&src, &dst).with_context(|| format!("cannot copy {}", src.display()))?;
+            attacks.push(a.clone());
+        }
         let src = dir.join("images");
         let dst = staging.join("images");
         std::fs::create_dir_all(&dst)?;
@@ -93,5 +102,6 @@ pub fn merge(dirs: &[PathBuf], staging: &Path) -> Result<Results> {
         after: first.after.clone(),
         shards,
         items,
+        attacks,
     })
 }

@@ -73,6 +73,9 @@ pub struct ConceptMetrics {
     pub attention_share: Option<BeforeAfter>,
     /// Mean CLIP score of the erased prompts' images with their prompts (CLIP judge only).
     pub clip_score: Option<BeforeAfter>,
+    /// The attack success rate of `--attack` folders on this concept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<crate::attack::AttackMetrics>,
 }
 
 fn group_accuracy(items: &[&Item], group: Group) -> Option<BeforeAfter> {
@@ -145,6 +148,7 @@ pub fn concept_metrics(concept: &str, all: &[Item]) -> ConceptMetrics {
         drift,
         attention_share,
         clip_score,
+        attack: None,
     }
 }
 
@@ -179,6 +183,20 @@ pub fn summary_line(m: &ConceptMetrics) -> String {
     }
     if let Some(c) = m.clip_score {
         s += &format!(", CLIP score {:.1} -> {:.1}", c.before, c.after);
+    }
+    if let Some(a) = &m.attack {
+        s += &format!(
+            ", attack success {:.2} over {} images (strongest {} {:.2}){}",
+            a.asr,
+            a.images,
+            a.strongest,
+            a.strongest_rate,
+            if a.baseline {
+                ", on the base model"
+            } else {
+                ""
+            }
+        );
     }
     s
 }

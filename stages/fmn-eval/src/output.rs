@@ -28,7 +28,10 @@ pub fn write_report(dir: &Path, results: &Results) -> Result<MetricsFile> {
         .suite
         .concepts
         .iter()
-        .map(|c| metrics::concept_metrics(&c.name, &results.items))
+        .map(|c| ConceptMetrics {
+            attack: crate::attack::attack_metrics(&c.name, &results.attacks),
+            ..metrics::concept_metrics(&c.name, &results.items)
+        })
         .collect();
     let charts_dir = dir.join("charts");
     std::fs::create_dir_all(&charts_dir)?;

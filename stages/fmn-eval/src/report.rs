@@ -1,5 +1,6 @@
 //! `report.html`: one self-contained page (images and charts embedded) with the metrics table,
 //! the accuracy charts, before|after grids per prompt and seed, and attention heat maps.
+use crate::attack::AttackItem;
 use crate::items::{Item, Results};
 use crate::metrics::{BeforeAfter, ConceptMetrics};
 use crate::suite::Group;
@@ -34,12 +35,12 @@ fn metrics_table(concepts: &[ConceptMetrics]) -> String {
     let mut h = String::from(
         "<table class=\"metrics\"><tr><th>concept</th><th>images (e/g/s)</th><th>Acc<sub>e</sub></th>\
          <th>forgetting</th><th>Acc<sub>g</sub></th><th>Acc<sub>s</sub></th><th>H<sub>o</sub></th>\
-         <th>H<sub>c</sub></th><th>drift MAD</th><th>drift SSIM</th><th>attention share</th><th>CLIP score</th></tr>\n",
+         <th>H<sub>c</sub></th><th>drift MAD</th><th>drift SSIM</th><th>attention share</th><th>CLIP score</th><th>attack success</th></tr>\n",
     );
     for m in concepts {
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{}/{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}/{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&m.concept),
             m.images.erased,
             m.images.synonym,
@@ -56,6 +57,12 @@ fn metrics_table(concepts: &[ConceptMetrics]) -> String {
                 .map_or("–".into(), |a| format!("{:.3} → {:.3}", a.before, a.after)),
             m.clip_score
                 .map_or("–".into(), |a| format!("{:.1} → {:.1}", a.before, a.after)),
+            m.attack.as_ref().map_or("–".into(), |a| format!(
+                "{:.2} (strongest {:.2}){}",
+                a.asr,
+                a.strongest_rate,
+                if a.baseline { " base model" } else { "" }
+            )),
         );
     }
     h.push_str("</table>\n");
@@ -139,6 +146,47 @@ fn grids(dir: &Path, concept: &str, items: &[Item]) -> Result<String> {
     Ok(h)
 }
 
+/// The attack images of `concept`, per attack: red where the judge saw the concept (the
+/// attack brought it back), green where it did not.
+fn attack_grid(dir: &Path, concept: &str, items: &[AttackItem]) -> Result<String> {
+    let mine: Vec<&AttackItem> = items.iter().filter(|i| i.concept == concept).collect();
+    if mine.is_empty() {
+        return Ok(String::new());
+    }
+    let mut h = String::from(
+        "<h3>attack (concept inversion on the edited model)</h3>\n<p>Each image was drawn from tokens \
+         learned on the edited model from the concept's images (<code>fmn-attack</code>). Red: the judge sees \
+         the concept as its erased prompts expect it (the attack brought it back); green: it does not. \
+         Check by eye what the judge calls recovered.</p>\n",
+    );
+    let mut names: Vec<&str> = Vec::new();
+    for i in &mine {
+        if !names.contains(&i.attack.as_str()) {
+            names.push(&i.attack);
+        }
+    }
+    for name in names {
+        let of: Vec<&&AttackItem> = mine.iter().filter(|i| i.attack == name).collect();
+        let hits = of.iter().filter(|i| i.recovered).count();
+        let _ = write!(
+            h,
+            "<div class=\"row\"><span class=\"seed\">{} ({hits}/{})</span>",
+            escape(name),
+            of.len()
+        );
+        for i in of {
+            h += &cell(
+                dir,
+                &i.image,
+                &format!("{}: {}", i.prompt, i.verdict),
+                Some(!i.recovered),
+            )?;
+        }
+        h.push_str("</div>\n");
+    }
+    Ok(h)
+}
+
 const STYLE: &str = "body{font-family:sans-serif;margin:20px;color:#222}\
 table.metrics{border-collapse:collapse;margin-bottom:16px}\
 table.metrics td,table.metrics th{border:1px solid #bbb;padding:4px 8px;text-align:right}\
@@ -188,6 +236,7 @@ pub fn render(
     for m in concepts {
         let _ = writeln!(h, "<h2>{}</h2>", escape(&m.concept));
         h += &grids(dir, &m.concept, &results.items)?;
+        h += &attack_grid(dir, &m.concept, &results.attacks)?;
     }
     h += "</body></html>\n";
     Ok(h)

@@ -380,3 +380,91 @@ fn attention_shares_and_heat_maps_from_saved_attention() {
         stderr(&o)
     );
 }
+
+/// Writes an fmn-attack-like folder on `concept`: per attack, its images (toy renders) and
+/// `attack.json`.
+fn attack_dir(dir: &Path, concept: &str, baseline: bool, attacks: &[(&str, Vec<Shows>)]) {
+    let mut entries = Vec::new();
+    for (name, shows) in attacks {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        let mut images = Vec::new();
+        for (k, s) in shows.iter().enumerate() {
+            let file = format!("p000_n{k:02}.png");
+            let (img, _) = fmn_toy_world::render(&common::scene(*s, 100 + k as u64));
+            img.save(dir.join(name).join(&file)).unwrap();
+            images.push(serde_json::json!({"file": file, "prompt": format!("a photo of <{name}>"), "seed": k, "concept": false, "labels": {}}));
+        }
+        entries.push(serde_json::json!({"name": name, "images": images}));
+    }
+    let doc = serde_json::json!({"concept": concept, "baseline": baseline, "attacks": entries, "asr": 0.0});
+    std::fs::write(dir.join("attack.json"), doc.to_string()).unwrap();
+}
+
+#[test]
+fn attack_folders_are_judged_into_an_attack_success_rate_per_concept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_str().unwrap();
+    folders(tmp.path());
+    // bob: attack a brings him back in 2 of 3 images, attack b in 0 of 2: ASR 2/5, strongest a.
+    attack_dir(
+        &tmp.path().join("attack-bob"),
+        "bob",
+        false,
+        &[
+            ("a", vec![BOB, YELLOW_CIRCLE, BOB]),
+            ("b", vec![YELLOW_CIRCLE, Shows::Plain(Square, Red)]),
+        ],
+    );
+    attack_dir(
+        &tmp.path().join("attack-kiki"),
+        "kiki",
+        true,
+        &[("c", vec![KIKI, KIKI])],
+    );
+    let mut args = eval_args(root, "report");
+    args.extend([
+        "--attack".into(),
+        format!("{root}/attack-bob"),
+        "--attack".into(),
+        format!("{root}/attack-kiki"),
+        "--json".into(),
+        "--quiet".into(),
+    ]);
+    let o = run_s(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let bob = &concept(&m, "bob")["attack"];
+    close(&bob["asr"], 2.0 / 5.0);
+    assert_eq!(bob["images"], 5);
+    assert_eq!(bob["attacks"], 2);
+    assert_eq!(bob["strongest"], "a");
+    close(&bob["strongest_rate"], 2.0 / 3.0);
+    assert_eq!(bob["baseline"], false);
+    let kiki = &concept(&m, "kiki")["attack"];
+    close(&kiki["asr"], 1.0);
+    assert_eq!(kiki["baseline"], true);
+    // The report shows every attack image (7) beside the 28 before/after images.
+    let html = std::fs::read_to_string(tmp.path().join("report/report.html")).unwrap();
+    assert_eq!(html.matches("data:image/png;base64,").count(), 28 + 7);
+    assert!(
+        html.contains("a (2/3)") && html.contains("b (0/2)"),
+        "attack rows"
+    );
+
+    // An attack on a concept the suite does not hold is named.
+    attack_dir(
+        &tmp.path().join("attack-x"),
+        "stripes",
+        false,
+        &[("d", vec![BOB])],
+    );
+    let mut args = eval_args(root, "report2");
+    args.extend(["--attack".into(), format!("{root}/attack-x")]);
+    let o = run_s(&args);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("stripes") && stderr(&o).contains("attack.json"),
+        "{}",
+        stderr(&o)
+    );
+}
