@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Forget one concept end to end: segment -> invert -> re-steer -> sample before/after -> eval.
+# Forget one concept end to end: segment -> invert -> re-steer -> attack the patch -> sample
+# before/after -> eval (with the attack's success rate).
 # Every step writes a file (or folder) under OUT and is skipped when that output exists, so a
 # rerun redoes only what was removed (pipelines/Makefile does the same with make's timestamps).
 #
@@ -14,11 +15,15 @@
 #   PROMPTS        prompts sampled before/after [configs/eval/toy-prompts.txt]
 #   SUITE          fmn-eval suite [configs/eval/toy.yaml]     JUDGE  fmn-eval judge [toy]
 #   SEEDS          images per prompt [8]          SAMPLE_STEPS  denoising steps [25]
+#   ATTACK         1: attack the patch with fmn-attack (concept inversion) [1]
+#   ATTACK_STEPS   inversion steps per attack [500]
+#   ATTACK_EXPECT  what the judge must see to count the concept, ATTRIBUTE=LABEL
+#                  [inferred from the concept's name with the toy judge]
 #   BIN            folder of the fmn binaries [target/debug]
 # Exit status: that of the first failing stage (each stage prints its error on stderr).
 set -euo pipefail
 if [ $# -lt 3 ]; then
-  sed -n '2,18p' "$0" >&2
+  sed -n '2,23p' "$0" >&2
   exit 2
 fi
 CONCEPT=$1 KIND=$2 IMAGES=$3 OUT=${4:-out/forget-$1}
@@ -32,6 +37,9 @@ SUITE=${SUITE:-configs/eval/toy.yaml}
 JUDGE=${JUDGE:-toy}
 SEEDS=${SEEDS:-8}
 SAMPLE_STEPS=${SAMPLE_STEPS:-25}
+ATTACK=${ATTACK:-1}
+ATTACK_STEPS=${ATTACK_STEPS:-500}
+ATTACK_EXPECT=${ATTACK_EXPECT:-}
 BIN=${BIN:-target/debug}
 mkdir -p "$OUT"
 step() { printf '== %s\n' "$*" >&2; }
@@ -65,6 +73,21 @@ if [ ! -f "$OUT/patch.safetensors" ]; then
     --out "$OUT/patch.safetensors"
 fi
 
+attack=()
+if [ "$ATTACK" = 1 ]; then
+  if [ ! -f "$OUT/attack/attack.json" ]; then
+    step "attack $OUT/patch.safetensors -> $OUT/attack"
+    attack_kind=$KIND
+    [ "$KIND" != identity ] || attack_kind=object
+    expect=()
+    [ -z "$ATTACK_EXPECT" ] || expect=(--expect "$ATTACK_EXPECT")
+    "$BIN/fmn-attack" --model "$MODEL" --patch "$OUT/patch.safetensors" --concept "$CONCEPT" \
+      --kind "$attack_kind" --images "$IMAGES" "${masks[@]}" --invert-config "$INVERT_CONFIG" \
+      --steps "$ATTACK_STEPS" --judge "$JUDGE" "${expect[@]}" --resume --out "$OUT/attack"
+  fi
+  attack=(--attack "$OUT/attack")
+fi
+
 sample() { # OUT_DIR [fmn-sample flags...]
   local dir=$1; shift
   [ -f "$dir/manifest.json" ] && return 0
@@ -81,5 +104,5 @@ step "evaluate -> $OUT/report"
 "$BIN/fmn-eval" --before "$OUT/before" --after "$OUT/after" \
   --before-attention "$OUT/before.attention.safetensors" \
   --after-attention "$OUT/after.attention.safetensors" \
-  --suite "$SUITE" --judge "$JUDGE" --out "$OUT/report"
+  --suite "$SUITE" --judge "$JUDGE" "${attack[@]}" --out "$OUT/report"
 echo "report: $OUT/report/report.html"

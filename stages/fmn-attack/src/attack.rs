@@ -3,8 +3,8 @@
 use crate::config::{AttackConfig, Planned};
 use anyhow::{Context, Result};
 use candle_core::Device;
-use fmn_eval::judge::Judge;
-use fmn_invert::config::{InvertConfig, TokenList};
+use fmn_inversion::config::{InvertConfig, TokenList};
+use fmn_judge::Judge;
 use fmn_sd::io::embedding::EmbeddingLayout;
 use fmn_sd::sample::pipeline::{seeded_noise, to_rgb_image, SampleRequest, StableDiffusion};
 use fmn_sd::train::scaffold::RunControl;
@@ -86,7 +86,7 @@ pub fn run(
     let started = std::time::Instant::now();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let inv = inversion_settings(cfg, base, plan);
-    let inverted = fmn_invert::invert(model, &inv, device, control)
+    let inverted = fmn_inversion::invert(model, &inv, device, control)
         .with_context(|| format!("attack {}: the inversion failed", plan.name))?;
     let embedding_path = dir.join(EMBEDDING_FILE);
     let tmp = dir.join(format!(".{EMBEDDING_FILE}.tmp"));
@@ -99,7 +99,7 @@ pub fn run(
     let token_text = inverted.embedding.tokens.join(" ");
 
     let base_tokenizer = model.tokenizer.clone();
-    model.add_embeddings(vec![inverted.embedding], &[plan.name.clone()])?;
+    model.add_embeddings(vec![inverted.embedding], std::slice::from_ref(&plan.name))?;
     let sampled = sample(model, cfg, &token_text, guidance, dir, device);
     model.tokenizer = base_tokenizer;
     model.added_tokens = None;

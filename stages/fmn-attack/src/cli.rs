@@ -7,8 +7,8 @@ use candle_core::DType;
 use clap::Parser;
 use fmn_cli::{OutputArgs, SettingsArgs, StageArgs};
 use fmn_core::Validate;
-use fmn_eval::judge::{Judge, JudgeSpec};
-use fmn_invert::config::{InvertConfig, Kind};
+use fmn_inversion::config::{InvertConfig, Kind};
+use fmn_judge::{Judge, JudgeSpec};
 use fmn_sd::io::patch::Patch;
 use fmn_sd::sample::pipeline::StableDiffusion;
 use fmn_sd::train::scaffold::RunControl;
@@ -119,7 +119,7 @@ pub fn run() -> Result<ExitCode> {
 /// labels include the concept's name.
 fn judge_and_expect(cfg: &mut AttackConfig) -> Result<Box<dyn Judge>> {
     let spec: JudgeSpec = cfg.judge.parse().map_err(anyhow::Error::msg)?;
-    let judge = fmn_eval::judge::load(&spec)?;
+    let judge = fmn_judge::load(&spec)?;
     if let Some((k, _)) = cfg
         .expect
         .iter()

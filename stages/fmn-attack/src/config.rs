@@ -1,6 +1,6 @@
 //! Attack settings: a YAML file whose values the flags override (`fmn_core::merge_valid`).
 use fmn_core::Validate;
-use fmn_invert::config::Kind;
+use fmn_inversion::config::Kind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

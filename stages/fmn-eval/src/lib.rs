@@ -12,7 +12,7 @@ pub mod cli;
 pub mod drift;
 pub mod eval;
 pub mod items;
-pub mod judge;
+pub use fmn_judge as judge;
 pub mod judge_images;
 pub mod merge;
 pub mod metrics;

@@ -4,7 +4,7 @@
 use crate::config::{ConceptKind, ConceptSpec, ResteerConfig};
 use crate::ResteerError;
 use candle_core::{DType, Device};
-use fmn_invert::config::{InvertConfig, Kind, TokenList};
+use fmn_inversion::config::{InvertConfig, Kind, TokenList};
 use fmn_sd::io::embedding::EmbeddingLayout;
 use fmn_sd::sample::pipeline::StableDiffusion;
 use fmn_sd::train::scaffold::RunControl;
@@ -101,7 +101,7 @@ pub fn attack_round(
                 spec.name,
                 cfg.harden_steps
             );
-            let inverted = fmn_invert::invert(patched, &inv, device, RunControl::silent())?;
+            let inverted = fmn_inversion::invert(patched, &inv, device, RunControl::silent())?;
             let path = dir.join(format!("c{ci}-r{round}-{init}.safetensors"));
             inverted.embedding.save(&path, EmbeddingLayout::Fmn)?;
             out.push((

@@ -2,7 +2,7 @@
 //! class-agnostic NMS ([`super::decode`]), and the verdicts read from the kept boxes.
 use super::decode::{Decoding, Detection};
 use super::preset::{check_groups, read_labels, DetectorPreset, Layout, Nms};
-use crate::judge::Judgement;
+use crate::Judgement;
 use anyhow::{bail, Result};
 use fmn_onnx::{ImageModel, PerImage};
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! `kind: face`: an embedding `[N, D]` per image, compared by cosine similarity with the
 //! embeddings of each identity's reference images (computed once, at load).
 use super::preset::FacePreset;
-use crate::judge::Judgement;
+use crate::Judgement;
 use anyhow::{bail, Context, Result};
 use fmn_onnx::{ImageModel, PerImage};
 use image::RgbImage;

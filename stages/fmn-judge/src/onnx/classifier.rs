@@ -1,7 +1,7 @@
 //! `kind: classifier`: class scores `[N, C]`, one per label; attributes `label` (the top
 //! label) and `group` (the first group holding it), both unsure below `min_confidence`.
 use super::preset::{check_groups, read_labels, ClassifierPreset};
-use crate::judge::Judgement;
+use crate::Judgement;
 use anyhow::{bail, Result};
 use fmn_onnx::{ImageModel, PerImage};
 use std::collections::BTreeMap;
