@@ -197,3 +197,80 @@ fn to_faer(t: &Tensor) -> Result<Mat<f64>> {
     let v = t.to_dtype(DType::F64)?.to_vec2::<f64>()?;
     Ok(Mat::from_fn(r, c, |i, j| v[i][j]))
 }
+
+/// The `rank` context-space directions that carry the most of the concepts' distances to their
+/// targets per unit of preserved variance, as a projection that removes them. In coordinates
+/// where the preserved contexts are white (`z = S^(-1/2) c`, `S` the preserved mean Gram matrix
+/// plus a ridge, or the identity), `y` are the top eigenvectors of the whitened `DᵀD` (`D`: the
+/// rows of every concept's `C − A`) and `I − y yᵀ` removes them; in context space that is
+/// `P = Σ S^(1/2) y (S^(-1/2) y)ᵀ`. Every context's whitened coordinate along `y` is zero after
+/// `I − P`: a learned token cannot put the concept back along them.
+pub fn erasure_projection(
+    concepts: &[(Tensor, Tensor)],
+    preserved: Option<&Tensor>,
+    rank: usize,
+) -> Result<Mat<f64>> {
+    let Some((first, _)) = concepts.first() else {
+        candle_core::bail!("the erasure needs at least one concept's anchored contexts");
+    };
+    let d = first.dim(1)?;
+    let mut dd = Mat::<f64>::zeros(d, d);
+    for (c, a) in concepts {
+        let diff = to_faer(&(c.to_dtype(DType::F64)? - a.to_dtype(DType::F64)?)?)?;
+        dd += diff.transpose() * &diff;
+    }
+    let mut s = match preserved {
+        Some(p) => to_faer(p)?,
+        None => Mat::<f64>::identity(d, d),
+    };
+    let scale = (0..d).map(|i| s[(i, i)]).sum::<f64>() / d as f64;
+    for i in 0..d {
+        s[(i, i)] += ERASE_RIDGE * scale.max(f64::MIN_POSITIVE);
+    }
+    let eig = |m: &Mat<f64>| {
+        m.self_adjoint_eigen(Side::Lower).map_err(|e| {
+            candle_core::Error::Msg(format!("the erasure's eigendecomposition failed: {e:?}"))
+        })
+    };
+    // S^(1/2) and S^(-1/2) from S's eigendecomposition.
+    let se = eig(&s)?;
+    let (q, lam) = (se.U(), se.S().column_vector());
+    let power = |e: f64| {
+        Mat::from_fn(d, d, |i, j| {
+            (0..d)
+                .map(|k| q[(i, k)] * q[(j, k)] * lam[k].max(f64::MIN_POSITIVE).powf(e))
+                .sum::<f64>()
+        })
+    };
+    let (sqrt, inv_sqrt) = (power(0.5), power(-0.5));
+    let b = &inv_sqrt * &dd * &inv_sqrt;
+    let b = Mat::from_fn(d, d, |i, j| 0.5 * (b[(i, j)] + b[(j, i)]));
+    let be = eig(&b)?;
+    let y = be.U();
+    let mut p = Mat::<f64>::zeros(d, d);
+    // Eigenvalues ascend: the last `rank` columns.
+    for k in d.saturating_sub(rank)..d {
+        let write = &sqrt * y.col(k);
+        let read = &inv_sqrt * y.col(k);
+        p += &write * read.transpose();
+    }
+    Ok(p)
+}
+
+/// Relative ridge of the erasure's preserved Gram matrix: directions no preserved prompt uses
+/// are the cheapest to remove, but must not be infinitely so.
+const ERASE_RIDGE: f64 = 1e-6;
+
+/// The solve's map `G` applied after the projection `I − P`: `G' = (I + G)(I − P) − I` (f32),
+/// from which each weight's delta `W G'` is made.
+pub fn compose_with_erasure(g: &Tensor, p: &Mat<f64>) -> Result<Tensor> {
+    let d = p.nrows();
+    let g = to_faer(g)?;
+    let ig = &g + Mat::<f64>::identity(d, d);
+    let m = &ig * (Mat::<f64>::identity(d, d) - p) - Mat::<f64>::identity(d, d);
+    let values: Vec<f64> = (0..d)
+        .flat_map(|i| (0..d).map(move |j| (i, j)))
+        .map(|(i, j)| m[(i, j)])
+        .collect();
+    Tensor::from_vec(values, (d, d), &Device::Cpu)?.to_dtype(DType::F32)
+}
