@@ -157,9 +157,7 @@ pub struct ResteerConfig {
     pub harden: usize,
     /// Inversion steps of each hardening attack.
     pub harden_steps: usize,
-    /// Context-space directions removed outright after the solve (`solve::erasure_projection`):
-    /// the ones carrying the most of the concept per unit of preserved energy; 0: none.
-    pub erase_rank: usize,
+
 }
 
 impl Default for ResteerConfig {
@@ -209,7 +207,6 @@ impl Default for ResteerConfig {
             delta_dtype: "f16".into(),
             harden: 0,
             harden_steps: 500,
-            erase_rank: 0,
         }
     }
 }

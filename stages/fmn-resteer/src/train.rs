@@ -537,14 +537,8 @@ pub fn resteer(
             c.anchor_weight = Some(w);
             c.distance_to_targets = Some([joint, alone]);
         }
-        let map = if cfg.erase_rank > 0 {
-            let p = crate::solve::erasure_projection(&rows, preserve.as_ref(), cfg.erase_rank)?;
-            crate::solve::compose_with_erasure(&solved.map, &p)?.to_device(device)?
-        } else {
-            solved.map.clone()
-        };
         for (name, w) in kv_names.iter().zip(&kv_base) {
-            if !trainable.set_full(name, &w.matmul(&map)?)? {
+            if !trainable.set_full(name, &w.matmul(&solved.map)?)? {
                 return Err(ResteerError::Input(format!(
                     "`solve_anchor` needs a full delta for {name}"
                 )));
