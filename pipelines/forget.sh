@@ -20,10 +20,11 @@
 #   ATTACK_EXPECT  what the judge must see to count the concept, ATTRIBUTE=LABEL
 #                  [inferred from the concept's name with the toy judge]
 #   BIN            folder of the fmn binaries [target/debug]
+#   DEVICE         --device of the model stages: cpu, cuda, cuda:N [cpu]
 # Exit status: that of the first failing stage (each stage prints its error on stderr).
 set -euo pipefail
 if [ $# -lt 3 ]; then
-  sed -n '2,23p' "$0" >&2
+  sed -n '2,24p' "$0" >&2
   exit 2
 fi
 CONCEPT=$1 KIND=$2 IMAGES=$3 OUT=${4:-out/forget-$1}
@@ -41,6 +42,7 @@ ATTACK=${ATTACK:-1}
 ATTACK_STEPS=${ATTACK_STEPS:-500}
 ATTACK_EXPECT=${ATTACK_EXPECT:-}
 BIN=${BIN:-target/debug}
+DEVICE=${DEVICE:-cpu}
 mkdir -p "$OUT"
 step() { printf '== %s\n' "$*" >&2; }
 
@@ -57,7 +59,7 @@ embedding=()
 if [ "$USE_TI" = 1 ]; then
   if [ ! -f "$OUT/embedding.safetensors" ]; then
     step "invert -> $OUT/embedding.safetensors"
-    "$BIN/fmn-invert" --model "$MODEL" --config "$INVERT_CONFIG" --kind "$KIND" \
+    "$BIN/fmn-invert" --model "$MODEL" --device "$DEVICE" --config "$INVERT_CONFIG" --kind "$KIND" \
       --images "$IMAGES" "${masks[@]}" --checkpoint-every 100 --resume \
       --out "$OUT/embedding.safetensors"
   fi
@@ -68,7 +70,7 @@ if [ ! -f "$OUT/patch.safetensors" ]; then
   step "re-steer -> $OUT/patch.safetensors"
   resteer_config=()
   [ -z "$RESTEER_CONFIG" ] || resteer_config=(--config "$RESTEER_CONFIG")
-  "$BIN/fmn-resteer" --model "$MODEL" "${resteer_config[@]}" --concept "$CONCEPT" \
+  "$BIN/fmn-resteer" --model "$MODEL" --device "$DEVICE" "${resteer_config[@]}" --concept "$CONCEPT" \
     --kind "$KIND" --images "$IMAGES" "${masks[@]}" "${embedding[@]}" \
     --out "$OUT/patch.safetensors"
 fi
@@ -81,7 +83,7 @@ if [ "$ATTACK" = 1 ]; then
     [ "$KIND" != identity ] || attack_kind=object
     expect=()
     [ -z "$ATTACK_EXPECT" ] || expect=(--expect "$ATTACK_EXPECT")
-    "$BIN/fmn-attack" --model "$MODEL" --patch "$OUT/patch.safetensors" --concept "$CONCEPT" \
+    "$BIN/fmn-attack" --model "$MODEL" --device "$DEVICE" --patch "$OUT/patch.safetensors" --concept "$CONCEPT" \
       --kind "$attack_kind" --images "$IMAGES" "${masks[@]}" --invert-config "$INVERT_CONFIG" \
       --steps "$ATTACK_STEPS" --judge "$JUDGE" "${expect[@]}" --resume --out "$OUT/attack"
   fi
@@ -92,7 +94,7 @@ sample() { # OUT_DIR [fmn-sample flags...]
   local dir=$1; shift
   [ -f "$dir/manifest.json" ] && return 0
   step "sample -> $dir"
-  "$BIN/fmn-sample" --model "$MODEL" --prompt-file "$PROMPTS" --num-images "$SEEDS" \
+  "$BIN/fmn-sample" --model "$MODEL" --device "$DEVICE" --prompt-file "$PROMPTS" --num-images "$SEEDS" \
     --steps "$SAMPLE_STEPS" --seed 4242 --save-attention "$dir.attention.safetensors" \
     --attention-steps "0,$((SAMPLE_STEPS / 2)),$((SAMPLE_STEPS - 1))" \
     --out "$dir" "$@"

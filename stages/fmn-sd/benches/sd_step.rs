@@ -3,7 +3,7 @@
 //!
 //! One configuration per process, so that peak memory belongs to it alone:
 //! `cargo bench -p fmn-sd --bench sd_step -- --size 256 --mode forward|all|ca|ti|decode|encode
-//! [--iters N] [--batch B]` (`forward`: a UNet forward without gradients, as a sampling step;
+//! [--iters N] [--batch B] [--device cpu|cuda[:N]]` (`forward`: a UNet forward without gradients, as a sampling step;
 //! `all`: gradients for every UNet weight; `ca`: only the cross-attention `attn2` weights, as
 //! re-steering with `only_optimize_ca`; `ti`: a textual-inversion step, gradients for two token
 //! rows through the frozen UNet and text encoder; `decode` / `encode`: the SD VAE alone, as
@@ -47,8 +47,14 @@ fn sd15_vae_config() -> AutoencoderKLConfig {
 }
 
 /// The VAE alone: `decode` latents of `size`² images, or `encode` the images.
-fn vae_step(size: usize, mode: &str, iters: usize, batch: usize) -> candle_core::Result<()> {
-    let dev = Device::Cpu;
+fn vae_step(
+    dev: &Device,
+    size: usize,
+    mode: &str,
+    iters: usize,
+    batch: usize,
+) -> candle_core::Result<()> {
+    let dev = dev.clone();
     let cfg = sd15_vae_config();
     // Random weights through a VarMap, then plain tensors (as loaded from a file): with the
     // VarMap's variables the forward would keep its whole graph for a backward.
@@ -75,6 +81,8 @@ fn vae_step(size: usize, mode: &str, iters: usize, batch: usize) -> candle_core:
             let x = Tensor::randn(0f32, 1f32, (batch, 3, size, size), &dev)?;
             vae.encode(&x).map_err(candle_core::Error::wrap)?;
         }
+        // CUDA runs asynchronously: the step is done when the device is.
+        dev.synchronize()?;
         times.push(start.elapsed().as_secs_f64());
     }
     let workload = match mode {
@@ -144,10 +152,12 @@ fn main() -> candle_core::Result<()> {
     let mode: String = arg(&args, "--mode", "forward".to_string());
     let iters: usize = arg(&args, "--iters", 2);
     let batch: usize = arg(&args, "--batch", 1);
+    let device: String = arg(&args, "--device", "cpu".to_string());
+    let dev = fmn_sd::device::from_name(&device)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     if mode == "decode" || mode == "encode" {
-        return vae_step(size, &mode, iters, batch);
+        return vae_step(&dev, size, &mode, iters, batch);
     }
-    let dev = Device::Cpu;
     let cfg = sd15_config();
 
     // Random weights: built once through a VarMap (its init hints), then held as plain tensors
@@ -260,6 +270,7 @@ fn main() -> candle_core::Result<()> {
                 "{missing} trainable tensors got no gradient"
             );
         }
+        dev.synchronize()?;
         times.push(start.elapsed().as_secs_f64());
     }
     let text_params = ti.as_ref().map_or(0, |t| t.3);
