@@ -157,7 +157,6 @@ pub struct ResteerConfig {
     pub harden: usize,
     /// Inversion steps of each hardening attack.
     pub harden_steps: usize,
-
 }
 
 impl Default for ResteerConfig {

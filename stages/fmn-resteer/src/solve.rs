@@ -197,4 +197,3 @@ fn to_faer(t: &Tensor) -> Result<Mat<f64>> {
     let v = t.to_dtype(DType::F64)?.to_vec2::<f64>()?;
     Ok(Mat::from_fn(r, c, |i, j| v[i][j]))
 }
-

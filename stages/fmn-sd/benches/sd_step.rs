@@ -153,8 +153,8 @@ fn main() -> candle_core::Result<()> {
     let iters: usize = arg(&args, "--iters", 2);
     let batch: usize = arg(&args, "--batch", 1);
     let device: String = arg(&args, "--device", "cpu".to_string());
-    let dev = fmn_sd::device::from_name(&device)
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let dev =
+        fmn_sd::device::from_name(&device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     if mode == "decode" || mode == "encode" {
         return vae_step(&dev, size, &mode, iters, batch);
     }
