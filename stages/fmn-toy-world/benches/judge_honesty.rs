@@ -121,7 +121,7 @@ fn main() {
         );
         let plain_scene = Scene {
             character: None,
-            ..scene.clone()
+            ..scene
         };
         let (bob, _) = render(&scene);
         let (plain, _) = render(&plain_scene);
