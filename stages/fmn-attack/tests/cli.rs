@@ -25,14 +25,7 @@ fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
 }
 
-fn ok(res: &Output) -> serde_json::Value {
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    serde_json::from_slice(&res.stdout).unwrap()
-}
+use fmn_testkit::json_of as ok;
 
 fn failed(res: &Output) -> String {
     assert_eq!(

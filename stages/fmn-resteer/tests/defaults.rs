@@ -7,6 +7,9 @@ use fmn_sd::sample::pipeline::StableDiffusion;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::moved;
+
 fn model() -> PathBuf {
     fmn_testkit::fixtures().join("sd1-tiny")
 }
@@ -33,39 +36,7 @@ fn resteer_on(model: &Path, args: &[&str], cache: &Path, out: &Path) -> Output {
         .unwrap()
 }
 
-fn ok(res: &Output) -> serde_json::Value {
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    serde_json::from_slice(&res.stdout).unwrap()
-}
-
-/// `Σ_layers ‖C Δᵀ‖²` over the contexts `C` of `prompt` and the patch's K/V deltas.
-fn moved(sd: &StableDiffusion, patch: &Patch, prompt: &str) -> f32 {
-    let ids = sd.tokenizer.encode(prompt).unwrap();
-    let ids = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let ctx = sd.text_encoder.forward(&ids).unwrap().squeeze(0).unwrap();
-    patch
-        .deltas
-        .values()
-        .map(|d| {
-            let d = d.to_dtype(DType::F32).unwrap();
-            ctx.matmul(&d.t().unwrap())
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        })
-        .sum()
-}
+use fmn_testkit::json_of as ok;
 
 #[test]
 fn with_no_config_the_solve_alone_needs_no_images_and_preserves_the_shipped_lists() {

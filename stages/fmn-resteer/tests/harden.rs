@@ -8,6 +8,9 @@ use fmn_sd::sample::pipeline::StableDiffusion;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+mod common;
+use common::moved;
+
 fn model() -> PathBuf {
     fmn_testkit::fixtures().join("sd1-tiny")
 }
@@ -26,14 +29,7 @@ fn resteer(cache: &Path, args: &[&str], out: &Path) -> Output {
         .unwrap()
 }
 
-fn ok(res: &Output) -> serde_json::Value {
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    serde_json::from_slice(&res.stdout).unwrap()
-}
+use fmn_testkit::json_of as ok;
 
 /// A `tokens.len()`-token embedding holding the rows of `words` (one token each).
 fn rows_embedding(sd: &StableDiffusion, tokens: &[&str], words: &[&str], path: &Path) {
@@ -58,6 +54,15 @@ fn rows_embedding(sd: &StableDiffusion, tokens: &[&str], words: &[&str], path: &
     .unwrap();
 }
 
+/// A JSON array of strings.
+fn strings(v: &serde_json::Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
+}
+
 fn max_delta_diff(a: &Path, b: &Path) -> f32 {
     let (a, b) = (Patch::load(a).unwrap(), Patch::load(b).unwrap());
     assert_eq!(
@@ -68,34 +73,6 @@ fn max_delta_diff(a: &Path, b: &Path) -> f32 {
         .iter()
         .map(|(k, d)| fmn_testkit::max_abs_diff(d, &b.deltas[k]))
         .fold(0.0, f32::max)
-}
-
-/// `Σ_layers ‖C Δᵀ‖²` over the contexts of `prompt` and a patch's K/V deltas.
-fn moved(sd: &StableDiffusion, patch: &Path, prompt: &str) -> f32 {
-    let patch = Patch::load(patch).unwrap();
-    let ids = Tensor::new(
-        sd.tokenizer.encode(prompt).unwrap().as_slice(),
-        &Device::Cpu,
-    )
-    .unwrap()
-    .unsqueeze(0)
-    .unwrap();
-    let ctx = sd.text_encoder.forward(&ids).unwrap().squeeze(0).unwrap();
-    patch
-        .deltas
-        .values()
-        .map(|d| {
-            let d = d.to_dtype(DType::F32).unwrap();
-            ctx.matmul(&d.t().unwrap())
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        })
-        .sum()
 }
 
 #[test]
@@ -119,12 +96,7 @@ fn adversarial_tokens_are_forgotten_with_the_concept() {
         &["--config", f32_cfg, "--adversarial", own.to_str().unwrap()],
         &same,
     ));
-    let prompts: Vec<&str> = json["concepts"][0]["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
+    let prompts = strings(&json["concepts"][0]["prompts"]);
     assert!(prompts.contains(&"a photo of <a1>"), "{prompts:?}");
     assert!(prompts.contains(&"a photo of bob"), "{prompts:?}");
     let diff = max_delta_diff(&plain, &same);
@@ -145,8 +117,8 @@ fn adversarial_tokens_are_forgotten_with_the_concept() {
         &both,
     ));
     let (before, after) = (
-        moved(&sd, &plain, "a photo of tree tree"),
-        moved(&sd, &both, "a photo of tree tree"),
+        moved(&sd, &Patch::load(&plain).unwrap(), "a photo of tree tree"),
+        moved(&sd, &Patch::load(&both).unwrap(), "a photo of tree tree"),
     );
     assert!(after > 4.0 * before, "{before} -> {after}");
 }
@@ -175,19 +147,9 @@ fn harden_learns_tokens_on_the_patched_model_and_forgets_them() {
         [(1, "name"), (1, "random"), (2, "name"), (2, "random")]
     );
     // The last solve forgets all four attacks' tokens beside the name.
-    let prompts: Vec<&str> = json["concepts"][0]["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
+    let prompts = strings(&json["concepts"][0]["prompts"]);
     for a in attacks {
-        let tokens: Vec<&str> = a["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap())
-            .collect();
+        let tokens = strings(&a["tokens"]);
         let prompt = format!("a photo of {}", tokens.join(" "));
         assert!(prompts.contains(&prompt.as_str()), "{prompt}: {prompts:?}");
         assert!(a["final_loss"].as_f64().unwrap().is_finite());

@@ -187,3 +187,14 @@ pub fn kill_at_random_step(
         delay,
     )
 }
+
+/// The JSON document a stage printed on stdout (`--json`); fails with its stderr when the run
+/// failed.
+pub fn json_of(res: &std::process::Output) -> serde_json::Value {
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    serde_json::from_slice(&res.stdout).unwrap()
+}
