@@ -39,6 +39,8 @@ pub struct AttackResult {
     pub method: String,
     pub tokens: usize,
     pub init: String,
+    /// What the inversion started from (per token, or one for all).
+    pub initializers: Vec<String>,
     pub seed: u64,
     pub steps: usize,
     /// The learned tokens as the prompts use them.
@@ -64,7 +66,7 @@ pub fn inversion_settings(cfg: &AttackConfig, base: &InvertConfig, plan: &Planne
             .map(|i| format!("<{}-{i}>", plan.name))
             .collect(),
     );
-    inv.initializer_tokens = TokenList::List(vec![plan.initializer.clone()]);
+    inv.initializer_tokens = TokenList::List(plan.initializers.clone());
     inv.max_train_steps_ti = cfg.steps;
     inv.seed = plan.seed;
     inv
@@ -125,6 +127,7 @@ pub fn run(
         method: "inversion".into(),
         tokens: plan.tokens,
         init: plan.init.clone(),
+        initializers: plan.initializers.clone(),
         seed: plan.seed,
         steps: cfg.steps,
         token_text,
@@ -137,6 +140,51 @@ pub fn run(
     fmn_core::write_json_atomic(&dir.join(RESULT_FILE), &result)
         .with_context(|| format!("cannot write {}", dir.join(RESULT_FILE).display()))?;
     Ok(result)
+}
+
+/// The ids of the `k` vocabulary tokens whose rows are closest in cosine to the mean row of
+/// `concept`'s tokens, best first; the concept's own tokens and the special ones left out.
+pub fn nearest_tokens(model: &StableDiffusion, concept: &str, k: usize) -> Result<Vec<u32>> {
+    let ids = model.tokenizer.tokenize(concept)?;
+    if ids.is_empty() {
+        anyhow::bail!("concept {concept:?} has no tokens");
+    }
+    let table = model
+        .text_encoder
+        .token_embedding_table()
+        .to_dtype(candle_core::DType::F32)?;
+    let rows: Vec<Vec<f32>> = table.to_vec2()?;
+    let dim = rows[0].len();
+    let mut query = vec![0f32; dim];
+    for &id in &ids {
+        for (q, v) in query.iter_mut().zip(&rows[id as usize]) {
+            *q += v / ids.len() as f32;
+        }
+    }
+    let norm = |v: &[f32]| {
+        v.iter()
+            .map(|x| x * x)
+            .sum::<f32>()
+            .sqrt()
+            .max(f32::MIN_POSITIVE)
+    };
+    let qn = norm(&query);
+    let skip = [
+        model.tokenizer.bos_id(),
+        model.tokenizer.eos_id(),
+        model.tokenizer.pad_id(),
+    ];
+    let mut scored: Vec<(f32, u32)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !ids.contains(&(*i as u32)) && !skip.contains(&(*i as u32)))
+        .map(|(i, r)| {
+            let dot: f32 = r.iter().zip(&query).map(|(a, b)| a * b).sum();
+            (dot / (norm(r) * qn), i as u32)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    Ok(scored.into_iter().take(k).map(|(_, i)| i).collect())
 }
 
 type Sampled = (Vec<String>, Vec<String>, Vec<u64>, Vec<image::RgbImage>);

@@ -158,7 +158,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
     let judge = judge_and_expect(&mut cfg)?;
     let base_inversion: InvertConfig =
         fmn_core::merge(cfg.invert_config.as_deref(), &serde_json::Value::Null)?;
-    let plan = cfg.plan();
+    let mut plan = cfg.plan();
     for p in &plan {
         attack::inversion_settings(&cfg, &base_inversion, p)
             .validate()
@@ -202,6 +202,12 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
                 )
             }
         })?;
+    for p in plan.iter_mut().filter(|p| p.init == crate::config::NEAREST) {
+        p.initializers = attack::nearest_tokens(&model, cfg.concept(), p.tokens)?
+            .iter()
+            .map(u32::to_string)
+            .collect();
+    }
     let guidance = fmn_sd::io::sampling_defaults::resolve_guidance(cfg.guidance, &model_dir)?;
     if args.patch.is_empty() {
         tracing::warn!("no --patch: attacking the base model (the baseline the patched model is compared with)");

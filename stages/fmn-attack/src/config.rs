@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// The `inits` entry for the tokens nearest the concept's name.
+pub const NEAREST: &str = "nearest";
+
 /// The norm of a `random` initialiser's rows: the original's `<rand-0.017>`.
 pub const RANDOM_INIT: &str = "<rand-0.017>";
 
@@ -22,8 +25,9 @@ pub struct AttackConfig {
     /// Numbers of learned tokens, one attack per entry (× inits × seeds).
     pub tokens: Vec<usize>,
     /// Initialisers, one attack per entry: `random` (noise of norm 0.017 per token), `word`
-    /// (the concept's name, which must be one token), or any `fmn-invert` initialiser (a
-    /// one-token word, `<rand-σ>`, `<zero>`, a token id).
+    /// (the concept's name, which must be one token), `nearest` (the vocabulary tokens whose
+    /// rows are closest in cosine to the name's mean row, the name's own tokens left out), or
+    /// any `fmn-invert` initialiser (a one-token word, `<rand-σ>`, `<zero>`, a token id).
     pub inits: Vec<String>,
     /// Attack seeds per (tokens, init): inversion seeds `seed`, `seed + 1`, ...
     pub seeds: usize,
@@ -81,8 +85,9 @@ pub struct Planned {
     pub tokens: usize,
     /// As configured (`random`, `word`, ...).
     pub init: String,
-    /// What `fmn-invert` gets.
-    pub initializer: String,
+    /// What `fmn-invert` gets: one for all tokens, or one per token (`nearest`, filled in
+    /// once the model is loaded: [`crate::attack::nearest_tokens`]).
+    pub initializers: Vec<String>,
     pub seed: u64,
 }
 
@@ -98,10 +103,11 @@ impl AttackConfig {
             for init in &self.inits {
                 for i in 0..self.seeds {
                     let seed = self.seed + i as u64;
-                    let initializer = match init.as_str() {
-                        "random" => RANDOM_INIT.to_string(),
-                        "word" => self.concept().to_string(),
-                        other => other.to_string(),
+                    let initializers = match init.as_str() {
+                        "random" => vec![RANDOM_INIT.to_string()],
+                        "word" => vec![self.concept().to_string()],
+                        NEAREST => Vec::new(),
+                        other => vec![other.to_string()],
                     };
                     let label: String = init
                         .chars()
@@ -111,7 +117,7 @@ impl AttackConfig {
                         name: format!("k{k}-{label}-s{seed}"),
                         tokens: k,
                         init: init.clone(),
-                        initializer,
+                        initializers,
                         seed,
                     });
                 }

@@ -224,3 +224,41 @@ fn bad_input_is_refused_with_the_setting_named_and_nothing_written() {
     assert!(!out.exists());
     assert!(!tmp.path().join("a.ckpt").exists());
 }
+
+#[test]
+fn nearest_starts_from_the_vocabulary_tokens_closest_to_the_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("a");
+    let doc = ok(&run(&mut attack_cmd(
+        &images(tmp.path()),
+        &out,
+        &["--init", "nearest", "--tokens", "2", "--steps", "2"],
+    )));
+    let got: Vec<u32> = doc["attacks"][0]["initializers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().parse().unwrap())
+        .collect();
+    // By hand: cosine of every row of the toy model's token table with bob's row.
+    let sd = fmn_sd::sample::pipeline::StableDiffusion::load(
+        &fmn_core::default_model_dir(),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let rows: Vec<Vec<f32>> = sd.text_encoder.token_embedding_table().to_vec2().unwrap();
+    let bob = sd.tokenizer.tokenize("bob").unwrap()[0] as usize;
+    let cos = |a: &[f32], b: &[f32]| {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (n(a) * n(b))
+    };
+    let mut best: Vec<(f32, usize)> = (0..rows.len())
+        .filter(|&i| i != bob && i < 49406)
+        .map(|i| (cos(&rows[i], &rows[bob]), i))
+        .collect();
+    best.sort_by(|a, b| b.0.total_cmp(&a.0));
+    assert_eq!(got, [best[0].1 as u32, best[1].1 as u32]);
+    assert!(best[1].0 > best[2].0 - 1e-6);
+}
