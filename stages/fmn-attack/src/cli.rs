@@ -216,11 +216,21 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
     // Finished attacks live in OUT.ckpt/ until every attack is done; `--resume` reuses them
     // when the settings are the same.
     let work = fmn_cli::checkpoint_dir_for(&args.out);
+    let patch_refs = args
+        .patch
+        .iter()
+        .map(|p| {
+            Ok(PatchRef {
+                path: p.display().to_string(),
+                sha256: sha256_file(p)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let settings = serde_json::json!({
         "attack": cfg,
         "inversion": base_inversion,
         "model": model_dir.display().to_string(),
-        "patches": args.patch.iter().map(|p| sha256_file(p)).collect::<Result<Vec<_>>>()?,
+        "patches": patch_refs.iter().map(|p| &p.sha256).collect::<Vec<_>>(),
     });
     let settings_file = work.join("settings.json");
     let same = std::fs::read(&settings_file)
@@ -297,16 +307,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
     let doc = AttackReport {
         fmn_version: fmn_core::VERSION.into(),
         model: model_dir.display().to_string(),
-        patches: args
-            .patch
-            .iter()
-            .map(|p| {
-                Ok(PatchRef {
-                    path: p.display().to_string(),
-                    sha256: sha256_file(p)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?,
+        patches: patch_refs,
         baseline: args.patch.is_empty(),
         concept: cfg.concept().to_string(),
         judge: cfg.judge.clone(),
