@@ -12,10 +12,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// What `fmn-sample` adds to its seed for the noise of the sampler's own steps; the same here,
-/// so an attack image equals `fmn-sample --embedding E --seed S` of its prompt.
-const STEP_SEED_OFFSET: u64 = 0x5EED_0000_0000;
-
 /// The result file of a finished attack inside its folder (written last).
 pub const RESULT_FILE: &str = "result.json";
 pub const EMBEDDING_FILE: &str = "embedding.safetensors";
@@ -213,7 +209,7 @@ fn sample(
                 guidance_rescale: 0.0,
                 init_noise: seeded_noise(shape, cfg.sample_seed, device)?,
                 attention_steps: &[],
-                step_seed: cfg.sample_seed.wrapping_add(STEP_SEED_OFFSET),
+                step_seed: fmn_sd::sample::pipeline::step_seed(cfg.sample_seed),
             },
             |_| {},
         )?;

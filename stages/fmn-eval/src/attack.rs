@@ -127,16 +127,24 @@ pub fn judge_attack(
     Ok(items)
 }
 
+/// The attacks of `items`, each once, in the order they first appear.
+pub fn attack_names<'a>(items: &[&'a AttackItem]) -> Vec<&'a str> {
+    let mut names: Vec<&str> = Vec::new();
+    for i in items {
+        if !names.contains(&i.attack.as_str()) {
+            names.push(&i.attack);
+        }
+    }
+    names
+}
+
 /// The ASR of `concept`'s attack items; `None` without any.
 pub fn attack_metrics(concept: &str, items: &[AttackItem]) -> Option<AttackMetrics> {
     let mine: Vec<&AttackItem> = items.iter().filter(|i| i.concept == concept).collect();
     if mine.is_empty() {
         return None;
     }
-    let mut names: Vec<&str> = mine.iter().map(|i| i.attack.as_str()).collect();
-    names.dedup();
-    let mut seen = std::collections::HashSet::new();
-    names.retain(|n| seen.insert(*n));
+    let names = attack_names(&mine);
     let rate = |name: &str| {
         let of: Vec<&&AttackItem> = mine.iter().filter(|i| i.attack == name).collect();
         of.iter().filter(|i| i.recovered).count() as f64 / of.len() as f64

@@ -159,13 +159,7 @@ fn attack_grid(dir: &Path, concept: &str, items: &[AttackItem]) -> Result<String
          the concept as its erased prompts expect it (the attack brought it back); green: it does not. \
          Check by eye what the judge calls recovered.</p>\n",
     );
-    let mut names: Vec<&str> = Vec::new();
-    for i in &mine {
-        if !names.contains(&i.attack.as_str()) {
-            names.push(&i.attack);
-        }
-    }
-    for name in names {
+    for name in crate::attack::attack_names(&mine) {
         let of: Vec<&&AttackItem> = mine.iter().filter(|i| i.attack == name).collect();
         let hits = of.iter().filter(|i| i.recovered).count();
         let _ = write!(

@@ -28,10 +28,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::ExitCode;
 
-/// Seeds of the extra noise ancestral samplers draw are derived from the image seed by this
-/// offset, so that they never coincide with another image's initial noise.
-const STEP_SEED_OFFSET: u64 = 0x5EED_0000_0000;
-
 /// Refuses a request whose estimated peak memory (all `num_images` of a prompt in one batch,
 /// doubled by guidance, then decoded) exceeds the budget, before any weight is loaded.
 fn preflight(
@@ -172,7 +168,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
                 guidance_rescale: s.guidance_rescale,
                 init_noise: noise,
                 attention_steps: &attention_steps,
-                step_seed: s.seed.wrapping_add(STEP_SEED_OFFSET),
+                step_seed: fmn_sd::sample::pipeline::step_seed(s.seed),
             },
             |_| bar.inc(1),
         )?;

@@ -276,6 +276,13 @@ pub fn rescale_guided(guided: &Tensor, cond: &Tensor, phi: f64) -> Result<Tensor
     Ok(((rescaled * phi)? + (guided * (1.0 - phi))?)?)
 }
 
+/// The seed of the extra noise ancestral samplers draw while sampling from image seed `seed`:
+/// offset so that it never coincides with another image's initial noise. fmn-sample and
+/// fmn-attack both use it, so their images of the same prompt and seed are the same.
+pub fn step_seed(seed: u64) -> u64 {
+    seed.wrapping_add(0x5EED_0000_0000)
+}
+
 /// One standard-normal latent per image, image `i` drawn from seed `seed + i`, so that an
 /// image can be reproduced on its own.
 pub fn seeded_noise(shape: [usize; 4], seed: u64, device: &Device) -> Result<Tensor> {
