@@ -27,30 +27,9 @@ if [ -z "$_ort_lib" ]; then
         Linux) ;;
         *) echo "install-onnxruntime.sh: only Linux is handled; get ONNX Runtime $_ort_version and set ORT_DYLIB_PATH" >&2; exit 1 ;;
     esac
-    mkdir -p "$_ort_dir"
-    _ort_tmp="$(mktemp -d)"
-    trap 'rm -rf "$_ort_tmp"' EXIT
     echo "install-onnxruntime.sh: fetching the onnxruntime $_ort_version wheel" >&2
-    "$_ort_python" -m pip download --quiet --no-deps --only-binary=:all: \
-        --dest "$_ort_tmp" "onnxruntime==$_ort_version" >&2
-    # A wheel is a zip file: take the shared libraries out of it.
-    "$_ort_python" - "$_ort_tmp" "$_ort_dir" <<'PY'
-import glob, os, sys, zipfile
-src, dst = sys.argv[1], sys.argv[2]
-wheels = glob.glob(os.path.join(src, "onnxruntime-*.whl"))
-if not wheels:
-    sys.exit("install-onnxruntime.sh: pip fetched no onnxruntime wheel")
-with zipfile.ZipFile(wheels[0]) as z:
-    names = [n for n in z.namelist() if "/capi/libonnxruntime" in n and ".so" in n]
-    if not names:
-        sys.exit("install-onnxruntime.sh: no libonnxruntime*.so in " + wheels[0])
-    for n in names:
-        out = os.path.join(dst, os.path.basename(n))
-        with z.open(n) as f, open(out + ".part", "wb") as g:
-            g.write(f.read())
-        os.chmod(out + ".part", 0o755)
-        os.replace(out + ".part", out)
-PY
+    "$_ort_python" "$_ort_root/scripts/lib/wheel_files.py" "onnxruntime==$_ort_version" \
+        '/capi/libonnxruntime[^/]*\.so' "$_ort_dir" >/dev/null
     _ort_lib="$(_ort_find)"
     if [ -z "$_ort_lib" ]; then
         echo "install-onnxruntime.sh: no libonnxruntime.so.* in $_ort_dir after unpacking" >&2

@@ -430,9 +430,8 @@ pub fn conv2d_with(
             g,
             row_len: padded_row_len(n),
         })?;
-        let product = weight
-            .reshape((o, g.patch_len()))?
-            .matmul(&cols.narrow(1, 0, n)?)?;
+        let product =
+            crate::blas::product(&weight.reshape((o, g.patch_len()))?, &cols.narrow(1, 0, n)?)?;
         let to_nchw = ToNchw {
             batch: b,
             bias: bias.map(cpu_values).transpose()?,

@@ -5,14 +5,20 @@
 //! time and memory on the 860 M weights' gradients (BENCHMARKS.md#sd-15-size-inversion-step).
 //! When exactly one operand is part of the graph (`track_op`), the product is run as a custom
 //! op on that operand alone, holding the other as a constant, so backward computes only the
-//! gradient that is used.
+//! gradient that is used. The products themselves go through [`crate::blas`] (OpenBLAS when
+//! it is loaded, with both operands in the graph too), else candle's matmul.
+use crate::blas::product;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor,
+};
 
 /// `x @ rhs` with `rhs` constant.
 struct ConstRhs(Tensor);
 /// `lhs @ x` with `lhs` constant.
 struct ConstLhs(Tensor);
+/// `a @ b` with both in the graph, through the BLAS ([`crate::blas`]).
+struct Both;
 
 /// The CPU storage of `x` (contiguous) as a tensor of its own.
 fn as_tensor(storage: &CpuStorage, layout: &Layout) -> Result<Tensor> {
@@ -57,10 +63,10 @@ impl CustomOp1 for ConstRhs {
         "matmul-const-rhs"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        into_storage(as_tensor(s, l)?.matmul(&self.0)?)
+        into_storage(product(&as_tensor(s, l)?, &self.0)?)
     }
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.0.t()?)?))
+        Ok(Some(product(grad, &self.0.t()?)?))
     }
 }
 
@@ -69,10 +75,34 @@ impl CustomOp1 for ConstLhs {
         "matmul-const-lhs"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        into_storage(self.0.matmul(&as_tensor(s, l)?)?)
+        into_storage(product(&self.0, &as_tensor(s, l)?)?)
     }
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(self.0.t()?.matmul(grad)?))
+        Ok(Some(product(&self.0.t()?, grad)?))
+    }
+}
+
+impl CustomOp2 for Both {
+    fn name(&self) -> &'static str {
+        "matmul-blas"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        into_storage(product(&as_tensor(s1, l1)?, &as_tensor(s2, l2)?)?)
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(product(grad, &b.t()?)?), Some(product(&a.t()?, grad)?)))
     }
 }
 
@@ -85,12 +115,16 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         && b.rank() == 2
         && a.dtype() == b.dtype()
         && matches!(a.dtype(), DType::F32 | DType::F64);
-    if applicable {
-        match (a.track_op(), b.track_op()) {
-            (true, false) => return a.contiguous()?.apply_op1(ConstRhs(b.clone())),
-            (false, true) => return b.contiguous()?.apply_op1(ConstLhs(a.clone())),
-            _ => {}
-        }
+    if !applicable {
+        return a.matmul(b);
     }
-    a.matmul(b)
+    match (a.track_op(), b.track_op()) {
+        (true, false) => a.contiguous()?.apply_op1(ConstRhs(b.clone())),
+        (false, true) => b.contiguous()?.apply_op1(ConstLhs(a.clone())),
+        (false, false) => product(a, b),
+        (true, true) if crate::blas::backend()?.is_some() => {
+            a.contiguous()?.apply_op2(&b.contiguous()?, Both)
+        }
+        (true, true) => a.matmul(b),
+    }
 }

@@ -9,20 +9,23 @@
 //! O(N·D) plus one `[64, M]` block per thread.
 //!
 //! Used where the probabilities themselves are not needed; probes take the composed path.
+use crate::blas::{Blas, Element, MatRef as View};
+use crate::softmax_rows::SoftmaxRows;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
-use num_traits::Float;
 use rayon::prelude::*;
 
 struct Sdpa {
     scale: f64,
 }
 
+/// The sizes of one call and the scale of its scores.
 #[derive(Clone, Copy)]
 struct Dims {
     bh: usize,
     n: usize,
     m: usize,
     d: usize,
+    scale: f64,
 }
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
@@ -33,106 +36,39 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [
 /// (M ≤ 4,096 → 1 MiB in f32) while each product is large enough for the gemm kernels.
 const ROWS: usize = 64;
 
-/// A row-major matrix view: `rows × cols` with element `(r, c)` at `data[r·rs + c·cs]`
-/// (`cs = rows`-strided views express transposes without copying).
-#[derive(Clone, Copy)]
-struct View<'a, T> {
-    data: &'a [T],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a, T> View<'a, T> {
-    fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
-        Self {
-            data,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    fn t(self) -> Self {
-        Self {
-            data: self.data,
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-        }
-    }
-
-    fn fits(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst (row-major a.rows × b.cols) = factor·a·b`, or `+= factor·a·b` with `accumulate`;
-/// single-threaded (the caller parallelises over (batch, head) pairs).
-fn matmul_scaled<T: Float + 'static>(
+/// `dst (row-major a.rows × b.cols) = factor·a·b` (`+=` with `accumulate`) on this thread:
+/// the caller parallelises over (batch, head) pairs.
+fn matmul_scaled<T: Element>(
+    blas: Option<&Blas>,
     dst: &mut [T],
     a: View<T>,
     b: View<T>,
     accumulate: bool,
     factor: T,
 ) {
-    assert!(a.cols == b.rows && a.fits() && b.fits() && dst.len() == a.rows * b.cols);
-    // SAFETY: every view's extent was checked against its slice above, and `dst` is exactly
-    // `a.rows × b.cols` and does not alias the inputs (it is a `&mut`).
-    unsafe {
-        gemm::gemm(
-            a.rows,
-            b.cols,
-            a.cols,
-            dst.as_mut_ptr(),
-            1,
-            b.cols as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            T::one(),
-            factor,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    crate::blas::gemm(blas, dst, a, b, accumulate, factor)
 }
 
-fn matmul_into<T: Float + 'static>(dst: &mut [T], a: View<T>, b: View<T>, accumulate: bool) {
-    matmul_scaled(dst, a, b, accumulate, T::one())
-}
-
-/// Turns each row of scaled scores (`[rows, M]`) into softmax probabilities.
-fn softmax_rows<T: Float>(p: &mut [T], m: usize) {
-    for row in p.chunks_mut(m) {
-        let max = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-        let mut sum = T::zero();
-        for x in row.iter_mut() {
-            *x = (*x - max).exp();
-            sum = sum + *x;
-        }
-        let inv = sum.recip();
-        for x in row.iter_mut() {
-            *x = *x * inv;
-        }
-    }
+fn matmul_into<T: Element>(
+    blas: Option<&Blas>,
+    dst: &mut [T],
+    a: View<T>,
+    b: View<T>,
+    accumulate: bool,
+) {
+    matmul_scaled(blas, dst, a, b, accumulate, T::one())
 }
 
 /// Probabilities of the query rows `q` (`[rows, D]`) against the keys `k` (`[M, D]`) into `p`.
-fn probabilities<T: Float + 'static>(q: View<T>, k: View<T>, scale: T, p: &mut [T]) {
-    matmul_scaled(p, q, k.t(), false, scale);
-    softmax_rows(p, k.rows);
+fn probabilities<T: Element + SoftmaxRows>(
+    blas: Option<&Blas>,
+    q: View<T>,
+    k: View<T>,
+    scale: T,
+    p: &mut [T],
+) {
+    matmul_scaled(blas, p, q, k.t(), false, scale);
+    T::softmax_rows(p, k.rows);
 }
 
 /// Splits the query rows of one (batch, head) pair into blocks of at most [`ROWS`].
@@ -140,14 +76,15 @@ fn blocks(n: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n).step_by(ROWS).map(move |i0| (i0, (i0 + ROWS).min(n)))
 }
 
-fn forward<T: Float + Send + Sync + 'static>(
+fn forward<T: Element + SoftmaxRows>(
+    blas: Option<&Blas>,
     q: &[T],
     k: &[T],
     v: &[T],
     s: Dims,
-    scale: T,
 ) -> Vec<T> {
     let Dims { n, m, d, .. } = s;
+    let scale = T::from(s.scale).unwrap_or_else(T::one);
     let mut out = vec![T::zero(); s.bh * n * d];
     out.par_chunks_mut(n * d).enumerate().for_each(|(b, o)| {
         let k = View::new(&k[b * m * d..(b + 1) * m * d], m, d);
@@ -156,8 +93,9 @@ fn forward<T: Float + Send + Sync + 'static>(
         for (i0, i1) in blocks(n) {
             let r = i1 - i0;
             let qb = View::new(&q[(b * n + i0) * d..(b * n + i1) * d], r, d);
-            probabilities(qb, k, scale, &mut p[..r * m]);
+            probabilities(blas, qb, k, scale, &mut p[..r * m]);
             matmul_into(
+                blas,
                 &mut o[i0 * d..i1 * d],
                 View::new(&p[..r * m], r, m),
                 v,
@@ -169,16 +107,17 @@ fn forward<T: Float + Send + Sync + 'static>(
 }
 
 /// Gradients `(dq, dk, dv)` of attention with output `out` and output gradient `dout`.
-fn backward<T: Float + Send + Sync + 'static>(
+fn backward<T: Element + SoftmaxRows>(
+    blas: Option<&Blas>,
     q: &[T],
     k: &[T],
     v: &[T],
     out: &[T],
     dout: &[T],
     s: Dims,
-    scale: T,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let Dims { n, m, d, .. } = s;
+    let scale = T::from(s.scale).unwrap_or_else(T::one);
     let mut dq = vec![T::zero(); s.bh * n * d];
     let mut dk = vec![T::zero(); s.bh * m * d];
     let mut dv = vec![T::zero(); s.bh * m * d];
@@ -197,9 +136,9 @@ fn backward<T: Float + Send + Sync + 'static>(
                 let qb = View::new(&q[span.clone()], r, d);
                 let gb = View::new(&dout[span.clone()], r, d);
                 let (p, dp) = (&mut p[..r * m], &mut dp[..r * m]);
-                probabilities(qb, k, scale, p);
-                matmul_into(dv, View::new(p, r, m).t(), gb, true);
-                matmul_into(dp, gb, v.t(), false);
+                probabilities(blas, qb, k, scale, p);
+                matmul_into(blas, dv, View::new(p, r, m).t(), gb, true);
+                matmul_into(blas, dp, gb, v.t(), false);
                 // d(softmax): ds_j = p_j (dp_j - Σ_l p_l dp_l), and Σ_l p_l dp_l = dout_i · out_i.
                 for ((prow, dprow), (g, o)) in p
                     .chunks(m)
@@ -212,14 +151,14 @@ fn backward<T: Float + Send + Sync + 'static>(
                     }
                 }
                 let ds = View::new(dp, r, m);
-                matmul_into(&mut dq[i0 * d..i1 * d], ds, k, false);
-                matmul_into(dk, ds.t(), qb, true);
+                matmul_into(blas, &mut dq[i0 * d..i1 * d], ds, k, false);
+                matmul_into(blas, dk, ds.t(), qb, true);
             }
         });
     (dq, dk, dv)
 }
 
-fn dims(q: &Layout, k: &Layout, v: &Layout) -> Result<Dims> {
+fn dims(q: &Layout, k: &Layout, v: &Layout, scale: f64) -> Result<Dims> {
     let (bh, n, d) = q.shape().dims3()?;
     let (bk, m, dk) = k.shape().dims3()?;
     if (bk, dk) != (bh, d) || v.shape().dims() != k.shape().dims() {
@@ -230,7 +169,7 @@ fn dims(q: &Layout, k: &Layout, v: &Layout) -> Result<Dims> {
             v.shape()
         );
     }
-    Ok(Dims { bh, n, m, d })
+    Ok(Dims { bh, n, m, d, scale })
 }
 
 impl CustomOp3 for Sdpa {
@@ -247,28 +186,27 @@ impl CustomOp3 for Sdpa {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let s = dims(l1, l2, l3)?;
+        let s = dims(l1, l2, l3, self.scale)?;
         let shape = Shape::from((s.bh, s.n, s.d));
-        fn run<T: Float + WithDType + Send + Sync + 'static>(
+        fn run<T: Element + SoftmaxRows + WithDType>(
             q: &[T],
             k: &[T],
             v: &[T],
             ls: [&Layout; 3],
             s: Dims,
-            scale: f64,
         ) -> Result<Vec<T>> {
             let q = contiguous(q, ls[0], "q")?;
             let k = contiguous(k, ls[1], "k")?;
             let v = contiguous(v, ls[2], "v")?;
-            Ok(forward(q, k, v, s, T::from(scale).unwrap_or_else(T::one)))
+            Ok(forward(crate::blas::backend()?, q, k, v, s))
         }
         let ls = [l1, l2, l3];
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                CpuStorage::F32(run(q, k, v, ls, s, self.scale)?)
+                CpuStorage::F32(run(q, k, v, ls, s)?)
             }
             (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
-                CpuStorage::F64(run(q, k, v, ls, s, self.scale)?)
+                CpuStorage::F64(run(q, k, v, ls, s)?)
             }
             _ => candle_core::bail!("fused attention: q, k, v must all be f32 or all f64"),
         };
@@ -285,19 +223,25 @@ impl CustomOp3 for Sdpa {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (bh, n, d) = q.dims3()?;
         let m = k.dim(1)?;
-        let s = Dims { bh, n, m, d };
+        let s = Dims {
+            bh,
+            n,
+            m,
+            d,
+            scale: self.scale,
+        };
         let dev = q.device();
         macro_rules! grads {
             ($t:ty) => {{
                 let get = |x: &Tensor| -> Result<Vec<$t>> { x.flatten_all()?.to_vec1::<$t>() };
                 let (dq, dk, dv) = backward(
+                    crate::blas::backend()?,
                     &get(q)?,
                     &get(k)?,
                     &get(v)?,
                     &get(out)?,
                     &get(dout)?,
                     s,
-                    self.scale as $t,
                 );
                 (
                     Tensor::from_vec(dq, (bh, n, d), dev)?,

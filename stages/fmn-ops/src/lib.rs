@@ -8,9 +8,13 @@
 //! - [`softmax`]: softmax composed of differentiable ops;
 //! - [`noise`]: seeded Gaussian tensors, the same on every platform.
 //!
+//! - [`blas`]: the matrix products of these ops, through OpenBLAS when it can be loaded;
+//!   [`softmax_rows`]: the fused attention's row softmax with a vectorised f32 `exp`.
+//!
 //! Each kernel is checked against candle's own op and central finite differences (`tests/`).
 // The unit-test build also sees the dev-dependencies, which only the integration tests use.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
+pub mod blas;
 pub mod conv;
 mod cpu_op;
 pub mod frozen_matmul;
@@ -19,6 +23,7 @@ pub mod group_norm;
 pub mod noise;
 pub mod row_affine;
 pub mod softmax;
+pub mod softmax_rows;
 
 /// The dtype half-precision values are computed in (f32); f32 and f64 stay as they are.
 pub fn widened(dtype: candle_core::DType) -> candle_core::DType {

@@ -147,6 +147,8 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
 }
 
 fn main() -> candle_core::Result<()> {
+    // As the stages run (fmn_sd_args::run): freed activations stay in the heap for the next.
+    fmn_core::allocator::tune_for_tensors();
     let args: Vec<String> = std::env::args().collect();
     let size: usize = arg(&args, "--size", 256);
     let mode: String = arg(&args, "--mode", "forward".to_string());
