@@ -6,12 +6,17 @@
 //! BENCHMARKS.md#custom-cpu-ops-what-each-bought).
 //! Keeping such blocks in the heap removes that.
 
-/// Serve blocks up to 32 MiB (glibc's largest mmap threshold on 64-bit) from the heap and keep
-/// up to 1 GiB of freed heap memory for reuse. Does nothing off glibc.
+/// Serve every block from the heap, never by `mmap`, and keep up to 1 GiB of freed heap memory
+/// for reuse. A raised mmap threshold is not enough at SD sizes: glibc caps it at 32 MiB, and a
+/// 512² step's feed-forward activations (42 MB) and convolution patches (47 MB) are larger, so
+/// each step page-faulted them in afresh (an SD 1.5 inversion step at 512²: 18.1 s with mmap
+/// above 32 MiB, 15.3 s without, the same peak; BENCHMARKS.md#faster-than-pytorch-side-by-side).
+/// Does nothing off glibc.
 pub fn tune_for_tensors() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before threads start.
     unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);

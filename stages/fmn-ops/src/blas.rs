@@ -5,14 +5,15 @@
 //! of an SD-size training step (BENCHMARKS.md#faster-matrix-products-openblas-at-run-time).
 //! So when a BLAS library can be loaded, every product of fmn's own ops goes through its
 //! `cblas_?gemm`, one thread per call, the rows split over rayon's threads where the op is not
-//! already parallel: one thread pool, no oversubscription.
+//! already parallel: one thread pool, no oversubscription. Without one they go to the `gemm`
+//! crate (as candle's matmul does), also read in place from the operands' storage.
 //!
 //! Which library: `FMN_BLAS` names it (a path or a name `dlopen` finds; OpenBLAS's
 //! `libopenblas.so.0`, or `libscipy_openblas.so` from the scipy-openblas32 wheel that
 //! `scripts/install-openblas.sh` fetches); `FMN_BLAS=none` uses the `gemm` crate; unset, the
 //! system's `libopenblas.so.0` is tried, then the `gemm` crate. A library named by `FMN_BLAS`
 //! that cannot be loaded is an error, not a silent fallback.
-use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
+use candle_core::{CpuStorage, Layout, Result, Shape, Storage, Tensor};
 use num_traits::Float;
 use rayon::prelude::*;
 use std::ffi::c_int;
@@ -332,43 +333,56 @@ fn view<'a, T>(data: &'a [T], layout: &Layout) -> Option<MatRef<'a, T>> {
     m.fits().then_some(m)
 }
 
-/// `a @ b` for 2-D tensors, without a gradient (the caller's op defines the backward): through
-/// the BLAS when one is loaded (CPU, f32 or f64), else candle's `matmul`.
-pub fn product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let Some(blas) = backend()? else {
-        return a.matmul(b);
-    };
-    if a.rank() != 2 || b.rank() != 2 || a.dim(1)? != b.dim(0)? || a.dtype() != b.dtype() {
-        return a.matmul(b);
-    }
-    let (m, n) = (a.dim(0)?, b.dim(1)?);
+/// `a @ b` for 2-D CPU values of one dtype (f32 or f64) whose layouts are matrix views (any
+/// strides, transposes included), without copying them: through the BLAS when one is loaded,
+/// else the `gemm` crate. `None` for anything else (the caller falls back to candle).
+pub fn product_cpu(
+    a: &CpuStorage,
+    la: &Layout,
+    b: &CpuStorage,
+    lb: &Layout,
+) -> Result<Option<(CpuStorage, Shape)>> {
+    let blas = backend()?;
     let threads = candle_core::utils::get_num_threads();
-    let (sa, la) = a.storage_and_layout();
-    let (sb, lb) = b.storage_and_layout();
-    fn run<T: Element + candle_core::WithDType>(
-        blas: &Blas,
+    fn run<T: Element>(
+        blas: Option<&Blas>,
         a: Option<MatRef<T>>,
         b: Option<MatRef<T>>,
         threads: usize,
-    ) -> Option<Vec<T>> {
+    ) -> Option<(Vec<T>, Shape)> {
         let (a, b) = (a?, b?);
-        let mut out = vec![T::zero(); a.rows * b.cols];
-        gemm_parallel(Some(blas), &mut out, a, b, false, T::one(), threads);
-        Some(out)
-    }
-    let out = match (&*sa, &*sb) {
-        (Storage::Cpu(CpuStorage::F32(x)), Storage::Cpu(CpuStorage::F32(y))) => {
-            run(blas, view(x, la), view(y, lb), threads).map(CpuStorage::F32)
+        if a.cols != b.rows {
+            return None;
         }
-        (Storage::Cpu(CpuStorage::F64(x)), Storage::Cpu(CpuStorage::F64(y))) => {
-            run(blas, view(x, la), view(y, lb), threads).map(CpuStorage::F64)
+        let mut out = vec![T::zero(); a.rows * b.cols];
+        gemm_parallel(blas, &mut out, a, b, false, T::one(), threads);
+        Some((out, Shape::from((a.rows, b.cols))))
+    }
+    Ok(match (a, b) {
+        (CpuStorage::F32(x), CpuStorage::F32(y)) => {
+            run(blas, view(x, la), view(y, lb), threads).map(|(v, s)| (CpuStorage::F32(v), s))
+        }
+        (CpuStorage::F64(x), CpuStorage::F64(y)) => {
+            run(blas, view(x, la), view(y, lb), threads).map(|(v, s)| (CpuStorage::F64(v), s))
         }
         _ => None,
+    })
+}
+
+/// `a @ b` for 2-D tensors, without a gradient (the caller's op defines the backward): by
+/// [`product_cpu`] where it applies, else candle's `matmul`.
+pub fn product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let out = {
+        let (sa, la) = a.storage_and_layout();
+        let (sb, lb) = b.storage_and_layout();
+        match (&*sa, &*sb) {
+            (Storage::Cpu(x), Storage::Cpu(y)) => product_cpu(x, la, y, lb)?,
+            _ => None,
+        }
     };
-    drop((sa, sb));
     match out {
-        Some(CpuStorage::F32(v)) => Tensor::from_vec(v, (m, n), a.device()),
-        Some(CpuStorage::F64(v)) => Tensor::from_vec(v, (m, n), a.device()),
+        Some((CpuStorage::F32(v), shape)) => Tensor::from_vec(v, shape, a.device()),
+        Some((CpuStorage::F64(v), shape)) => Tensor::from_vec(v, shape, a.device()),
         _ => a.matmul(b),
     }
 }

@@ -5,57 +5,48 @@
 //! time and memory on the 860 M weights' gradients (BENCHMARKS.md#sd-15-size-inversion-step).
 //! When exactly one operand is part of the graph (`track_op`), the product is run as a custom
 //! op on that operand alone, holding the other as a constant, so backward computes only the
-//! gradient that is used. The products themselves go through [`crate::blas`] (OpenBLAS when
-//! it is loaded, with both operands in the graph too), else candle's matmul.
-use crate::blas::product;
+//! gradient that is used. Every product here is [`crate::blas`]'s, read in place from the
+//! operands' storage (OpenBLAS when it is loaded, else the `gemm` crate).
+use crate::blas::{product, product_cpu};
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor,
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor,
 };
 
 /// `x @ rhs` with `rhs` constant.
 struct ConstRhs(Tensor);
 /// `lhs @ x` with `lhs` constant.
 struct ConstLhs(Tensor);
-/// `a @ b` with both in the graph, through the BLAS ([`crate::blas`]).
+/// `a @ b` with both in the graph.
 struct Both;
 
-/// The CPU storage of `x` (contiguous) as a tensor of its own.
-fn as_tensor(storage: &CpuStorage, layout: &Layout) -> Result<Tensor> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("frozen matmul: operand not contiguous".into()))?;
-    let shape = layout.shape();
-    match storage {
-        CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], shape, &Device::Cpu),
-        CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], shape, &Device::Cpu),
-        other => Err(candle_core::Error::Msg(format!(
-            "frozen matmul: unsupported dtype {:?}",
-            other.dtype()
-        ))),
-    }
-}
-
-fn into_storage(t: Tensor) -> Result<(CpuStorage, Shape)> {
-    let t = t.contiguous()?;
-    let shape = t.shape().clone();
-    let (storage, layout) = t.storage_and_layout();
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("frozen matmul: result not contiguous".into()))?;
-    match &*storage {
-        Storage::Cpu(CpuStorage::F32(v)) if start == 0 && end == v.len() => {
-            Ok((CpuStorage::F32(v.clone()), shape))
-        }
-        Storage::Cpu(CpuStorage::F64(v)) if start == 0 && end == v.len() => {
-            Ok((CpuStorage::F64(v.clone()), shape))
-        }
-        Storage::Cpu(CpuStorage::F32(v)) => Ok((CpuStorage::F32(v[start..end].to_vec()), shape)),
-        Storage::Cpu(CpuStorage::F64(v)) => Ok((CpuStorage::F64(v[start..end].to_vec()), shape)),
-        _ => Err(candle_core::Error::Msg(
-            "frozen matmul: unexpected result storage".into(),
-        )),
-    }
+/// `x @ c` (`const_right`) or `c @ x` with the constant `c`, on the CPU storages in place; an
+/// error for values [`product_cpu`] does not take (non-CPU constants, other dtypes, batched
+/// layouts: [`matmul`] only builds these ops for 2-D f32/f64 CPU operands).
+fn with_const(
+    x: &CpuStorage,
+    lx: &Layout,
+    c: &Tensor,
+    const_right: bool,
+) -> Result<(CpuStorage, Shape)> {
+    let (sc, lc) = c.storage_and_layout();
+    let Storage::Cpu(sc) = &*sc else {
+        candle_core::bail!("frozen matmul: the constant operand is not on the CPU");
+    };
+    let out = if const_right {
+        product_cpu(x, lx, sc, lc)?
+    } else {
+        product_cpu(sc, lc, x, lx)?
+    };
+    out.ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "frozen matmul: operands {:?} ({:?}) and {:?} ({:?}) are not 2-D matrices of one dtype",
+            lx.shape(),
+            x.dtype(),
+            lc.shape(),
+            sc.dtype()
+        ))
+    })
 }
 
 impl CustomOp1 for ConstRhs {
@@ -63,7 +54,7 @@ impl CustomOp1 for ConstRhs {
         "matmul-const-rhs"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        into_storage(product(&as_tensor(s, l)?, &self.0)?)
+        with_const(s, l, &self.0, true)
     }
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(product(grad, &self.0.t()?)?))
@@ -75,7 +66,7 @@ impl CustomOp1 for ConstLhs {
         "matmul-const-lhs"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        into_storage(product(&self.0, &as_tensor(s, l)?)?)
+        with_const(s, l, &self.0, false)
     }
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(product(&self.0.t()?, grad)?))
@@ -93,7 +84,13 @@ impl CustomOp2 for Both {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        into_storage(product(&as_tensor(s1, l1)?, &as_tensor(s2, l2)?)?)
+        product_cpu(s1, l1, s2, l2)?.ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "matmul: {:?} and {:?} are not 2-D matrices of one dtype",
+                l1.shape(),
+                l2.shape()
+            ))
+        })
     }
     fn bwd(
         &self,
@@ -106,25 +103,23 @@ impl CustomOp2 for Both {
     }
 }
 
-/// `a @ b` for 2-D `a [M, K]`, `b [K, N]`: equal to `a.matmul(b)`, but when only one operand
-/// takes part in the graph (on the CPU, f32/f64) its backward computes only that operand's
-/// gradient. Otherwise it is `a.matmul(b)`.
+/// `a @ b` for 2-D `a [M, K]`, `b [K, N]`: equal to `a.matmul(b)` (to rounding), but on the CPU
+/// in f32/f64 computed by [`crate::blas`], and when only one operand takes part in the graph
+/// its backward computes only that operand's gradient. Otherwise it is `a.matmul(b)`.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let applicable = a.device().is_cpu()
         && a.rank() == 2
         && b.rank() == 2
+        && a.dims()[1] == b.dims()[0]
         && a.dtype() == b.dtype()
         && matches!(a.dtype(), DType::F32 | DType::F64);
     if !applicable {
         return a.matmul(b);
     }
     match (a.track_op(), b.track_op()) {
-        (true, false) => a.contiguous()?.apply_op1(ConstRhs(b.clone())),
-        (false, true) => b.contiguous()?.apply_op1(ConstLhs(a.clone())),
+        (true, false) => a.apply_op1(ConstRhs(b.clone())),
+        (false, true) => b.apply_op1(ConstLhs(a.clone())),
         (false, false) => product(a, b),
-        (true, true) if crate::blas::backend()?.is_some() => {
-            a.contiguous()?.apply_op2(&b.contiguous()?, Both)
-        }
-        (true, true) => a.matmul(b),
+        (true, true) => a.apply_op2(b, Both),
     }
 }
