@@ -2,10 +2,10 @@
 //!
 //! With libm's scalar `expf` the exponentials were most of the attention's non-product time at
 //! 4,096 tokens (134 M per layer forward, as many again in the backward's recomputation;
-//! BENCHMARKS.md#faster-matrix-products-openblas-at-run-time). Here f32 rows are computed
-//! 16 lanes at a time by a polynomial `exp` (Cephes' `expf`: relative error below 2·10⁻⁷,
-//! the same as libm's to a few ulp), compiled for AVX2 + FMA where the CPU has them; f64 rows
-//! (the finite-difference tests) keep libm's `exp`.
+//! BENCHMARKS.md#faster-than-pytorch-side-by-side). Here f32 rows are computed 16 lanes at a
+//! time by [`crate::vmath::exp`], compiled for AVX2 + FMA where the CPU has them; f64 rows (the
+//! finite-difference tests) keep libm's `exp`.
+use crate::vmath::exp;
 use num_traits::Float;
 
 const LANES: usize = 16;
@@ -90,40 +90,4 @@ fn exp_minus_in_place(row: &mut [f32], max: f32) -> f32 {
         sum += *x;
     }
     lanes.iter().fold(sum, |a, &b| a + b)
-}
-
-/// Cephes' `expf`: `x = n·ln 2 + r` with |r| ≤ ln 2 / 2, `e^r` by its degree-7 polynomial, `2^n`
-/// written into the exponent bits. 0 below the smallest normal result, as libm gives there
-/// (to within 1.2·10⁻³⁸); inputs here are ≤ 0 (softmax after subtracting the row's maximum).
-#[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in two so that n·C1 is exact (Cephes).
-    const C1: f32 = 0.693_359_4;
-    const C2: f32 = -2.121_944_4e-4;
-    const LO: f32 = -87.336_55;
-    // e^88 is finite; above it 2^n would overflow the exponent.
-    const HI: f32 = 88.0;
-    // 1.5·2²³: adding and subtracting it rounds to the nearest integer in f32.
-    const ROUND: f32 = 12_582_912.0;
-    let xc = x.clamp(LO, HI);
-    let t = xc * LOG2E + ROUND;
-    let n = t - ROUND;
-    let r = xc - n * C1 - n * C2;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let e = p * r * r + r + 1.0;
-    // `t`'s low mantissa bits hold n (two's complement): 2^n from them with wrapping integer ops
-    // (a float-to-int cast saturates, and checked adds panic in debug builds: either keeps the
-    // loop from being vectorised).
-    let scale = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
-    if x < LO {
-        0.0
-    } else {
-        e * scale
-    }
 }

@@ -1,6 +1,7 @@
 //! The vectorised f32 `exp` and row softmax against f64 (libm) computed here.
 #![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
-use fmn_ops::softmax_rows::{exp, SoftmaxRows};
+use fmn_ops::softmax_rows::SoftmaxRows;
+use fmn_ops::vmath::exp;
 
 #[test]
 fn exp_is_within_a_few_ulp_of_libm_over_the_softmax_range() {

@@ -101,10 +101,7 @@ fn main() -> Result<()> {
         (
             "geglu_4096x320",
             vec![vec![1, 4096, 320]],
-            Box::new(move |a: &[Tensor]| {
-                let h = geglu.forward(&a[0])?.chunk(2, candle_core::D::Minus1)?;
-                h[0].mul(&h[1].gelu_erf()?)
-            }),
+            Box::new(move |a: &[Tensor]| fmn_ops::geglu::geglu(&geglu.forward(&a[0])?)),
         ),
     ];
     for (name, shapes, op) in &ops {

@@ -23,9 +23,7 @@ impl FeedForward {
 
     /// `[B, N, dim] -> [B, N, dim]`
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let projected = self.proj_in.forward(xs)?;
-        let chunks = projected.chunk(2, candle_core::D::Minus1)?;
-        let gated = chunks[0].mul(&chunks[1].gelu_erf()?)?;
+        let gated = fmn_ops::geglu::geglu(&self.proj_in.forward(xs)?)?;
         self.proj_out.forward(&gated)
     }
 }
