@@ -82,3 +82,34 @@ fn gradients_match_finite_differences() {
         }
     }
 }
+
+#[test]
+fn frozen_weight_and_bias_get_no_gradient_and_the_same_input_gradient() {
+    let mut rng = NoiseRng::new(5);
+    // Spatial size 37: the lane sums' tail is used too.
+    let shape = [2, 4, 37];
+    let x = Var::from_tensor(&randn(&mut rng, &shape)).unwrap();
+    let (w0, b0) = (randn(&mut rng, &[4]), randn(&mut rng, &[4]));
+    let probe = randn(&mut rng, &shape);
+    let dx = |w: &Tensor, b: &Tensor| {
+        let grads = (group_norm(x.as_tensor(), 2, w, b, 1e-5).unwrap() * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        (grads.get(x.as_tensor()).unwrap().clone(), grads)
+    };
+    let (frozen_dx, frozen) = dx(&w0, &b0);
+    assert!(frozen.get(&w0).is_none() && frozen.get(&b0).is_none());
+    let (w, b) = (
+        Var::from_tensor(&w0).unwrap(),
+        Var::from_tensor(&b0).unwrap(),
+    );
+    let (trained_dx, trained) = dx(w.as_tensor(), b.as_tensor());
+    assert!(trained.get(w.as_tensor()).is_some() && trained.get(b.as_tensor()).is_some());
+    assert_eq!(
+        frozen_dx.to_vec3::<f64>().unwrap(),
+        trained_dx.to_vec3::<f64>().unwrap()
+    );
+}

@@ -1,5 +1,5 @@
-//! Layers whose every op has a backward pass: LayerNorm composed of differentiable ops
-//! (candle's fused `layer_norm` drops gradients), GroupNorm, linear and convolution layers on
+//! Layers whose every op has a backward pass: LayerNorm on fmn-ops' GroupNorm (candle's fused
+//! `layer_norm` drops gradients), GroupNorm, linear and convolution layers on
 //! `fmn-ops`' kernels. Each is read from a `VarBuilder` by its `load` constructor.
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -26,11 +26,24 @@ impl Module for LayerNorm {
     /// `[.., C] -> [.., C]`
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dtype = xs.dtype();
-        let xs = xs.to_dtype(fmn_ops::widened(dtype))?;
-        let mean = xs.mean_keepdim(D::Minus1)?;
-        let centered = xs.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let wide = fmn_ops::widened(dtype);
+        let c = xs.dim(D::Minus1)?;
+        // Each row is a GroupNorm sample of one channel and one group, with unit affine: one
+        // op with its own backward (the composed mean/centre/variance chain took 13× PyTorch's
+        // time and kept five temporaries per call; BENCHMARKS.md#faster-than-pytorch-side-by-side).
+        let rows = xs.elem_count() / c.max(1);
+        let (one, zero) = (
+            Tensor::ones(1, wide, xs.device())?,
+            Tensor::zeros(1, wide, xs.device())?,
+        );
+        let normed = fmn_ops::group_norm::group_norm(
+            &xs.to_dtype(wide)?.reshape((rows, 1, c))?,
+            1,
+            &one,
+            &zero,
+            self.eps,
+        )?
+        .reshape(xs.shape())?;
         fmn_ops::row_affine::scale_shift(&normed.to_dtype(dtype)?, &self.weight, &self.bias)
     }
 }
