@@ -115,15 +115,25 @@ fn forward<T: WithDType + Send + Sync>(x: &[T], gamma: &[T], beta: &[T], d: Dims
     out
 }
 
-/// Per channel of one group of one sample: `(Σ dy, Σ dy·x)`, with the group's mean and 1/σ.
-fn group_grad_sums<T: WithDType>(x: &[T], dy: &[T], d: Dims) -> (Vec<(f64, f64)>, f64, f64) {
+/// One group of one sample: per channel `(Σ dy, Σ dy·x)`, and the group's mean and 1/σ.
+struct GroupSums {
+    channels: Vec<(f64, f64)>,
+    mean: f64,
+    inv: f64,
+}
+
+fn group_grad_sums<T: WithDType>(x: &[T], dy: &[T], d: Dims) -> GroupSums {
     let (mean, inv) = stats(x, d.eps);
-    let sums = x
+    let channels = x
         .chunks(d.spatial)
         .zip(dy.chunks(d.spatial))
         .map(|(xs, gs)| grad_sums(xs, gs))
         .collect();
-    (sums, mean, inv)
+    GroupSums {
+        channels,
+        mean,
+        inv,
+    }
 }
 
 /// `dx` for the whole input.
@@ -137,7 +147,11 @@ fn backward_x<T: WithDType + Send + Sync>(x: &[T], gamma: &[T], dy: &[T], d: Dim
         .for_each(|(bg, dst)| {
             let src = &x[bg * m..(bg + 1) * m];
             let gy = &dy[bg * m..(bg + 1) * m];
-            let (sums, mean, inv) = group_grad_sums(src, gy, d);
+            let GroupSums {
+                channels: sums,
+                mean,
+                inv,
+            } = group_grad_sums(src, gy, d);
             let g = bg % d.groups;
             let gamma = &gamma[g * cpg..(g + 1) * cpg];
             // With dx̂ = γ dy: mean(dx̂) and mean(dx̂ · x̂) over the group, from the channel sums.
@@ -175,15 +189,15 @@ fn backward_x<T: WithDType + Send + Sync>(x: &[T], gamma: &[T], dy: &[T], d: Dim
 fn backward_affine<T: WithDType + Send + Sync>(x: &[T], dy: &[T], d: Dims) -> Vec<T> {
     let m = d.per_group();
     let cpg = d.channels / d.groups;
-    let per_group: Vec<(Vec<(f64, f64)>, f64, f64)> = (0..d.batch * d.groups)
+    let per_group: Vec<GroupSums> = (0..d.batch * d.groups)
         .into_par_iter()
         .with_min_len(groups_per_task(m))
         .map(|bg| group_grad_sums(&x[bg * m..(bg + 1) * m], &dy[bg * m..(bg + 1) * m], d))
         .collect();
     let mut acc = vec![0f64; 2 * d.channels];
-    for (bg, (sums, mean, inv)) in per_group.iter().enumerate() {
-        let g = bg % d.groups;
-        for (ci, (s1, s2)) in sums.iter().enumerate() {
+    for (bg, sums) in per_group.iter().enumerate() {
+        let (g, mean, inv) = (bg % d.groups, sums.mean, sums.inv);
+        for (ci, (s1, s2)) in sums.channels.iter().enumerate() {
             let c = g * cpg + ci;
             acc[c] += inv * (s2 - mean * s1);
             acc[d.channels + c] += s1;
