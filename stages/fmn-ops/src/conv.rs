@@ -11,7 +11,9 @@
 //! of two (rows mapping onto the same cache sets; the judge's and the toy models' batches),
 //! and the bias is added while the result is put back in NCHW order. The values are the same
 //! to the bit as with gradients (same sums in the same order); `tests/conv.rs` checks it.
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
+};
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -304,6 +306,59 @@ impl CustomOp1 for Col2Im {
     }
 }
 
+/// `(x [B, C, H, W], kernel [O, C·kh·kw]) -> [O, B·H_out·W_out]`: the patches unfolded, multiplied
+/// and dropped in one op. Composed as Im2Col then a matmul, the graph held each convolution's
+/// patch matrix (kh·kw times its input: 47 MB for one 3×3 convolution at SD 1.5's 512² first
+/// level) until the backward pass; here it holds the input alone. The backward gives the input
+/// `col2im(kernelᵀ · grad)` and, only when the kernel trains, `grad · patchesᵀ` with the
+/// patches unfolded again.
+struct ConvPatches(Geometry);
+
+impl CustomOp2 for ConvPatches {
+    fn name(&self) -> &'static str {
+        "fmn-conv-patches"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        kernel: &CpuStorage,
+        lk: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (cols, shape) = Im2Col(self.0).cpu_fwd(x, lx)?;
+        crate::blas::product_cpu(kernel, lk, &cols, &Layout::contiguous(shape))?.ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "conv2d: kernel {:?} and input {:?} of different dtypes",
+                lk.shape(),
+                lx.shape()
+            ))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = if x.track_op() {
+            let dcols = crate::blas::product(&kernel.t()?, grad)?;
+            Some(dcols.apply_op1_no_bwd(&Col2Im(self.0))?)
+        } else {
+            None
+        };
+        let dkernel = if kernel.track_op() {
+            let cols = x.apply_op1_no_bwd(&Im2Col(self.0))?;
+            Some(crate::blas::product(grad, &cols.t()?)?)
+        } else {
+            None
+        };
+        Ok((dx, dkernel))
+    }
+}
+
 /// Stride, zero padding and dilation of a convolution, the same on both axes (as
 /// `torch.nn.functional.conv2d`'s `stride`, `padding`, `dilation` and ONNX `Conv`'s
 /// `strides`, symmetric `pads`, `dilations`).
@@ -440,16 +495,18 @@ pub fn conv2d_with(
             .apply_op1_no_bwd(&to_nchw)?
             .reshape((b, o, g.h_out, g.w_out));
     }
-    let cols = if kh == 1 && kw == 1 && stride == 1 && padding == 0 {
-        x.reshape((b, c, l))?
+    let kernel = weight.reshape((o, g.patch_len()))?;
+    // [O, K] × [K, B·L] -> [O, B·L]: one GEMM for the whole batch, in both passes.
+    let out = if kh == 1 && kw == 1 && stride == 1 && padding == 0 {
+        let cols = x
+            .reshape((b, c, l))?
             .transpose(0, 1)?
             .contiguous()?
-            .reshape((c, b * l))?
+            .reshape((c, b * l))?;
+        crate::frozen_matmul::matmul(&kernel, &cols)?
     } else {
-        x.contiguous()?.apply_op1(Im2Col(g))?
+        x.contiguous()?.apply_op2(&kernel, ConvPatches(g))?
     };
-    // [O, K] × [K, B·L] -> [O, B·L]: one GEMM for the whole batch, in both passes.
-    let out = crate::frozen_matmul::matmul(&weight.reshape((o, g.patch_len()))?, &cols)?;
     let out = match bias {
         Some(b) => out.broadcast_add(&b.reshape((o, 1))?)?,
         None => out,
