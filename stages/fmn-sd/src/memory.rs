@@ -66,10 +66,11 @@ pub enum Workload {
 }
 
 /// Stored values per unit of feature volume, per image, at the peak of each workload, set
-/// on SD 1.5 at 256² batch 1 and checked at 512² and batch 2 (within 8 %;
-/// BENCHMARKS.md#pre-flight-memory-estimate). Training is one number for CA-only, whole-UNet
-/// and inversion steps alike: the backward needs every activation whichever weights train.
-const PER_VOLUME_TRAIN: f64 = 700.0;
+/// on SD 1.5 at 256² (training: its batch-2 row, the largest per image) and checked at 512²
+/// and batch 2 (within 8 %; BENCHMARKS.md#pre-flight-memory-estimate). Training is one number
+/// for CA-only, whole-UNet and inversion steps alike: the backward needs every activation
+/// whichever weights train.
+const PER_VOLUME_TRAIN: f64 = 450.0;
 const PER_VOLUME_FORWARD: f64 = 40.0;
 const PER_VOLUME_DECODE: f64 = 15.0;
 const PER_VOLUME_ENCODE: f64 = 8.0;
@@ -224,9 +225,9 @@ mod tests {
         };
         for (size, workload, batch, model, measured_mib) in [
             (512, Workload::Forward, 2, unet_only, 3762.0),
-            (256, train(44_000_000), 2, unet_only, 6544.0),
-            (512, train(44_000_000), 1, unet_only, 9145.0),
-            (512, train(859_520_964), 1, unet_only, 12334.0),
+            (256, train(44_000_000), 2, unet_only, 5512.0),
+            (512, train(44_000_000), 1, unet_only, 7160.0),
+            (512, train(859_520_964), 1, unet_only, 10179.0),
             (512, Workload::Decode, 1, vae_only, 3716.0),
             (512, Workload::Encode, 1, vae_only, 2377.0),
         ] {
