@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Installs the OpenBLAS library fmn's matrix products load at run time (fmn-ops' `blas`: 2.3x
-# the `gemm` crate's speed on the development machine, BENCHMARKS.md#faster-matrix-products-
-# openblas-at-run-time). Without it fmn runs on the `gemm` crate, slower, with the same results
-# to rounding.
+# Installs the OpenBLAS library fmn's matrix products load at run time (fmn-ops' `blas`: twice
+# the `gemm` crate's speed on the development machine; BENCHMARKS.md#faster-than-pytorch-side-by-side).
+# Without it fmn runs on the `gemm` crate, slower, with the same results to rounding.
 #
 # It fetches the scipy-openblas32 wheel from PyPI with pip (only the wheel, nothing is
 # installed), unpacks its libscipy_openblas.so into .cache/openblas/ (ignored by git) and prints

@@ -2,7 +2,7 @@
 //!
 //! On the 2-core AMD EPYC (Zen 4) development machine the `gemm` crate reaches 42 GFLOPS on one
 //! core for a 2048³ f32 product where OpenBLAS and MKL reach 95–100, and the products are most
-//! of an SD-size training step (BENCHMARKS.md#faster-matrix-products-openblas-at-run-time).
+//! of an SD-size training step (BENCHMARKS.md#faster-than-pytorch-side-by-side).
 //! So when a BLAS library can be loaded, every product of fmn's own ops goes through its
 //! `cblas_?gemm`, one thread per call, the rows split over rayon's threads where the op is not
 //! already parallel: one thread pool, no oversubscription. Without one they go to the `gemm`
