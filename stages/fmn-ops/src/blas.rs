@@ -208,24 +208,12 @@ pub fn gemm<T: Element>(
     accumulate: bool,
     factor: T,
 ) {
-    gemm_with(blas, dst, a, b, accumulate, factor, 1)
+    gemm_parallel(blas, dst, a, b, accumulate, factor, 1)
 }
 
 /// [`gemm`] over `threads` threads: the BLAS calls split the rows of `dst` over rayon's pool,
 /// the `gemm` crate parallelises itself.
 pub fn gemm_parallel<T: Element>(
-    blas: Option<&Blas>,
-    dst: &mut [T],
-    a: MatRef<T>,
-    b: MatRef<T>,
-    accumulate: bool,
-    factor: T,
-    threads: usize,
-) {
-    gemm_with(blas, dst, a, b, accumulate, factor, threads)
-}
-
-fn gemm_with<T: Element>(
     blas: Option<&Blas>,
     dst: &mut [T],
     a: MatRef<T>,

@@ -6,22 +6,16 @@
 //! `cargo bench -p fmn-sd --profile dev --bench sd_ops [-- --iters N] [-- --only NAME]`
 #![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarBuilder;
+use common::random_weights;
 use fmn_sd::models::nn::{Conv2d, GroupNorm, LayerNorm, Linear};
-use std::collections::HashMap;
 use std::time::Instant;
 
-/// Frozen random weights: built through a VarMap (its init hints), held as plain tensors.
+mod common;
+
+/// A layer with frozen random weights.
 fn frozen<M>(build: impl Fn(VarBuilder) -> Result<M>) -> Result<M> {
-    let map = VarMap::new();
-    build(VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu))?;
-    let tensors: HashMap<String, Tensor> = map
-        .data()
-        .lock()
-        .expect("varmap")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect();
+    let tensors = random_weights(&Device::Cpu, |vb| build(vb).map(drop))?;
     build(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
 }
 

@@ -11,14 +11,16 @@
 //! `fmn_sd::memory` estimates for the run, as the stages' pre-flight check makes it.
 #![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarBuilder;
+use common::random_weights;
 use fmn_sd::memory::{self, Workload};
 use fmn_sd::models::clip::{ClipTextConfig, ClipTextModel};
 use fmn_sd::models::probes::AttentionRecorder;
 use fmn_sd::models::unet::{UNet2DConditionModel, UNetConfig};
 use fmn_sd::models::vae::{AutoencoderKL, AutoencoderKLConfig};
-use std::collections::HashMap;
 use std::time::Instant;
+
+mod common;
 
 fn sd15_config() -> UNetConfig {
     // runwayml/stable-diffusion-v1-5 unet/config.json (the keys that differ from defaults).
@@ -58,16 +60,7 @@ fn vae_step(
     let cfg = sd15_vae_config();
     // Random weights through a VarMap, then plain tensors (as loaded from a file): with the
     // VarMap's variables the forward would keep its whole graph for a backward.
-    let varmap = VarMap::new();
-    AutoencoderKL::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &cfg)?;
-    let tensors: HashMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .expect("varmap")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect();
-    drop(varmap);
+    let tensors = random_weights(&dev, |vb| AutoencoderKL::new(vb, &cfg).map(drop))?;
     let params: usize = tensors.values().map(|t| t.elem_count()).sum();
     let vae = AutoencoderKL::new(VarBuilder::from_tensors(tensors, DType::F32, &dev), &cfg)?;
     let f = vae.downscale_factor();
@@ -164,16 +157,7 @@ fn main() -> candle_core::Result<()> {
 
     // Random weights: built once through a VarMap (its init hints), then held as plain tensors
     // so that only the chosen ones become trainable.
-    let varmap = VarMap::new();
-    UNet2DConditionModel::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &cfg)?;
-    let mut tensors: HashMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .expect("varmap")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect();
-    drop(varmap);
+    let mut tensors = random_weights(&dev, |vb| UNet2DConditionModel::new(vb, &cfg).map(drop))?;
     let params: usize = tensors.values().map(|t| t.elem_count()).sum();
     let mut trainable = Vec::new();
     for (name, t) in tensors.iter_mut() {
@@ -207,18 +191,7 @@ fn main() -> candle_core::Result<()> {
         }))
         .expect("valid config");
         // Random weights through a VarMap, then frozen (plain tensors), as the inversion has it.
-        let text_map = VarMap::new();
-        ClipTextModel::new(
-            VarBuilder::from_varmap(&text_map, DType::F32, &dev),
-            &text_cfg,
-        )?;
-        let frozen: HashMap<String, Tensor> = text_map
-            .data()
-            .lock()
-            .expect("varmap")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-            .collect();
+        let frozen = random_weights(&dev, |vb| ClipTextModel::new(vb, &text_cfg).map(drop))?;
         let text_params: usize = frozen.values().map(|t| t.elem_count()).sum();
         let text = ClipTextModel::new(
             VarBuilder::from_tensors(frozen, DType::F32, &dev),
