@@ -168,16 +168,27 @@ impl<'a, T> MatRef<'a, T> {
             || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
     }
 
-    /// CBLAS's `(transpose, leading dimension)` for this view, if its layout has one.
+    /// CBLAS's `(transpose, leading dimension)` for this view, if its layout has one: unit
+    /// steps along one axis and, along the other, at least a whole line (a broadcast view's
+    /// zero stride has none; the `gemm` crate takes it).
     fn cblas(&self) -> Option<(c_int, c_int)> {
-        let ld = |stride: usize, min: usize| c_int::try_from(stride.max(min).max(1)).ok();
-        if self.cs == 1 || self.cols == 1 {
-            Some((NO_TRANS, ld(self.rs, self.cols)?))
-        } else if self.rs == 1 || self.rows == 1 {
-            Some((TRANS, ld(self.cs, self.rows)?))
-        } else {
-            None
+        let ld = |stride: usize, line: usize, lines: usize| {
+            let ld = if lines <= 1 { line.max(1) } else { stride };
+            (ld >= line.max(1))
+                .then(|| c_int::try_from(ld).ok())
+                .flatten()
+        };
+        if self.cols <= 1 || self.cs == 1 {
+            if let Some(ld) = ld(self.rs, self.cols, self.rows) {
+                return Some((NO_TRANS, ld));
+            }
         }
+        if self.rows <= 1 || self.rs == 1 {
+            if let Some(ld) = ld(self.cs, self.rows, self.cols) {
+                return Some((TRANS, ld));
+            }
+        }
+        None
     }
 }
 

@@ -144,6 +144,41 @@ fn product_equals_candles_matmul_for_views() {
 }
 
 #[test]
+fn product_of_broadcast_views_equals_candles_matmul() {
+    // Zero strides: a row repeated down the rows, a column repeated across the columns (in
+    // f64: `to_dtype` to f32 makes them contiguous).
+    let row = seeded_randn_f64(&[1, 30], 41)
+        .broadcast_as((20, 30))
+        .unwrap();
+    let col = seeded_randn_f64(&[30, 1], 42)
+        .broadcast_as((30, 25))
+        .unwrap();
+    let full = seeded_randn_f64(&[30, 25], 43);
+    for (a, b) in [
+        (&row, &full),
+        (&row, &col),
+        (&full.t().unwrap(), &col),
+    ] {
+        for dtype in [DType::F64, DType::F32] {
+            let (x, y) = (a.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap());
+            let ours = product(&x, &y).unwrap().to_dtype(DType::F64).unwrap();
+            let theirs = a
+                .contiguous()
+                .unwrap()
+                .matmul(&b.contiguous().unwrap())
+                .unwrap();
+            let tol = if dtype == DType::F64 { 1e-12 } else { 1e-4 };
+            assert!(
+                max_diff_f64(&ours, &theirs) < tol,
+                "{:?} × {:?} {dtype:?}",
+                a.layout(),
+                b.layout()
+            );
+        }
+    }
+}
+
+#[test]
 fn both_operands_trained_gives_candles_gradients() {
     let a = Var::from_tensor(&seeded_randn_f64(&[6, 9], 31)).unwrap();
     let b = Var::from_tensor(&seeded_randn_f64(&[9, 4], 32)).unwrap();
