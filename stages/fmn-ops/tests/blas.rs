@@ -154,11 +154,7 @@ fn product_of_broadcast_views_equals_candles_matmul() {
         .broadcast_as((30, 25))
         .unwrap();
     let full = seeded_randn_f64(&[30, 25], 43);
-    for (a, b) in [
-        (&row, &full),
-        (&row, &col),
-        (&full.t().unwrap(), &col),
-    ] {
+    for (a, b) in [(&row, &full), (&row, &col), (&full.t().unwrap(), &col)] {
         for dtype in [DType::F64, DType::F32] {
             let (x, y) = (a.to_dtype(dtype).unwrap(), b.to_dtype(dtype).unwrap());
             let ours = product(&x, &y).unwrap().to_dtype(DType::F64).unwrap();
