@@ -3,8 +3,8 @@
 //! candle's CPU conv2d computes the kernel gradient as a convolution whose kernel is the whole
 //! output map: its forward + backward took 7 to 12 times its forward pass at the toy and SD
 //! sizes measured, 2.3 to 3.3 times this op's (BENCHMARKS.md#conv2d-backward-candle-vs-im2col).
-//! Here the patches are unfolded by a custom op (`Im2Col`, backward: `Col2Im`)
-//! and the rest is a matmul, whose backward candle does with the same fast GEMM.
+//! Here the patches are unfolded (`Im2Col`) and multiplied in one op (`ConvPatches`), whose
+//! backward folds the patch gradients back (`Col2Im`) with the same fast GEMM.
 //!
 //! Without gradients (no operand takes part in a graph) the patch rows are written at a padded
 //! stride, since the GEMM slows down 2–3× when `B·H_out·W_out` is a multiple of a large power
@@ -278,10 +278,6 @@ impl CustomOp1 for Im2Col {
         };
         Ok((out, shape))
     }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.apply_op1(Col2Im(self.0))?))
-    }
 }
 
 impl CustomOp1 for Col2Im {
@@ -299,10 +295,6 @@ impl CustomOp1 for Col2Im {
             _ => candle_core::bail!("col2im: only f32 and f64 are supported on the CPU"),
         };
         Ok((out, shape))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.apply_op1(Im2Col(self.0))?))
     }
 }
 

@@ -105,13 +105,13 @@ struct Geglu;
 /// `(x, dout) -> dx`
 struct GegluGrad;
 
-fn halves(layout: &Layout) -> Result<(usize, usize)> {
-    let dims = layout.shape().dims();
-    let last = dims.last().copied().unwrap_or(0);
+/// `I`, half the last dimension.
+fn half(layout: &Layout) -> Result<usize> {
+    let last = layout.shape().dims().last().copied().unwrap_or(0);
     if last % 2 != 0 || last == 0 {
         candle_core::bail!("geglu: the last dimension ({last}) must be even and non-zero");
     }
-    Ok((layout.shape().elem_count() / last, last / 2))
+    Ok(last / 2)
 }
 
 fn forward<T: GeluMath + num_traits::Zero>(x: &[T], inner: usize) -> Vec<T> {
@@ -138,7 +138,7 @@ impl CustomOp1 for Geglu {
         "fmn-geglu"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (_, inner) = halves(l)?;
+        let inner = half(l)?;
         let mut dims = l.shape().dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = inner;
@@ -170,7 +170,7 @@ impl CustomOp2 for GegluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, inner) = halves(l1)?;
+        let inner = half(l1)?;
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(backward(
                 contiguous_slice(x, l1, "geglu", "x")?,
