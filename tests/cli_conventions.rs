@@ -287,3 +287,48 @@ fn fmn_segment_is_quiet_with_q_and_names_bad_input() {
         "no-such-preset",
     );
 }
+
+/// Without OpenBLAS the products run on the gemm crate at about half speed: a run says so once
+/// on stderr (not with `-q`, not when `FMN_BLAS=none` chose it).
+#[test]
+fn a_run_without_openblas_says_its_products_are_slower() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = sd1_tiny();
+    let system_has_openblas = Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("libopenblas.so.0"))
+        .unwrap_or(false);
+    let sample = |out: &str, blas: Option<&str>, quiet: bool| {
+        let mut cmd = Command::new(bin("fmn-sample"));
+        cmd.args([
+            "--model",
+            &model,
+            "--prompt",
+            "a photo of bob",
+            "--steps",
+            "1",
+        ])
+        .arg("--out")
+        .arg(tmp.path().join(out))
+        .env_remove("FMN_LOG")
+        .env_remove("FMN_BLAS");
+        if quiet {
+            cmd.arg("-q");
+        }
+        if let Some(b) = blas {
+            cmd.env("FMN_BLAS", b);
+        }
+        let o = cmd.output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{out}: {}", text(&o));
+        String::from_utf8_lossy(&o.stderr)
+            .matches("no OpenBLAS found")
+            .count()
+    };
+    assert_eq!(
+        sample("unset", None, false),
+        usize::from(!system_has_openblas)
+    );
+    assert_eq!(sample("quiet", None, true), 0);
+    assert_eq!(sample("none", Some("none"), false), 0);
+}

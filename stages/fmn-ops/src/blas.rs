@@ -107,7 +107,20 @@ pub fn backend() -> Result<Option<&'static Blas>> {
                  OpenBLAS's library (scripts/install-openblas.sh prints one) or to `none`"
             )
         }),
-        Err(_) => Ok(Blas::open("libopenblas.so.0").ok()),
+        Err(_) => {
+            let system = Blas::open("libopenblas.so.0").ok();
+            if system.is_none() {
+                // At SD size the gemm crate reaches about half OpenBLAS's speed per core
+                // (BENCHMARKS.md#faster-than-pytorch-side-by-side).
+                tracing::warn!(
+                    "no OpenBLAS found (FMN_BLAS unset, no libopenblas.so.0): matrix products \
+                     run on the gemm crate, about half as fast; set FMN_BLAS to OpenBLAS's \
+                     library (scripts/install-openblas.sh prints one), or FMN_BLAS=none to \
+                     choose the gemm crate"
+                );
+            }
+            Ok(system)
+        }
     });
     match loaded {
         Ok(blas) => Ok(blas.as_ref()),
