@@ -4,7 +4,7 @@ use crate::config::{ConceptSpec, ResteerConfig};
 use crate::loss::{anchor_offsets, anchoring, attention_energy, preservation};
 use crate::params::Trainable;
 use crate::preserve::{self, Gram, GramCache, PreserveSummary};
-use crate::prompts::{anchor_prompt, concept_prompt, entry_template, find_words, ConceptPrompt};
+use crate::prompts::{anchor_prompt, concept_prompt, entry_template, ConceptPrompt};
 use crate::solve::AnchorSolve;
 use crate::ResteerError;
 use candle_core::{DType, Device, Tensor};
@@ -203,59 +203,29 @@ impl preserve::Encoder for TextSide<'_> {
     }
 }
 
-/// One of a concept's prompt templates and, for a preserved entry naming other concepts of the
-/// run too, its anchor prompt (else the template's own, [`anchor_prompt`]).
-struct ConceptTemplate {
-    template: String,
-    anchor: Option<String>,
-}
-
 /// The concept's prompt templates: its kind's, then (with `listed_concept_prompts`) each
-/// preserved entry naming it ([`entry_template`]). An entry naming other concepts of the run
-/// as well ("a red circle in the style of stripes" when circle and stripes go together) is
-/// anchored onto the entry without any of them ("a red"), the same target for each: anchored
-/// onto the entry without this concept only, circle would pull it to "a red in the style of
-/// stripes" and stripes to "a red circle", two targets that pull apart.
-fn concept_templates(
-    spec: &ConceptSpec,
-    cfg: &ResteerConfig,
-    listed: &[String],
-) -> Vec<ConceptTemplate> {
+/// preserved entry naming it and no other concept of the run ([`entry_template`]): an entry
+/// naming two ("a red circle in the style of stripes") would be anchored onto the other
+/// concept by each, two targets that pull apart.
+fn concept_templates(spec: &ConceptSpec, cfg: &ResteerConfig, listed: &[String]) -> Vec<String> {
     let kind = cfg.templates(spec.kind);
-    let mut templates: Vec<ConceptTemplate> = kind
-        .iter()
-        .map(|t| ConceptTemplate {
-            template: t.clone(),
-            anchor: None,
-        })
-        .collect();
+    let mut templates = kind.to_vec();
     if cfg.listed_concept_prompts {
-        let others: Vec<&ConceptSpec> = cfg
+        let others: Vec<String> = cfg
             .multi_concept
             .iter()
             .filter(|c| c.name != spec.name)
+            .map(|c| c.name.clone())
             .collect();
-        templates.extend(listed.iter().filter_map(|entry| {
-            let template = entry_template(entry, &spec.name, kind)?;
-            let named: Vec<&ConceptSpec> = others
+        templates.extend(
+            listed
                 .iter()
-                .copied()
-                .filter(|c| find_words(entry, &c.name).is_some())
-                .collect();
-            let anchor = (!named.is_empty()).then(|| {
-                let mut text = anchor_prompt(&template, cfg.anchor_for(spec.kind));
-                for c in named {
-                    if let Some(t) = entry_template(&text, &c.name, cfg.templates(c.kind)) {
-                        text = anchor_prompt(&t, cfg.anchor_for(c.kind));
-                    }
-                }
-                text
-            });
-            Some(ConceptTemplate { template, anchor })
-        }));
+                .filter(|entry| !preserve::names_any(entry, &others))
+                .filter_map(|entry| entry_template(entry, &spec.name, kind)),
+        );
     }
     let mut seen = std::collections::HashSet::new();
-    templates.retain(|t| seen.insert(t.template.clone()));
+    templates.retain(|t| seen.insert(t.clone()));
     templates
 }
 
@@ -278,7 +248,7 @@ fn prepare(
         .iter()
         .flat_map(|t| texts.iter().map(move |c| (t, c)))
     {
-        let p = concept_prompt(&text.tokenizer, &template.template, concept, cfg.pooler())?;
+        let p = concept_prompt(&text.tokenizer, template, concept, cfg.pooler())?;
         let ids = Tensor::new(p.ids.as_slice(), device)?.unsqueeze(0)?;
         let context = text.encode(&ids)?;
         let positions = Tensor::new(
@@ -286,10 +256,7 @@ fn prepare(
             device,
         )?;
         if cfg.anchor_weight > 0.0 {
-            let anchor_text = match &template.anchor {
-                Some(a) => a.clone(),
-                None => anchor_prompt(&template.template, cfg.anchor_for(spec.kind)),
-            };
+            let anchor_text = anchor_prompt(template, cfg.anchor_for(spec.kind));
             let ids = Tensor::new(text.tokenizer.encode(&anchor_text)?, device)?.unsqueeze(0)?;
             anchors.push(text.encode(&ids)?);
             anchor_texts.push(anchor_text);

@@ -213,8 +213,9 @@ fn the_preserved_entries_naming_a_concept_are_its_prompts_and_the_push_scales_th
     let has =
         |set: &[(String, String)], p: &str, a: &str| set.iter().any(|(x, y)| x == p && y == a);
     // The kind's templates first, then data/toy-model/preserve.txt's entries naming the concept
-    // (8 with circle under its 2 templates; 18 striped ones under 2). The 4 striped circles name
-    // both concepts: each anchors them onto the entry without either, the same target.
+    // and not the other one (4 plain entries with circle under its 2 templates; 18 striped ones
+    // less the 4 striped circles under 2): an entry naming both would be anchored onto stripes
+    // by circle and onto circle by stripes.
     assert!(has(&circle, "a photo of circle", "a photo of"));
     assert!(has(&circle, "a yellow circle", "a yellow"));
     assert!(has(
@@ -222,12 +223,11 @@ fn the_preserved_entries_naming_a_concept_are_its_prompts_and_the_push_scales_th
         "a photo of a blue circle",
         "a photo of a blue"
     ));
-    assert!(has(
-        &circle,
-        "a red circle in the style of stripes",
-        "a red"
-    ));
-    assert_eq!(circle.len(), 2 + 16);
+    assert!(
+        !circle.iter().any(|(p, _)| p.contains("stripes")),
+        "{circle:?}"
+    );
+    assert_eq!(circle.len(), 2 + 8);
     assert!(has(
         &stripes,
         "a red square in the style of stripes",
@@ -238,23 +238,11 @@ fn the_preserved_entries_naming_a_concept_are_its_prompts_and_the_push_scales_th
         "a photo of bob in the style of stripes",
         "a photo of bob"
     ));
-    assert!(has(
-        &stripes,
-        "a photo of a red circle in the style of stripes",
-        "a photo of a red"
-    ));
-    assert_eq!(stripes.len(), 2 + 36);
-    let striped_circles = |set: &[(String, String)]| -> Vec<(String, String)> {
-        let mut v: Vec<_> = set
-            .iter()
-            .filter(|(p, _)| p.contains("circle") && p.contains("stripes"))
-            .cloned()
-            .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(striped_circles(&circle).len(), 8);
-    assert_eq!(striped_circles(&circle), striped_circles(&stripes));
+    assert!(
+        !stripes.iter().any(|(p, _)| p.contains("circle")),
+        "{stripes:?}"
+    );
+    assert_eq!(stripes.len(), 2 + 28);
 
     // The target A + push (A - C) is linear in the push, and so is the solved delta: push 1
     // (the default) gives twice the delta of push 0.
