@@ -276,7 +276,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         "re-steering",
     )?;
     let run = TrainingRun::new(&args.stage, &args.out, cfg.max_train_steps, "re-steering")?;
-    let model = Model::load(&source, &device).with_context(load_context)?;
+    let model = Model::load(&source, &device, &cfg).with_context(load_context)?;
     let delta_dtype = if cfg.delta_dtype == "f32" {
         DType::F32
     } else {

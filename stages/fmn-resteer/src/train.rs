@@ -31,8 +31,10 @@ use std::collections::BTreeMap;
 pub struct Model {
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
-    pub vae: AutoencoderKL,
+    /// `None` when loaded for the solve alone, which encodes no image.
+    pub vae: Option<AutoencoderKL>,
     pub unet_config: UNetConfig,
+    /// Every UNet weight, or for the solve alone only those it changes.
     pub unet_weights: std::collections::HashMap<String, Tensor>,
     pub schedule: NoiseSchedule,
     /// The model folder's own preservation prompts (`preserve.txt`), if it has them.
@@ -40,22 +42,44 @@ pub struct Model {
 }
 
 impl Model {
-    /// The frozen components and the UNet's weights (f32) of a diffusers folder or single file.
-    pub fn load(source: &ModelSource, device: &Device) -> fmn_sd::Result<Self> {
+    /// What a run of `cfg` needs of a diffusers folder or single file (f32): the text side,
+    /// and with training steps the VAE and every UNet weight; the solve alone (no steps) reads
+    /// only the UNet weights it changes, so a single file's other tensors are never converted.
+    pub fn load(
+        source: &ModelSource,
+        device: &Device,
+        cfg: &ResteerConfig,
+    ) -> fmn_sd::Result<Self> {
         let te_cfg = source.text_encoder_config()?;
-        let vae_cfg = source.vae_config()?;
+        let steps = cfg.max_train_steps > 0;
+        let vae = if steps {
+            let vae_cfg = source.vae_config()?;
+            Some(source.build("vae", DType::F32, device, &[], |vb| {
+                AutoencoderKL::new(vb, &vae_cfg)
+            })?)
+        } else {
+            None
+        };
+        let set = cfg.param_set();
         Ok(Self {
             tokenizer: source.tokenizer()?,
             text_encoder: source.build("text_encoder", DType::F32, device, &[], |vb| {
                 ClipTextModel::new(vb, &te_cfg)
             })?,
-            vae: source.build("vae", DType::F32, device, &[], |vb| {
-                AutoencoderKL::new(vb, &vae_cfg)
-            })?,
+            vae,
             unet_config: source.unet_config()?,
-            unet_weights: source.load_tensors("unet", DType::F32, device)?,
+            unet_weights: source.load_tensors_where("unet", DType::F32, device, |name| {
+                steps || crate::params::selected(set, name)
+            })?,
             schedule: NoiseSchedule::from_config(&source.scheduler_config()?)?,
             preserve_list: model_preserve_list(source.path())?,
+        })
+    }
+
+    /// The VAE, loaded when the run has training steps.
+    fn vae(&self) -> Result<&AutoencoderKL, ResteerError> {
+        self.vae.as_ref().ok_or_else(|| {
+            ResteerError::Input("training steps need the VAE: load the model for them".into())
         })
     }
 }
@@ -318,7 +342,7 @@ fn encode_images(
     device: &Device,
 ) -> Result<EncodedImages, ResteerError> {
     let images = TrainingImages::load(dir, mask_dir)?;
-    let factor = model.vae.downscale_factor();
+    let factor = model.vae()?.downscale_factor();
     let mut latents = Vec::new();
     let mut masks = images.has_masks().then(Vec::new);
     for i in 0..images.len() {
@@ -329,7 +353,7 @@ fn encode_images(
             } else {
                 ex.pixels.clone()
             };
-            latents.push(model.vae.encode(&px)?.detach());
+            latents.push(model.vae()?.encode(&px)?.detach());
             if let (Some(out), Some(m)) = (masks.as_mut(), ex.mask.as_ref()) {
                 let m = if flip { m.flip(&[3])? } else { m.clone() };
                 let (h, w) = (resolution / factor, resolution / factor);
@@ -394,7 +418,7 @@ struct Resteering<'a> {
 impl Objective for Resteering<'_> {
     fn loss(&mut self, _step: usize, rng: &mut NoiseRng) -> Result<StepLoss, TrainError> {
         let (cfg, model, device) = (self.cfg, self.model, &self.device);
-        let scaling = model.vae.scaling_factor();
+        let scaling = model.vae()?.scaling_factor();
         let unet = self.trainable.unet(device)?;
         let mut attention_loss: Option<Tensor> = None;
         for c in &self.concepts {
@@ -463,7 +487,11 @@ pub fn resteer(
     let started = std::time::Instant::now();
     let set = cfg.param_set();
     cfg.validate().map_err(ResteerError::Input)?;
-    let resolution = training_resolution(cfg.resolution, &model.unet_config, &model.vae)?;
+    // Only steps sample latents; the solve alone needs no resolution.
+    let resolution = match cfg.max_train_steps {
+        0 => 0,
+        _ => training_resolution(cfg.resolution, &model.unet_config, model.vae()?)?,
+    };
     let timesteps = timestep_range(cfg.timesteps, &model.schedule)?;
     let text = TextSide::new(model, cfg)?;
     let prompts = preserve_prompts(model, cfg)?;

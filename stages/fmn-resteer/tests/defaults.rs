@@ -277,3 +277,81 @@ fn the_preserved_entries_naming_a_concept_are_its_prompts_and_the_push_scales_th
     );
     assert_eq!(off["concepts"][0]["prompts"].as_array().unwrap().len(), 2);
 }
+
+/// Recursively copies folder `from` to `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_solve_alone_reads_only_the_weights_it_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A copy of the model whose UNet file holds only the cross-attention K/V weights and whose
+    // VAE file is not a weights file at all.
+    let stripped = tmp.path().join("stripped");
+    copy_dir(&model(), &stripped);
+    let unet = stripped.join("unet/diffusion_pytorch_model.safetensors");
+    let kv: std::collections::HashMap<String, Tensor> =
+        candle_core::safetensors::load(&unet, &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .filter(|(n, _)| n.contains(".attn2.to_k.") || n.contains(".attn2.to_v."))
+            .collect();
+    assert!(!kv.is_empty());
+    candle_core::safetensors::save(&kv, &unet).unwrap();
+    std::fs::write(
+        stripped.join("vae/diffusion_pytorch_model.safetensors"),
+        b"not weights",
+    )
+    .unwrap();
+
+    let args = ["--concept", "bob", "--kind", "object", "--steps", "0"];
+    let cache = tmp.path().join("cache");
+    let (full, part) = (tmp.path().join("full.st"), tmp.path().join("part.st"));
+    ok(&resteer(&args, &cache, &full));
+    ok(&resteer_on(&stripped, &args, &cache, &part));
+    let (full, part) = (Patch::load(&full).unwrap(), Patch::load(&part).unwrap());
+    assert!(!full.deltas.is_empty());
+    assert_eq!(full.deltas.len(), part.deltas.len());
+    for (name, d) in &full.deltas {
+        assert_eq!(
+            fmn_testkit::max_abs_diff(d, &part.deltas[name]),
+            0.0,
+            "{name}"
+        );
+    }
+
+    // Steps need the VAE and the whole UNet: the broken VAE file is named.
+    let images = tmp.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    image::RgbImage::from_pixel(64, 64, image::Rgb([200, 180, 40]))
+        .save(images.join("a.png"))
+        .unwrap();
+    let res = resteer_on(
+        &stripped,
+        &[
+            "--concept",
+            "bob",
+            "--kind",
+            "object",
+            "--steps",
+            "1",
+            "--images",
+            images.to_str().unwrap(),
+        ],
+        &cache,
+        &tmp.path().join("steps.st"),
+    );
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{err}");
+    assert!(err.contains("vae"), "{err}");
+}

@@ -134,7 +134,8 @@ pub struct TrainingRequest {
 }
 
 /// Refuses a training run whose estimated peak memory (every component's weights in f32, the
-/// VAE encoding the training images, then the training step) exceeds `--max-memory` or the
+/// VAE encoding the training images, then the training step; without steps the text encoder
+/// and the trained weights alone) exceeds `--max-memory` or the
 /// available memory, before any weight is loaded. `stage` names the run in the message.
 pub fn check_training_memory(
     source: &ModelSource,
@@ -147,7 +148,18 @@ pub fn check_training_memory(
     let resolution = request
         .resolution
         .unwrap_or(unet.sample_size.unwrap_or(64) * vae.downscale_factor());
-    let mut phases = vec![(Workload::Encode, 1)];
+    // Without steps (the solve alone) only the text encoder and the trained weights are
+    // loaded, and no image is encoded.
+    let (size, mut phases) = if request.steps {
+        (memory::ModelSize::of(source)?, vec![(Workload::Encode, 1)])
+    } else {
+        let size = memory::ModelSize {
+            unet: request.trainable_params,
+            vae: 0,
+            text_encoder: source.parameter_count("text_encoder")?,
+        };
+        (size, Vec::new())
+    };
     if request.steps {
         phases.push((
             Workload::Train {
@@ -159,7 +171,7 @@ pub fn check_training_memory(
         ));
     }
     let estimate = memory::estimate(
-        &memory::ModelSize::of(source)?,
+        &size,
         &memory::Configs {
             unet: Some(&unet),
             vae: Some(&vae),

@@ -203,11 +203,26 @@ impl ModelSource {
         dtype: DType,
         device: &Device,
     ) -> Result<HashMap<String, Tensor>> {
+        self.load_tensors_where(component, dtype, device, |_| true)
+    }
+
+    /// As [`Self::load_tensors`], only the tensors whose diffusers name `keep` selects; the
+    /// others are neither read nor converted.
+    pub fn load_tensors_where(
+        &self,
+        component: &str,
+        dtype: DType,
+        device: &Device,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<HashMap<String, Tensor>> {
         match self {
-            Self::Folder { dir, .. } => {
-                crate::io::weights::load_tensors(&Self::folder_file(dir, component)?, dtype, device)
-            }
-            Self::SingleFile(f) => f.component_tensors(component, dtype, device),
+            Self::Folder { dir, .. } => crate::io::weights::load_tensors_where(
+                &Self::folder_file(dir, component)?,
+                dtype,
+                device,
+                keep,
+            ),
+            Self::SingleFile(f) => f.component_tensors_where(component, dtype, device, keep),
         }
     }
 

@@ -80,15 +80,32 @@ pub fn mmap_var_builder(file: &Path, dtype: DType, device: &Device) -> Result<Va
 
 /// Loads every tensor of `file` into memory as `dtype` (used when some of them become trainable).
 pub fn load_tensors(file: &Path, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>> {
+    load_tensors_where(file, dtype, device, |_| true)
+}
+
+/// As [`load_tensors`], only the tensors whose name `keep` selects; the others are not read.
+pub fn load_tensors_where(
+    file: &Path,
+    dtype: DType,
+    device: &Device,
+    keep: impl Fn(&str) -> bool,
+) -> Result<HashMap<String, Tensor>> {
     validate_safetensors(file)?;
+    let in_file = |source| SdError::Weights {
+        path: file.to_path_buf(),
+        source,
+    };
+    // SAFETY: weights files are not modified while a model is loaded from them.
     let tensors =
-        candle_core::safetensors::load(file, device).map_err(|source| SdError::Weights {
-            path: file.to_path_buf(),
-            source,
-        })?;
+        unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }.map_err(in_file)?;
     tensors
+        .tensors()
         .into_iter()
-        .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
+        .filter(|(name, _)| keep(name))
+        .map(|(name, _)| {
+            let t = tensors.load(&name, device).map_err(in_file)?;
+            Ok((name, t.to_dtype(dtype)?))
+        })
         .collect()
 }
 

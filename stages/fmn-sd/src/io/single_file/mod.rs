@@ -263,13 +263,26 @@ impl SingleFile {
         dtype: DType,
         device: &Device,
     ) -> Result<HashMap<String, Tensor>> {
+        self.component_tensors_where(component, dtype, device, |_| true)
+    }
+
+    /// As [`Self::component_tensors`], only the tensors whose diffusers name `keep` selects;
+    /// the others are neither read nor converted.
+    pub fn component_tensors_where(
+        &self,
+        component: &str,
+        dtype: DType,
+        device: &Device,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for (key, mapped) in &self.index {
-            if !mapped.iter().any(|m| m.component == component) {
+            let wanted = |m: &&Mapped| m.component == component && keep(&m.name);
+            if !mapped.iter().any(|m| wanted(&m)) {
                 continue;
             }
             let t = self.load(key)?;
-            for m in mapped {
+            for m in mapped.iter().filter(wanted) {
                 let t = self.take(key, &t, m.take)?;
                 out.insert(m.name.clone(), t.to_dtype(dtype)?.to_device(device)?);
             }
