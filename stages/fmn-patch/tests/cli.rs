@@ -371,19 +371,6 @@ fn bad_inputs_fail_cleanly_naming_the_file() {
     );
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let to = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to);
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
-}
-
 fn files(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir.join(rel)).unwrap() {
         let entry = entry.unwrap();
@@ -478,7 +465,7 @@ fn apply_writes_a_patched_model_folder() {
 fn apply_refuses_a_patch_for_another_base() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
-    copy_dir(&fixtures().join("sd1-tiny"), &model);
+    fmn_testkit::copy_dir(&fixtures().join("sd1-tiny"), &model);
     // Change one value of one patched tensor of the base.
     let file = model.join("unet/diffusion_pytorch_model.safetensors");
     let mut tensors = load(&file);

@@ -278,27 +278,13 @@ fn the_preserved_entries_naming_a_concept_are_its_prompts_and_the_push_scales_th
     assert_eq!(off["concepts"][0]["prompts"].as_array().unwrap().len(), 2);
 }
 
-/// Recursively copies folder `from` to `to`.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn the_solve_alone_reads_only_the_weights_it_changes() {
     let tmp = tempfile::tempdir().unwrap();
     // A copy of the model whose UNet file holds only the cross-attention K/V weights and whose
     // VAE file is not a weights file at all.
     let stripped = tmp.path().join("stripped");
-    copy_dir(&model(), &stripped);
+    fmn_testkit::copy_dir(&model(), &stripped);
     let unet = stripped.join("unet/diffusion_pytorch_model.safetensors");
     let kv: std::collections::HashMap<String, Tensor> =
         candle_core::safetensors::load(&unet, &Device::Cpu)

@@ -17,19 +17,6 @@ fn sample(args: &[&str]) -> Output {
         .expect("run fmn-sample")
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let to = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to);
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
-}
-
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     (a - b)
@@ -225,7 +212,7 @@ fn assert_clean_failure(args: &[&str], out: &Path, needle: &str) {
 
 fn broken_model(tmp: &Path, edit: impl FnOnce(&Path)) -> PathBuf {
     let dir = tmp.join("model");
-    copy_dir(&fixtures().join("sd1-tiny"), &dir);
+    fmn_testkit::copy_dir(&fixtures().join("sd1-tiny"), &dir);
     edit(&dir);
     dir
 }
@@ -382,7 +369,7 @@ fn patch_applies_deltas_at_load_time() {
     let patch = fixtures().join("patch/sd1-tiny-forget.safetensors");
     let deltas = candle_core::safetensors::load(&patch, &Device::Cpu).unwrap();
     let by_hand = tmp.path().join("by-hand");
-    copy_dir(&base, &by_hand);
+    fmn_testkit::copy_dir(&base, &by_hand);
     for (component, file) in [
         ("unet", "unet/diffusion_pytorch_model.safetensors"),
         ("text_encoder", "text_encoder/model.safetensors"),
@@ -597,7 +584,7 @@ fn a_config_file_supplies_options_and_flags_override_it() {
 fn guidance_comes_from_the_flag_then_the_config_then_the_model_folder_then_7_5() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
-    copy_dir(&fixtures().join("sd1-tiny"), &model);
+    fmn_testkit::copy_dir(&fixtures().join("sd1-tiny"), &model);
     let guidance_of = |name: &str, extra: &[&str]| {
         let out = tmp.path().join(name);
         let mut args = vec![

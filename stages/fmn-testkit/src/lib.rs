@@ -198,3 +198,17 @@ pub fn json_of(res: &std::process::Output) -> serde_json::Value {
     );
     serde_json::from_slice(&res.stdout).unwrap()
 }
+
+/// Copies folder `src` to `dst`, recursively (a model folder a test may change).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+}
