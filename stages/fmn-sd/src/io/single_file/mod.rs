@@ -276,7 +276,9 @@ impl SingleFile {
         keep: impl Fn(&str) -> bool,
     ) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
+        let mut holds_component = false;
         for (key, mapped) in &self.index {
+            holds_component |= mapped.iter().any(|m| m.component == component);
             let wanted = |m: &&Mapped| m.component == component && keep(&m.name);
             if !mapped.iter().any(|m| wanted(&m)) {
                 continue;
@@ -287,7 +289,9 @@ impl SingleFile {
                 out.insert(m.name.clone(), t.to_dtype(dtype)?.to_device(device)?);
             }
         }
-        if out.is_empty() {
+        // A selection may be empty (the caller names what it lacked, as for a folder); a
+        // component with no tensors at all is the file's fault.
+        if !holds_component {
             return Err(SdError::config(
                 &self.path,
                 format!("the checkpoint holds no {component} tensors"),
