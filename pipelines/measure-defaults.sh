@@ -57,7 +57,7 @@ report() { # NAME "CONCEPT:KIND ..."
 wanted() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 sample "$OUT/before"
-for spec in bob:object stripes:style circle:object kiki:object; do
+for spec in bob:object stripes:style circle:object kiki:object square:object; do
   n=${spec%%:*}
   if wanted "$n"; then patch "$n" "$spec"; report "$n" "$spec"; fi
   if wanted "$n-steps"; then patch "$n-steps" "$spec" --steps 35; report "$n-steps" "$spec"; fi

@@ -128,6 +128,13 @@ pub struct SettingArgs {
     /// What replaces the concept in the anchor prompts (`anchor`; default: nothing).
     #[arg(long)]
     pub anchor: Option<String>,
+    /// Anchor an object onto a sibling from the preserved list ("a red square" → "a red
+    /// triangle") where --anchor is not given (`sibling_anchor`, the default).
+    #[arg(long, overrides_with = "no_sibling_anchor")]
+    pub sibling_anchor: bool,
+    /// Anchor objects onto the prompt without them ("a red square" → "a red").
+    #[arg(long, overrides_with = "sibling_anchor")]
+    pub no_sibling_anchor: bool,
     /// Start from the exact minimiser of the anchor and preservation terms (`solve_anchor`).
     #[arg(long, overrides_with = "no_solve_anchor")]
     pub solve_anchor: bool,
@@ -167,6 +174,7 @@ struct Overrides {
     also_name: Option<bool>,
     anchor_weight: Option<f64>,
     anchor: Option<String>,
+    sibling_anchor: Option<bool>,
     solve_anchor: Option<bool>,
     lora_rank: Option<usize>,
     seed: Option<u64>,
@@ -217,6 +225,7 @@ impl Args {
             also_name: switch(s.also_name, s.no_also_name),
             anchor_weight: s.anchor_weight,
             anchor: s.anchor.clone(),
+            sibling_anchor: switch(s.sibling_anchor, s.no_sibling_anchor),
             solve_anchor: switch(s.solve_anchor, s.no_solve_anchor),
             lora_rank: s.lora_rank,
             seed: s.seed,

@@ -130,6 +130,11 @@ pub struct ResteerConfig {
     /// space). 0 stops at the anchor, which still draws the concept where the model's prior
     /// without it does (BENCHMARKS.md#re-steering-defaults).
     pub anchor_push: f64,
+    /// With `anchor` unset, an object's anchor is a sibling from the preserved list: the word
+    /// filling most of the concept's templates there ("triangle" for "a red square"), the
+    /// nearest in the text encoder's space where several do (`sibling.rs`), its target at it
+    /// (no push). Without one the kind's default anchor and `anchor_push` apply.
+    pub sibling_anchor: bool,
     /// Start the steps from the exact minimiser of the anchor and preservation terms (a linear
     /// solve per run: `solve.rs`) instead of from the base weights; needs `anchor_weight` > 0
     /// and full (not LoRA) key/value deltas.
@@ -189,6 +194,7 @@ impl Default for ResteerConfig {
             anchor_weight: 1.0,
             anchor: None,
             anchor_push: 1.0,
+            sibling_anchor: true,
             solve_anchor: true,
             lora_rank: None,
             object_templates: vec!["a photo of {}".into(), "a picture of {}".into()],

@@ -10,6 +10,7 @@ pub mod loss;
 pub mod params;
 pub mod preserve;
 pub mod prompts;
+pub mod sibling;
 pub mod solve;
 pub mod train;
 

@@ -123,6 +123,15 @@ impl AnchorSolve {
         left.squared_norm_l2() / c.dd
     }
 
+    /// Concept `i`'s remaining distance to its targets in a solve of it alone (weight
+    /// `anchor_weight`), as a share of its start distance: how far the preserved prompts let
+    /// the edit reach its targets.
+    pub fn alone(&self, i: usize, anchor_weight: f64, preserve_weight: f64) -> Result<f64> {
+        let mut w = vec![0.0; self.concepts.len()];
+        w[i] = anchor_weight;
+        Ok(self.residual(i, &self.solve(&w, preserve_weight)?))
+    }
+
     /// The solve with every concept at weight `anchor_weight`.
     pub fn equal(&self, anchor_weight: f64, preserve_weight: f64) -> Result<Tensor> {
         let weights = vec![anchor_weight; self.concepts.len()];
@@ -138,11 +147,7 @@ impl AnchorSolve {
     pub fn balanced(&self, anchor_weight: f64, preserve_weight: f64) -> Result<BalancedSolution> {
         let n = self.concepts.len();
         let alone = (0..n)
-            .map(|i| {
-                let mut w = vec![0.0; n];
-                w[i] = anchor_weight;
-                Ok(self.residual(i, &self.solve(&w, preserve_weight)?))
-            })
+            .map(|i| self.alone(i, anchor_weight, preserve_weight))
             .collect::<Result<Vec<_>>>()?;
         let mut weights = vec![anchor_weight / n as f64; n];
         let mut g = self.solve(&weights, preserve_weight)?;

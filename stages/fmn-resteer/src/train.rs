@@ -1,10 +1,11 @@
 //! The re-steering loop: frozen VAE and text encoder, UNet deltas trained so that the concept's
 //! tokens receive no cross-attention.
-use crate::config::{ConceptSpec, ResteerConfig};
+use crate::config::{ConceptKind, ConceptSpec, ResteerConfig};
 use crate::loss::{anchor_offsets, anchoring, attention_energy, preservation};
 use crate::params::Trainable;
-use crate::preserve::{self, Gram, GramCache, PreserveSummary};
+use crate::preserve::{self, Encoder as _, Gram, GramCache, PreserveSummary};
 use crate::prompts::{anchor_prompt, concept_prompt, entry_template, ConceptPrompt};
+use crate::sibling;
 use crate::solve::AnchorSolve;
 use crate::ResteerError;
 use candle_core::{DType, Device, Tensor};
@@ -127,6 +128,9 @@ pub struct Resteered {
 pub struct ConceptPrompts {
     pub name: String,
     pub prompts: Vec<String>,
+    /// What replaced the concept in its anchor prompts (a sibling, the kind's default or
+    /// `anchor`); `None` without anchoring.
+    pub anchor: Option<String>,
     pub anchors: Vec<String>,
     /// The anchor term's weight for this concept (several concepts: the balanced solve's).
     pub anchor_weight: Option<f64>,
@@ -187,6 +191,40 @@ impl<'a> TextSide<'a> {
             added,
             concept_texts,
         })
+    }
+
+    /// `candidates` ordered by the cosine of their words' mean token embedding to `concept`'s,
+    /// nearest first: a ranking that needs no encoder pass.
+    fn nearest_by_token_embedding(
+        &self,
+        concept: &str,
+        candidates: Vec<String>,
+    ) -> Result<Vec<String>, ResteerError> {
+        let table = self.text_encoder.token_embedding_table();
+        let mean = |s: &str| -> Result<Option<Vec<f32>>, ResteerError> {
+            let ids = self.tokenizer.tokenize(s)?;
+            if ids.is_empty() {
+                return Ok(None);
+            }
+            let ids = Tensor::new(ids, table.device())?;
+            let rows = table.index_select(&ids, 0)?.to_dtype(DType::F32)?;
+            Ok(Some(rows.mean(0)?.to_vec1::<f32>()?))
+        };
+        let cosine = |a: &[f32], b: &[f32]| {
+            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            dot / (norm(a) * norm(b)).max(f32::MIN_POSITIVE)
+        };
+        let Some(target) = mean(concept)? else {
+            return Ok(candidates);
+        };
+        let mut scored = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            let score = mean(&c)?.map_or(f32::NEG_INFINITY, |m| cosine(&m, &target));
+            scored.push((score, c));
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        Ok(scored.into_iter().map(|(_, c)| c).collect())
     }
 
     /// `ids [B, 77]` -> hidden states `[B, 77, D]`, detached.
@@ -253,21 +291,100 @@ fn concept_templates(spec: &ConceptSpec, cfg: &ResteerConfig, listed: &[String])
     templates
 }
 
+/// A concept's anchoring: what replaces it in its anchor prompts, how far past them its target
+/// lies, and the anchor prompts, one per concept prompt.
+struct Anchoring {
+    anchor: String,
+    push: f64,
+    texts: Vec<String>,
+}
+
+impl Anchoring {
+    /// `anchor` in place of the concept in each of `templates` (one per concept prompt).
+    fn new(anchor: &str, push: f64, templates: &[&String]) -> Self {
+        Self {
+            anchor: anchor.to_string(),
+            push,
+            texts: templates.iter().map(|t| anchor_prompt(t, anchor)).collect(),
+        }
+    }
+
+    /// The targets of the concept's context rows `contexts` (`[R, D]`): its anchor prompts'
+    /// rows, `push` concept-to-anchor distances past them.
+    fn targets(&self, text: &TextSide, contexts: &Tensor) -> Result<Tensor, ResteerError> {
+        let refs: Vec<&str> = self.texts.iter().map(String::as_str).collect();
+        let anchors = text.encode_prompts(&refs)?;
+        let (b, n, d) = anchors.dims3()?;
+        let anchors = anchors.reshape((b * n, d))?;
+        Ok((&anchors + ((&anchors - contexts)? * self.push)?)?)
+    }
+}
+
+/// The concept's anchoring: `anchor` if set; for an object with `sibling_anchor`, the sibling of
+/// the preserved list (`sibling.rs`) whose prompts the solve alone gets the concept's closest
+/// to (the smallest share of the start distance left: the nearest in context space is not it,
+/// "circle" → "square" left 32 % and drew circles), with no push; else the kind's default with
+/// `anchor_push` (BENCHMARKS.md#sibling-anchors).
+#[allow(clippy::too_many_arguments)]
+fn choose_anchoring(
+    text: &TextSide,
+    spec: &ConceptSpec,
+    cfg: &ResteerConfig,
+    listed: &[String],
+    templates: &[String],
+    per_prompt: &[&String],
+    contexts: &Tensor,
+    preserve: Option<&Tensor>,
+) -> Result<Anchoring, ResteerError> {
+    let fallback = Anchoring::new(cfg.anchor_for(spec.kind), cfg.anchor_push, per_prompt);
+    if cfg.anchor.is_some() || !cfg.sibling_anchor || spec.kind != ConceptKind::Object {
+        return Ok(fallback);
+    }
+    let names: Vec<String> = cfg.multi_concept.iter().map(|c| c.name.clone()).collect();
+    let mut candidates: Vec<String> = sibling::candidates(templates, listed, &spec.name, &names)
+        .into_iter()
+        .map(|c| c.filler)
+        .collect();
+    if candidates.len() > sibling::SOLVED_CANDIDATES {
+        candidates = text.nearest_by_token_embedding(&spec.name, candidates)?;
+        candidates.truncate(sibling::SOLVED_CANDIDATES);
+    }
+    let mut left = Vec::with_capacity(candidates.len());
+    for c in &candidates {
+        let targets = Anchoring::new(c, 0.0, per_prompt).targets(text, contexts)?;
+        let solve = AnchorSolve::new(&[(contexts.clone(), targets)], preserve)?;
+        left.push(solve.alone(0, cfg.anchor_weight, cfg.preserve_weight)?);
+    }
+    Ok(match sibling::nearest(&left) {
+        Some(i) => {
+            tracing::info!(
+                "{}: anchored onto its sibling {:?} of the preserved list ({:.3} of the distance left alone; {} candidates)",
+                spec.name,
+                candidates[i],
+                left[i],
+                candidates.len()
+            );
+            Anchoring::new(&candidates[i], 0.0, per_prompt)
+        }
+        None => fallback,
+    })
+}
+
 fn prepare(
     model: &Model,
     text: &TextSide,
     index: usize,
     cfg: &ResteerConfig,
     listed: &[String],
+    preserve: Option<&Tensor>,
     resolution: usize,
     device: &Device,
 ) -> Result<PreparedConcept, ResteerError> {
     let spec = &cfg.multi_concept[index];
     let mut prompts = Vec::new();
-    let mut anchors = Vec::new();
-    let mut anchor_texts = Vec::new();
     let texts = &text.concept_texts[index];
     let templates = concept_templates(spec, cfg, listed);
+    let mut per_prompt = Vec::new();
     for (template, concept) in templates
         .iter()
         .flat_map(|t| texts.iter().map(move |c| (t, c)))
@@ -279,27 +396,28 @@ fn prepare(
             p.positions.iter().map(|&x| x as u32).collect::<Vec<_>>(),
             device,
         )?;
-        if cfg.anchor_weight > 0.0 {
-            let anchor_text = anchor_prompt(template, cfg.anchor_for(spec.kind));
-            let ids = Tensor::new(text.tokenizer.encode(&anchor_text)?, device)?.unsqueeze(0)?;
-            anchors.push(text.encode(&ids)?);
-            anchor_texts.push(anchor_text);
-        }
         prompts.push((p, context, positions));
+        per_prompt.push(template);
     }
-    let anchor_rows = if anchors.is_empty() {
-        None
-    } else {
-        let flat = |t: Tensor| -> Result<Tensor, ResteerError> {
-            let (b, n, d) = t.dims3()?;
-            Ok(t.reshape((b * n, d))?)
-        };
+    let (anchor_rows, anchoring) = if cfg.anchor_weight > 0.0 {
         let contexts: Vec<Tensor> = prompts.iter().map(|(_, c, _)| c.clone()).collect();
-        let contexts = flat(Tensor::cat(&contexts, 0)?)?;
-        let anchors = flat(Tensor::cat(&anchors, 0)?)?;
-        // The target lies `anchor_push` concept-to-anchor distances past the anchor.
-        let target = (&anchors + ((&anchors - &contexts)? * cfg.anchor_push)?)?;
-        Some((contexts, target))
+        let contexts = Tensor::cat(&contexts, 0)?;
+        let (b, n, d) = contexts.dims3()?;
+        let contexts = contexts.reshape((b * n, d))?;
+        let anchoring = choose_anchoring(
+            text,
+            spec,
+            cfg,
+            listed,
+            &templates,
+            &per_prompt,
+            &contexts,
+            preserve,
+        )?;
+        let targets = anchoring.targets(text, &contexts)?;
+        (Some((contexts, targets)), Some(anchoring))
+    } else {
+        (None, None)
     };
     let (mut latents, mut masks) = (Vec::new(), None);
     // The solve alone (no steps) needs no images.
@@ -318,7 +436,8 @@ fn prepare(
     let texts = ConceptPrompts {
         name: spec.name.clone(),
         prompts: prompts.iter().map(|(p, _, _)| p.text.clone()).collect(),
-        anchors: anchor_texts,
+        anchor: anchoring.as_ref().map(|a| a.anchor.clone()),
+        anchors: anchoring.map(|a| a.texts).unwrap_or_default(),
         anchor_weight: None,
         distance_to_targets: None,
     };
@@ -495,11 +614,7 @@ pub fn resteer(
     let timesteps = timestep_range(cfg.timesteps, &model.schedule)?;
     let text = TextSide::new(model, cfg)?;
     let prompts = preserve_prompts(model, cfg)?;
-    let concepts = (0..cfg.multi_concept.len())
-        .map(|i| prepare(model, &text, i, cfg, &prompts, resolution, device))
-        .collect::<Result<Vec<_>, _>>()?;
     let names: Vec<String> = cfg.multi_concept.iter().map(|c| c.name.clone()).collect();
-    let mut concept_texts: Vec<ConceptPrompts> = concepts.iter().map(|c| c.texts.clone()).collect();
     let (gram, preserved) = if prompts.is_empty() {
         (None, None)
     } else {
@@ -507,6 +622,13 @@ pub fn resteer(
         (gram, Some(summary))
     };
     let preserve = gram.as_ref().map(Gram::mean).transpose()?;
+    let concepts = (0..cfg.multi_concept.len())
+        .map(|i| {
+            let preserve = preserve.as_ref();
+            prepare(model, &text, i, cfg, &prompts, preserve, resolution, device)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut concept_texts: Vec<ConceptPrompts> = concepts.iter().map(|c| c.texts.clone()).collect();
     let trainable = Trainable::new(
         model.unet_weights.clone(),
         model.unet_config.clone(),

@@ -67,8 +67,29 @@ fn with_no_config_the_solve_alone_needs_no_images_and_preserves_the_shipped_list
         assert_eq!(f32s(d), f32s(&again.deltas[name]), "{name}");
     }
 
+    // bob, an object, is replaced by a one-word object of the shipped lists ("a photo of {}"
+    // with "a dog" gives "a dog"), whose prompt is its anchor.
+    let sibling = first["concepts"][0]["anchor"].as_str().unwrap().to_string();
+    let words: Vec<&str> = sibling.split_whitespace().collect();
+    assert!(
+        matches!(words[..], ["a" | "an", _]),
+        "bob's sibling {sibling:?}"
+    );
+    assert_eq!(
+        first["concepts"][0]["anchors"][0],
+        format!("a photo of {sibling}")
+    );
+
     // Without preservation the same solve moves the shipped prompts' keys/values further, and
-    // the concept's own prompt is moved in both.
+    // the concept's own prompt is moved in both (the same anchor, the prompt without bob: a
+    // run without preservation has no list to draw a sibling from).
+    let plain = tmp.path().join("plain.safetensors");
+    ok(&resteer(
+        &[&args[..], &["--no-sibling-anchor"]].concat(),
+        &cache,
+        &plain,
+    ));
+    let patch = Patch::load(&plain).unwrap();
     let loose = tmp.path().join("loose.safetensors");
     let none = ok(&resteer(
         &[&args[..], &["--no-preserve"]].concat(),
@@ -76,6 +97,7 @@ fn with_no_config_the_solve_alone_needs_no_images_and_preserves_the_shipped_list
         &loose,
     ));
     assert!(none["preserved"].is_null());
+    assert_eq!(none["concepts"][0]["anchor"], "");
     let loose = Patch::load(&loose).unwrap();
     let sd = StableDiffusion::load(&model(), &Device::Cpu, DType::F32).unwrap();
     for prompt in [
@@ -195,21 +217,11 @@ fn toy_resteer(tmp: &Path, config: &str, out: &Path) -> serde_json::Value {
 #[test]
 fn the_preserved_entries_naming_a_concept_are_its_prompts_and_the_push_scales_the_delta() {
     let tmp = tempfile::tempdir().unwrap();
-    let concepts = "multi_concept:\n  - {name: circle, kind: object}\n  - {name: stripes, kind: style}\ndelta_dtype: f32\n";
+    // The sibling anchor (its own test below) would give circle another anchor.
+    let concepts = "multi_concept:\n  - {name: circle, kind: object}\n  - {name: stripes, kind: style}\ndelta_dtype: f32\nsibling_anchor: false\n";
     let pushed = tmp.path().join("pushed.safetensors");
     let json = toy_resteer(tmp.path(), concepts, &pushed);
-    let pairs = |i: usize| -> Vec<(String, String)> {
-        let c = &json["concepts"][i];
-        let texts = |k: &str| -> Vec<String> {
-            c[k].as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap().to_string())
-                .collect()
-        };
-        texts("prompts").into_iter().zip(texts("anchors")).collect()
-    };
-    let (circle, stripes) = (pairs(0), pairs(1));
+    let (circle, stripes) = (anchor_pairs(&json, 0), anchor_pairs(&json, 1));
     let has =
         |set: &[(String, String)], p: &str, a: &str| set.iter().any(|(x, y)| x == p && y == a);
     // The kind's templates first, then data/toy-model/preserve.txt's entries naming the concept
@@ -340,4 +352,84 @@ fn the_solve_alone_reads_only_the_weights_it_changes() {
     let err = String::from_utf8_lossy(&res.stderr);
     assert_eq!(res.status.code(), Some(1), "{err}");
     assert!(err.contains("vae"), "{err}");
+}
+
+/// Per concept of a `--json` report: its prompts with their anchor prompts.
+fn anchor_pairs(json: &serde_json::Value, i: usize) -> Vec<(String, String)> {
+    let texts = |k: &str| -> Vec<String> {
+        json["concepts"][i][k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    texts("prompts").into_iter().zip(texts("anchors")).collect()
+}
+
+#[test]
+fn an_object_is_anchored_onto_a_sibling_the_run_does_not_forget() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Square and triangle forgotten with circle leave cross as the only shape that fills
+    // circle's places in data/toy-model/preserve.txt ("a yellow {}", ...); bob and kiki fill
+    // only "{}"-like places, fewer of them.
+    let json = toy_resteer(
+        tmp.path(),
+        "multi_concept:\n  - {name: circle, kind: object}\n  - {name: square, kind: object}\n  - {name: triangle, kind: object}\n  - {name: bob, kind: object}\n  - {name: kiki, kind: object}\n",
+        &tmp.path().join("shapes.safetensors"),
+    );
+    for (i, name) in [(0, "circle"), (1, "square"), (2, "triangle")] {
+        let pairs = anchor_pairs(&json, i);
+        assert!(!pairs.is_empty());
+        for (prompt, anchor) in &pairs {
+            assert_eq!(anchor, &prompt.replace(name, "cross"), "{name}: {pairs:?}");
+        }
+    }
+    // bob's one sibling, kiki, is forgotten too: the prompt without the concept.
+    let bob = anchor_pairs(&json, 3);
+    assert!(
+        bob.iter()
+            .any(|(p, a)| p == "a photo of bob" && a == "a photo of"),
+        "{bob:?}"
+    );
+
+    // Alone, bob's sibling is kiki, and its target is at kiki's prompts: no push (the
+    // delta is the same with any anchor_push); an explicit anchor replaces the sibling.
+    let alone = |extra: &str, out: &str| {
+        let json = toy_resteer(
+            tmp.path(),
+            &format!("multi_concept:\n  - {{name: bob, kind: object}}\ndelta_dtype: f32\n{extra}"),
+            &tmp.path().join(out),
+        );
+        (
+            anchor_pairs(&json, 0),
+            Patch::load(&tmp.path().join(out)).unwrap(),
+        )
+    };
+    let (kiki, at_sibling) = alone("", "kiki.safetensors");
+    assert!(
+        kiki.iter()
+            .any(|(p, a)| p == "a photo of bob" && a == "a photo of kiki"),
+        "{kiki:?}"
+    );
+    assert!(
+        kiki.iter().all(|(p, a)| a == &p.replace("bob", "kiki")),
+        "{kiki:?}"
+    );
+    let (_, pushed) = alone("anchor_push: 2.0\n", "kiki-pushed.safetensors");
+    for (name, d) in &at_sibling.deltas {
+        assert!(fmn_testkit::max_abs(d) > 0.0, "{name}");
+        assert_eq!(
+            fmn_testkit::max_abs_diff(d, &pushed.deltas[name]),
+            0.0,
+            "{name}"
+        );
+    }
+    let (plain, _) = alone("anchor: \"\"\n", "plain.safetensors");
+    assert!(
+        plain
+            .iter()
+            .any(|(p, a)| p == "a photo of bob" && a == "a photo of"),
+        "{plain:?}"
+    );
 }
