@@ -147,6 +147,9 @@ struct TextSide<'a> {
     /// Per concept: what stands for it in prompts (its name, or its learned tokens, and with
     /// `also_name` its name too).
     concept_texts: Vec<Vec<String>>,
+    /// Anchor prompts' contexts already encoded in this run (`[77, D]` each): the sibling
+    /// search encodes a candidate's prompts once for all the run's concepts.
+    encoded: std::cell::RefCell<std::collections::HashMap<String, Tensor>>,
 }
 
 impl<'a> TextSide<'a> {
@@ -190,6 +193,7 @@ impl<'a> TextSide<'a> {
             text_encoder: &model.text_encoder,
             added,
             concept_texts,
+            encoded: Default::default(),
         })
     }
 
@@ -225,6 +229,27 @@ impl<'a> TextSide<'a> {
         }
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
         Ok(scored.into_iter().map(|(_, c)| c).collect())
+    }
+
+    /// `prompts` -> hidden states `[B, 77, D]`, each prompt encoded once per run (the new
+    /// ones in one batch).
+    fn encode_once(&self, prompts: &[&str]) -> Result<Tensor, ResteerError> {
+        let mut new: Vec<&str> = Vec::new();
+        for p in prompts {
+            if !self.encoded.borrow().contains_key(*p) && !new.contains(p) {
+                new.push(p);
+            }
+        }
+        if !new.is_empty() {
+            let contexts = self.encode_prompts(&new)?;
+            let mut memo = self.encoded.borrow_mut();
+            for (i, p) in new.iter().enumerate() {
+                memo.insert(p.to_string(), contexts.get(i)?);
+            }
+        }
+        let memo = self.encoded.borrow();
+        let rows = prompts.iter().map(|p| memo[*p].clone()).collect::<Vec<_>>();
+        Ok(Tensor::stack(&rows, 0)?)
     }
 
     /// `ids [B, 77]` -> hidden states `[B, 77, D]`, detached.
@@ -313,7 +338,7 @@ impl Anchoring {
     /// rows, `push` concept-to-anchor distances past them.
     fn targets(&self, text: &TextSide, contexts: &Tensor) -> Result<Tensor, ResteerError> {
         let refs: Vec<&str> = self.texts.iter().map(String::as_str).collect();
-        let anchors = text.encode_prompts(&refs)?;
+        let anchors = text.encode_once(&refs)?;
         let (b, n, d) = anchors.dims3()?;
         let anchors = anchors.reshape((b * n, d))?;
         Ok((&anchors + ((&anchors - contexts)? * self.push)?)?)
@@ -349,9 +374,22 @@ fn choose_anchoring(
         candidates = text.nearest_by_token_embedding(&spec.name, candidates)?;
         candidates.truncate(sibling::SOLVED_CANDIDATES);
     }
+    if candidates.is_empty() {
+        return Ok(fallback);
+    }
+    let mut anchorings: Vec<Anchoring> = candidates
+        .iter()
+        .map(|c| Anchoring::new(c, 0.0, per_prompt))
+        .collect();
+    // One batch for every candidate's anchor prompts.
+    let all: Vec<&str> = anchorings
+        .iter()
+        .flat_map(|a| a.texts.iter().map(String::as_str))
+        .collect();
+    text.encode_once(&all)?;
     let mut left = Vec::with_capacity(candidates.len());
-    for c in &candidates {
-        let targets = Anchoring::new(c, 0.0, per_prompt).targets(text, contexts)?;
+    for anchoring in &anchorings {
+        let targets = anchoring.targets(text, contexts)?;
         let solve = AnchorSolve::new(&[(contexts.clone(), targets)], preserve)?;
         left.push(solve.alone(0, cfg.anchor_weight, cfg.preserve_weight)?);
     }
@@ -364,7 +402,7 @@ fn choose_anchoring(
                 left[i],
                 candidates.len()
             );
-            Anchoring::new(&candidates[i], 0.0, per_prompt)
+            anchorings.swap_remove(i)
         }
         None => fallback,
     })

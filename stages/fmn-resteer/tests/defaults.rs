@@ -432,4 +432,44 @@ fn an_object_is_anchored_onto_a_sibling_the_run_does_not_forget() {
             .any(|(p, a)| p == "a photo of bob" && a == "a photo of"),
         "{plain:?}"
     );
+
+    // Of circle's three shape siblings the one the solve alone gets closest to is taken: each
+    // other given as the anchor (target at it) leaves a larger share of the distance.
+    let circle = |extra: &str, out: &str| {
+        toy_resteer(
+            tmp.path(),
+            &format!("multi_concept:\n  - {{name: circle, kind: object}}\n{extra}"),
+            &tmp.path().join(out),
+        )
+    };
+    let chosen = circle("", "circle.safetensors");
+    let sibling = chosen["concepts"][0]["anchor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let left = |j: &serde_json::Value| j["concepts"][0]["distance_to_targets"][1].as_f64().unwrap();
+    let mut others = 0;
+    for other in ["square", "triangle", "cross"]
+        .into_iter()
+        .filter(|s| *s != sibling)
+    {
+        let j = circle(
+            &format!("anchor: {other}\nanchor_push: 0.0\n"),
+            &format!("circle-{other}.safetensors"),
+        );
+        assert!(
+            left(&j) > left(&chosen),
+            "{other}: {} vs {sibling}: {}",
+            left(&j),
+            left(&chosen)
+        );
+        others += 1;
+    }
+    assert_eq!(others, 2, "circle's sibling {sibling:?} is not a shape");
+    assert!(
+        plain
+            .iter()
+            .any(|(p, a)| p == "a photo of bob" && a == "a photo of"),
+        "{plain:?}"
+    );
 }
