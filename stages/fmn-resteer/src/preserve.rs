@@ -85,10 +85,19 @@ pub fn read_list(path: &Path) -> Result<Vec<String>, ResteerError> {
     Ok(prompts)
 }
 
+/// The shipped lists whose entries are things an object may be replaced with (its siblings:
+/// `crate::sibling`); an object replaced by "twins" or "a beach" would be drawn as them.
+pub const OBJECT_LISTS: [&str; 2] = ["objects", "animals"];
+
 /// The shipped lists' prompts.
 pub fn shipped_prompts() -> Result<Vec<String>, ResteerError> {
+    shipped_prompts_of(|_| true)
+}
+
+/// The prompts of the shipped lists whose name `wanted` accepts.
+pub fn shipped_prompts_of(wanted: impl Fn(&str) -> bool) -> Result<Vec<String>, ResteerError> {
     let mut prompts = Vec::new();
-    for (name, text) in SHIPPED {
+    for (name, text) in SHIPPED.into_iter().filter(|(name, _)| wanted(name)) {
         prompts.extend(parse_list(text).map_err(|e| {
             ResteerError::Input(format!("built-in list configs/preserve/{name}.txt: {e}"))
         })?);

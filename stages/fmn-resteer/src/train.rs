@@ -316,6 +316,13 @@ fn concept_templates(spec: &ConceptSpec, cfg: &ResteerConfig, listed: &[String])
     templates
 }
 
+/// The run's preserved prompts and their contexts' mean Gram matrix (`None`: nothing preserved).
+#[derive(Clone, Copy)]
+struct Preserved<'a> {
+    prompts: &'a [String],
+    gram_mean: Option<&'a Tensor>,
+}
+
 /// A concept's anchoring: what replaces it in its anchor prompts, how far past them its target
 /// lies, and the anchor prompts, one per concept prompt.
 struct Anchoring {
@@ -346,27 +353,35 @@ impl Anchoring {
 }
 
 /// The concept's anchoring: `anchor` if set; for an object with `sibling_anchor`, the sibling of
-/// the preserved list (`sibling.rs`) whose prompts the solve alone gets the concept's closest
+/// the preserved list (`sibling.rs`; of the shipped lists, objects and animals only) whose prompts the solve alone gets the concept's closest
 /// to (the smallest share of the start distance left: the nearest in context space is not it,
 /// "circle" → "square" left 32 % and drew circles), with no push; else the kind's default with
 /// `anchor_push` (BENCHMARKS.md#sibling-anchors).
-#[allow(clippy::too_many_arguments)]
 fn choose_anchoring(
     text: &TextSide,
     spec: &ConceptSpec,
     cfg: &ResteerConfig,
-    listed: &[String],
+    preserved: Preserved,
     templates: &[String],
     per_prompt: &[&String],
     contexts: &Tensor,
-    preserve: Option<&Tensor>,
 ) -> Result<Anchoring, ResteerError> {
     let fallback = Anchoring::new(cfg.anchor_for(spec.kind), cfg.anchor_push, per_prompt);
     if cfg.anchor.is_some() || !cfg.sibling_anchor || spec.kind != ConceptKind::Object {
         return Ok(fallback);
     }
     let names: Vec<String> = cfg.multi_concept.iter().map(|c| c.name.clone()).collect();
-    let mut candidates: Vec<String> = sibling::candidates(templates, listed, &spec.name, &names)
+    let not_things: std::collections::HashSet<String> =
+        preserve::shipped_prompts_of(|list| !preserve::OBJECT_LISTS.contains(&list))?
+            .into_iter()
+            .collect();
+    let pool: Vec<String> = preserved
+        .prompts
+        .iter()
+        .filter(|p| !not_things.contains(*p))
+        .cloned()
+        .collect();
+    let mut candidates: Vec<String> = sibling::candidates(templates, &pool, &spec.name, &names)
         .into_iter()
         .map(|c| c.filler)
         .collect();
@@ -390,7 +405,7 @@ fn choose_anchoring(
     let mut left = Vec::with_capacity(candidates.len());
     for anchoring in &anchorings {
         let targets = anchoring.targets(text, contexts)?;
-        let solve = AnchorSolve::new(&[(contexts.clone(), targets)], preserve)?;
+        let solve = AnchorSolve::new(&[(contexts.clone(), targets)], preserved.gram_mean)?;
         left.push(solve.alone(0, cfg.anchor_weight, cfg.preserve_weight)?);
     }
     Ok(match sibling::nearest(&left) {
@@ -413,15 +428,14 @@ fn prepare(
     text: &TextSide,
     index: usize,
     cfg: &ResteerConfig,
-    listed: &[String],
-    preserve: Option<&Tensor>,
+    preserved: Preserved,
     resolution: usize,
     device: &Device,
 ) -> Result<PreparedConcept, ResteerError> {
     let spec = &cfg.multi_concept[index];
     let mut prompts = Vec::new();
     let texts = &text.concept_texts[index];
-    let templates = concept_templates(spec, cfg, listed);
+    let templates = concept_templates(spec, cfg, preserved.prompts);
     let mut per_prompt = Vec::new();
     for (template, concept) in templates
         .iter()
@@ -446,11 +460,10 @@ fn prepare(
             text,
             spec,
             cfg,
-            listed,
+            preserved,
             &templates,
             &per_prompt,
             &contexts,
-            preserve,
         )?;
         let targets = anchoring.targets(text, &contexts)?;
         (Some((contexts, targets)), Some(anchoring))
@@ -662,8 +675,11 @@ pub fn resteer(
     let preserve = gram.as_ref().map(Gram::mean).transpose()?;
     let concepts = (0..cfg.multi_concept.len())
         .map(|i| {
-            let preserve = preserve.as_ref();
-            prepare(model, &text, i, cfg, &prompts, preserve, resolution, device)
+            let preserved = Preserved {
+                prompts: &prompts,
+                gram_mean: preserve.as_ref(),
+            };
+            prepare(model, &text, i, cfg, preserved, resolution, device)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut concept_texts: Vec<ConceptPrompts> = concepts.iter().map(|c| c.texts.clone()).collect();

@@ -79,6 +79,19 @@ fn with_no_config_the_solve_alone_needs_no_images_and_preserves_the_shipped_list
         first["concepts"][0]["anchors"][0],
         format!("a photo of {sibling}")
     );
+    // Only the object and animal lists give siblings.
+    let things: Vec<String> = ["objects", "animals"]
+        .iter()
+        .flat_map(|list| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/preserve");
+            std::fs::read_to_string(root.join(format!("{list}.txt")))
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(things.contains(&sibling), "bob's sibling {sibling:?}");
 
     // Without preservation the same solve moves the shipped prompts' keys/values further, and
     // the concept's own prompt is moved in both (the same anchor, the prompt without bob: a
