@@ -130,9 +130,9 @@ pub struct ResteerConfig {
     /// space). 0 stops at the anchor, which still draws the concept where the model's prior
     /// without it does (BENCHMARKS.md#re-steering-defaults).
     pub anchor_push: f64,
-    /// With `anchor` unset, an object's anchor is a sibling from the preserved list: the word
-    /// filling most of the concept's templates there ("triangle" for "a red square"), the
-    /// nearest in the text encoder's space where several do (`sibling.rs`), its target at it
+    /// With `anchor` unset, an object's anchor is a sibling from the preserved list: of the
+    /// words filling most of the concept's templates there ("triangle" for "a red square"),
+    /// the one the solve alone brings the concept closest to (`sibling.rs`), its target at it
     /// (no push). Without one the kind's default anchor and `anchor_push` apply.
     pub sibling_anchor: bool,
     /// Start the steps from the exact minimiser of the anchor and preservation terms (a linear

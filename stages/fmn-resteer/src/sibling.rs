@@ -2,7 +2,7 @@
 //! the preserved list names in the same places ("a red square" → "a red triangle"), not onto
 //! the prompt without it ("a red"). A model whose prior for "a red" is a square draws the
 //! square again from the phrase without it; a sibling is something the model draws as itself
-//! (BENCHMARKS.md#sibling-anchors).
+//! (BENCHMARKS.md#sibling-anchors-2026-12-07).
 use crate::preserve;
 
 /// How many candidates are solved for; more are first ranked by their words' token embeddings
