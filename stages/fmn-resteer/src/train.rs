@@ -353,10 +353,11 @@ impl Anchoring {
 }
 
 /// The concept's anchoring: `anchor` if set; for an object with `sibling_anchor`, the sibling of
-/// the preserved list (`sibling.rs`; of the shipped lists, objects and animals only) whose prompts the solve alone gets the concept's closest
-/// to (the smallest share of the start distance left: the nearest in context space is not it,
-/// "circle" → "square" left 32 % and drew circles), with no push; else the kind's default with
-/// `anchor_push` (BENCHMARKS.md#sibling-anchors-2026-12-07).
+/// the preserved list (`sibling.rs`; of the shipped lists, objects and animals only) whose
+/// prompts the solve alone gets the concept's closest to (the smallest share of the start
+/// distance left: the nearest in context space is not it, "circle" → "square" left 32 % and
+/// drew circles), with no push; else the kind's default with `anchor_push`
+/// (BENCHMARKS.md#sibling-anchors-2026-12-07).
 fn choose_anchoring(
     text: &TextSide,
     spec: &ConceptSpec,
