@@ -1,5 +1,5 @@
 //! The `fmn-resteer` command line: settings from `--config` (optional), overridden by flags.
-use crate::config::{ConceptKind, ConceptSpec, ParamSet, ResteerConfig};
+use crate::config::{ConceptKind, ConceptSpec, ParamSet, ResteerConfig, StepObjective};
 use crate::preserve::GramCache;
 use crate::{resteer, Model};
 use anyhow::{bail, Context, Result};
@@ -24,7 +24,8 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Built-in settings to start from (`original`: the paper's; `toy`: the earlier toy-world
-    /// preset); `--config` and flags override them. Default: fmn's method.
+    /// preset; `robust`: fmn's method and denoising steps against textual-inversion attacks);
+    /// `--config` and flags override them. Default: fmn's method.
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
     #[command(flatten)]
@@ -47,6 +48,8 @@ pub enum Preset {
     Original,
     /// fmn's earlier toy-world preset, with its hand-written preserve list.
     Toy,
+    /// fmn's method, then 200 `loss: denoise` steps of the whole UNet (needs the images).
+    Robust,
 }
 
 impl Preset {
@@ -54,6 +57,7 @@ impl Preset {
         match self {
             Preset::Original => "original",
             Preset::Toy => "toy",
+            Preset::Robust => "robust",
         }
     }
 
@@ -61,6 +65,7 @@ impl Preset {
         match self {
             Preset::Original => include_str!("../../../configs/resteer/original.yaml"),
             Preset::Toy => include_str!("../../../configs/resteer/toy.yaml"),
+            Preset::Robust => include_str!("../../../configs/resteer/robust.yaml"),
         }
     }
 }
@@ -94,9 +99,13 @@ pub struct ConceptArgs {
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(next_help_heading = "Settings")]
 pub struct SettingArgs {
-    /// Attention-loss steps after the solve (`max_train_steps`; 0, the default: the solve alone, no images read).
+    /// Training steps after the solve (`max_train_steps`; 0, the default: the solve alone, no images read).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// What the steps minimise (`loss`): the attention on the concept's tokens, or its
+    /// images' noise predictions moved onto the anchor's (`denoise`).
+    #[arg(long, value_enum)]
+    pub loss: Option<StepObjective>,
     /// Learning rate (`learning_rate`).
     #[arg(long)]
     pub lr: Option<f64>,
@@ -167,6 +176,7 @@ pub struct SettingArgs {
 struct Overrides {
     multi_concept: Option<Vec<ConceptSpec>>,
     max_train_steps: Option<usize>,
+    loss: Option<StepObjective>,
     learning_rate: Option<f64>,
     only_optimize_ca: Option<bool>,
     params: Option<ParamSet>,
@@ -218,6 +228,7 @@ impl Args {
         let flags = Overrides {
             multi_concept,
             max_train_steps: s.steps,
+            loss: s.loss,
             learning_rate: s.lr,
             only_optimize_ca: switch(s.only_ca, s.no_only_ca),
             params: s.params,
@@ -268,9 +279,15 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
     let load_context = || format!("cannot load the model {}", model_dir.display());
     let source = args.model.open().with_context(load_context)?;
     let set = cfg.param_set();
+    // Each step holds one UNet graph per concept until its backward pass, two with
+    // `loss: denoise` (the concept's prompt and a preserved one).
+    let graphs = match cfg.loss {
+        StepObjective::Attention => 1,
+        StepObjective::Denoise => 2,
+    } * cfg.multi_concept.len().max(1);
     let request = fmn_sd_args::TrainingRequest {
         resolution: cfg.resolution,
-        batch: cfg.train_batch_size,
+        batch: cfg.train_batch_size * graphs,
         trainable_params: source
             .parameter_count_where("unet", |name| crate::params::selected(set, name))
             .with_context(load_context)?,

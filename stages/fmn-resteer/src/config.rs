@@ -70,6 +70,19 @@ pub enum ParamSet {
     Attn2Kv,
 }
 
+/// What the training steps after the solve minimise (the `loss` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StepObjective {
+    /// Forget-Me-Not's: the cross-attention on the concept's tokens.
+    Attention,
+    /// ESD's erasure with the anchor as its target (Gandikota et al. 2023): on the concept's
+    /// images, the UNet's noise prediction under each concept prompt is moved onto the base
+    /// model's under the anchor prompt, and under preserved prompts kept at the base model's.
+    /// It changes how the UNet draws, not only what the words' keys and values are.
+    Denoise,
+}
+
 /// The `pooler_positions` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,6 +99,8 @@ pub struct ResteerConfig {
     pub multi_concept: Vec<ConceptSpec>,
     pub learning_rate: f64,
     pub max_train_steps: usize,
+    /// What the steps minimise: `attention` (the original's) or `denoise`.
+    pub loss: StepObjective,
     /// Images per concept per step.
     pub train_batch_size: usize,
     /// The original's shorthand: true means `params: attn2`, false `params: all`, unless
@@ -115,7 +130,8 @@ pub struct ResteerConfig {
     pub preserve_files: Vec<PathBuf>,
     /// More prompts, inline.
     pub preserve_prompts: Vec<String>,
-    /// Weight of the term keeping the K/V projections of the preserved prompts unchanged.
+    /// Weight of the term keeping the K/V projections of the preserved prompts unchanged (and
+    /// with `loss: denoise`, of the one keeping their noise predictions).
     pub preserve_weight: f64,
     /// Weight of the term moving the K/V projections of the concept's prompts onto those of
     /// its anchor prompts (the same prompts with the concept replaced by `anchor`); with several
@@ -177,6 +193,7 @@ impl Default for ResteerConfig {
             multi_concept: Vec::new(),
             learning_rate: 1e-3,
             max_train_steps: 0,
+            loss: StepObjective::Attention,
             train_batch_size: 1,
             only_optimize_ca: None,
             params: None,
@@ -277,6 +294,12 @@ impl Validate for ResteerConfig {
         }
         if self.harden > 0 && (!self.solve_anchor || self.anchor_weight <= 0.0) {
             return Err("`harden` forgets the learned tokens through the anchor solve: it needs `solve_anchor` and `anchor_weight` > 0".into());
+        }
+        if self.loss == StepObjective::Denoise && self.max_train_steps == 0 {
+            return Err("`loss: denoise` is what the steps minimise, and `max_train_steps` is 0 (the solve alone)".into());
+        }
+        if self.loss == StepObjective::Denoise && self.anchor_weight <= 0.0 {
+            return Err("`loss: denoise` moves the concept's predictions onto its anchor prompts', and `anchor_weight` is 0 (no anchor prompts)".into());
         }
         if self.harden > 0 && self.harden_steps == 0 {
             return Err("`harden_steps` must be at least 1 when `harden` is on".into());

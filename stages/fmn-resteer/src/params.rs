@@ -130,6 +130,14 @@ impl Trainable {
         )
     }
 
+    /// The UNet without deltas.
+    pub fn base_unet(&self, device: &Device) -> candle_core::Result<UNet2DConditionModel> {
+        UNet2DConditionModel::new(
+            VarBuilder::from_tensors(self.base.clone(), DType::F32, device),
+            &self.config,
+        )
+    }
+
     /// The final deltas (detached) and the base values of the same tensors.
     pub fn export(
         &self,

@@ -52,6 +52,7 @@ pub fn candidates(
 ) -> Vec<Candidate> {
     let mut found: Vec<Candidate> = Vec::new();
     let words = content_words(concept);
+    let concept = [concept.to_string()];
     let mut seen = std::collections::HashSet::new();
     for template in templates.iter().filter(|t| seen.insert(t.as_str())) {
         let mut here = std::collections::HashSet::new();
@@ -61,7 +62,7 @@ pub fn candidates(
             };
             if content_words(f) != words
                 || preserve::names_any(f, run_concepts)
-                || preserve::names_any(f, &[concept.to_string()])
+                || preserve::names_any(f, &concept)
                 || !here.insert(f.to_lowercase())
             {
                 continue;

@@ -1,6 +1,6 @@
 //! The re-steering loop: frozen VAE and text encoder, UNet deltas trained so that the concept's
 //! tokens receive no cross-attention.
-use crate::config::{ConceptKind, ConceptSpec, ResteerConfig};
+use crate::config::{ConceptKind, ConceptSpec, ResteerConfig, StepObjective};
 use crate::loss::{anchor_offsets, anchoring, attention_energy, preservation};
 use crate::params::Trainable;
 use crate::preserve::{self, Encoder as _, Gram, GramCache, PreserveSummary};
@@ -10,6 +10,7 @@ use crate::solve::AnchorSolve;
 use crate::ResteerError;
 use candle_core::{DType, Device, Tensor};
 use fmn_core::Validate;
+use fmn_inversion::train::denoising_loss;
 use fmn_ops::noise::NoiseRng;
 use fmn_sd::io::embedding::{AddedTokens, TokenEmbedding};
 use fmn_sd::io::source::ModelSource;
@@ -17,7 +18,7 @@ use fmn_sd::io::tokenizer::ClipTokenizer;
 use fmn_sd::models::clip::ClipTextModel;
 use fmn_sd::models::probes::resize_mask;
 use fmn_sd::models::probes::AttentionRecorder;
-use fmn_sd::models::unet::UNetConfig;
+use fmn_sd::models::unet::{UNet2DConditionModel, UNetConfig};
 use fmn_sd::models::vae::{AutoencoderKL, DiagonalGaussian};
 use fmn_sd::train::images::TrainingImages;
 use fmn_sd::train::noise_schedule::NoiseSchedule;
@@ -107,6 +108,8 @@ struct PreparedConcept {
     /// With `anchor_weight`: every prompt's context rows and their target (the anchor prompt's
     /// rows pushed `anchor_push` past it), `[R, D]` each.
     anchor_rows: Option<(Tensor, Tensor)>,
+    /// With `loss: denoise`: per prompt, its anchor prompt's hidden states `[1, 77, D]`.
+    anchor_contexts: Vec<Tensor>,
     texts: ConceptPrompts,
 }
 
@@ -321,6 +324,22 @@ fn concept_templates(spec: &ConceptSpec, cfg: &ResteerConfig, listed: &[String])
 struct Preserved<'a> {
     prompts: &'a [String],
     gram_mean: Option<&'a Tensor>,
+    /// The preserved prompts an object's sibling may come from: of the shipped lists, objects
+    /// and animals only (`preserve::OBJECT_LISTS`); the model's own and the user's all.
+    sibling_pool: &'a [String],
+}
+
+/// `prompts` without the shipped lists' entries that name no thing (people, scenes, styles).
+fn sibling_pool(prompts: &[String]) -> Result<Vec<String>, ResteerError> {
+    let not_things: std::collections::HashSet<String> =
+        preserve::shipped_prompts_of(|list| !preserve::OBJECT_LISTS.contains(&list))?
+            .into_iter()
+            .collect();
+    Ok(prompts
+        .iter()
+        .filter(|p| !not_things.contains(*p))
+        .cloned()
+        .collect())
 }
 
 /// A concept's anchoring: what replaces it in its anchor prompts, how far past them its target
@@ -366,32 +385,27 @@ fn choose_anchoring(
     templates: &[String],
     per_prompt: &[&String],
     contexts: &Tensor,
-) -> Result<Anchoring, ResteerError> {
-    let fallback = Anchoring::new(cfg.anchor_for(spec.kind), cfg.anchor_push, per_prompt);
-    if cfg.anchor.is_some() || !cfg.sibling_anchor || spec.kind != ConceptKind::Object {
-        return Ok(fallback);
+) -> Result<(Anchoring, Tensor), ResteerError> {
+    let fallback = || -> Result<(Anchoring, Tensor), ResteerError> {
+        let a = Anchoring::new(cfg.anchor_for(spec.kind), cfg.anchor_push, per_prompt);
+        let targets = a.targets(text, contexts)?;
+        Ok((a, targets))
+    };
+    if !wants_sibling(cfg, spec) {
+        return fallback();
     }
     let names: Vec<String> = cfg.multi_concept.iter().map(|c| c.name.clone()).collect();
-    let not_things: std::collections::HashSet<String> =
-        preserve::shipped_prompts_of(|list| !preserve::OBJECT_LISTS.contains(&list))?
+    let mut candidates: Vec<String> =
+        sibling::candidates(templates, preserved.sibling_pool, &spec.name, &names)
             .into_iter()
+            .map(|c| c.filler)
             .collect();
-    let pool: Vec<String> = preserved
-        .prompts
-        .iter()
-        .filter(|p| !not_things.contains(*p))
-        .cloned()
-        .collect();
-    let mut candidates: Vec<String> = sibling::candidates(templates, &pool, &spec.name, &names)
-        .into_iter()
-        .map(|c| c.filler)
-        .collect();
     if candidates.len() > sibling::SOLVED_CANDIDATES {
         candidates = text.nearest_by_token_embedding(&spec.name, candidates)?;
         candidates.truncate(sibling::SOLVED_CANDIDATES);
     }
     if candidates.is_empty() {
-        return Ok(fallback);
+        return fallback();
     }
     let mut anchorings: Vec<Anchoring> = candidates
         .iter()
@@ -403,13 +417,14 @@ fn choose_anchoring(
         .flat_map(|a| a.texts.iter().map(String::as_str))
         .collect();
     text.encode_once(&all)?;
-    let mut left = Vec::with_capacity(candidates.len());
+    let (mut left, mut targets) = (Vec::new(), Vec::new());
     for anchoring in &anchorings {
-        let targets = anchoring.targets(text, contexts)?;
-        let solve = AnchorSolve::new(&[(contexts.clone(), targets)], preserved.gram_mean)?;
+        let t = anchoring.targets(text, contexts)?;
+        let solve = AnchorSolve::new(&[(contexts.clone(), t.clone())], preserved.gram_mean)?;
         left.push(solve.alone(0, cfg.anchor_weight, cfg.preserve_weight)?);
+        targets.push(t);
     }
-    Ok(match sibling::nearest(&left) {
+    match sibling::nearest(&left) {
         Some(i) => {
             tracing::info!(
                 "{}: anchored onto its sibling {:?} of the preserved list ({:.3} of the distance left alone; {} candidates)",
@@ -418,10 +433,15 @@ fn choose_anchoring(
                 left[i],
                 candidates.len()
             );
-            anchorings.swap_remove(i)
+            Ok((anchorings.swap_remove(i), targets.swap_remove(i)))
         }
-        None => fallback,
-    })
+        None => fallback(),
+    }
+}
+
+/// Whether `spec` is anchored onto a sibling (an object, `sibling_anchor`, no `anchor` given).
+fn wants_sibling(cfg: &ResteerConfig, spec: &ConceptSpec) -> bool {
+    cfg.anchor.is_none() && cfg.sibling_anchor && spec.kind == ConceptKind::Object
 }
 
 fn prepare(
@@ -457,7 +477,7 @@ fn prepare(
         let contexts = Tensor::cat(&contexts, 0)?;
         let (b, n, d) = contexts.dims3()?;
         let contexts = contexts.reshape((b * n, d))?;
-        let anchoring = choose_anchoring(
+        let (anchoring, targets) = choose_anchoring(
             text,
             spec,
             cfg,
@@ -466,11 +486,19 @@ fn prepare(
             &per_prompt,
             &contexts,
         )?;
-        let targets = anchoring.targets(text, &contexts)?;
         (Some((contexts, targets)), Some(anchoring))
     } else {
         (None, None)
     };
+    let mut anchor_contexts = Vec::new();
+    if let (Some(a), StepObjective::Denoise, true) = (&anchoring, cfg.loss, cfg.max_train_steps > 0)
+    {
+        let refs: Vec<&str> = a.texts.iter().map(String::as_str).collect();
+        let encoded = text.encode_once(&refs)?;
+        for i in 0..refs.len() {
+            anchor_contexts.push(encoded.get(i)?.unsqueeze(0)?);
+        }
+    }
     let (mut latents, mut masks) = (Vec::new(), None);
     // The solve alone (no steps) needs no images.
     match (&spec.images, cfg.max_train_steps > 0) {
@@ -498,6 +526,7 @@ fn prepare(
         latents,
         masks,
         anchor_rows,
+        anchor_contexts,
         texts,
     })
 }
@@ -582,8 +611,26 @@ struct Resteering<'a> {
     anchored: Vec<(Tensor, Vec<Tensor>)>,
     /// Per anchored concept: its anchor term's weight.
     anchor_weights: Vec<f64>,
+    /// With `loss: denoise`: the UNet without deltas, and preserved prompts' hidden states
+    /// `[P, 77, D]` (`None`: nothing preserved).
+    denoise: Option<(UNet2DConditionModel, Option<Tensor>)>,
     timesteps: (usize, usize),
     device: Device,
+}
+
+/// Preserved prompts the denoising steps keep per run: enough to cover a list's kinds without
+/// encoding a shipped list's thousands each run.
+const DENOISE_PRESERVED: usize = 64;
+
+/// Up to [`DENOISE_PRESERVED`] of `prompts` naming none of `names`, evenly spread over the list.
+fn denoise_preserved<'p>(prompts: &'p [String], names: &[String]) -> Vec<&'p str> {
+    let kept: Vec<&str> = prompts
+        .iter()
+        .filter(|p| !preserve::names_any(p, names))
+        .map(String::as_str)
+        .collect();
+    let n = kept.len().min(DENOISE_PRESERVED);
+    (0..n).map(|i| kept[i * kept.len() / n]).collect()
 }
 
 impl Objective for Resteering<'_> {
@@ -592,8 +639,16 @@ impl Objective for Resteering<'_> {
         let scaling = model.vae()?.scaling_factor();
         let unet = self.trainable.unet(device)?;
         let mut attention_loss: Option<Tensor> = None;
+        let mut preserved_loss: Option<Tensor> = None;
+        let add = |sum: Option<Tensor>, t: Tensor| -> candle_core::Result<Option<Tensor>> {
+            Ok(Some(match sum {
+                None => t,
+                Some(s) => (s + t)?,
+            }))
+        };
         for c in &self.concepts {
-            let (_, context, positions) = &c.prompts[rng.below(0, c.prompts.len())];
+            let k = rng.below(0, c.prompts.len());
+            let (_, context, positions) = &c.prompts[k];
             let mut x0 = Vec::new();
             let mut masks = Vec::new();
             let mut ts = Vec::new();
@@ -608,6 +663,24 @@ impl Objective for Resteering<'_> {
             let x0 = Tensor::cat(&x0, 0)?;
             let noisy = NoisyLatents::draw(&model.schedule, &x0, &ts, rng)?;
             let ctx = context.repeat((cfg.train_batch_size, 1, 1))?;
+            if let Some((base, preserved)) = &self.denoise {
+                // ESD's erasure onto the anchor: eps(x_t, concept) → eps_base(x_t, anchor).
+                let pred = unet.forward(&noisy.x_t, &noisy.t, &ctx)?;
+                let anchor = c.anchor_contexts[k].repeat((cfg.train_batch_size, 1, 1))?;
+                let target = base.forward(&noisy.x_t, &noisy.t, &anchor)?.detach();
+                let erase = denoising_loss(&pred, &target, None)?;
+                attention_loss = add(attention_loss, erase)?;
+                if let Some(preserved) = preserved {
+                    let p = preserved
+                        .get(rng.below(0, preserved.dim(0)?))?
+                        .unsqueeze(0)?
+                        .repeat((cfg.train_batch_size, 1, 1))?;
+                    let pred = unet.forward(&noisy.x_t, &noisy.t, &p)?;
+                    let target = base.forward(&noisy.x_t, &noisy.t, &p)?.detach();
+                    preserved_loss = add(preserved_loss, denoising_loss(&pred, &target, None)?)?;
+                }
+                continue;
+            }
             let recorder = AttentionRecorder::new();
             unet.forward_with_probe(&noisy.x_t, &noisy.t, &ctx, Some(&recorder))?;
             let mask = if masks.is_empty() {
@@ -616,16 +689,23 @@ impl Objective for Resteering<'_> {
                 Some(Tensor::cat(&masks, 0)?)
             };
             let energy = attention_energy(&recorder.take(), positions, mask.as_ref())?;
-            let norm = energy.sqrt()?;
-            attention_loss = Some(match attention_loss {
-                None => norm,
-                Some(l) => (l + norm)?,
-            });
+            attention_loss = add(attention_loss, energy.sqrt()?)?;
         }
         let Some(attention_loss) = attention_loss else {
             return Err(TrainError::Input("no concept to re-steer".into()));
         };
         let mut loss = attention_loss.clone();
+        let mut parts = vec![(
+            match cfg.loss {
+                StepObjective::Attention => "attention",
+                StepObjective::Denoise => "denoise",
+            },
+            attention_loss,
+        )];
+        if let Some(p) = preserved_loss {
+            loss = (loss + (&p * cfg.preserve_weight)?)?;
+            parts.push(("preserved", p));
+        }
         if self.preserve.is_some() || !self.anchored.is_empty() {
             let deltas = self
                 .kv_names
@@ -639,10 +719,7 @@ impl Objective for Resteering<'_> {
                 loss = (loss + (anchoring(rows, &deltas, offsets)? * *w)?)?;
             }
         }
-        Ok(StepLoss {
-            total: loss,
-            parts: vec![("attention", attention_loss)],
-        })
+        Ok(StepLoss { total: loss, parts })
     }
 }
 
@@ -674,11 +751,17 @@ pub fn resteer(
         (gram, Some(summary))
     };
     let preserve = gram.as_ref().map(Gram::mean).transpose()?;
+    let pool = if cfg.multi_concept.iter().any(|c| wants_sibling(cfg, c)) {
+        sibling_pool(&prompts)?
+    } else {
+        Vec::new()
+    };
     let concepts = (0..cfg.multi_concept.len())
         .map(|i| {
             let preserved = Preserved {
                 prompts: &prompts,
                 gram_mean: preserve.as_ref(),
+                sibling_pool: &pool,
             };
             prepare(model, &text, i, cfg, preserved, resolution, device)
         })
@@ -776,6 +859,18 @@ pub fn resteer(
         cfg.learning_rate,
         cfg.adam_weight_decay,
     );
+    let denoise = match cfg.loss {
+        StepObjective::Attention => None,
+        StepObjective::Denoise => {
+            let kept = denoise_preserved(&prompts, &names);
+            let preserved = if kept.is_empty() {
+                None
+            } else {
+                Some(text.encode_prompts(&kept)?)
+            };
+            Some((trainable.base_unet(device)?, preserved))
+        }
+    };
     let mut objective = Resteering {
         model,
         cfg,
@@ -785,6 +880,7 @@ pub fn resteer(
         preserve,
         anchored,
         anchor_weights,
+        denoise,
         timesteps,
         device: device.clone(),
     };

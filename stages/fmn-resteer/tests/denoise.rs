@@ -1,0 +1,166 @@
+//! `loss: denoise` (ESD's erasure onto the anchor): the UNet's noise prediction under the
+//! concept's prompt moves onto the base model's under its anchor prompt, through weights
+//! outside cross-attention too. On the toy model: the tiny random fixture draws nothing that
+//! its prompts decide (its "bob" and "" predictions differ by 3 %).
+#![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
+use candle_core::{DType, Device, Tensor};
+use fmn_sd::io::patch::Patch;
+use fmn_sd::sample::pipeline::{seeded_noise, StableDiffusion};
+use fmn_toy_world::Concept;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+fn model() -> PathBuf {
+    fmn_testkit::fixtures().join("../../data/toy-model")
+}
+
+fn resteer(dir: &Path, args: &[&str], out: &Path) -> Output {
+    let images = dir.join("bob");
+    if !images.exists() {
+        let bob = "bob".parse::<Concept>().unwrap();
+        fmn_toy_world::dataset::render_set(&images, 4, 77, Some(bob), |_| {}).unwrap();
+    }
+    std::process::Command::new(env!("CARGO_BIN_EXE_fmn-resteer"))
+        .arg("--model")
+        .arg(model())
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args(["--quiet", "--json", "--concept", "bob", "--kind", "object"])
+        .arg("--images")
+        .arg(images)
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+/// `‖a − b‖ / ‖b‖`.
+fn rel(a: &Tensor, b: &Tensor) -> f32 {
+    let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+    let d = norm(&(a - b).unwrap()).to_scalar::<f32>().unwrap();
+    d / norm(b).to_scalar::<f32>().unwrap()
+}
+
+/// The UNet's prediction for `x_t` at timestep 900 under `prompt`.
+fn eps(sd: &StableDiffusion, x_t: &Tensor, prompt: &str) -> Tensor {
+    let ctx = sd.encode_prompts(&[prompt]).unwrap();
+    let t = Tensor::new(&[900f32], &Device::Cpu).unwrap();
+    sd.unet.forward(x_t, &t, &ctx).unwrap()
+}
+
+#[test]
+fn denoise_steps_move_the_concepts_prediction_onto_its_anchors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("p.safetensors");
+    // The anchor "" (no sibling): "a photo of bob" is moved onto "a photo of".
+    let args = [
+        "--loss",
+        "denoise",
+        "--params",
+        "all",
+        "--steps",
+        "40",
+        "--lr",
+        "0.0001",
+        "--no-sibling-anchor",
+        // From the base weights: the solve alone already moves the keys/values onto the anchor's.
+        "--no-solve-anchor",
+    ];
+    let res = resteer(tmp.path(), &args, &out);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let report = fmn_testkit::json_of(&res);
+    let parts = &report["report"]["final_parts"];
+    assert!(parts["denoise"].as_f64().unwrap().is_finite(), "{report}");
+    assert!(parts["preserved"].as_f64().unwrap().is_finite(), "{report}");
+    assert!(parts.get("attention").is_none(), "{report}");
+    assert_eq!(
+        report["concepts"][0]["anchors"][0].as_str(),
+        Some("a photo of")
+    );
+
+    let mut patch = Patch::load(&out).unwrap();
+    // Weights outside cross-attention change too: the convolutions, self-attention.
+    for part in [
+        "conv_in.weight",
+        "attn1.to_q.weight",
+        "resnets.0.conv1.weight",
+    ] {
+        let moved = patch
+            .deltas
+            .iter()
+            .filter(|(k, _)| k.contains(part))
+            .map(|(_, d)| {
+                d.to_dtype(DType::F32)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .fold(0.0f32, f32::max);
+        assert!(moved > 0.0, "no delta on {part}");
+    }
+
+    // Without the key/value deltas (which the anchor term moves as well), what is left is the
+    // denoising terms' doing.
+    patch
+        .deltas
+        .retain(|k, _| !k.contains(".attn2.to_k.") && !k.contains(".attn2.to_v."));
+    let base = StableDiffusion::load(&model(), &Device::Cpu, DType::F32).unwrap();
+    let patched =
+        StableDiffusion::load_with_patches(&model(), &Device::Cpu, DType::F32, &[patch]).unwrap();
+    // At t = 900 a latent is nearly noise: one the steps trained on.
+    let x_t = seeded_noise(base.latent_shape(1, 64, 64).unwrap(), 7, &Device::Cpu).unwrap();
+    let anchor = eps(&base, &x_t, "a photo of");
+    let before = rel(&eps(&base, &x_t, "a photo of bob"), &anchor);
+    let after = rel(&eps(&patched, &x_t, "a photo of bob"), &anchor);
+    // A prompt of the toy model's preserve list moves less than the concept's moves.
+    let kept = "a photo of a red square";
+    let kept_moved = rel(&eps(&patched, &x_t, kept), &eps(&base, &x_t, kept));
+    eprintln!("before {before} after {after} kept {kept_moved}");
+    assert!(
+        after < 0.8 * before,
+        "the concept's prediction did not move onto the anchor's: {before} -> {after}"
+    );
+    assert!(
+        kept_moved < before - after,
+        "{kept:?} moved by {kept_moved}, the concept by {}",
+        before - after
+    );
+}
+
+#[test]
+fn denoise_needs_anchor_prompts_and_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("p.safetensors");
+    let args = [
+        "--loss",
+        "denoise",
+        "--steps",
+        "2",
+        "--anchor-weight",
+        "0",
+        "--no-solve-anchor",
+    ];
+    let res = resteer(tmp.path(), &args, &out);
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("`loss: denoise`") && err.contains("anchor_weight"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // Without steps there is nothing for it to do.
+    let res = resteer(tmp.path(), &["--loss", "denoise", "--steps", "0"], &out);
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("max_train_steps"), "{err}");
+    assert!(!out.exists());
+}
