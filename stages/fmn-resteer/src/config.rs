@@ -78,8 +78,9 @@ pub enum StepObjective {
     Attention,
     /// ESD's erasure with the anchor as its target (Gandikota et al. 2023): on the concept's
     /// images, the UNet's noise prediction under each concept prompt is moved onto the base
-    /// model's under the anchor prompt, and under preserved prompts kept at the base model's.
-    /// It changes how the UNet draws, not only what the words' keys and values are.
+    /// model's under the anchor prompt, and on the base model's own images of preserved prompts
+    /// (`prior.rs`) kept at the base model's. It changes how the UNet draws, not only what the
+    /// words' keys and values are.
     Denoise,
 }
 

@@ -9,6 +9,7 @@ pub mod harden;
 pub mod loss;
 pub mod params;
 pub mod preserve;
+pub mod prior;
 pub mod prompts;
 pub mod sibling;
 pub mod solve;

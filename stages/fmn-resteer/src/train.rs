@@ -4,6 +4,7 @@ use crate::config::{ConceptKind, ConceptSpec, ResteerConfig, StepObjective};
 use crate::loss::{anchor_offsets, anchoring, attention_energy, preservation};
 use crate::params::Trainable;
 use crate::preserve::{self, Encoder as _, Gram, GramCache, PreserveSummary};
+use crate::prior::{self, PriorImages};
 use crate::prompts::{anchor_prompt, concept_prompt, entry_template, ConceptPrompt};
 use crate::sibling;
 use crate::solve::AnchorSolve;
@@ -20,6 +21,7 @@ use fmn_sd::models::probes::resize_mask;
 use fmn_sd::models::probes::AttentionRecorder;
 use fmn_sd::models::unet::{UNet2DConditionModel, UNetConfig};
 use fmn_sd::models::vae::{AutoencoderKL, DiagonalGaussian};
+use fmn_sd::sample::scheduler::SchedulerConfig;
 use fmn_sd::train::images::TrainingImages;
 use fmn_sd::train::noise_schedule::NoiseSchedule;
 use fmn_sd::train::scaffold::{
@@ -39,6 +41,9 @@ pub struct Model {
     /// Every UNet weight, or for the solve alone only those it changes.
     pub unet_weights: std::collections::HashMap<String, Tensor>,
     pub schedule: NoiseSchedule,
+    /// The sampler's schedule and the model's guidance (`loss: denoise` samples images).
+    pub scheduler: SchedulerConfig,
+    pub guidance: f64,
     /// The model folder's own preservation prompts (`preserve.txt`), if it has them.
     pub preserve_list: Option<Vec<String>>,
 }
@@ -74,6 +79,8 @@ impl Model {
                 steps || crate::params::selected(set, name)
             })?,
             schedule: NoiseSchedule::from_config(&source.scheduler_config()?)?,
+            scheduler: source.scheduler_config()?,
+            guidance: fmn_sd::io::sampling_defaults::resolve_guidance(None, source.path())?,
             preserve_list: model_preserve_list(source.path())?,
         })
     }
@@ -611,25 +618,21 @@ struct Resteering<'a> {
     anchored: Vec<(Tensor, Vec<Tensor>)>,
     /// Per anchored concept: its anchor term's weight.
     anchor_weights: Vec<f64>,
-    /// With `loss: denoise`: the UNet without deltas, and preserved prompts' hidden states
-    /// `[P, 77, D]` (`None`: nothing preserved).
-    denoise: Option<(UNet2DConditionModel, Option<Tensor>)>,
+    /// With `loss: denoise`: the UNet without deltas, and the base model's images of preserved
+    /// prompts (`None`: nothing preserved).
+    denoise: Option<(UNet2DConditionModel, Option<PriorImages>)>,
     timesteps: (usize, usize),
     device: Device,
 }
 
-/// Preserved prompts the denoising steps keep per run: enough to cover a list's kinds without
-/// encoding a shipped list's thousands each run.
-const DENOISE_PRESERVED: usize = 64;
-
-/// Up to [`DENOISE_PRESERVED`] of `prompts` naming none of `names`, evenly spread over the list.
-fn denoise_preserved<'p>(prompts: &'p [String], names: &[String]) -> Vec<&'p str> {
+/// Up to `count` of `prompts` naming none of `names`, evenly spread over the list.
+fn spread<'p>(prompts: &'p [String], names: &[String], count: usize) -> Vec<&'p str> {
     let kept: Vec<&str> = prompts
         .iter()
         .filter(|p| !preserve::names_any(p, names))
         .map(String::as_str)
         .collect();
-    let n = kept.len().min(DENOISE_PRESERVED);
+    let n = kept.len().min(count);
     (0..n).map(|i| kept[i * kept.len() / n]).collect()
 }
 
@@ -670,11 +673,17 @@ impl Objective for Resteering<'_> {
                 let target = base.forward(&noisy.x_t, &noisy.t, &anchor)?.detach();
                 let erase = denoising_loss(&pred, &target, None)?;
                 attention_loss = add(attention_loss, erase)?;
-                if let Some(preserved) = preserved {
-                    let p = preserved
-                        .get(rng.below(0, preserved.dim(0)?))?
-                        .unsqueeze(0)?
-                        .repeat((cfg.train_batch_size, 1, 1))?;
+                if let Some(prior) = preserved {
+                    // One of the base model's own images, under its prompt, at other timesteps.
+                    let k = rng.below(0, prior.latents.dim(0)?);
+                    let x0 = prior.latents.get(k)?.unsqueeze(0)?;
+                    let x0 = x0.repeat((cfg.train_batch_size, 1, 1, 1))?;
+                    let ts: Vec<usize> = (0..cfg.train_batch_size)
+                        .map(|_| rng.below(self.timesteps.0, self.timesteps.1))
+                        .collect();
+                    let noisy = NoisyLatents::draw(&model.schedule, &x0, &ts, rng)?;
+                    let p = prior.contexts.get(k)?.unsqueeze(0)?;
+                    let p = p.repeat((cfg.train_batch_size, 1, 1))?;
                     let pred = unet.forward(&noisy.x_t, &noisy.t, &p)?;
                     let target = base.forward(&noisy.x_t, &noisy.t, &p)?.detach();
                     preserved_loss = add(preserved_loss, denoising_loss(&pred, &target, None)?)?;
@@ -862,13 +871,27 @@ pub fn resteer(
     let denoise = match cfg.loss {
         StepObjective::Attention => None,
         StepObjective::Denoise => {
-            let kept = denoise_preserved(&prompts, &names);
-            let preserved = if kept.is_empty() {
+            let base = trainable.base_unet(device)?;
+            let kept = spread(&prompts, &names, prior::IMAGES);
+            let prior = if kept.is_empty() {
                 None
             } else {
-                Some(text.encode_prompts(&kept)?)
+                let factor = model.vae()?.downscale_factor();
+                let side = resolution / factor;
+                let latent = [model.unet_config.in_channels, side, side];
+                tracing::info!("sampling {} images of preserved prompts", kept.len());
+                Some(PriorImages::sample(
+                    &base,
+                    &model.scheduler,
+                    text.encode_prompts(&kept)?,
+                    &text.encode_prompts(&[""])?,
+                    model.guidance,
+                    latent,
+                    cfg.seed,
+                    device,
+                )?)
             };
-            Some((trainable.base_unet(device)?, preserved))
+            Some((base, prior))
         }
     };
     let mut objective = Resteering {

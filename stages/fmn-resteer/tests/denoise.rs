@@ -126,7 +126,7 @@ fn denoise_steps_move_the_concepts_prediction_onto_its_anchors() {
     let kept_moved = rel(&eps(&patched, &x_t, kept), &eps(&base, &x_t, kept));
     eprintln!("before {before} after {after} kept {kept_moved}");
     assert!(
-        after < 0.8 * before,
+        after < 0.85 * before,
         "the concept's prediction did not move onto the anchor's: {before} -> {after}"
     );
     assert!(
@@ -163,4 +163,45 @@ fn denoise_needs_anchor_prompts_and_steps() {
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(err.contains("max_train_steps"), "{err}");
     assert!(!out.exists());
+}
+
+#[test]
+fn the_prior_images_are_what_the_sampler_draws_for_their_prompts() {
+    use fmn_resteer::prior::PriorImages;
+    use fmn_sd::sample::pipeline::SampleRequest;
+    use fmn_sd::sample::scheduler::SamplerKind;
+    let dev = Device::Cpu;
+    let sd =
+        StableDiffusion::load(&fmn_testkit::fixtures().join("sd1-tiny"), &dev, DType::F32).unwrap();
+    let prompts = ["a red square", "a photo of a dog"];
+    let [_, c, h, w] = sd.latent_shape(1, 32, 32).unwrap();
+    let prior = PriorImages::sample(
+        &sd.unet,
+        &sd.scheduler,
+        sd.encode_prompts(&prompts).unwrap(),
+        &sd.encode_prompts(&[""]).unwrap(),
+        7.5,
+        [c, h, w],
+        11,
+        &dev,
+    )
+    .unwrap();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let req = SampleRequest {
+            prompt,
+            negative_prompt: "",
+            sampler: SamplerKind::Ddim,
+            steps: 25,
+            guidance: 7.5,
+            guidance_rescale: 0.0,
+            init_noise: seeded_noise([1, c, h, w], 11 + i as u64, &dev).unwrap(),
+            attention_steps: &[],
+            step_seed: 0,
+        };
+        let one = sd.sample(&req, |_| {}).unwrap().latents;
+        let batched = prior.latents.get(i).unwrap().unsqueeze(0).unwrap();
+        // One image alone and two in a batch round differently.
+        let err = fmn_testkit::max_abs_diff(&batched, &one) / fmn_testkit::max_abs(&one);
+        assert!(err < 1e-4, "{prompt}: {err} of the largest value");
+    }
 }

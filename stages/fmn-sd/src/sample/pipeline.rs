@@ -176,22 +176,54 @@ pub struct SampleOutput {
 
 impl StableDiffusion {
     /// Denoises `req.init_noise` conditioned on the prompt; `on_step` is told each finished step.
-    pub fn sample(
+    pub fn sample(&self, req: &SampleRequest, on_step: impl FnMut(usize)) -> Result<SampleOutput> {
+        let n = req.init_noise.dim(0)?;
+        let cond = self.encode_prompts(&[req.prompt])?.repeat((n, 1, 1))?;
+        let uncond = if req.guidance > 1.0 {
+            Some(
+                self.encode_prompts(&[req.negative_prompt])?
+                    .repeat((n, 1, 1))?,
+            )
+        } else {
+            None
+        };
+        let unet = GuidedUNet {
+            unet: &self.unet,
+            scheduler: &self.scheduler,
+            dtype: self.dtype,
+        };
+        unet.denoise(&cond, uncond.as_ref(), req, on_step)
+    }
+}
+
+/// A UNet and its scheduler, as the sampling loop sees them.
+pub struct GuidedUNet<'a> {
+    pub unet: &'a UNet2DConditionModel,
+    pub scheduler: &'a SchedulerConfig,
+    /// The UNet's compute dtype.
+    pub dtype: DType,
+}
+
+impl GuidedUNet<'_> {
+    /// Denoises `req.init_noise` (`[N, C, h, w]`) under the hidden states `cond` (`[N, 77, D]`,
+    /// one row per image) with classifier-free guidance against `uncond` (`[N, 77, D]`; `None`:
+    /// no guidance). `req.prompt` and `req.negative_prompt` are not read: the contexts are.
+    pub fn denoise(
         &self,
+        cond: &Tensor,
+        uncond: Option<&Tensor>,
         req: &SampleRequest,
         mut on_step: impl FnMut(usize),
     ) -> Result<SampleOutput> {
         check_guidance_rescale(req.guidance_rescale)?;
         let n = req.init_noise.dim(0)?;
-        let cfg = req.guidance > 1.0;
-        let cond = self.encode_prompts(&[req.prompt])?;
-        let context = if cfg {
-            let uncond = self.encode_prompts(&[req.negative_prompt])?;
-            Tensor::cat(&[uncond.repeat((n, 1, 1))?, cond.repeat((n, 1, 1))?], 0)?
-        } else {
-            cond.repeat((n, 1, 1))?
+        let device = req.init_noise.device();
+        let cfg = uncond.is_some();
+        let context = match uncond {
+            Some(uncond) => Tensor::cat(&[uncond, cond], 0)?,
+            None => cond.clone(),
         };
-        let mut sampler = build_sampler(req.sampler, &self.scheduler, req.steps)?;
+        let mut sampler = build_sampler(req.sampler, self.scheduler, req.steps)?;
         let mut latents = (&req.init_noise * sampler.init_noise_sigma())?;
         let mut rng = NoiseRng::new(req.step_seed);
         let mut attention = Vec::new();
@@ -203,7 +235,7 @@ impl StableDiffusion {
                 latents.clone()
             };
             let model_in = sampler.scale_model_input(&model_in, i)?;
-            let t_tensor = Tensor::new(&[t as f32], &self.device)?;
+            let t_tensor = Tensor::new(&[t as f32], device)?;
             let recorder = req
                 .attention_steps
                 .contains(&i)
