@@ -641,7 +641,8 @@ impl Objective for Resteering<'_> {
         let (cfg, model, device) = (self.cfg, self.model, &self.device);
         let scaling = model.vae()?.scaling_factor();
         let unet = self.trainable.unet(device)?;
-        let mut attention_loss: Option<Tensor> = None;
+        // Per concept: the attention energy's norm, or with `loss: denoise` the erasure term.
+        let mut concept_loss: Option<Tensor> = None;
         let mut preserved_loss: Option<Tensor> = None;
         let add = |sum: Option<Tensor>, t: Tensor| -> candle_core::Result<Option<Tensor>> {
             Ok(Some(match sum {
@@ -672,7 +673,7 @@ impl Objective for Resteering<'_> {
                 let anchor = c.anchor_contexts[k].repeat((cfg.train_batch_size, 1, 1))?;
                 let target = base.forward(&noisy.x_t, &noisy.t, &anchor)?.detach();
                 let erase = denoising_loss(&pred, &target, None)?;
-                attention_loss = add(attention_loss, erase)?;
+                concept_loss = add(concept_loss, erase)?;
                 if let Some(prior) = preserved {
                     // One of the base model's own images, under its prompt, at other timesteps.
                     let k = rng.below(0, prior.latents.dim(0)?);
@@ -698,18 +699,18 @@ impl Objective for Resteering<'_> {
                 Some(Tensor::cat(&masks, 0)?)
             };
             let energy = attention_energy(&recorder.take(), positions, mask.as_ref())?;
-            attention_loss = add(attention_loss, energy.sqrt()?)?;
+            concept_loss = add(concept_loss, energy.sqrt()?)?;
         }
-        let Some(attention_loss) = attention_loss else {
+        let Some(concept_loss) = concept_loss else {
             return Err(TrainError::Input("no concept to re-steer".into()));
         };
-        let mut loss = attention_loss.clone();
+        let mut loss = concept_loss.clone();
         let mut parts = vec![(
             match cfg.loss {
                 StepObjective::Attention => "attention",
                 StepObjective::Denoise => "denoise",
             },
-            attention_loss,
+            concept_loss,
         )];
         if let Some(p) = preserved_loss {
             loss = (loss + (&p * cfg.preserve_weight)?)?;
