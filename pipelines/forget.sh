@@ -15,7 +15,7 @@
 #   PROMPTS        prompts sampled before/after [configs/eval/toy-prompts.txt]
 #   SUITE          fmn-eval suite [configs/eval/toy.yaml]     JUDGE  fmn-eval judge [toy]
 #   SEEDS          images per prompt [8]          SAMPLE_STEPS  denoising steps [25]
-#   ATTACK         1: attack the patch with fmn-attack (concept inversion) [1]
+#   ATTACK         1: attack the patch with fmn-attack (concept inversion, prompt search) [1]
 #   ATTACK_STEPS   inversion steps per attack [500]
 #   ATTACK_EXPECT  what the judge must see to count the concept, ATTRIBUTE=LABEL
 #                  [inferred from the concept's name with the toy judge]

@@ -1,6 +1,7 @@
 //! One attack: textual inversion on the (patched) model from the concept's images, the learned
 //! tokens sampled on the attack prompts, every image judged.
-use crate::config::{AttackConfig, Planned};
+use crate::config::{AttackConfig, Method, Planned};
+use crate::search::{self, KvDistance, SearchSettings};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use fmn_inversion::config::{InvertConfig, TokenList};
@@ -15,6 +16,8 @@ use std::path::Path;
 /// The result file of a finished attack inside its folder (written last).
 pub const RESULT_FILE: &str = "result.json";
 pub const EMBEDDING_FILE: &str = "embedding.safetensors";
+/// The prompt search's words, start and distances ([`search::Found`]).
+pub const SEARCH_FILE: &str = "search.json";
 
 /// One attack image and the judge's verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,16 +35,19 @@ pub struct JudgedImage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttackResult {
     pub name: String,
+    /// `inversion` or `search`.
     pub method: String,
     pub tokens: usize,
     pub init: String,
-    /// What the inversion started from (per token, or one for all).
+    /// What the inversion started from (per token, or one for all); the search's random
+    /// start words.
     pub initializers: Vec<String>,
     pub seed: u64,
+    /// Inversion steps; the search's sweeps.
     pub steps: usize,
-    /// The learned tokens as the prompts use them.
+    /// The learned tokens (or the words found) as the prompts use them.
     pub token_text: String,
-    /// Mean inversion loss of the last steps.
+    /// Mean inversion loss of the last steps; the search's K/V distance of the words found.
     pub final_loss: f64,
     pub seconds: f64,
     pub images: Vec<JudgedImage>,
@@ -68,7 +74,8 @@ pub fn inversion_settings(cfg: &AttackConfig, base: &InvertConfig, plan: &Planne
     inv
 }
 
-/// Runs `plan` into `dir` (created; the result file last) and returns its result.
+/// Runs the inversion `plan` into `dir` (created; the result file last) and returns its
+/// result.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     model: &mut StableDiffusion,
@@ -98,15 +105,114 @@ pub fn run(
 
     let base_tokenizer = model.tokenizer.clone();
     model.add_embeddings(vec![inverted.embedding], std::slice::from_ref(&plan.name))?;
-    let sampled = sample(model, cfg, &token_text, guidance, dir, device);
+    let judged = sample_and_judge(model, cfg, &token_text, judge, guidance, dir, device);
     model.tokenizer = base_tokenizer;
     model.added_tokens = None;
-    let (files, prompts, seeds, pictures) = sampled?;
+    let images = judged.with_context(|| format!("attack {}", plan.name))?;
+    finish(
+        AttackResult {
+            name: plan.name.clone(),
+            method: Method::Inversion.name().into(),
+            tokens: plan.tokens,
+            init: plan.init.clone(),
+            initializers: plan.initializers.clone(),
+            seed: plan.seed,
+            steps: cfg.steps,
+            token_text,
+            final_loss: inverted.report.late_mean_loss,
+            seconds: 0.0,
+            images: Vec::new(),
+            judged_concept: 0,
+            rate: 0.0,
+        },
+        images,
+        started,
+        dir,
+    )
+}
 
-    let verdicts = judge
-        .judge(&pictures)
-        .with_context(|| format!("attack {}: the judge failed", plan.name))?;
-    let images: Vec<JudgedImage> = verdicts
+/// Runs the prompt search `plan` into `dir` (created; the result file last): the words found
+/// by [`search::search`] sampled on the attack prompts and judged.
+#[allow(clippy::too_many_arguments)]
+pub fn run_search(
+    model: &StableDiffusion,
+    cfg: &AttackConfig,
+    distance: &KvDistance,
+    pool: &[String],
+    plan: &Planned,
+    judge: &dyn Judge,
+    guidance: f64,
+    dir: &Path,
+    on_sweep: impl FnMut(usize),
+    device: &Device,
+) -> Result<AttackResult> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let settings = SearchSettings {
+        tokens: plan.tokens,
+        rounds: cfg.search_rounds,
+        candidates: cfg.search_candidates,
+        seed: plan.seed,
+    };
+    let found = search::search(model, distance, &cfg.prompts, pool, &settings, on_sweep)
+        .with_context(|| format!("attack {}: the prompt search failed", plan.name))?;
+    let path = dir.join(SEARCH_FILE);
+    fmn_core::write_json_atomic(&path, &found)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let token_text = found.words.join(" ");
+    let images = sample_and_judge(model, cfg, &token_text, judge, guidance, dir, device)
+        .with_context(|| format!("attack {}", plan.name))?;
+    finish(
+        AttackResult {
+            name: plan.name.clone(),
+            method: Method::Search.name().into(),
+            tokens: plan.tokens,
+            init: plan.init.clone(),
+            initializers: found.start.clone(),
+            seed: plan.seed,
+            steps: cfg.search_rounds,
+            token_text,
+            final_loss: found.distance,
+            seconds: 0.0,
+            images: Vec::new(),
+            judged_concept: 0,
+            rate: 0.0,
+        },
+        images,
+        started,
+        dir,
+    )
+}
+
+/// `result` with `images`, their rate and the time since `started`, written to `dir`.
+fn finish(
+    mut result: AttackResult,
+    images: Vec<JudgedImage>,
+    started: std::time::Instant,
+    dir: &Path,
+) -> Result<AttackResult> {
+    result.judged_concept = images.iter().filter(|i| i.concept).count();
+    result.rate = result.judged_concept as f64 / images.len().max(1) as f64;
+    result.images = images;
+    result.seconds = started.elapsed().as_secs_f64();
+    fmn_core::write_json_atomic(&dir.join(RESULT_FILE), &result)
+        .with_context(|| format!("cannot write {}", dir.join(RESULT_FILE).display()))?;
+    Ok(result)
+}
+
+/// Every attack prompt with `token_text`, sampled into `dir` and judged.
+fn sample_and_judge(
+    model: &StableDiffusion,
+    cfg: &AttackConfig,
+    token_text: &str,
+    judge: &dyn Judge,
+    guidance: f64,
+    dir: &Path,
+    device: &Device,
+) -> Result<Vec<JudgedImage>> {
+    let (files, prompts, seeds, pictures) = sample(model, cfg, token_text, guidance, dir, device)?;
+    let verdicts = judge.judge(&pictures).context("the judge failed")?;
+    Ok(verdicts
         .into_iter()
         .enumerate()
         .map(|(i, v)| JudgedImage {
@@ -116,26 +222,7 @@ pub fn run(
             concept: v.matches(&cfg.expect),
             labels: v.labels,
         })
-        .collect();
-    let judged_concept = images.iter().filter(|i| i.concept).count();
-    let result = AttackResult {
-        name: plan.name.clone(),
-        method: "inversion".into(),
-        tokens: plan.tokens,
-        init: plan.init.clone(),
-        initializers: plan.initializers.clone(),
-        seed: plan.seed,
-        steps: cfg.steps,
-        token_text,
-        final_loss: inverted.report.late_mean_loss,
-        seconds: started.elapsed().as_secs_f64(),
-        rate: judged_concept as f64 / images.len().max(1) as f64,
-        judged_concept,
-        images,
-    };
-    fmn_core::write_json_atomic(&dir.join(RESULT_FILE), &result)
-        .with_context(|| format!("cannot write {}", dir.join(RESULT_FILE).display()))?;
-    Ok(result)
+        .collect())
 }
 
 /// The ids of the `k` vocabulary tokens whose rows are closest in cosine to the mean row of

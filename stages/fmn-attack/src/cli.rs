@@ -1,7 +1,8 @@
 //! The `fmn-attack` command line: settings from `--config` (optional), overridden by flags.
 use crate::attack::{self, AttackResult, RESULT_FILE};
-use crate::config::AttackConfig;
-use crate::report::{self, AttackReport, PatchRef, REPORT_FILE};
+use crate::config::{AttackConfig, Method};
+use crate::report::{self, AttackReport, PatchRef, Reference, REPORT_FILE};
+use crate::search::{BaseKv, KvDistance};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::Parser;
@@ -55,6 +56,10 @@ pub struct SettingArgs {
     /// Folder of their masks (`masks`).
     #[arg(long, value_name = "DIR")]
     pub masks: Option<PathBuf>,
+    /// Attack methods, e.g. inversion,search (`methods`).
+    #[arg(long = "method", value_enum, value_delimiter = ',', num_args = 1..)]
+    #[serde(rename = "methods")]
+    pub methods: Option<Vec<Method>>,
     /// Numbers of learned tokens, e.g. 1,2,4 (`tokens`).
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub tokens: Option<Vec<usize>>,
@@ -68,6 +73,12 @@ pub struct SettingArgs {
     /// Inversion steps per attack (`steps`).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// The prompt search's sweeps over its word positions (`search_rounds`).
+    #[arg(long)]
+    pub search_rounds: Option<usize>,
+    /// Words the search tries per position and sweep (`search_candidates`).
+    #[arg(long)]
+    pub search_candidates: Option<usize>,
     /// An fmn-invert config for the other inversion settings (`invert_config`).
     #[arg(long, value_name = "FILE.yaml")]
     pub invert_config: Option<PathBuf>,
@@ -147,6 +158,44 @@ fn judge_and_expect(cfg: &mut AttackConfig) -> Result<Box<dyn Judge>> {
     Ok(judge)
 }
 
+/// The judge on the concept's images in `dir`; a warning when fewer than half show the
+/// concept to it (images of something else, or a judge that cannot see this concept: the
+/// ASR then means little).
+fn judge_reference(cfg: &AttackConfig, judge: &dyn Judge, dir: &Path) -> Result<Reference> {
+    let images = fmn_sd::train::images::TrainingImages::load(dir, None)
+        .with_context(|| format!("cannot read the concept's images in {}", dir.display()))?;
+    let pictures: Vec<_> = images.items.into_iter().map(|i| i.image).collect();
+    let judged_concept = judge
+        .judge(&pictures)
+        .context("the judge failed on the concept's images")?
+        .iter()
+        .filter(|v| v.matches(&cfg.expect))
+        .count();
+    let rate = judged_concept as f64 / pictures.len().max(1) as f64;
+    if rate < 0.5 {
+        tracing::warn!(
+            "the judge ({}) calls only {judged_concept} of the {} images in {} the concept ({}): \
+             they may not show {} as a {:?}, or the judge cannot see it; the attack success rate \
+             is measured against that",
+            cfg.judge,
+            pictures.len(),
+            dir.display(),
+            cfg.expect
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            cfg.concept(),
+            cfg.kind
+        );
+    }
+    Ok(Reference {
+        images: pictures.len(),
+        judged_concept,
+        rate,
+    })
+}
+
 fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(hex::encode(Sha256::digest(&bytes)))
@@ -156,10 +205,14 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
     let s = &args.settings;
     let mut cfg: AttackConfig = fmn_core::merge_valid(s.config.as_deref(), &s.flags)?;
     let judge = judge_and_expect(&mut cfg)?;
+    let reference = match &cfg.images {
+        Some(dir) => Some(judge_reference(&cfg, judge.as_ref(), dir)?),
+        None => None,
+    };
     let base_inversion: InvertConfig =
         fmn_core::merge(cfg.invert_config.as_deref(), &serde_json::Value::Null)?;
     let mut plan = cfg.plan();
-    for p in &plan {
+    for p in plan.iter().filter(|p| p.method == Method::Inversion) {
         attack::inversion_settings(&cfg, &base_inversion, p)
             .validate()
             .map_err(|e| anyhow::anyhow!("attack {}: {e}", p.name))?;
@@ -186,6 +239,20 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         "attack (inversion)",
     )?;
     let _lock = fmn_core::OutputLock::acquire(&args.out)?;
+    let concept_prompts: Vec<String> = cfg
+        .prompts
+        .iter()
+        .map(|t| t.replacen("{}", cfg.concept(), 1))
+        .collect();
+    // The search's target: the concept prompts' keys and values on the base model.
+    let base_kv = if plan.iter().any(|p| p.method == Method::Search) {
+        let base = StableDiffusion::load_source(&source, &device, DType::F32, &[])
+            .with_context(load_context)?;
+        let prompts: Vec<&str> = concept_prompts.iter().map(String::as_str).collect();
+        Some(BaseKv::new(&base, &prompts).context("the prompt search's target")?)
+    } else {
+        None
+    };
     let mut model = StableDiffusion::load_source(&source, &device, DType::F32, &patches)
         .with_context(|| {
             if args.patch.is_empty() {
@@ -208,6 +275,13 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
             .map(u32::to_string)
             .collect();
     }
+    let search = match base_kv {
+        Some(base_kv) => Some((
+            KvDistance::new(base_kv, &model)?,
+            crate::search::word_pool(&model, cfg.concept())?,
+        )),
+        None => None,
+    };
     let guidance = fmn_sd::io::sampling_defaults::resolve_guidance(cfg.guidance, &model_dir)?;
     if args.patch.is_empty() {
         tracing::warn!("no --patch: attacking the base model (the baseline the patched model is compared with)");
@@ -266,33 +340,57 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
             results.push(r);
             continue;
         }
-        let ckpt = work.join(format!("{}.ckpt", p.name));
         let offset = (i * cfg.steps) as u64;
         let bar_ref = &bar;
-        let control = RunControl {
-            checkpoint_dir: Some(ckpt.clone()),
-            checkpoint_every: match args.stage.run.checkpoint_every {
-                0 => 100,
-                n => n,
-            },
-            resume: true,
-            on_step: Box::new(move |r| {
-                bar_ref.set_position(offset + r.step as u64 + 1);
-                bar_ref.set_message(format!("loss {:.4}", r.loss));
-            }),
+        let r = match (p.method, &search) {
+            (Method::Search, Some((distance, pool))) => {
+                let per_sweep = cfg.steps as f64 / cfg.search_rounds as f64;
+                let on_sweep = move |sweep: usize| {
+                    bar_ref.set_position(offset + ((sweep + 1) as f64 * per_sweep) as u64);
+                };
+                attack::run_search(
+                    &model,
+                    &cfg,
+                    distance,
+                    pool,
+                    p,
+                    judge.as_ref(),
+                    guidance,
+                    &dir,
+                    on_sweep,
+                    &device,
+                )?
+            }
+            (Method::Search, None) => bail!("attack {}: no search target", p.name),
+            (Method::Inversion, _) => {
+                let ckpt = work.join(format!("{}.ckpt", p.name));
+                let control = RunControl {
+                    checkpoint_dir: Some(ckpt.clone()),
+                    checkpoint_every: match args.stage.run.checkpoint_every {
+                        0 => 100,
+                        n => n,
+                    },
+                    resume: true,
+                    on_step: Box::new(move |r| {
+                        bar_ref.set_position(offset + r.step as u64 + 1);
+                        bar_ref.set_message(format!("loss {:.4}", r.loss));
+                    }),
+                };
+                let r = attack::run(
+                    &mut model,
+                    &cfg,
+                    &base_inversion,
+                    p,
+                    judge.as_ref(),
+                    guidance,
+                    &dir,
+                    control,
+                    &device,
+                )?;
+                let _ = std::fs::remove_dir_all(&ckpt);
+                r
+            }
         };
-        let r = attack::run(
-            &mut model,
-            &cfg,
-            &base_inversion,
-            p,
-            judge.as_ref(),
-            guidance,
-            &dir,
-            control,
-            &device,
-        )?;
-        let _ = std::fs::remove_dir_all(&ckpt);
         tracing::info!(
             "{}: {}/{} images judged the concept",
             p.name,
@@ -316,6 +414,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         attacks: results,
         asr,
         strongest,
+        reference,
     };
     let staging = fmn_core::StagingDir::new(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;

@@ -11,6 +11,26 @@ pub const NEAREST: &str = "nearest";
 /// The norm of a `random` initialiser's rows: the original's `<rand-0.017>`.
 pub const RANDOM_INIT: &str = "<rand-0.017>";
 
+/// How an attack finds its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Textual inversion on the patched model from the concept's images.
+    Inversion,
+    /// Vocabulary words whose cross-attention keys and values on the patched model come
+    /// closest to the concept prompt's on the base model (gradient-free; no images).
+    Search,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Inversion => "inversion",
+            Method::Search => "search",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AttackConfig {
@@ -22,7 +42,9 @@ pub struct AttackConfig {
     pub images: Option<PathBuf>,
     /// Masks of the images (`NAME.png` per image), optional.
     pub masks: Option<PathBuf>,
-    /// Numbers of learned tokens, one attack per entry (× inits × seeds).
+    /// The attack methods: `inversion` (× `inits` × seeds) and `search` (× seeds).
+    pub methods: Vec<Method>,
+    /// Numbers of learned tokens (or searched words), one attack per entry and method.
     pub tokens: Vec<usize>,
     /// Initialisers, one attack per entry: `random` (noise of norm 0.017 per token), `word`
     /// (the concept's name, which must be one token), `nearest` (the vocabulary tokens whose
@@ -34,6 +56,10 @@ pub struct AttackConfig {
     pub seed: u64,
     /// Inversion steps per attack.
     pub steps: usize,
+    /// The prompt search's sweeps over its word positions.
+    pub search_rounds: usize,
+    /// Vocabulary words the search tries per position and sweep.
+    pub search_candidates: usize,
     /// The other inversion settings (an `fmn-invert` config file; default: fmn-invert's).
     pub invert_config: Option<PathBuf>,
     /// Prompts each learned embedding is sampled with; `{}` stands for its tokens.
@@ -60,11 +86,14 @@ impl Default for AttackConfig {
             kind: Kind::Object,
             images: None,
             masks: None,
+            methods: vec![Method::Inversion, Method::Search],
             tokens: vec![2],
             inits: vec!["random".into(), "word".into()],
             seeds: 1,
             seed: 0,
             steps: 500,
+            search_rounds: 4,
+            search_candidates: 256,
             invert_config: None,
             prompts: vec!["a photo of {}".into()],
             samples: 8,
@@ -80,8 +109,10 @@ impl Default for AttackConfig {
 /// One attack of the plan.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Planned {
-    /// `k{tokens}-{init}-s{seed}`: the attack's folder and file names.
+    /// `k{tokens}-{init}-s{seed}` (`k{tokens}-search-s{seed}`): the attack's folder and file
+    /// names.
     pub name: String,
+    pub method: Method,
     pub tokens: usize,
     /// As configured (`random`, `word`, ...).
     pub init: String,
@@ -96,34 +127,53 @@ impl AttackConfig {
         self.concept.as_deref().unwrap_or_default()
     }
 
-    /// Every (tokens, init, seed) attack, in that order.
+    /// Every (tokens, init, seed) inversion and (tokens, seed) search, in that order.
     pub fn plan(&self) -> Vec<Planned> {
         let mut out = Vec::new();
+        let seeds = || (0..self.seeds).map(|i| self.seed + i as u64);
         for &k in &self.tokens {
-            for init in &self.inits {
-                for i in 0..self.seeds {
-                    let seed = self.seed + i as u64;
-                    let initializers = match init.as_str() {
-                        "random" => vec![RANDOM_INIT.to_string()],
-                        "word" => vec![self.concept().to_string()],
-                        NEAREST => Vec::new(),
-                        other => vec![other.to_string()],
-                    };
-                    let label: String = init
-                        .chars()
-                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                        .collect();
+            if self.methods.contains(&Method::Inversion) {
+                for init in &self.inits {
+                    for seed in seeds() {
+                        let initializers = match init.as_str() {
+                            "random" => vec![RANDOM_INIT.to_string()],
+                            "word" => vec![self.concept().to_string()],
+                            NEAREST => Vec::new(),
+                            other => vec![other.to_string()],
+                        };
+                        let label: String = init
+                            .chars()
+                            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                            .collect();
+                        out.push(Planned {
+                            name: format!("k{k}-{label}-s{seed}"),
+                            method: Method::Inversion,
+                            tokens: k,
+                            init: init.clone(),
+                            initializers,
+                            seed,
+                        });
+                    }
+                }
+            }
+            if self.methods.contains(&Method::Search) {
+                for seed in seeds() {
                     out.push(Planned {
-                        name: format!("k{k}-{label}-s{seed}"),
+                        name: format!("k{k}-search-s{seed}"),
+                        method: Method::Search,
                         tokens: k,
-                        init: init.clone(),
-                        initializers,
+                        init: "random words".into(),
+                        initializers: Vec::new(),
                         seed,
                     });
                 }
             }
         }
         out
+    }
+
+    fn inverts(&self) -> bool {
+        self.methods.contains(&Method::Inversion)
     }
 }
 
@@ -134,8 +184,11 @@ impl Validate for AttackConfig {
             Some(c) if c.trim().is_empty() => return Err("`concept` is empty".into()),
             _ => {}
         }
-        if self.images.is_none() {
-            return Err("no images of the concept given (--images or `images`)".into());
+        if self.methods.is_empty() {
+            return Err("`methods` is empty: name inversion, search or both".into());
+        }
+        if self.inverts() && self.images.is_none() {
+            return Err("no images of the concept given (--images or `images`; the inversion learns from them)".into());
         }
         if self.tokens.is_empty() || self.tokens.iter().any(|&k| k == 0 || k > 16) {
             return Err(format!(
@@ -143,13 +196,17 @@ impl Validate for AttackConfig {
                 self.tokens
             ));
         }
-        if self.inits.is_empty() || self.inits.iter().any(|i| i.trim().is_empty()) {
+        if self.inverts()
+            && (self.inits.is_empty() || self.inits.iter().any(|i| i.trim().is_empty()))
+        {
             return Err("`inits` must list initialisers (random, word, or a word)".into());
         }
         for (key, v) in [
             ("seeds", self.seeds),
             ("steps", self.steps),
             ("samples", self.samples),
+            ("search_rounds", self.search_rounds),
+            ("search_candidates", self.search_candidates),
             ("sample_steps", self.sample_steps),
         ] {
             if v == 0 {

@@ -23,6 +23,17 @@ pub struct AttackReport {
     pub asr: f64,
     /// The attack with the highest rate (the first of equals) and its rate.
     pub strongest: Strongest,
+    /// The judge on the concept's own images (what an attack at best brings back); none
+    /// without images.
+    pub reference: Option<Reference>,
+}
+
+/// How many of the attacker's images of the concept the judge calls the concept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    pub images: usize,
+    pub judged_concept: usize,
+    pub rate: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,14 @@ fn concept_attack_cmd(concept: &str, images: &Path, out: &Path, args: &[&str]) -
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fmn-attack"));
     cmd.args(["--concept", concept, "--images"])
         .arg(images)
-        .args(["--samples", "2", "--quiet", "--json"])
+        .args([
+            "--samples",
+            "2",
+            "--quiet",
+            "--json",
+            "--method",
+            "inversion",
+        ])
         .args(args)
         .arg("--out")
         .arg(out);
@@ -261,4 +268,52 @@ fn nearest_starts_from_the_vocabulary_tokens_closest_to_the_name() {
     best.sort_by(|a, b| b.0.total_cmp(&a.0));
     assert_eq!(got, [best[0].1 as u32, best[1].1 as u32]);
     assert!(best[1].0 > best[2].0 - 1e-6);
+}
+
+#[test]
+fn the_judge_is_checked_on_the_concepts_own_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bob = tmp.path().join("bob");
+    let concept = "bob".parse::<fmn_toy_world::Concept>().unwrap();
+    fmn_toy_world::dataset::render_set(&bob, 4, 77, Some(concept), |_| {}).unwrap();
+    let search = [
+        "--method",
+        "search",
+        "--tokens",
+        "1",
+        "--search-rounds",
+        "1",
+        "--search-candidates",
+        "4",
+    ];
+    let res = run(&mut attack_cmd(&bob, &tmp.path().join("a"), &search));
+    let doc = ok(&res);
+    // By hand: the toy judge on each render.
+    let judge = fmn_toy_world::Judge::load_default().unwrap();
+    let mut hits = 0;
+    let mut n = 0;
+    for entry in std::fs::read_dir(&bob).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "png") {
+            let v = judge.judge(&image::open(&path).unwrap().to_rgb8()).unwrap();
+            hits += (v.character.sure && v.character.best.label_word() == "bob") as usize;
+            n += 1;
+        }
+    }
+    assert_eq!(n, 4);
+    assert!(hits >= 3, "the renders show bob: {hits}/4");
+    assert_eq!(doc["reference"]["images"], 4);
+    assert_eq!(doc["reference"]["judged_concept"], hits);
+
+    // Images of something else: said on stderr (without --quiet), and recorded.
+    let res = run(Command::new(env!("CARGO_BIN_EXE_fmn-attack"))
+        .args(["--concept", "bob", "--samples", "1", "--json", "--images"])
+        .arg(images(tmp.path()))
+        .args(search)
+        .arg("--out")
+        .arg(tmp.path().join("b")));
+    let doc = ok(&res);
+    assert_eq!(doc["reference"]["judged_concept"], 0);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("calls only 0 of the 2 images"), "{err}");
 }

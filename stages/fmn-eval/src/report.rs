@@ -154,8 +154,9 @@ fn attack_grid(dir: &Path, concept: &str, items: &[AttackItem]) -> Result<String
         return Ok(String::new());
     }
     let mut h = String::from(
-        "<h3>attack (concept inversion on the edited model)</h3>\n<p>Each image was drawn from tokens \
-         learned on the edited model from the concept's images (<code>fmn-attack</code>). Red: the judge sees \
+        "<h3>attack (concept inversion and prompt search on the edited model)</h3>\n<p>Each image was drawn \
+         from tokens learned on the edited model from the concept's images, or from vocabulary words searched \
+         for on it (<code>fmn-attack</code>; <code>search</code> in the attack's name). Red: the judge sees \
          the concept as its erased prompts expect it (the attack brought it back); green: it does not. \
          Check by eye what the judge calls recovered.</p>\n",
     );

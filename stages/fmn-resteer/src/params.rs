@@ -120,20 +120,24 @@ impl Trainable {
         let mut weights = self.base.clone();
         for name in self.deltas.keys() {
             if let Some(d) = self.delta(name)? {
-                let w = (&self.base[name] + d)?;
-                weights.insert(name.clone(), w);
+                weights.insert(name.clone(), (&self.base[name] + d)?);
             }
         }
-        UNet2DConditionModel::new(
-            VarBuilder::from_tensors(weights, DType::F32, device),
-            &self.config,
-        )
+        self.build(weights, device)
     }
 
     /// The UNet without deltas.
     pub fn base_unet(&self, device: &Device) -> candle_core::Result<UNet2DConditionModel> {
+        self.build(self.base.clone(), device)
+    }
+
+    fn build(
+        &self,
+        weights: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> candle_core::Result<UNet2DConditionModel> {
         UNet2DConditionModel::new(
-            VarBuilder::from_tensors(self.base.clone(), DType::F32, device),
+            VarBuilder::from_tensors(weights, DType::F32, device),
             &self.config,
         )
     }

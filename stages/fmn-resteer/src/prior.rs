@@ -16,9 +16,43 @@ pub const IMAGES: usize = 16;
 const STEPS: usize = 25;
 
 /// Sampled latents `[N, C, h, w]` and the hidden states they were drawn under `[N, 77, D]`.
+#[derive(Clone)]
 pub struct PriorImages {
     pub latents: Tensor,
     pub contexts: Tensor,
+}
+
+/// What prior images are drawn from besides the base model: the prompts, the latent shape
+/// and the seed. Equal keys, equal images.
+#[derive(Clone, PartialEq)]
+pub struct PriorKey {
+    pub prompts: Vec<String>,
+    pub latent: [usize; 3],
+    pub seed: u64,
+}
+
+/// The last prior images drawn with a model, so that `--harden`'s rounds (each a run on the
+/// same base model) sample them once.
+#[derive(Default)]
+pub struct PriorMemo(std::sync::Mutex<Option<(PriorKey, PriorImages)>>);
+
+impl PriorMemo {
+    /// The images of `key`, drawn by `draw` unless the last call had the same key.
+    pub fn get_or_draw<E>(
+        &self,
+        key: PriorKey,
+        draw: impl FnOnce(&PriorKey) -> Result<PriorImages, E>,
+    ) -> Result<PriorImages, E> {
+        let mut memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, images)) = memo.as_ref() {
+            if *k == key {
+                return Ok(images.clone());
+            }
+        }
+        let images = draw(&key)?;
+        *memo = Some((key, images.clone()));
+        Ok(images)
+    }
 }
 
 impl PriorImages {

@@ -4,7 +4,7 @@ use crate::config::{ConceptKind, ConceptSpec, ResteerConfig, StepObjective};
 use crate::loss::{anchor_offsets, anchoring, attention_energy, preservation};
 use crate::params::Trainable;
 use crate::preserve::{self, Encoder as _, Gram, GramCache, PreserveSummary};
-use crate::prior::{self, PriorImages};
+use crate::prior::{self, PriorImages, PriorKey, PriorMemo};
 use crate::prompts::{anchor_prompt, concept_prompt, entry_template, ConceptPrompt};
 use crate::sibling;
 use crate::solve::AnchorSolve;
@@ -46,6 +46,8 @@ pub struct Model {
     pub guidance: f64,
     /// The model folder's own preservation prompts (`preserve.txt`), if it has them.
     pub preserve_list: Option<Vec<String>>,
+    /// The prior images of the last `loss: denoise` run on this model.
+    pub prior: PriorMemo,
 }
 
 impl Model {
@@ -68,6 +70,7 @@ impl Model {
             None
         };
         let set = cfg.param_set();
+        let scheduler = source.scheduler_config()?;
         Ok(Self {
             tokenizer: source.tokenizer()?,
             text_encoder: source.build("text_encoder", DType::F32, device, &[], |vb| {
@@ -78,10 +81,11 @@ impl Model {
             unet_weights: source.load_tensors_where("unet", DType::F32, device, |name| {
                 steps || crate::params::selected(set, name)
             })?,
-            schedule: NoiseSchedule::from_config(&source.scheduler_config()?)?,
-            scheduler: source.scheduler_config()?,
+            schedule: NoiseSchedule::from_config(&scheduler)?,
+            scheduler,
             guidance: fmn_sd::io::sampling_defaults::resolve_guidance(None, source.path())?,
             preserve_list: model_preserve_list(source.path())?,
+            prior: PriorMemo::default(),
         })
     }
 
@@ -669,10 +673,8 @@ impl Objective for Resteering<'_> {
             let ctx = context.repeat((cfg.train_batch_size, 1, 1))?;
             if let Some((base, preserved)) = &self.denoise {
                 // ESD's erasure onto the anchor: eps(x_t, concept) → eps_base(x_t, anchor).
-                let pred = unet.forward(&noisy.x_t, &noisy.t, &ctx)?;
                 let anchor = c.anchor_contexts[k].repeat((cfg.train_batch_size, 1, 1))?;
-                let target = base.forward(&noisy.x_t, &noisy.t, &anchor)?.detach();
-                let erase = denoising_loss(&pred, &target, None)?;
+                let erase = prediction_gap(&unet, base, &noisy, &ctx, &anchor)?;
                 concept_loss = add(concept_loss, erase)?;
                 if let Some(prior) = preserved {
                     // One of the base model's own images, under its prompt, at other timesteps.
@@ -685,9 +687,8 @@ impl Objective for Resteering<'_> {
                     let noisy = NoisyLatents::draw(&model.schedule, &x0, &ts, rng)?;
                     let p = prior.contexts.get(k)?.unsqueeze(0)?;
                     let p = p.repeat((cfg.train_batch_size, 1, 1))?;
-                    let pred = unet.forward(&noisy.x_t, &noisy.t, &p)?;
-                    let target = base.forward(&noisy.x_t, &noisy.t, &p)?.detach();
-                    preserved_loss = add(preserved_loss, denoising_loss(&pred, &target, None)?)?;
+                    let kept = prediction_gap(&unet, base, &noisy, &p, &p)?;
+                    preserved_loss = add(preserved_loss, kept)?;
                 }
                 continue;
             }
@@ -879,18 +880,24 @@ pub fn resteer(
             } else {
                 let factor = model.vae()?.downscale_factor();
                 let side = resolution / factor;
-                let latent = [model.unet_config.in_channels, side, side];
-                tracing::info!("sampling {} images of preserved prompts", kept.len());
-                Some(PriorImages::sample(
-                    &base,
-                    &model.scheduler,
-                    text.encode_prompts(&kept)?,
-                    &text.encode_prompts(&[""])?,
-                    model.guidance,
-                    latent,
-                    cfg.seed,
-                    device,
-                )?)
+                let key = PriorKey {
+                    prompts: kept.iter().map(|p| p.to_string()).collect(),
+                    latent: [model.unet_config.in_channels, side, side],
+                    seed: cfg.seed,
+                };
+                Some(model.prior.get_or_draw(key, |key| {
+                    tracing::info!("sampling {} images of preserved prompts", key.prompts.len());
+                    Ok::<_, ResteerError>(PriorImages::sample(
+                        &base,
+                        &model.scheduler,
+                        text.encode_prompts(&kept)?,
+                        &text.encode_prompts(&[""])?,
+                        model.guidance,
+                        key.latent,
+                        key.seed,
+                        device,
+                    )?)
+                })?)
             };
             Some((base, prior))
         }
@@ -932,4 +939,17 @@ fn solve_only_report(started: std::time::Instant, trained_values: usize) -> Trai
         trained_values,
         seconds: started.elapsed().as_secs_f64(),
     }
+}
+
+/// ‖ε(x_t, `context`) − ε_base(x_t, `target_context`)‖² (mean), the base side without gradient.
+fn prediction_gap(
+    unet: &UNet2DConditionModel,
+    base: &UNet2DConditionModel,
+    noisy: &NoisyLatents,
+    context: &Tensor,
+    target_context: &Tensor,
+) -> Result<Tensor, ResteerError> {
+    let pred = unet.forward(&noisy.x_t, &noisy.t, context)?;
+    let target = base.forward(&noisy.x_t, &noisy.t, target_context)?.detach();
+    denoising_loss(&pred, &target, None)
 }

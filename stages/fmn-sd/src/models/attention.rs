@@ -49,6 +49,11 @@ impl Attention {
         self.heads
     }
 
+    /// The key and value projections' weights `[inner, context_dim]` each.
+    pub fn key_value_weights(&self) -> (&Tensor, &Tensor) {
+        (self.to_k.weight(), self.to_v.weight())
+    }
+
     /// `[B, N, C] -> [B, H, N, D]`
     fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, n, _) = xs.dims3()?;

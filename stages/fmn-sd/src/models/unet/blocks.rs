@@ -86,6 +86,10 @@ impl DownBlock {
         Ok((xs, skips))
     }
 
+    pub fn transformers(&self) -> &[Transformer2DModel] {
+        &self.attentions
+    }
+
     pub fn num_skips(&self) -> usize {
         self.resnets.len() + usize::from(self.downsampler.is_some())
     }
@@ -116,6 +120,10 @@ impl MidBlock {
             })
             .collect::<Result<_>>()?;
         Ok(Self { first, layers })
+    }
+
+    pub fn transformers(&self) -> impl Iterator<Item = &Transformer2DModel> {
+        self.layers.iter().map(|(t, _)| t)
     }
 
     /// `[B, C, H, W] -> [B, C, H, W]`
@@ -193,6 +201,10 @@ impl UpBlock {
             attentions,
             upsampler,
         })
+    }
+
+    pub fn transformers(&self) -> &[Transformer2DModel] {
+        &self.attentions
     }
 
     pub fn num_layers(&self) -> usize {

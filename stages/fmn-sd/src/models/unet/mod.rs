@@ -5,6 +5,7 @@ pub mod embeddings;
 pub mod resample;
 pub mod transformer;
 
+use crate::models::attention::Attention;
 use crate::models::nn::{Conv2d, GroupNorm};
 use crate::models::probes::AttentionRecorder;
 use crate::models::resnet::ResnetSettings;
@@ -124,6 +125,17 @@ impl UNet2DConditionModel {
 
     pub fn config(&self) -> &UNetConfig {
         &self.config
+    }
+
+    /// Every cross-attention (`attn2`) module, down, mid and up blocks in diffusers' order.
+    pub fn cross_attentions(&self) -> Vec<&Attention> {
+        let down = self.down_blocks.iter().flat_map(|b| b.transformers());
+        let mid = self.mid_block.transformers();
+        let up = self.up_blocks.iter().flat_map(|b| b.transformers());
+        down.chain(mid)
+            .chain(up)
+            .flat_map(|t| t.blocks().iter().map(|b| b.cross_attention()))
+            .collect()
     }
 
     /// `sample: [B, in, h, w]`, `timesteps: [B]` or `[1]` (float), `context: [B, 77, cross_dim]`
