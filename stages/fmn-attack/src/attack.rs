@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use fmn_inversion::config::{InvertConfig, TokenList};
 use fmn_judge::Judge;
-use fmn_sd::io::embedding::EmbeddingLayout;
+use fmn_sd::io::embedding::{EmbeddingLayout, TokenEmbedding};
 use fmn_sd::sample::pipeline::{seeded_noise, to_rgb_image, SampleRequest, StableDiffusion};
 use fmn_sd::train::scaffold::RunControl;
 use serde::{Deserialize, Serialize};
@@ -93,14 +93,7 @@ pub fn run(
     let inv = inversion_settings(cfg, base, plan);
     let inverted = fmn_inversion::invert(model, &inv, device, control)
         .with_context(|| format!("attack {}: the inversion failed", plan.name))?;
-    let embedding_path = dir.join(EMBEDDING_FILE);
-    let tmp = dir.join(format!(".{EMBEDDING_FILE}.tmp"));
-    inverted
-        .embedding
-        .save(&tmp, EmbeddingLayout::Fmn)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &embedding_path)
-        .with_context(|| format!("cannot write {}", embedding_path.display()))?;
+    save_embedding(&inverted.embedding, dir)?;
     let token_text = inverted.embedding.tokens.join(" ");
 
     let base_tokenizer = model.tokenizer.clone();
@@ -159,6 +152,10 @@ pub fn run_search(
     let path = dir.join(SEARCH_FILE);
     fmn_core::write_json_atomic(&path, &found)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    save_embedding(
+        &search::words_embedding(model, &plan.name, &found.words, &settings)?,
+        dir,
+    )?;
     let token_text = found.words.join(" ");
     let images = sample_and_judge(model, cfg, &token_text, judge, guidance, dir, device)
         .with_context(|| format!("attack {}", plan.name))?;
@@ -182,6 +179,16 @@ pub fn run_search(
         started,
         dir,
     )
+}
+
+/// `embedding` as `dir/embedding.safetensors` (fmn layout; written whole or not at all).
+fn save_embedding(embedding: &TokenEmbedding, dir: &Path) -> Result<()> {
+    let path = dir.join(EMBEDDING_FILE);
+    let tmp = dir.join(format!(".{EMBEDDING_FILE}.tmp"));
+    embedding
+        .save(&tmp, EmbeddingLayout::Fmn)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// `result` with `images`, their rate and the time since `started`, written to `dir`.

@@ -432,7 +432,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
     let json = serde_json::to_value(&doc)?;
     args.stage.output.report(&json, || {
         format!(
-            "{}{}: ASR {:.1} % over {} attack(s) ({} images); strongest {} {:.1} %; wrote {}",
+            "{}{}: ASR {:.1} % over {} attack(s) ({} images); strongest {} {:.1} %{}; wrote {}",
             doc.concept,
             if doc.baseline {
                 " (baseline: no patch)"
@@ -444,6 +444,10 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
             doc.attacks.iter().map(|a| a.images.len()).sum::<usize>(),
             doc.strongest.name,
             100.0 * doc.strongest.rate,
+            doc.reference.as_ref().map_or(String::new(), |r| format!(
+                "; the judge sees it in {}/{} of the concept's own images",
+                r.judged_concept, r.images
+            )),
             args.out.join(REPORT_FILE).display()
         )
     });

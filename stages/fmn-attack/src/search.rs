@@ -4,6 +4,7 @@
 //! scored with the text encoder and the `attn2` projections alone: no sampling, no gradient.
 use candle_core::{DType, Tensor, D};
 use fmn_ops::noise::NoiseRng;
+use fmn_sd::io::embedding::{token_table_fingerprint, EmbeddingMeta, TokenEmbedding};
 use fmn_sd::sample::pipeline::StableDiffusion;
 use serde::{Deserialize, Serialize};
 
@@ -227,4 +228,44 @@ pub fn search(
         distance: best,
         trace,
     })
+}
+
+/// The words' own token rows as an embedding of tokens `<{name}-1>`, ... (what `fmn-resteer
+/// --adversarial` and `fmn-sample --embedding` read, like an inversion's).
+pub fn words_embedding(
+    model: &StableDiffusion,
+    name: &str,
+    words: &[String],
+    settings: &SearchSettings,
+) -> fmn_sd::Result<TokenEmbedding> {
+    let mut ids = Vec::with_capacity(words.len());
+    for w in words {
+        match model.tokenizer.tokenize(w)?.as_slice() {
+            [id] => ids.push(*id),
+            other => {
+                return Err(fmn_sd::SdError::Invalid(format!(
+                    "the word {w:?} is {} tokens, not one",
+                    other.len()
+                )))
+            }
+        }
+    }
+    let table = model.text_encoder.token_embedding_table();
+    let ids = Tensor::new(ids.as_slice(), table.device())?;
+    let rows = table
+        .index_select(&ids, 0)?
+        .to_dtype(DType::F32)?
+        .to_device(&candle_core::Device::Cpu)?;
+    TokenEmbedding::new(
+        (1..=words.len()).map(|i| format!("<{name}-{i}>")).collect(),
+        rows,
+        EmbeddingMeta {
+            source: "fmn".into(),
+            initializers: words.to_vec(),
+            base_fingerprint: Some(token_table_fingerprint(&model.text_encoder)?),
+            settings: serde_json::to_value(settings)
+                .map_err(|e| fmn_sd::SdError::Invalid(e.to_string()))?,
+            fmn_version: Some(fmn_core::VERSION.into()),
+        },
+    )
 }

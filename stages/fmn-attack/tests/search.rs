@@ -201,6 +201,23 @@ fn a_search_attack_needs_no_images_and_writes_its_words_and_verdicts() {
             .unwrap();
     assert_eq!(a["token_text"], found.words.join(" "));
     assert_eq!(a["final_loss"].as_f64().unwrap(), found.distance);
+    // The words' token rows as an embedding (what --adversarial reads).
+    let emb = fmn_sd::io::embedding::TokenEmbedding::load(
+        &out.join("k1-search-s0/embedding.safetensors"),
+    )
+    .unwrap();
+    assert_eq!(emb.tokens, ["<k1-search-s0-1>"]);
+    let model = toy();
+    let id = model.tokenizer.tokenize(&found.words[0]).unwrap();
+    let row = model
+        .text_encoder
+        .token_embedding_table()
+        .get(id[0] as usize)
+        .unwrap();
+    assert_eq!(
+        emb.vectors.get(0).unwrap().to_vec1::<f32>().unwrap(),
+        row.to_vec1::<f32>().unwrap()
+    );
     let images = a["images"].as_array().unwrap();
     assert_eq!(images.len(), 2);
     for im in images {
