@@ -103,20 +103,13 @@ pub fn run(
     model.added_tokens = None;
     let images = judged.with_context(|| format!("attack {}", plan.name))?;
     finish(
-        AttackResult {
-            name: plan.name.clone(),
-            method: Method::Inversion.name().into(),
-            tokens: plan.tokens,
-            init: plan.init.clone(),
+        plan,
+        Outcome {
+            method: Method::Inversion,
             initializers: plan.initializers.clone(),
-            seed: plan.seed,
             steps: cfg.steps,
             token_text,
             final_loss: inverted.report.late_mean_loss,
-            seconds: 0.0,
-            images: Vec::new(),
-            judged_concept: 0,
-            rate: 0.0,
         },
         images,
         started,
@@ -160,20 +153,13 @@ pub fn run_search(
     let images = sample_and_judge(model, cfg, &token_text, judge, guidance, dir, device)
         .with_context(|| format!("attack {}", plan.name))?;
     finish(
-        AttackResult {
-            name: plan.name.clone(),
-            method: Method::Search.name().into(),
-            tokens: plan.tokens,
-            init: plan.init.clone(),
+        plan,
+        Outcome {
+            method: Method::Search,
             initializers: found.start.clone(),
-            seed: plan.seed,
             steps: cfg.search_rounds,
             token_text,
             final_loss: found.distance,
-            seconds: 0.0,
-            images: Vec::new(),
-            judged_concept: 0,
-            rate: 0.0,
         },
         images,
         started,
@@ -191,17 +177,40 @@ fn save_embedding(embedding: &TokenEmbedding, dir: &Path) -> Result<()> {
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// `result` with `images`, their rate and the time since `started`, written to `dir`.
+/// What an attack found, before its images are judged.
+struct Outcome {
+    method: Method,
+    initializers: Vec<String>,
+    steps: usize,
+    token_text: String,
+    final_loss: f64,
+}
+
+/// The result of `plan`: its `outcome`, its judged `images`, their rate and the time since
+/// `started`, written to `dir`.
 fn finish(
-    mut result: AttackResult,
+    plan: &Planned,
+    outcome: Outcome,
     images: Vec<JudgedImage>,
     started: std::time::Instant,
     dir: &Path,
 ) -> Result<AttackResult> {
-    result.judged_concept = images.iter().filter(|i| i.concept).count();
-    result.rate = result.judged_concept as f64 / images.len().max(1) as f64;
-    result.images = images;
-    result.seconds = started.elapsed().as_secs_f64();
+    let judged_concept = images.iter().filter(|i| i.concept).count();
+    let result = AttackResult {
+        name: plan.name.clone(),
+        method: outcome.method.name().into(),
+        tokens: plan.tokens,
+        init: plan.init.clone(),
+        initializers: outcome.initializers,
+        seed: plan.seed,
+        steps: outcome.steps,
+        token_text: outcome.token_text,
+        final_loss: outcome.final_loss,
+        seconds: started.elapsed().as_secs_f64(),
+        rate: judged_concept as f64 / images.len().max(1) as f64,
+        judged_concept,
+        images,
+    };
     fmn_core::write_json_atomic(&dir.join(RESULT_FILE), &result)
         .with_context(|| format!("cannot write {}", dir.join(RESULT_FILE).display()))?;
     Ok(result)
