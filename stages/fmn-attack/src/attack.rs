@@ -118,7 +118,8 @@ pub fn run(
 }
 
 /// Runs the prompt search `plan` into `dir` (created; the result file last): the words found
-/// by [`search::search`] sampled on the attack prompts and judged.
+/// by [`search::search`] sampled on the attack prompts and judged. The `words` control is the
+/// same with no sweep: the search's random start.
 #[allow(clippy::too_many_arguments)]
 pub fn run_search(
     model: &StableDiffusion,
@@ -136,7 +137,10 @@ pub fn run_search(
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let settings = SearchSettings {
         tokens: plan.tokens,
-        rounds: cfg.search_rounds,
+        rounds: match plan.method {
+            Method::Words => 0,
+            _ => cfg.search_rounds,
+        },
         candidates: cfg.search_candidates,
         seed: plan.seed,
     };
@@ -155,9 +159,9 @@ pub fn run_search(
     finish(
         plan,
         Outcome {
-            method: Method::Search,
+            method: plan.method,
             initializers: found.start.clone(),
-            steps: cfg.search_rounds,
+            steps: settings.rounds,
             token_text,
             final_loss: found.distance,
         },

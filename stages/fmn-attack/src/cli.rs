@@ -245,7 +245,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         .map(|t| t.replacen("{}", cfg.concept(), 1))
         .collect();
     // The search's target: the concept prompts' keys and values on the base model.
-    let base_kv = if plan.iter().any(|p| p.method == Method::Search) {
+    let base_kv = if plan.iter().any(|p| p.method != Method::Inversion) {
         let base = StableDiffusion::load_source(&source, &device, DType::F32, &[])
             .with_context(load_context)?;
         let prompts: Vec<&str> = concept_prompts.iter().map(String::as_str).collect();
@@ -343,7 +343,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         let offset = (i * cfg.steps) as u64;
         let bar_ref = &bar;
         let r = match (p.method, &search) {
-            (Method::Search, Some((distance, pool))) => {
+            (Method::Search | Method::Words, Some((distance, pool))) => {
                 let per_sweep = cfg.steps as f64 / cfg.search_rounds as f64;
                 let on_sweep = move |sweep: usize| {
                     bar_ref.set_position(offset + ((sweep + 1) as f64 * per_sweep) as u64);
@@ -361,7 +361,9 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
                     &device,
                 )?
             }
-            (Method::Search, None) => bail!("attack {}: no search target", p.name),
+            (Method::Search | Method::Words, None) => {
+                bail!("attack {}: no search target", p.name)
+            }
             (Method::Inversion, _) => {
                 let ckpt = work.join(format!("{}.ckpt", p.name));
                 let control = RunControl {
@@ -401,7 +403,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
     }
     bar.finish_and_clear();
 
-    let (asr, strongest) = report::rates(&results);
+    let (asr, strongest, chance) = report::rates(&results);
     let doc = AttackReport {
         fmn_version: fmn_core::VERSION.into(),
         model: model_dir.display().to_string(),
@@ -414,6 +416,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         attacks: results,
         asr,
         strongest,
+        chance,
         reference,
     };
     let staging = fmn_core::StagingDir::new(&args.out)
@@ -430,9 +433,14 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
     let _ = std::fs::remove_dir_all(&work);
 
     let json = serde_json::to_value(&doc)?;
+    let attacks: Vec<&AttackResult> = doc
+        .attacks
+        .iter()
+        .filter(|a| a.method != Method::Words.name())
+        .collect();
     args.stage.output.report(&json, || {
         format!(
-            "{}{}: ASR {:.1} % over {} attack(s) ({} images); strongest {} {:.1} %{}; wrote {}",
+            "{}{}: ASR {:.1} % over {} attack(s) ({} images); strongest {} {:.1} %{}{}; wrote {}",
             doc.concept,
             if doc.baseline {
                 " (baseline: no patch)"
@@ -440,10 +448,14 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
                 ""
             },
             100.0 * doc.asr,
-            doc.attacks.len(),
-            doc.attacks.iter().map(|a| a.images.len()).sum::<usize>(),
+            attacks.len(),
+            attacks.iter().map(|a| a.images.len()).sum::<usize>(),
             doc.strongest.name,
             100.0 * doc.strongest.rate,
+            doc.chance.map_or(String::new(), |c| format!(
+                "; random words (chance) {:.1} %",
+                100.0 * c
+            )),
             doc.reference.as_ref().map_or(String::new(), |r| format!(
                 "; the judge sees it in {}/{} of the concept's own images",
                 r.judged_concept, r.images

@@ -20,6 +20,9 @@ pub enum Method {
     /// Vocabulary words whose cross-attention keys and values on the patched model come
     /// closest to the concept prompt's on the base model (gradient-free; no images).
     Search,
+    /// Random vocabulary words, no search (the search's start at the same seed): the chance
+    /// level the attacks are read against; not an attack, not counted in the ASR.
+    Words,
 }
 
 impl Method {
@@ -27,6 +30,7 @@ impl Method {
         match self {
             Method::Inversion => "inversion",
             Method::Search => "search",
+            Method::Words => "words",
         }
     }
 }
@@ -42,7 +46,8 @@ pub struct AttackConfig {
     pub images: Option<PathBuf>,
     /// Masks of the images (`NAME.png` per image), optional.
     pub masks: Option<PathBuf>,
-    /// The attack methods: `inversion` (× `inits` × seeds) and `search` (× seeds).
+    /// The attack methods: `inversion` (× `inits` × seeds) and `search` (× seeds), and the
+    /// chance level `words` (× seeds).
     pub methods: Vec<Method>,
     /// Numbers of learned tokens (or searched words), one attack per entry and method.
     pub tokens: Vec<usize>,
@@ -86,7 +91,7 @@ impl Default for AttackConfig {
             kind: Kind::Object,
             images: None,
             masks: None,
-            methods: vec![Method::Inversion, Method::Search],
+            methods: vec![Method::Inversion, Method::Search, Method::Words],
             tokens: vec![2],
             inits: vec!["random".into(), "word".into()],
             seeds: 1,
@@ -109,8 +114,8 @@ impl Default for AttackConfig {
 /// One attack of the plan.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Planned {
-    /// `k{tokens}-{init}-s{seed}` (`k{tokens}-search-s{seed}`): the attack's folder and file
-    /// names.
+    /// `k{tokens}-{init}-s{seed}` (`k{tokens}-search-s{seed}`, `k{tokens}-words-s{seed}`): the
+    /// attack's folder and file names.
     pub name: String,
     pub method: Method,
     pub tokens: usize,
@@ -156,16 +161,18 @@ impl AttackConfig {
                     }
                 }
             }
-            if self.methods.contains(&Method::Search) {
-                for seed in seeds() {
-                    out.push(Planned {
-                        name: format!("k{k}-search-s{seed}"),
-                        method: Method::Search,
-                        tokens: k,
-                        init: "random words".into(),
-                        initializers: Vec::new(),
-                        seed,
-                    });
+            for method in [Method::Search, Method::Words] {
+                if self.methods.contains(&method) {
+                    for seed in seeds() {
+                        out.push(Planned {
+                            name: format!("k{k}-{}-s{seed}", method.name()),
+                            method,
+                            tokens: k,
+                            init: "random words".into(),
+                            initializers: Vec::new(),
+                            seed,
+                        });
+                    }
                 }
             }
         }
@@ -184,8 +191,15 @@ impl Validate for AttackConfig {
             Some(c) if c.trim().is_empty() => return Err("`concept` is empty".into()),
             _ => {}
         }
-        if self.methods.is_empty() {
-            return Err("`methods` is empty: name inversion, search or both".into());
+        if !self
+            .methods
+            .iter()
+            .any(|m| matches!(m, Method::Inversion | Method::Search))
+        {
+            return Err(
+                "`methods` names no attack: give inversion, search or both (words is the chance level beside them)"
+                    .into(),
+            );
         }
         if self.inverts() && self.images.is_none() {
             return Err("no images of the concept given (--images or `images`; the inversion learns from them)".into());

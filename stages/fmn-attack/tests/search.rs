@@ -195,6 +195,7 @@ fn a_search_attack_needs_no_images_and_writes_its_words_and_verdicts() {
     let a = &doc["attacks"][0];
     assert_eq!(doc["attacks"].as_array().unwrap().len(), 1);
     assert_eq!(a["name"], "k1-search-s0");
+    assert_eq!(doc["chance"], serde_json::Value::Null);
     assert_eq!(a["method"], "search");
     let found: search::Found =
         serde_json::from_slice(&std::fs::read(out.join("k1-search-s0/search.json")).unwrap())
@@ -247,4 +248,55 @@ fn a_search_attack_needs_no_images_and_writes_its_words_and_verdicts() {
         assert!(err.contains(says), "{err}");
     }
     assert!(!tmp.path().join("b").exists());
+}
+
+#[test]
+fn the_words_control_is_the_searchs_start_and_stays_out_of_the_asr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("a");
+    let res = Command::new(env!("CARGO_BIN_EXE_fmn-attack"))
+        .args([
+            "--concept",
+            "bob",
+            "--method",
+            "search,words",
+            "--tokens",
+            "2",
+        ])
+        .args(["--search-rounds", "1", "--search-candidates", "8"])
+        .args(["--samples", "2", "--quiet", "--json", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let doc = fmn_testkit::json_of(&res);
+    let attacks = doc["attacks"].as_array().unwrap();
+    let names: Vec<&str> = attacks
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["k2-search-s0", "k2-words-s0"]);
+    let (search, words) = (&attacks[0], &attacks[1]);
+    assert_eq!(words["method"], "words");
+    assert_eq!(words["steps"], 0);
+    // The control's words are the search's start at the same seed.
+    assert_eq!(words["initializers"], search["initializers"]);
+    let start: Vec<&str> = search["initializers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(words["token_text"], start.join(" "));
+    // The ASR and the strongest attack are the search's; the chance is the control's rate.
+    assert_eq!(doc["asr"], search["rate"]);
+    assert_eq!(doc["strongest"]["name"], "k2-search-s0");
+    assert_eq!(doc["chance"], words["rate"]);
+
+    let res = Command::new(env!("CARGO_BIN_EXE_fmn-attack"))
+        .args(["--concept", "bob", "--method", "words", "--quiet", "--out"])
+        .arg(tmp.path().join("b"))
+        .output()
+        .unwrap();
+    assert_eq!(res.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&res.stderr).contains("names no attack"));
 }

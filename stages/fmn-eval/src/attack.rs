@@ -18,6 +18,9 @@ struct AttackFile {
 #[derive(Debug, Deserialize)]
 struct AttackEntry {
     name: String,
+    /// `words` marks the chance-level control (random vocabulary words), not an attack.
+    #[serde(default)]
+    method: String,
     images: Vec<AttackImageEntry>,
 }
 
@@ -36,6 +39,9 @@ pub struct AttackItem {
     /// Whether that folder attacked the base model (no patch).
     pub baseline: bool,
     pub attack: String,
+    /// From the `words` control (random vocabulary words): the chance level, not an attack.
+    #[serde(default)]
+    pub control: bool,
     pub prompt: String,
     /// Whether the judge saw the concept (its erased prompts' `expect`): the attack succeeded.
     pub recovered: bool,
@@ -54,6 +60,10 @@ pub struct AttackMetrics {
     pub strongest: String,
     pub strongest_rate: f64,
     pub baseline: bool,
+    /// The share of the `words` control's images judged the concept (random vocabulary
+    /// words: what an attack must beat); none without the control.
+    #[serde(default)]
+    pub chance: Option<f64>,
 }
 
 /// Reads the attack folder `dir`, judges its images (copied into `staging/attack-images/`)
@@ -117,6 +127,7 @@ pub fn judge_attack(
                 source: dir.display().to_string(),
                 baseline: file.baseline,
                 attack: a.name.clone(),
+                control: a.method == "words",
                 prompt,
                 recovered: v.matches(expect),
                 verdict: v.description,
@@ -138,16 +149,22 @@ pub fn attack_names<'a>(items: &[&'a AttackItem]) -> Vec<&'a str> {
     names
 }
 
-/// The ASR of `concept`'s attack items; `None` without any.
+/// The ASR of `concept`'s attack items (the control's left out, its rate the `chance`);
+/// `None` without any attack item.
 pub fn attack_metrics(concept: &str, items: &[AttackItem]) -> Option<AttackMetrics> {
-    let mine: Vec<&AttackItem> = items.iter().filter(|i| i.concept == concept).collect();
+    let (control, mine): (Vec<&AttackItem>, Vec<&AttackItem>) = items
+        .iter()
+        .filter(|i| i.concept == concept)
+        .partition(|i| i.control);
     if mine.is_empty() {
         return None;
     }
+    let share =
+        |of: &[&AttackItem]| of.iter().filter(|i| i.recovered).count() as f64 / of.len() as f64;
     let names = attack_names(&mine);
     let rate = |name: &str| {
-        let of: Vec<&&AttackItem> = mine.iter().filter(|i| i.attack == name).collect();
-        of.iter().filter(|i| i.recovered).count() as f64 / of.len() as f64
+        let of: Vec<&AttackItem> = mine.iter().copied().filter(|i| i.attack == name).collect();
+        share(&of)
     };
     let (strongest, strongest_rate) =
         names
@@ -158,11 +175,12 @@ pub fn attack_metrics(concept: &str, items: &[AttackItem]) -> Option<AttackMetri
                 |best, x| if x.1 > best.1 { x } else { best },
             );
     Some(AttackMetrics {
-        asr: mine.iter().filter(|i| i.recovered).count() as f64 / mine.len() as f64,
+        asr: share(&mine),
         images: mine.len(),
         attacks: names.len(),
         strongest,
         strongest_rate,
         baseline: mine.iter().all(|i| i.baseline),
+        chance: (!control.is_empty()).then(|| share(&control)),
     })
 }

@@ -186,11 +186,13 @@ pub fn summary_line(m: &ConceptMetrics) -> String {
     }
     if let Some(a) = &m.attack {
         s += &format!(
-            ", attack success {:.2} over {} images (strongest {} {:.2}){}",
+            ", attack success {:.2} over {} images (strongest {} {:.2}{}){}",
             a.asr,
             a.images,
             a.strongest,
             a.strongest_rate,
+            a.chance
+                .map_or(String::new(), |c| format!("; random words {c:.2}")),
             if a.baseline {
                 ", on the base model"
             } else {

@@ -58,9 +58,11 @@ fn metrics_table(concepts: &[ConceptMetrics]) -> String {
             m.clip_score
                 .map_or("–".into(), |a| format!("{:.1} → {:.1}", a.before, a.after)),
             m.attack.as_ref().map_or("–".into(), |a| format!(
-                "{:.2} (strongest {:.2}){}",
+                "{:.2} (strongest {:.2}{}){}",
                 a.asr,
                 a.strongest_rate,
+                a.chance
+                    .map_or(String::new(), |c| format!("; random words {c:.2}")),
                 if a.baseline { " base model" } else { "" }
             )),
         );
@@ -156,7 +158,8 @@ fn attack_grid(dir: &Path, concept: &str, items: &[AttackItem]) -> Result<String
     let mut h = String::from(
         "<h3>attack (concept inversion and prompt search on the edited model)</h3>\n<p>Each image was drawn \
          from tokens learned on the edited model from the concept's images, or from vocabulary words searched \
-         for on it (<code>fmn-attack</code>; <code>search</code> in the attack's name). Red: the judge sees \
+         for on it (<code>fmn-attack</code>; <code>search</code> in the attack's name); <code>words</code> rows \
+         are random vocabulary words, no attack: the chance level. Red: the judge sees \
          the concept as its erased prompts expect it (the attack brought it back); green: it does not. \
          Check by eye what the judge calls recovered.</p>\n",
     );

@@ -382,7 +382,7 @@ fn attention_shares_and_heat_maps_from_saved_attention() {
 }
 
 /// Writes an fmn-attack-like folder on `concept`: per attack, its images (toy renders) and
-/// `attack.json`.
+/// `attack.json`; an attack named `*-words-*` is the `words` control.
 fn attack_dir(dir: &Path, concept: &str, baseline: bool, attacks: &[(&str, Vec<Shows>)]) {
     let mut entries = Vec::new();
     for (name, shows) in attacks {
@@ -394,7 +394,12 @@ fn attack_dir(dir: &Path, concept: &str, baseline: bool, attacks: &[(&str, Vec<S
             img.save(dir.join(name).join(&file)).unwrap();
             images.push(serde_json::json!({"file": file, "prompt": format!("a photo of <{name}>"), "seed": k, "concept": false, "labels": {}}));
         }
-        entries.push(serde_json::json!({"name": name, "images": images}));
+        let method = if name.contains("-words-") {
+            "words"
+        } else {
+            "inversion"
+        };
+        entries.push(serde_json::json!({"name": name, "method": method, "images": images}));
     }
     let doc = serde_json::json!({"concept": concept, "baseline": baseline, "attacks": entries, "asr": 0.0});
     std::fs::write(dir.join("attack.json"), doc.to_string()).unwrap();
@@ -405,13 +410,15 @@ fn attack_folders_are_judged_into_an_attack_success_rate_per_concept() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_str().unwrap();
     folders(tmp.path());
-    // bob: attack a brings him back in 2 of 3 images, attack b in 0 of 2: ASR 2/5, strongest a.
+    // bob: attack a brings him back in 2 of 3 images, attack b in 0 of 2: ASR 2/5, strongest a;
+    // the words control shows him in 3 of 3 (chance 1.0), outside the ASR and the strongest.
     attack_dir(
         &tmp.path().join("attack-bob"),
         "bob",
         false,
         &[
             ("a", vec![BOB, YELLOW_CIRCLE, BOB]),
+            ("k1-words-s0", vec![BOB, BOB, BOB]),
             ("b", vec![YELLOW_CIRCLE, Shows::Plain(Square, Red)]),
         ],
     );
@@ -439,15 +446,17 @@ fn attack_folders_are_judged_into_an_attack_success_rate_per_concept() {
     assert_eq!(bob["attacks"], 2);
     assert_eq!(bob["strongest"], "a");
     close(&bob["strongest_rate"], 2.0 / 3.0);
+    close(&bob["chance"], 1.0);
     assert_eq!(bob["baseline"], false);
     let kiki = &concept(&m, "kiki")["attack"];
     close(&kiki["asr"], 1.0);
     assert_eq!(kiki["baseline"], true);
-    // The report shows every attack image (7) beside the 28 before/after images.
+    assert_eq!(kiki["chance"], Value::Null);
+    // The report shows every attack and control image (10) beside the 28 before/after images.
     let html = std::fs::read_to_string(tmp.path().join("report/report.html")).unwrap();
-    assert_eq!(html.matches("data:image/png;base64,").count(), 28 + 7);
+    assert_eq!(html.matches("data:image/png;base64,").count(), 28 + 10);
     assert!(
-        html.contains("a (2/3)") && html.contains("b (0/2)"),
+        html.contains("a (2/3)") && html.contains("b (0/2)") && html.contains("k1-words-s0 (3/3)"),
         "attack rows"
     );
 
