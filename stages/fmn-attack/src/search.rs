@@ -163,6 +163,9 @@ pub struct Found {
     pub distance: f64,
     /// The distance after each sweep.
     pub trace: Vec<f64>,
+    /// Candidate prompt sets scored, and the search's time (without sampling).
+    pub scored: usize,
+    pub seconds: f64,
 }
 
 /// Greedy coordinate search: from `tokens` random pool words, each sweep tries `candidates`
@@ -181,6 +184,7 @@ pub fn search(
             "the vocabulary has fewer than 2 whole words to search".into(),
         ));
     }
+    let started = std::time::Instant::now();
     let mut rng = NoiseRng::new(s.seed);
     let prompts = |words: &[String]| -> Vec<String> {
         let text = words.join(" ");
@@ -194,6 +198,7 @@ pub fn search(
         .collect();
     let start = words.clone();
     let mut best = distance.score(model, &[prompts(&words)])?[0];
+    let mut scored = 1;
     let start_distance = best;
     let mut trace = Vec::with_capacity(s.rounds);
     for sweep in 0..s.rounds {
@@ -211,6 +216,7 @@ pub fn search(
                 })
                 .collect();
             let scores = distance.score(model, &sets)?;
+            scored += sets.len();
             if let Some((i, &d)) = scores.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)) {
                 if d < best {
                     best = d;
@@ -227,6 +233,8 @@ pub fn search(
         start_distance,
         distance: best,
         trace,
+        scored,
+        seconds: started.elapsed().as_secs_f64(),
     })
 }
 
