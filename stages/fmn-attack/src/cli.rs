@@ -244,12 +244,14 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         .iter()
         .map(|t| t.replacen("{}", cfg.concept(), 1))
         .collect();
-    // The search's target: the concept prompts' keys and values on the base model.
-    let base_kv = if plan.iter().any(|p| p.method != Method::Inversion) {
+    let concept_prompts: Vec<&str> = concept_prompts.iter().map(String::as_str).collect();
+    let searches = plan.iter().any(|p| p.method != Method::Inversion);
+    // The search's target: the concept prompts' keys and values on the base model (loaded
+    // for it alone, before the attacked model, when patches make them differ).
+    let base_kv = if searches && !patches.is_empty() {
         let base = StableDiffusion::load_source(&source, &device, DType::F32, &[])
             .with_context(load_context)?;
-        let prompts: Vec<&str> = concept_prompts.iter().map(String::as_str).collect();
-        Some(BaseKv::new(&base, &prompts).context("the prompt search's target")?)
+        Some(BaseKv::new(&base, &concept_prompts).context("the prompt search's target")?)
     } else {
         None
     };
@@ -275,12 +277,17 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
             .map(u32::to_string)
             .collect();
     }
-    let search = match base_kv {
-        Some(base_kv) => Some((
+    let search = if searches {
+        let base_kv = match base_kv {
+            Some(kv) => kv,
+            None => BaseKv::new(&model, &concept_prompts).context("the prompt search's target")?,
+        };
+        Some((
             KvDistance::new(base_kv, &model)?,
             crate::search::word_pool(&model, cfg.concept())?,
-        )),
-        None => None,
+        ))
+    } else {
+        None
     };
     let guidance = fmn_sd::io::sampling_defaults::resolve_guidance(cfg.guidance, &model_dir)?;
     if args.patch.is_empty() {
