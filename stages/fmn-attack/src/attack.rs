@@ -304,8 +304,10 @@ fn sample(
     let size = model.unet.config().sample_size.unwrap_or(64) * model.vae.downscale_factor();
     let shape = model.latent_shape(cfg.samples, size, size)?;
     let (mut files, mut prompts, mut seeds, mut pictures) = (vec![], vec![], vec![], vec![]);
-    for (pi, template) in cfg.prompts.iter().enumerate() {
-        let prompt = template.replacen("{}", token_text, 1);
+    for (pi, prompt) in crate::config::fill_prompts(&cfg.prompts, token_text)
+        .into_iter()
+        .enumerate()
+    {
         let out = model.sample(
             &SampleRequest {
                 prompt: &prompt,

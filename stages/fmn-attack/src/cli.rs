@@ -226,24 +226,37 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         .iter()
         .map(|p| Patch::load(p).with_context(|| format!("cannot load the patch {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
-    fmn_sd_args::check_training_memory(
+    if plan.iter().any(|p| p.method == Method::Inversion) {
+        fmn_sd_args::check_training_memory(
+            &source,
+            &fmn_sd_args::TrainingRequest {
+                resolution: base_inversion.resolution,
+                batch: base_inversion.train_batch_size,
+                trainable_params: 0,
+                text_encoder_in_graph: true,
+                steps: true,
+            },
+            args.stage.device.memory.max_memory,
+            "attack (inversion)",
+        )?;
+    }
+    let guidance = fmn_sd::io::sampling_defaults::resolve_guidance(cfg.guidance, &model_dir)?;
+    let side =
+        source.unet_config()?.sample_size.unwrap_or(64) * source.vae_config()?.downscale_factor();
+    fmn_sd_args::check_sampling_memory(
         &source,
-        &fmn_sd_args::TrainingRequest {
-            resolution: base_inversion.resolution,
-            batch: base_inversion.train_batch_size,
-            trainable_params: 0,
-            text_encoder_in_graph: true,
-            steps: true,
+        &fmn_sd_args::SamplingRequest {
+            height: side,
+            width: side,
+            dtype: DType::F32,
+            images: cfg.samples,
+            guided: guidance > 1.0,
         },
         args.stage.device.memory.max_memory,
-        "attack (inversion)",
+        "attack sampling",
     )?;
     let _lock = fmn_core::OutputLock::acquire(&args.out)?;
-    let concept_prompts: Vec<String> = cfg
-        .prompts
-        .iter()
-        .map(|t| t.replacen("{}", cfg.concept(), 1))
-        .collect();
+    let concept_prompts = crate::config::fill_prompts(&cfg.prompts, cfg.concept());
     let concept_prompts: Vec<&str> = concept_prompts.iter().map(String::as_str).collect();
     let searches = plan.iter().any(|p| p.method != Method::Inversion);
     // The search's target: the concept prompts' keys and values on the base model (loaded
@@ -289,7 +302,6 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
     } else {
         None
     };
-    let guidance = fmn_sd::io::sampling_defaults::resolve_guidance(cfg.guidance, &model_dir)?;
     if args.patch.is_empty() {
         tracing::warn!("no --patch: attacking the base model (the baseline the patched model is compared with)");
     }

@@ -127,6 +127,14 @@ pub struct Planned {
     pub seed: u64,
 }
 
+/// `templates` with `text` in the `{}` of each (one per template: [`AttackConfig::validate`]).
+pub fn fill_prompts(templates: &[String], text: &str) -> Vec<String> {
+    templates
+        .iter()
+        .map(|t| t.replacen("{}", text, 1))
+        .collect()
+}
+
 impl AttackConfig {
     pub fn concept(&self) -> &str {
         self.concept.as_deref().unwrap_or_default()

@@ -105,12 +105,11 @@ impl KvDistance {
                 )));
             }
             let ctx = model.encode_prompts(&flat)?.to_dtype(DType::F32)?;
-            let (n, len, _) = ctx.dims3()?;
+            let len = ctx.dim(1)?;
             let kv = ctx.broadcast_matmul(&self.projection)?;
             let kv = kv.reshape((chunk.len(), per_set, len, ()))?;
             let gap = kv.broadcast_sub(&self.target.unsqueeze(0)?)?;
             let d = gap.sqr()?.flatten_from(1)?.sum(1)?.to_vec1::<f32>()?;
-            debug_assert_eq!(n, flat.len());
             out.extend(d.into_iter().map(|v| f64::from(v) / self.layers as f64));
         }
         Ok(out)
@@ -186,13 +185,7 @@ pub fn search(
     }
     let started = std::time::Instant::now();
     let mut rng = NoiseRng::new(s.seed);
-    let prompts = |words: &[String]| -> Vec<String> {
-        let text = words.join(" ");
-        templates
-            .iter()
-            .map(|t| t.replacen("{}", &text, 1))
-            .collect()
-    };
+    let prompts = |words: &[String]| crate::config::fill_prompts(templates, &words.join(" "));
     let mut words: Vec<String> = (0..s.tokens)
         .map(|_| pool[rng.below(0, pool.len())].clone())
         .collect();

@@ -18,7 +18,6 @@ use fmn_sd::io::embedding::TokenEmbedding;
 use fmn_sd::io::patch::Patch;
 use fmn_sd::io::sampling_defaults::resolve_guidance;
 use fmn_sd::io::source::ModelSource;
-use fmn_sd::memory;
 use fmn_sd::models::probes::AttentionRecord;
 use fmn_sd::sample::pipeline::{
     check_guidance_rescale, seeded_noise, SampleRequest, StableDiffusion,
@@ -39,26 +38,17 @@ fn preflight(
     num_images: usize,
     args: &Args,
 ) -> Result<()> {
-    let (unet, vae) = (source.unet_config()?, source.vae_config()?);
-    let copies = if guidance > 1.0 { 2 } else { 1 };
-    let request = memory::Request {
-        height,
-        width,
-        dtype: s.dtype.dtype(),
-        phases: vec![
-            (memory::Workload::Forward, copies * num_images),
-            (memory::Workload::Decode, num_images),
-        ],
-    };
-    let configs = memory::Configs {
-        unet: Some(&unet),
-        vae: Some(&vae),
-    };
-    let estimate = memory::estimate(&memory::ModelSize::of(source)?, &configs, &request);
-    tracing::debug!("estimated peak memory: {}", estimate.describe());
-    estimate.check(
-        &format!("sampling {num_images} image(s) of {width}x{height} at once"),
+    fmn_sd_args::check_sampling_memory(
+        source,
+        &fmn_sd_args::SamplingRequest {
+            height,
+            width,
+            dtype: s.dtype.dtype(),
+            images: num_images,
+            guided: guidance > 1.0,
+        },
         args.device.memory.max_memory,
+        "sampling",
     )?;
     Ok(())
 }

@@ -195,6 +195,55 @@ pub fn check_training_memory(
     estimate.check(&what, limit)
 }
 
+/// A sampling request as the pre-flight memory check sees it: `images` of `height`×`width`
+/// denoised in one batch (doubled by classifier-free guidance), then decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct SamplingRequest {
+    pub height: usize,
+    pub width: usize,
+    pub dtype: candle_core::DType,
+    pub images: usize,
+    pub guided: bool,
+}
+
+/// Refuses a sampling run whose estimated peak memory (every component's weights, the guided
+/// UNet batch, then the decode) exceeds `--max-memory` or the available memory, before any
+/// weight is loaded. `what` names the run in the message.
+pub fn check_sampling_memory(
+    source: &ModelSource,
+    request: &SamplingRequest,
+    limit: Option<u64>,
+    what: &str,
+) -> fmn_sd::Result<()> {
+    use fmn_sd::memory;
+    let (unet, vae) = (source.unet_config()?, source.vae_config()?);
+    let copies = if request.guided { 2 } else { 1 };
+    let estimate = memory::estimate(
+        &memory::ModelSize::of(source)?,
+        &memory::Configs {
+            unet: Some(&unet),
+            vae: Some(&vae),
+        },
+        &memory::Request {
+            height: request.height,
+            width: request.width,
+            dtype: request.dtype,
+            phases: vec![
+                (memory::Workload::Forward, copies * request.images),
+                (memory::Workload::Decode, request.images),
+            ],
+        },
+    );
+    tracing::debug!("estimated peak memory: {}", estimate.describe());
+    estimate.check(
+        &format!(
+            "{what} {} image(s) of {}x{} at once",
+            request.images, request.width, request.height
+        ),
+        limit,
+    )
+}
+
 /// `--device`.
 #[derive(Debug, Clone, Default, Args, serde::Serialize)]
 #[command(next_help_heading = "Device")]
