@@ -297,7 +297,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         };
         Some((
             KvDistance::new(base_kv, &model)?,
-            crate::search::word_pool(&model, cfg.concept())?,
+            model.tokenizer.whole_words(cfg.concept())?,
         ))
     } else {
         None

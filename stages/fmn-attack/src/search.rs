@@ -116,32 +116,6 @@ impl KvDistance {
     }
 }
 
-/// Whole vocabulary words a prompt can spell (lower-case letters, one token that the tokenizer
-/// gives back for the word alone), less `exclude`'s tokens: the search's alphabet.
-pub fn word_pool(model: &StableDiffusion, exclude: &str) -> fmn_sd::Result<Vec<String>> {
-    let tok = &model.tokenizer;
-    let excluded = tok.tokenize(exclude)?;
-    let mut pool = Vec::new();
-    for id in 0..tok.vocab_size() as u32 {
-        if excluded.contains(&id) {
-            continue;
-        }
-        let Some(word) = tok
-            .id_to_token(id)
-            .and_then(|t| t.strip_suffix("</w>").map(String::from))
-        else {
-            continue;
-        };
-        if word.len() < 2 || !word.bytes().all(|b| b.is_ascii_lowercase()) {
-            continue;
-        }
-        if tok.tokenize(&word)? == [id] {
-            pool.push(word);
-        }
-    }
-    Ok(pool)
-}
-
 /// One search: `tokens` words, `rounds` sweeps over the positions, `candidates` words tried
 /// per position and sweep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

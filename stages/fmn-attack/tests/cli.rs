@@ -228,6 +228,20 @@ fn bad_input_is_refused_with_the_setting_named_and_nothing_written() {
     cmd.arg("--patch").arg(&patch);
     let err = failed(&run(&mut cmd));
     assert!(err.contains("cannot apply the patches"), "{err}");
+    // Over the memory budget: an inversion is refused for its training step, a search alone
+    // (no inversion) for its sampling.
+    let err = failed(&run(&mut attack_cmd(&imgs, &out, &["--max-memory", "1M"])));
+    assert!(err.contains("attack (inversion)"), "{err}");
+    let mut search = Command::new(env!("CARGO_BIN_EXE_fmn-attack"));
+    search
+        .args(["--concept", "bob", "--method", "search", "--samples", "3"])
+        .args(["--max-memory", "1M", "--quiet", "--out"])
+        .arg(&out);
+    let err = failed(&run(&mut search));
+    assert!(
+        err.contains("attack sampling 3 image(s)") && !err.contains("inversion"),
+        "{err}"
+    );
     assert!(!out.exists());
     assert!(!tmp.path().join("a.ckpt").exists());
 }

@@ -151,7 +151,7 @@ fn the_distance_is_the_per_layer_key_value_gap_of_the_weight_file() {
 #[test]
 fn the_search_only_moves_closer_is_seeded_and_spells_whole_words() {
     let model = toy();
-    let pool = search::word_pool(&model, "bob").unwrap();
+    let pool = model.tokenizer.whole_words("bob").unwrap();
     assert!(pool.len() > 10_000, "{}", pool.len());
     assert!(!pool.iter().any(|w| w == "bob"));
     for w in pool.iter().step_by(997) {

@@ -447,6 +447,32 @@ impl ClipTokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// Whole vocabulary words a prompt can spell (lower-case letters, one token that
+    /// [`tokenize`](Self::tokenize) gives back for the word alone), less `exclude`'s tokens, in
+    /// id order.
+    pub fn whole_words(&self, exclude: &str) -> Result<Vec<String>> {
+        let excluded = self.tokenize(exclude)?;
+        let mut words = Vec::new();
+        for id in 0..self.vocab_size as u32 {
+            if excluded.contains(&id) {
+                continue;
+            }
+            let Some(word) = self
+                .id_to_token(id)
+                .and_then(|t| t.strip_suffix(END_OF_WORD_SUFFIX).map(String::from))
+            else {
+                continue;
+            };
+            if word.len() < 2 || !word.bytes().all(|b| b.is_ascii_lowercase()) {
+                continue;
+            }
+            if self.tokenize(&word)? == [id] {
+                words.push(word);
+            }
+        }
+        Ok(words)
+    }
+
     /// Number of distinct tokens, added tokens included (transformers' `len(tokenizer)`).
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
