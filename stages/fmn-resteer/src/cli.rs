@@ -169,6 +169,10 @@ pub struct SettingArgs {
     /// Inversion steps of each hardening attack (`harden_steps`).
     #[arg(long, value_name = "N")]
     pub harden_steps: Option<usize>,
+    /// With `--loss denoise`: attack steps per training step of an attacker inside the run,
+    /// whose tokens are erased with the concept (`adversary_steps`; AdvUnlearn).
+    #[arg(long, value_name = "N")]
+    pub adversary_steps: Option<usize>,
 }
 
 /// The flags as config keys; `None`: not given.
@@ -192,6 +196,7 @@ struct Overrides {
     preserve_files: Option<Vec<PathBuf>>,
     harden: Option<usize>,
     harden_steps: Option<usize>,
+    adversary_steps: Option<usize>,
 }
 
 impl StageArgs for Args {
@@ -244,6 +249,7 @@ impl Args {
             preserve_files: (!s.preserve.is_empty()).then(|| s.preserve.clone()),
             harden: s.harden,
             harden_steps: s.harden_steps,
+            adversary_steps: s.adversary_steps,
         };
         let file = &self.settings.config;
         let text = file

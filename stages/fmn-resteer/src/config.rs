@@ -179,6 +179,16 @@ pub struct ResteerConfig {
     pub harden: usize,
     /// Inversion steps of each hardening attack.
     pub harden_steps: usize,
+    /// With `loss: denoise`: attack steps per training step of an attacker inside the run
+    /// (AdvUnlearn; `adversary.rs`): per concept, two learned tokens moved towards drawing
+    /// its images on the UNet being trained, whose prompts are erased with the concept's.
+    /// 0: none.
+    pub adversary_steps: usize,
+    /// The attacker's step: how far each attack step moves its rows, per value.
+    pub adversary_lr: f64,
+    /// With `loss: denoise`: preserved prompts the base model draws one image of at the start
+    /// (spread evenly over the list), whose predictions the steps keep (`prior.rs`).
+    pub prior_images: usize,
 }
 
 impl Default for ResteerConfig {
@@ -230,6 +240,9 @@ impl Default for ResteerConfig {
             delta_dtype: "f16".into(),
             harden: 0,
             harden_steps: 500,
+            adversary_steps: 0,
+            adversary_lr: 1e-3,
+            prior_images: 16,
         }
     }
 }
@@ -301,6 +314,17 @@ impl Validate for ResteerConfig {
         }
         if self.loss == StepObjective::Denoise && self.anchor_weight <= 0.0 {
             return Err("`loss: denoise` moves the concept's predictions onto its anchor prompts', and `anchor_weight` is 0 (no anchor prompts)".into());
+        }
+        if self.adversary_steps > 0 && self.loss != StepObjective::Denoise {
+            return Err(
+                "`adversary_steps` attacks the denoising steps: it needs `loss: denoise`".into(),
+            );
+        }
+        if !(self.adversary_lr > 0.0 && self.adversary_lr.is_finite()) {
+            return Err(format!(
+                "`adversary_lr` must be positive, got {}",
+                self.adversary_lr
+            ));
         }
         if self.harden > 0 && self.harden_steps == 0 {
             return Err("`harden_steps` must be at least 1 when `harden` is on".into());

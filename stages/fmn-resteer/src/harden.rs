@@ -3,7 +3,7 @@
 //! attack of Pham et al., ICLR 2024), which the next solve forgets with the concept's name.
 use crate::config::{ConceptKind, ConceptSpec, ResteerConfig};
 use crate::ResteerError;
-use candle_core::{DType, Device};
+use candle_core::Device;
 use fmn_inversion::config::{InvertConfig, Kind, TokenList};
 use fmn_sd::io::embedding::EmbeddingLayout;
 use fmn_sd::sample::pipeline::StableDiffusion;
@@ -25,22 +25,6 @@ pub struct HardenAttack {
     /// The inversion's mean denoising loss over its last steps on the patched model: how well
     /// the learned tokens draw the concept's images there (lower: more of it came back).
     pub final_loss: f64,
-}
-
-/// The inversion's norm target: the median norm of the model's token rows (the original's
-/// 0.4 is SD 1.x's; the toy model's rows are about 0.16).
-fn median_token_norm(model: &StableDiffusion) -> Result<f64, ResteerError> {
-    let norms = model
-        .text_encoder
-        .token_embedding_table()
-        .to_dtype(DType::F32)?
-        .sqr()?
-        .sum(1)?
-        .sqrt()?
-        .to_vec1::<f32>()?;
-    let mut sorted: Vec<f32> = norms.into_iter().filter(|n| n.is_finite()).collect();
-    sorted.sort_by(f32::total_cmp);
-    Ok(sorted.get(sorted.len() / 2).copied().unwrap_or(0.4) as f64)
 }
 
 /// The initialisers of an attack: the concept name's own token ids (the last one repeated
@@ -75,7 +59,9 @@ pub fn attack_round(
     dir: &Path,
     device: &Device,
 ) -> Result<Vec<(usize, PathBuf, HardenAttack)>, ResteerError> {
-    let norm_target = median_token_norm(patched)?;
+    // The inversion's norm target: the model's median token norm (the original's 0.4 is SD
+    // 1.x's).
+    let norm_target = patched.text_encoder.median_token_norm()?;
     let mut out = Vec::new();
     for (ci, spec) in cfg.multi_concept.iter().enumerate() {
         for init in ["name", "random"] {

@@ -3,6 +3,7 @@
 //! patch file.
 // The unit-test build also sees the dev-dependencies, which only the integration tests use.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
+pub mod adversary;
 pub mod cli;
 pub mod config;
 pub mod harden;

@@ -9,9 +9,6 @@ use fmn_sd::sample::pipeline::seeded_noise;
 use fmn_sd::sample::pipeline::{GuidedUNet, SampleRequest};
 use fmn_sd::sample::scheduler::{SamplerKind, SchedulerConfig};
 
-/// Preserved prompts drawn per run: one image each.
-pub const IMAGES: usize = 16;
-
 /// DDIM steps per image: the sampling default of fmn-sample.
 const STEPS: usize = 25;
 

@@ -1,10 +1,11 @@
 //! The re-steering loop: frozen VAE and text encoder, UNet deltas trained so that the concept's
 //! tokens receive no cross-attention.
+use crate::adversary::Adversary;
 use crate::config::{ConceptKind, ConceptSpec, ResteerConfig, StepObjective};
 use crate::loss::{anchor_offsets, anchoring, attention_energy, preservation};
 use crate::params::Trainable;
 use crate::preserve::{self, Encoder as _, Gram, GramCache, PreserveSummary};
-use crate::prior::{self, PriorImages, PriorKey, PriorMemo};
+use crate::prior::{PriorImages, PriorKey, PriorMemo};
 use crate::prompts::{anchor_prompt, concept_prompt, entry_template, ConceptPrompt};
 use crate::sibling;
 use crate::solve::AnchorSolve;
@@ -121,6 +122,8 @@ struct PreparedConcept {
     anchor_rows: Option<(Tensor, Tensor)>,
     /// With `loss: denoise`: per prompt, its anchor prompt's hidden states `[1, 77, D]`.
     anchor_contexts: Vec<Tensor>,
+    /// With `adversary_steps`: the attacker inside the run.
+    adversary: Option<Adversary>,
     texts: ConceptPrompts,
 }
 
@@ -510,6 +513,19 @@ fn prepare(
             anchor_contexts.push(encoded.get(i)?.unsqueeze(0)?);
         }
     }
+    let adversary = if cfg.adversary_steps > 0 && !anchor_contexts.is_empty() {
+        Some(Adversary::new(
+            &text.tokenizer,
+            text.text_encoder,
+            &per_prompt,
+            cfg.pooler(),
+            index,
+            cfg.seed ^ (0xad5e_0000 + index as u64),
+            device,
+        )?)
+    } else {
+        None
+    };
     let (mut latents, mut masks) = (Vec::new(), None);
     // The solve alone (no steps) needs no images.
     match (&spec.images, cfg.max_train_steps > 0) {
@@ -538,6 +554,7 @@ fn prepare(
         masks,
         anchor_rows,
         anchor_contexts,
+        adversary,
         texts,
     })
 }
@@ -615,6 +632,9 @@ struct Resteering<'a> {
     model: &'a Model,
     cfg: &'a ResteerConfig,
     concepts: Vec<PreparedConcept>,
+    /// The rows of the run's added tokens (learned and adversarial embeddings), which the
+    /// attackers' prompts are encoded with.
+    added_rows: Option<Tensor>,
     trainable: Trainable,
     kv_names: Vec<String>,
     preserve: Option<Tensor>,
@@ -648,6 +668,8 @@ impl Objective for Resteering<'_> {
         // Per concept: the attention energy's norm, or with `loss: denoise` the erasure term.
         let mut concept_loss: Option<Tensor> = None;
         let mut preserved_loss: Option<Tensor> = None;
+        // The attackers' denoising loss before their last step (reported, not minimised).
+        let mut attack_loss: Option<Tensor> = None;
         let add = |sum: Option<Tensor>, t: Tensor| -> candle_core::Result<Option<Tensor>> {
             Ok(Some(match sum {
                 None => t,
@@ -676,6 +698,21 @@ impl Objective for Resteering<'_> {
                 let anchor = c.anchor_contexts[k].repeat((cfg.train_batch_size, 1, 1))?;
                 let erase = prediction_gap(&unet, base, &noisy, &ctx, &anchor)?;
                 concept_loss = add(concept_loss, erase)?;
+                if let Some(adversary) = &c.adversary {
+                    // The attacker's prompt in place of the concept's, erased onto the same anchor.
+                    let (drawn, attacked) = adversary.attack(
+                        &model.text_encoder,
+                        self.added_rows.as_ref(),
+                        &unet,
+                        &noisy,
+                        k,
+                        cfg.adversary_steps,
+                        cfg.adversary_lr,
+                    )?;
+                    attack_loss = add(attack_loss, Tensor::new(drawn as f32, device)?)?;
+                    let erase = prediction_gap(&unet, base, &noisy, &attacked, &anchor)?;
+                    concept_loss = add(concept_loss, erase)?;
+                }
                 if let Some(prior) = preserved {
                     // One of the base model's own images, under its prompt, at other timesteps.
                     let k = rng.below(0, prior.latents.dim(0)?);
@@ -716,6 +753,9 @@ impl Objective for Resteering<'_> {
         if let Some(p) = preserved_loss {
             loss = (loss + (&p * cfg.preserve_weight)?)?;
             parts.push(("preserved", p));
+        }
+        if let Some(a) = attack_loss {
+            parts.push(("adversary", a));
         }
         if self.preserve.is_some() || !self.anchored.is_empty() {
             let deltas = self
@@ -874,7 +914,7 @@ pub fn resteer(
         StepObjective::Attention => None,
         StepObjective::Denoise => {
             let base = trainable.base_unet(device)?;
-            let kept = spread(&prompts, &names, prior::IMAGES);
+            let kept = spread(&prompts, &names, cfg.prior_images);
             let prior = if kept.is_empty() {
                 None
             } else {
@@ -906,6 +946,7 @@ pub fn resteer(
         model,
         cfg,
         concepts,
+        added_rows: text.added.as_ref().map(|a| a.rows.clone()),
         trainable,
         kv_names,
         preserve,

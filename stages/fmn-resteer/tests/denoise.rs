@@ -163,6 +163,55 @@ fn denoise_needs_anchor_prompts_and_steps() {
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(err.contains("max_train_steps"), "{err}");
     assert!(!out.exists());
+    // The attacker inside the steps attacks the denoising steps only.
+    let res = resteer(
+        tmp.path(),
+        &["--steps", "2", "--adversary-steps", "1"],
+        &out,
+    );
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("`adversary_steps`") && err.contains("loss: denoise"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn an_attacker_inside_the_steps_is_erased_with_the_concept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("p.safetensors");
+    let config = tmp.path().join("c.yaml");
+    // Two prior images keep the run short.
+    std::fs::write(&config, "prior_images: 2\n").unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--loss",
+        "denoise",
+        "--params",
+        "all",
+        "--steps",
+        "3",
+        "--lr",
+        "0.0001",
+        "--adversary-steps",
+        "2",
+    ];
+    let res = resteer(tmp.path(), &args, &out);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let report = fmn_testkit::json_of(&res);
+    let parts = &report["report"]["final_parts"];
+    // The attacker's inversion loss on bob's images: a mean square of unit-variance targets.
+    let attacker = parts["adversary"].as_f64().unwrap();
+    assert!(attacker > 0.0 && attacker < 10.0, "{report}");
+    assert!(parts["denoise"].as_f64().unwrap().is_finite(), "{report}");
+    assert!(out.exists());
 }
 
 #[test]

@@ -299,6 +299,20 @@ impl ClipTextModel {
         &self.token_embedding
     }
 
+    /// The median norm of the token table's rows (SD 1.x: about 0.4; the toy model: 0.16).
+    pub fn median_token_norm(&self) -> Result<f64> {
+        let norms = self
+            .token_embedding
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum(1)?
+            .sqrt()?
+            .to_vec1::<f32>()?;
+        let mut sorted: Vec<f32> = norms.into_iter().filter(|n| n.is_finite()).collect();
+        sorted.sort_by(f32::total_cmp);
+        Ok(sorted.get(sorted.len() / 2).copied().map_or(0.0, f64::from))
+    }
+
     pub fn dtype(&self) -> DType {
         self.token_embedding.dtype()
     }
