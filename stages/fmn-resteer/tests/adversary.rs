@@ -8,50 +8,54 @@ use fmn_inversion::train::{objective, Denoising};
 use fmn_ops::noise::NoiseRng;
 use fmn_resteer::adversary::Adversary;
 use fmn_resteer::prompts::PoolerPositions;
+use fmn_sd::io::tokenizer::ClipTokenizer;
 use fmn_sd::sample::pipeline::StableDiffusion;
 use fmn_sd::train::scaffold::NoisyLatents;
 
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
-
-/// One attack step from `added` (the run's other added rows, if any) against the reference.
-fn check_step(added: Option<&Tensor>) {
-    let dev = Device::Cpu;
-    let sd =
-        StableDiffusion::load(&fmn_testkit::fixtures().join("sd1-tiny"), &dev, DType::F64).unwrap();
-    let mut tokenizer = sd.tokenizer.clone();
-    if added.is_some() {
-        tokenizer.add_tokens(&["<learned>"]).unwrap();
-    }
+/// An attacker for "a photo of {}" on `sd` with `tokenizer`'s tokens.
+fn attacker(sd: &StableDiffusion, tokenizer: &ClipTokenizer) -> Adversary {
     let template = "a photo of {}".to_string();
-    let adversary = Adversary::new(
-        &tokenizer,
+    Adversary::new(
+        tokenizer,
         &sd.text_encoder,
         &[&template],
         PoolerPositions::First,
         0,
         3,
-        &dev,
+        &Device::Cpu,
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// The tiny model in f64.
+fn tiny() -> StableDiffusion {
+    let dir = fmn_testkit::fixtures().join("sd1-tiny");
+    StableDiffusion::load(&dir, &Device::Cpu, DType::F64).unwrap()
+}
+
+/// A seeded noisy latent and target at timestep 412.
+fn noisy() -> NoisyLatents {
+    let mut rng = NoiseRng::new(7);
+    NoisyLatents {
+        x_t: fmn_testkit::randn_f64(&mut rng, &[1, 4, 4, 4]),
+        t: Tensor::new(&[412f64], &Device::Cpu).unwrap(),
+        target: fmn_testkit::randn_f64(&mut rng, &[1, 4, 4, 4]),
+    }
+}
+
+/// One attack step from `added` (the run's other added rows, if any) against the reference.
+fn check_step(added: Option<&Tensor>) {
+    let dev = Device::Cpu;
+    let sd = tiny();
+    let mut tokenizer = sd.tokenizer.clone();
+    if added.is_some() {
+        tokenizer.add_tokens(&["<learned>"]).unwrap();
+    }
+    let adversary = attacker(&sd, &tokenizer);
     let start = adversary.rows().unwrap();
     assert_eq!(start.dims(), &[2, 32]);
 
-    let mut rng = NoiseRng::new(7);
-    let mut r = |s: &[usize]| rng.randn(s, &dev).unwrap().to_dtype(DType::F64).unwrap();
-    let noisy = NoisyLatents {
-        x_t: r(&[1, 4, 4, 4]),
-        t: Tensor::new(&[412f64], &dev).unwrap(),
-        target: r(&[1, 4, 4, 4]),
-    };
+    let noisy = noisy();
     let lr = 1e-3;
     let (loss, context) = adversary
         .attack(&sd.text_encoder, added, &sd.unet, &noisy, 0, 1, lr)
@@ -99,14 +103,20 @@ fn check_step(added: Option<&Tensor>) {
     // rows − lr·√n · g / ‖g‖: lr per value, as a sign step moves a value.
     let expect = (&start - (g * (lr * 8.0 / norm)).unwrap()).unwrap();
     let moved = adversary.rows().unwrap();
-    assert!(max_abs(&moved, &expect) < 1e-12, "{moved} vs {expect}");
-    assert!(max_abs(&moved, &start) > 1e-4, "the rows did not move");
+    assert!(
+        fmn_testkit::max_diff_f64(&moved, &expect) < 1e-12,
+        "{moved} vs {expect}"
+    );
+    assert!(
+        fmn_testkit::max_diff_f64(&moved, &start) > 1e-4,
+        "the rows did not move"
+    );
     // The context returned is the prompt's after the step.
     let after = sd
         .text_encoder
         .forward_with_token_embeddings(&ids, &rows(&moved))
         .unwrap();
-    assert!(max_abs(&context, &after) < 1e-12);
+    assert!(fmn_testkit::max_diff_f64(&context, &after) < 1e-12);
     // The step lowers the inversion's loss.
     let lower = objective(&sd, &ids, &rows(&moved), &batch)
         .unwrap()
@@ -128,20 +138,8 @@ fn the_attackers_tokens_come_after_the_runs_added_tokens() {
 
 #[test]
 fn a_long_step_leaves_rows_at_the_median_token_norm() {
-    let dev = Device::Cpu;
-    let sd =
-        StableDiffusion::load(&fmn_testkit::fixtures().join("sd1-tiny"), &dev, DType::F64).unwrap();
-    let template = "a photo of {}".to_string();
-    let adversary = Adversary::new(
-        &sd.tokenizer,
-        &sd.text_encoder,
-        &[&template],
-        PoolerPositions::First,
-        0,
-        3,
-        &dev,
-    )
-    .unwrap();
+    let sd = tiny();
+    let adversary = attacker(&sd, &sd.tokenizer);
     let table: Vec<Vec<f64>> = sd.text_encoder.token_embedding_table().to_vec2().unwrap();
     let mut norms: Vec<f64> = table
         .iter()
@@ -149,13 +147,7 @@ fn a_long_step_leaves_rows_at_the_median_token_norm() {
         .collect();
     norms.sort_by(f64::total_cmp);
     let median = norms[norms.len() / 2];
-    let mut rng = NoiseRng::new(7);
-    let mut r = |s: &[usize]| rng.randn(s, &dev).unwrap().to_dtype(DType::F64).unwrap();
-    let noisy = NoisyLatents {
-        x_t: r(&[1, 4, 4, 4]),
-        t: Tensor::new(&[412f64], &dev).unwrap(),
-        target: r(&[1, 4, 4, 4]),
-    };
+    let noisy = noisy();
     // 0.5 per value: far longer than any token row.
     adversary
         .attack(&sd.text_encoder, None, &sd.unet, &noisy, 0, 1, 0.5)
