@@ -117,13 +117,34 @@ impl Trainable {
 
     /// The UNet with every delta added to its base weight.
     pub fn unet(&self, device: &Device) -> candle_core::Result<UNet2DConditionModel> {
+        self.build(self.weights()?, device)
+    }
+
+    /// The UNet with every delta added, and a frozen view of the same weights (detached: its
+    /// backward computes no weight gradient, only its inputs'), for passes whose gradient
+    /// reaches only their inputs, such as an attacker's token rows. Each `base + delta` is
+    /// computed once for both.
+    pub fn unet_and_frozen(
+        &self,
+        device: &Device,
+    ) -> candle_core::Result<(UNet2DConditionModel, UNet2DConditionModel)> {
+        let weights = self.weights()?;
+        let frozen = weights
+            .iter()
+            .map(|(name, w)| (name.clone(), w.detach()))
+            .collect();
+        Ok((self.build(weights, device)?, self.build(frozen, device)?))
+    }
+
+    /// Every UNet weight: the base, plus its delta where one is trained.
+    fn weights(&self) -> candle_core::Result<HashMap<String, Tensor>> {
         let mut weights = self.base.clone();
         for name in self.deltas.keys() {
             if let Some(d) = self.delta(name)? {
                 weights.insert(name.clone(), (&self.base[name] + d)?);
             }
         }
-        self.build(weights, device)
+        Ok(weights)
     }
 
     /// The UNet without deltas.

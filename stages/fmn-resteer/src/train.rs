@@ -664,7 +664,14 @@ impl Objective for Resteering<'_> {
     fn loss(&mut self, _step: usize, rng: &mut NoiseRng) -> Result<StepLoss, TrainError> {
         let (cfg, model, device) = (self.cfg, self.model, &self.device);
         let scaling = model.vae()?.scaling_factor();
-        let unet = self.trainable.unet(device)?;
+        // With attackers, their steps run on a frozen view of the same weights: their
+        // gradient is the token rows', and the weights' would be computed and dropped.
+        let (unet, frozen) = if self.concepts.iter().any(|c| c.adversary.is_some()) {
+            let (unet, frozen) = self.trainable.unet_and_frozen(device)?;
+            (unet, Some(frozen))
+        } else {
+            (self.trainable.unet(device)?, None)
+        };
         // Per concept: the attention energy's norm, or with `loss: denoise` the erasure term.
         let mut concept_loss: Option<Tensor> = None;
         let mut preserved_loss: Option<Tensor> = None;
@@ -703,7 +710,7 @@ impl Objective for Resteering<'_> {
                     let (drawn, attacked) = adversary.attack(
                         &model.text_encoder,
                         self.added_rows.as_ref(),
-                        &unet,
+                        frozen.as_ref().unwrap_or(&unet),
                         &noisy,
                         k,
                         cfg.adversary_steps,

@@ -159,3 +159,75 @@ fn a_long_step_leaves_rows_at_the_median_token_norm() {
         assert!((n - median).abs() < 1e-6 * median, "{n} vs {median}");
     }
 }
+
+#[test]
+fn the_frozen_view_draws_like_the_trained_unet_and_passes_no_weight_gradient() {
+    use fmn_resteer::params::Trainable;
+    use fmn_resteer::ParamSet;
+    use fmn_sd::io::source::{ModelSource, SourceOptions};
+    let dev = Device::Cpu;
+    let dir = fmn_testkit::fixtures().join("sd1-tiny");
+    let source = ModelSource::open(&dir, &SourceOptions::default()).unwrap();
+    let weights = source
+        .load_tensors_where("unet", DType::F32, &dev, |_| true)
+        .unwrap();
+    let trainable = Trainable::new(
+        weights,
+        source.unet_config().unwrap(),
+        ParamSet::Attn2Kv,
+        None,
+        1,
+    )
+    .unwrap();
+    // Non-zero deltas, so that the view must carry them.
+    let mut rng = NoiseRng::new(11);
+    let names: Vec<String> = trainable.names().cloned().collect();
+    for name in &names {
+        let dims = trainable.base(name).unwrap().dims().to_vec();
+        let d = (rng.randn(&dims, &dev).unwrap() * 0.05).unwrap();
+        assert!(trainable.set_full(name, &d).unwrap());
+    }
+    let (trained, frozen) = trainable.unet_and_frozen(&dev).unwrap();
+    let x = rng.randn(&[1, 4, 4, 4], &dev).unwrap();
+    let t = Tensor::new(&[412f32], &dev).unwrap();
+    let context = Var::from_tensor(&rng.randn(&[1, 77, 32], &dev).unwrap()).unwrap();
+    let run = |unet: &fmn_sd::models::unet::UNet2DConditionModel| {
+        let out = unet.forward(&x, &t, context.as_tensor()).unwrap();
+        let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let input = grads.get(context.as_tensor()).unwrap().clone();
+        let weight_grads = trainable
+            .vars()
+            .iter()
+            .filter(|(_, v)| grads.get(v.as_tensor()).is_some())
+            .count();
+        (out, input, weight_grads)
+    };
+    let (out_t, input_t, weights_t) = run(&trained);
+    let (out_f, input_f, weights_f) = run(&frozen);
+    let reference = trainable.unet(&dev).unwrap();
+    let out_r = reference.forward(&x, &t, context.as_tensor()).unwrap();
+    let diff = |a: &Tensor, b: &Tensor| -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(diff(&out_t, &out_r), 0.0);
+    assert_eq!(diff(&out_f, &out_t), 0.0);
+    // The input's gradient is the same through both; only the trained UNet's reaches the deltas.
+    let scale = input_t
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(scale > 0.0);
+    assert!(diff(&input_f, &input_t) <= 1e-5 * scale);
+    assert_eq!(weights_t, names.len());
+    assert_eq!(weights_f, 0);
+}
