@@ -301,7 +301,7 @@ fn sample(
     dir: &Path,
     device: &Device,
 ) -> Result<Sampled> {
-    let size = model.unet.config().sample_size.unwrap_or(64) * model.vae.downscale_factor();
+    let size = model.default_image_side();
     let shape = model.latent_shape(cfg.samples, size, size)?;
     let (mut files, mut prompts, mut seeds, mut pictures) = (vec![], vec![], vec![], vec![]);
     for (pi, prompt) in crate::config::fill_prompts(&cfg.prompts, token_text)

@@ -241,8 +241,7 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         )?;
     }
     let guidance = fmn_sd::io::sampling_defaults::resolve_guidance(cfg.guidance, &model_dir)?;
-    let side =
-        source.unet_config()?.sample_size.unwrap_or(64) * source.vae_config()?.downscale_factor();
+    let side = source.default_image_side()?;
     fmn_sd_args::check_sampling_memory(
         &source,
         &fmn_sd_args::SamplingRequest {

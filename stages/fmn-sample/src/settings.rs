@@ -110,7 +110,7 @@ impl SampleSettings {
         let default = match init {
             Some(t) => (t.dim(2)? * f, t.dim(3)? * f),
             None => {
-                let s = model.unet_config()?.sample_size.unwrap_or(64) * f;
+                let s = model.default_image_side()?;
                 (s, s)
             }
         };

@@ -147,7 +147,7 @@ pub fn check_training_memory(
     let (unet, vae) = (source.unet_config()?, source.vae_config()?);
     let resolution = request
         .resolution
-        .unwrap_or(unet.sample_size.unwrap_or(64) * vae.downscale_factor());
+        .unwrap_or(unet.default_image_side(vae.downscale_factor()));
     // Without steps (the solve alone) only the text encoder and the trained weights are
     // loaded, and no image is encoded.
     let (size, mut phases) = if request.steps {

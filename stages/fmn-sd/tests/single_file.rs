@@ -433,3 +433,19 @@ fn bad_files_are_clear_errors() {
         .to_string();
     assert!(err.contains("only used with a single-file"), "{err}");
 }
+
+#[test]
+fn the_default_image_side_is_the_sample_size_times_the_vae_factor() {
+    // sd1-tiny: sample_size 16, two VAE levels (factor 2).
+    let folder =
+        ModelSource::open(&fixtures().join("sd1-tiny"), &SourceOptions::default()).unwrap();
+    let file = ModelSource::open(&single("sd1-tiny"), &with_configs("sd1-tiny")).unwrap();
+    assert_eq!(folder.default_image_side().unwrap(), 32);
+    assert_eq!(file.default_image_side().unwrap(), 32);
+    let sd = StableDiffusion::load(&fixtures().join("sd1-tiny"), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(sd.default_image_side(), 32);
+    // No sample size in the config: SD 1.x's 64 latents.
+    let mut unet = folder.unet_config().unwrap();
+    unet.sample_size = None;
+    assert_eq!(unet.default_image_side(8), 512);
+}

@@ -126,6 +126,14 @@ impl ModelSource {
         }
     }
 
+    /// The side in pixels of the images the model draws by default
+    /// ([`UNetConfig::default_image_side`]).
+    pub fn default_image_side(&self) -> Result<usize> {
+        Ok(self
+            .unet_config()?
+            .default_image_side(self.vae_config()?.downscale_factor()))
+    }
+
     pub fn vae_config(&self) -> Result<AutoencoderKLConfig> {
         match self {
             Self::Folder { dir, .. } => {

@@ -128,6 +128,14 @@ impl StableDiffusion {
         }
     }
 
+    /// The side in pixels of the images the model draws by default
+    /// ([`UNetConfig::default_image_side`](crate::models::unet::UNetConfig::default_image_side)).
+    pub fn default_image_side(&self) -> usize {
+        self.unet
+            .config()
+            .default_image_side(self.vae.downscale_factor())
+    }
+
     /// Latent channels and the VAE's pixel-to-latent factor.
     pub fn latent_shape(&self, batch: usize, height: usize, width: usize) -> Result<[usize; 4]> {
         let f = self.vae.downscale_factor();

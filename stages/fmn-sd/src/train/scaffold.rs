@@ -337,7 +337,7 @@ pub fn training_resolution(
     vae: &AutoencoderKL,
 ) -> Result<usize, SdError> {
     let factor = vae.downscale_factor();
-    let resolution = requested.unwrap_or(unet.sample_size.unwrap_or(64) * factor);
+    let resolution = requested.unwrap_or(unet.default_image_side(factor));
     if resolution == 0 || !resolution.is_multiple_of(factor) {
         return Err(SdError::Invalid(format!(
             "resolution {resolution} is not a multiple of the VAE factor {factor}"
