@@ -1,41 +1,30 @@
 //! The solve-only forget (`fmn-resteer --steps 0`) at Stable Diffusion 1.5 size with random
-//! weights: the CLIP ViT-L/14 text encoder, the 32 cross-attention key/value weights, the
-//! built-in preservation lists. Prints the time of each part and the peak resident memory.
+//! weights: the product's own run ([`fmn_resteer::resteer`] at the default settings, as the
+//! CLI calls it) on a model held in memory: the CLIP ViT-L/14 text encoder, the 32
+//! cross-attention key/value weights, the built-in preservation lists. Prints each run's time
+//! and the peak resident memory.
 //!
-//! `cargo bench -p fmn-resteer --bench solve_sd15 -- [--concepts N]` (1 and N concepts; default
-//! N 100: MACE's scale). Parts: `cold` encodes the preservation lists into their Gram matrix (what the cache
-//! then holds); `warm` reads it from the cache, takes out the entries naming the concepts,
-//! encodes the concepts' prompts and their anchors, solves and forms every delta.
+//! `cargo bench -p fmn-resteer --bench solve_sd15 -- [--concepts N]` (1 and N objects; default
+//! N 100: MACE's scale). `cold`: one object with an empty cache (the preservation lists
+//! encoded into their Gram matrix, the cache written); `warm`: the cache read, the entries
+//! naming the concepts taken out, the concepts' prompts, sibling anchors and solve, every delta.
+//! Loading a model file is not part of it (BENCHMARKS.md#from-an-fp16-single-file-end-to-end).
 #![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use fmn_resteer::preserve::{preserved_gram, shipped_prompts, Encoder, GramCache};
-use fmn_resteer::prompts::anchor_prompt;
-use fmn_resteer::solve::AnchorSolve;
-use fmn_resteer::ResteerError;
+use fmn_resteer::config::{ConceptKind, ConceptSpec, ResteerConfig};
+use fmn_resteer::preserve::GramCache;
+use fmn_resteer::prior::PriorMemo;
+use fmn_resteer::{resteer, Model};
+use fmn_sd::io::single_file::infer;
 use fmn_sd::io::tokenizer::ClipTokenizer;
 use fmn_sd::models::clip::{ClipTextConfig, ClipTextModel};
+use fmn_sd::models::unet::UNetConfig;
+use fmn_sd::sample::scheduler::{PredictionType, SchedulerConfig};
+use fmn_sd::train::noise_schedule::NoiseSchedule;
+use fmn_sd::train::scaffold::RunControl;
+use std::collections::HashMap;
 use std::time::Instant;
-
-struct Clip {
-    tokenizer: ClipTokenizer,
-    model: ClipTextModel,
-}
-
-impl Encoder for Clip {
-    fn encode_prompts(&self, prompts: &[&str]) -> Result<Tensor, ResteerError> {
-        let ids = Tensor::new(self.tokenizer.encode_batch(prompts)?, &Device::Cpu)?;
-        Ok(self.model.forward(&ids)?.detach())
-    }
-
-    fn fingerprint(&self) -> Result<String, ResteerError> {
-        Ok("random-clip-l".into())
-    }
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -44,6 +33,45 @@ fn peak_rss_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// SD 1.5's UNet config (runwayml/stable-diffusion-v1-5 `unet/config.json`, the fields that
+/// differ from the defaults).
+fn unet_config() -> UNetConfig {
+    serde_json::from_value(serde_json::json!({
+        "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+        "block_out_channels": [320, 640, 1280, 1280], "attention_head_dim": 8,
+        "cross_attention_dim": 768, "norm_num_groups": 32,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D"]
+    }))
+    .unwrap()
+}
+
+/// SD 1.5's 32 cross-attention key/value weights `[inner, 768]`, random, diffusers' names.
+fn kv_weights(dev: &Device) -> HashMap<String, Tensor> {
+    let mut blocks = Vec::new();
+    for (b, inner) in [320, 640, 1280].into_iter().enumerate() {
+        for a in 0..2 {
+            blocks.push((format!("down_blocks.{b}.attentions.{a}"), inner));
+        }
+    }
+    blocks.push(("mid_block.attentions.0".to_string(), 1280));
+    for (b, inner) in [(1, 1280), (2, 640), (3, 320)] {
+        for a in 0..3 {
+            blocks.push((format!("up_blocks.{b}.attentions.{a}"), inner));
+        }
+    }
+    let mut weights = HashMap::new();
+    for (block, inner) in blocks {
+        for kv in ["to_k", "to_v"] {
+            let name = format!("{block}.transformer_blocks.0.attn2.{kv}.weight");
+            weights.insert(name, Tensor::randn(0f32, 0.02, (inner, 768), dev).unwrap());
+        }
+    }
+    weights
 }
 
 fn main() {
@@ -56,84 +84,59 @@ fn main() {
     let dev = Device::Cpu;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     // openai/clip-vit-large-patch14's text config (SD 1.x's text encoder).
-    let cfg: ClipTextConfig = serde_json::from_value(serde_json::json!({
+    let te_cfg: ClipTextConfig = serde_json::from_value(serde_json::json!({
         "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
         "num_hidden_layers": 12, "hidden_act": "quick_gelu"
     }))
     .unwrap();
     let varmap = VarMap::new();
-    let model =
-        ClipTextModel::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &cfg).unwrap();
-    let clip = Clip {
+    let text_encoder =
+        ClipTextModel::new(VarBuilder::from_varmap(&varmap, DType::F32, &dev), &te_cfg).unwrap();
+    let scheduler = SchedulerConfig::from_map(
+        infer::scheduler_config(PredictionType::Epsilon)
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let model = Model {
         tokenizer: ClipTokenizer::from_dir(&root.join("data/toy-model/tokenizer")).unwrap(),
-        model,
+        text_encoder,
+        vae: None,
+        unet_config: unet_config(),
+        unet_weights: kv_weights(&dev),
+        schedule: NoiseSchedule::from_config(&scheduler).unwrap(),
+        scheduler,
+        guidance: 7.5,
+        preserve_list: None,
+        prior: PriorMemo::default(),
     };
-    // SD 1.5's attn2 blocks: 2 + 2 + 2 down, 1 mid, 3 + 3 + 3 up, inner widths below.
-    let inner = [
-        320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320,
-    ];
-    let weights: Vec<Tensor> = inner
-        .iter()
-        .flat_map(|&n| [n, n])
-        .map(|n| Tensor::randn(0f32, 0.02, (n, 768), &dev).unwrap())
-        .collect();
+    assert_eq!(model.unet_weights.len(), 32);
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = GramCache::new(cache_dir.path());
-    let prompts = shipped_prompts().unwrap();
-
-    let t = Instant::now();
-    let (_, summary) = preserved_gram(&clip, &prompts, &[], Some(&cache), &dev).unwrap();
-    println!(
-        "solve-only, SD 1.5 size, {} preserved prompts: cold (lists encoded, cache written) {:.1} s",
-        summary.prompts,
-        t.elapsed().as_secs_f64()
-    );
-    for concepts in [1, concepts] {
-        warm(&clip, &prompts, &cache, &weights, concepts);
+    for (label, n) in [("cold", 1), ("warm", 1), ("warm", concepts)] {
+        let cfg = ResteerConfig {
+            multi_concept: (0..n)
+                .map(|i| ConceptSpec {
+                    name: format!("concept{i}"),
+                    kind: ConceptKind::Object,
+                    images: None,
+                    masks: None,
+                    embedding: None,
+                    adversarial: Vec::new(),
+                })
+                .collect(),
+            ..ResteerConfig::default()
+        };
+        let t = Instant::now();
+        let run = resteer(&model, &cfg, &dev, RunControl::silent(), Some(&cache)).unwrap();
+        let preserved = run.preserved.expect("the default preserves");
+        assert_eq!(preserved.cache_hit, label == "warm");
+        assert_eq!(run.deltas.len(), 32);
+        println!(
+            "solve-only, SD 1.5 size, {} preserved prompts: {label}, {n} object(s): {:.2} s",
+            preserved.prompts,
+            t.elapsed().as_secs_f64()
+        );
     }
     println!("peak RSS {:.0} MiB", peak_rss_mib());
-}
-
-/// A warm solve of `concepts` concepts: cache read, their prompts and anchors encoded, the
-/// solve, every delta.
-fn warm(clip: &Clip, prompts: &[String], cache: &GramCache, weights: &[Tensor], concepts: usize) {
-    let dev = Device::Cpu;
-    let names: Vec<String> = (0..concepts).map(|i| format!("concept{i}")).collect();
-    let t = Instant::now();
-    let (gram, summary) = preserved_gram(clip, prompts, &names, Some(cache), &dev).unwrap();
-    assert!(summary.cache_hit);
-    let read = t.elapsed().as_secs_f64();
-    let templates = ["a photo of {}", "a picture of {}"];
-    let mut rows = Vec::new();
-    for name in &names {
-        let texts: Vec<String> = templates
-            .iter()
-            .map(|t| t.replacen("{}", name, 1))
-            .collect();
-        let anchors: Vec<String> = templates.iter().map(|t| anchor_prompt(t, "")).collect();
-        let c = clip.encode_prompts(&refs(&texts)).unwrap();
-        let a = clip.encode_prompts(&refs(&anchors)).unwrap();
-        let (b, n, d) = c.dims3().unwrap();
-        rows.push((
-            c.reshape((b * n, d)).unwrap(),
-            a.reshape((b * n, d)).unwrap(),
-        ));
-    }
-    let encode = t.elapsed().as_secs_f64() - read;
-    let t2 = Instant::now();
-    let mean = gram.unwrap().mean().unwrap();
-    // The product's defaults: the balanced solve at `ResteerConfig::default()`'s weights.
-    let defaults = fmn_resteer::config::ResteerConfig::default();
-    let map = AnchorSolve::new(&rows, Some(&mean))
-        .unwrap()
-        .balanced(defaults.anchor_weight, defaults.preserve_weight)
-        .unwrap()
-        .map;
-    let deltas: Vec<Tensor> = weights.iter().map(|w| w.matmul(&map).unwrap()).collect();
-    let solve = t2.elapsed().as_secs_f64();
-    let warm = t.elapsed().as_secs_f64();
-    assert_eq!(deltas.len(), 32);
-    println!(
-        "  {concepts} concept(s): warm {warm:.2} s = cache read {read:.2} s + concept prompts {encode:.2} s + solve and deltas {solve:.2} s"
-    );
 }

@@ -189,6 +189,10 @@ pub struct ResteerConfig {
     /// With `loss: denoise`: preserved prompts the base model draws one image of at the start
     /// (spread evenly over the list), whose predictions the steps keep (`prior.rs`).
     pub prior_images: usize,
+    /// Of the prior images, per concept, how many are of the preserved prompts that best
+    /// explain the concept's images (the base model's denoising loss on them): the neighbours
+    /// an erasure endangers most. 0: all spread over the list.
+    pub prior_nearest: usize,
 }
 
 impl Default for ResteerConfig {
@@ -243,6 +247,7 @@ impl Default for ResteerConfig {
             adversary_steps: 0,
             adversary_lr: 1e-3,
             prior_images: 16,
+            prior_nearest: 0,
         }
     }
 }
@@ -319,6 +324,17 @@ impl Validate for ResteerConfig {
             return Err(
                 "`adversary_steps` attacks the denoising steps: it needs `loss: denoise`".into(),
             );
+        }
+        if self.prior_nearest > 0 && self.loss != StepObjective::Denoise {
+            return Err(
+                "`prior_nearest` chooses prior images of the denoising steps: it needs `loss: denoise`".into(),
+            );
+        }
+        if self.prior_nearest > self.prior_images {
+            return Err(format!(
+                "`prior_nearest` ({}) is more than `prior_images` ({}): the nearest prompts are some of the prior images",
+                self.prior_nearest, self.prior_images
+            ));
         }
         if !(self.adversary_lr > 0.0 && self.adversary_lr.is_finite()) {
             return Err(format!(

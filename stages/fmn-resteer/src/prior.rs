@@ -95,3 +95,52 @@ impl PriorImages {
         Ok(Self { latents, contexts })
     }
 }
+
+/// Draws per concept on which [`explaining`] scores a prompt: enough that one unlucky
+/// timestep does not decide, few enough for a list of hundreds of prompts.
+const EXPLAIN_DRAWS: usize = 8;
+
+/// `prompts` from the one that best explains `images` (the concept's clean latents, each
+/// `[1, C, h, w]`) to the one that explains them worst: by the base UNet's denoising loss on
+/// the same `EXPLAIN_DRAWS` noisy images (image, timestep in `timesteps`, noise, all from
+/// `seed`) under each prompt. A diffusion model's own classifier (Li et al. 2023, "Your
+/// Diffusion Model is Secretly a Zero-Shot Classifier"): the preserved prompts an erasure of
+/// these images endangers most. `contexts` encodes prompts (`[N, 77, D]`).
+pub fn explaining<'p, E>(
+    base: &UNet2DConditionModel,
+    schedule: &fmn_sd::train::noise_schedule::NoiseSchedule,
+    contexts: impl Fn(&[&str]) -> Result<Tensor, E>,
+    prompts: &[&'p str],
+    images: &[Tensor],
+    timesteps: (usize, usize),
+    seed: u64,
+) -> Result<Vec<&'p str>, E>
+where
+    E: From<candle_core::Error> + From<fmn_sd::SdError>,
+{
+    if prompts.is_empty() || images.is_empty() {
+        return Ok(prompts.to_vec());
+    }
+    let mut rng = fmn_ops::noise::NoiseRng::new(seed);
+    let x0: Vec<Tensor> = (0..EXPLAIN_DRAWS)
+        .map(|_| images[rng.below(0, images.len())].clone())
+        .collect();
+    let x0 = Tensor::cat(&x0, 0)?;
+    let ts: Vec<usize> = (0..EXPLAIN_DRAWS)
+        .map(|_| rng.below(timesteps.0, timesteps.1))
+        .collect();
+    let noisy = fmn_sd::train::scaffold::NoisyLatents::draw(schedule, &x0, &ts, &mut rng)?;
+    let mut scored = Vec::with_capacity(prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        let ctx = contexts(&[p])?.repeat((EXPLAIN_DRAWS, 1, 1))?;
+        let pred = base.forward(&noisy.x_t, &noisy.t, &ctx)?;
+        let loss = (pred - &noisy.target)?
+            .sqr()?
+            .mean_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        scored.push((loss, i));
+    }
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    Ok(scored.into_iter().map(|(_, i)| prompts[i]).collect())
+}

@@ -649,15 +649,71 @@ struct Resteering<'a> {
     device: Device,
 }
 
-/// Up to `count` of `prompts` naming none of `names`, evenly spread over the list.
-fn spread<'p>(prompts: &'p [String], names: &[String], count: usize) -> Vec<&'p str> {
-    let kept: Vec<&str> = prompts
+/// Up to `count` of `candidates`, evenly spread over the list.
+fn spread<'p>(candidates: &[&'p str], count: usize) -> Vec<&'p str> {
+    let n = candidates.len().min(count);
+    (0..n)
+        .map(|i| candidates[i * candidates.len() / n])
+        .collect()
+}
+
+/// The preserved prompts the base model draws prior images of: up to `cfg.prior_images` of
+/// `prompts` naming no concept of the run; first, per concept, the `cfg.prior_nearest` that
+/// best explain its images ([`crate::prior::explaining`]), then the rest spread over the list.
+fn prior_prompts<'p>(
+    model: &Model,
+    cfg: &ResteerConfig,
+    text: &TextSide,
+    base: &UNet2DConditionModel,
+    concepts: &[PreparedConcept],
+    prompts: &'p [String],
+    timesteps: (usize, usize),
+) -> Result<Vec<&'p str>, ResteerError> {
+    let names: Vec<String> = cfg.multi_concept.iter().map(|c| c.name.clone()).collect();
+    let candidates: Vec<&str> = prompts
         .iter()
-        .filter(|p| !preserve::names_any(p, names))
+        .filter(|p| !preserve::names_any(p, &names))
         .map(String::as_str)
         .collect();
-    let n = kept.len().min(count);
-    (0..n).map(|i| kept[i * kept.len() / n]).collect()
+    let mut kept: Vec<&str> = Vec::new();
+    if cfg.prior_nearest > 0 {
+        let scaling = model.vae()?.scaling_factor();
+        for (i, c) in concepts.iter().enumerate() {
+            let mut rng = NoiseRng::new(cfg.seed ^ 0xe1a1 ^ i as u64);
+            let images = c
+                .latents
+                .iter()
+                .map(|l| sample_latent(l, scaling, &mut rng))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ranked = crate::prior::explaining(
+                base,
+                &model.schedule,
+                |p: &[&str]| text.encode_prompts(p),
+                &candidates,
+                &images,
+                timesteps,
+                cfg.seed ^ 0xe1a2 ^ i as u64,
+            )?;
+            let nearest: Vec<&str> = ranked
+                .into_iter()
+                .filter(|p| !kept.contains(p))
+                .take(cfg.prior_nearest)
+                .collect();
+            tracing::info!(
+                "prior images of the prompts that best explain {}'s images: {nearest:?}",
+                cfg.multi_concept[i].name
+            );
+            kept.extend(nearest);
+        }
+        kept.truncate(cfg.prior_images);
+    }
+    let rest: Vec<&str> = candidates
+        .iter()
+        .copied()
+        .filter(|p| !kept.contains(p))
+        .collect();
+    kept.extend(spread(&rest, cfg.prior_images - kept.len()));
+    Ok(kept)
 }
 
 impl Objective for Resteering<'_> {
@@ -921,7 +977,7 @@ pub fn resteer(
         StepObjective::Attention => None,
         StepObjective::Denoise => {
             let base = trainable.base_unet(device)?;
-            let kept = spread(&prompts, &names, cfg.prior_images);
+            let kept = prior_prompts(model, cfg, &text, &base, &concepts, &prompts, timesteps)?;
             let prior = if kept.is_empty() {
                 None
             } else {

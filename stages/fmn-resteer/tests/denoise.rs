@@ -176,6 +176,42 @@ fn denoise_needs_anchor_prompts_and_steps() {
         "{err}"
     );
     assert!(!out.exists());
+    // So does the choice of prior images, which are some of `prior_images`.
+    let config = tmp.path().join("c.yaml");
+    std::fs::write(&config, "prior_nearest: 4\n").unwrap();
+    let res = resteer(
+        tmp.path(),
+        &["--steps", "2", "--config", config.to_str().unwrap()],
+        &out,
+    );
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("`prior_nearest`") && err.contains("loss: denoise"),
+        "{err}"
+    );
+    std::fs::write(&config, "prior_nearest: 4\nprior_images: 2\n").unwrap();
+    let res = resteer(
+        tmp.path(),
+        &[
+            "--loss",
+            "denoise",
+            "--params",
+            "all",
+            "--steps",
+            "2",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &out,
+    );
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("`prior_nearest` (4)") && err.contains("`prior_images` (2)"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }
 
 #[test]
@@ -252,5 +288,52 @@ fn the_prior_images_are_what_the_sampler_draws_for_their_prompts() {
         // One image alone and two in a batch round differently.
         let err = fmn_testkit::max_abs_diff(&batched, &one) / fmn_testkit::max_abs(&one);
         assert!(err < 1e-4, "{prompt}: {err} of the largest value");
+    }
+}
+
+#[test]
+fn the_prompts_that_best_explain_a_concepts_images_come_first() {
+    use fmn_resteer::prior::explaining;
+    use fmn_sd::train::images::TrainingImages;
+    use fmn_sd::train::noise_schedule::NoiseSchedule;
+    let dev = Device::Cpu;
+    let sd = StableDiffusion::load(&model(), &dev, DType::F32).unwrap();
+    let schedule = NoiseSchedule::from_config(&sd.scheduler).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = [
+        "a blue cross",
+        "a red square in the style of stripes",
+        "a yellow circle",
+        "a green triangle",
+        "kiki",
+        "bob",
+    ];
+    // The toy model draws what its prompts say: each subject's renders are best explained by
+    // the prompt naming it, whatever the order of the candidates.
+    for (subject, best) in [("bob", "bob"), ("kiki", "kiki")] {
+        let dir = tmp.path().join(subject);
+        let concept = subject.parse::<Concept>().unwrap();
+        fmn_toy_world::dataset::render_set(&dir, 4, 5, Some(concept), |_| {}).unwrap();
+        let images = TrainingImages::load(&dir, None).unwrap();
+        let side = sd.default_image_side() as u32;
+        let latents: Vec<Tensor> = (0..images.len())
+            .map(|i| {
+                let px = images.example(i, side, None, &dev).unwrap().pixels;
+                let mean = sd.vae.encode(&px).unwrap().mean().clone();
+                (mean * sd.vae.scaling_factor()).unwrap()
+            })
+            .collect();
+        let ranked = explaining(
+            &sd.unet,
+            &schedule,
+            |p: &[&str]| sd.encode_prompts(p),
+            &prompts,
+            &latents,
+            (100, 700),
+            3,
+        )
+        .unwrap();
+        assert_eq!(ranked.len(), prompts.len());
+        assert_eq!(ranked[0], best, "{subject}: {ranked:?}");
     }
 }
