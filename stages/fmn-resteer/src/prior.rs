@@ -96,9 +96,14 @@ impl PriorImages {
     }
 }
 
-/// Draws per concept on which [`explaining`] scores a prompt: enough that one unlucky
-/// timestep does not decide, few enough for a list of hundreds of prompts.
-const EXPLAIN_DRAWS: usize = 8;
+/// Draws per concept on which [`explaining`] scores a prompt, all in one UNet batch: at 8 the
+/// toy model's ranking of the prompts after the first few changed with the seed.
+const EXPLAIN_DRAWS: usize = 32;
+
+/// At most this many preserved prompts are scored per concept (one UNet pass of
+/// `EXPLAIN_DRAWS` images each), those nearest the concept by token embedding: the shipped
+/// lists' 1,750 would take 1,750 passes.
+pub const EXPLAIN_CANDIDATES: usize = 128;
 
 /// `prompts` from the one that best explains `images` (the concept's clean latents, each
 /// `[1, C, h, w]`) to the one that explains them worst: by the base UNet's denoising loss on

@@ -685,11 +685,22 @@ fn prior_prompts<'p>(
                 .iter()
                 .map(|l| sample_latent(l, scaling, &mut rng))
                 .collect::<Result<Vec<_>, _>>()?;
+            let mut shortlist: Vec<String> = candidates.iter().map(|p| p.to_string()).collect();
+            if shortlist.len() > crate::prior::EXPLAIN_CANDIDATES {
+                shortlist =
+                    text.nearest_by_token_embedding(&cfg.multi_concept[i].name, shortlist)?;
+                shortlist.truncate(crate::prior::EXPLAIN_CANDIDATES);
+            }
+            let scored: Vec<&str> = candidates
+                .iter()
+                .copied()
+                .filter(|p| shortlist.iter().any(|n| n == p))
+                .collect();
             let ranked = crate::prior::explaining(
                 base,
                 &model.schedule,
                 |p: &[&str]| text.encode_prompts(p),
-                &candidates,
+                &scored,
                 &images,
                 timesteps,
                 cfg.seed ^ 0xe1a2 ^ i as u64,
