@@ -9,6 +9,7 @@
 //! encoded into their Gram matrix, the cache written); `warm`: the cache read, the entries
 //! naming the concepts taken out, the concepts' prompts, sibling anchors and solve, every delta.
 //! Loading a model file is not part of it (BENCHMARKS.md#from-an-fp16-single-file-end-to-end).
+//! Products go through OpenBLAS when `FMN_BLAS` names it, as in the stages.
 #![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -75,6 +76,8 @@ fn kv_weights(dev: &Device) -> HashMap<String, Tensor> {
 }
 
 fn main() {
+    // As the stages do before they load anything (`fmn_sd_args::run_stage`).
+    fmn_core::allocator::tune_for_tensors();
     let args: Vec<String> = std::env::args().collect();
     let concepts: usize = args
         .windows(2)

@@ -96,9 +96,14 @@ impl PriorImages {
     }
 }
 
-/// Draws per concept on which [`explaining`] scores a prompt, all in one UNet batch: at 8 the
-/// toy model's ranking of the prompts after the first few changed with the seed.
+/// Draws per concept on which [`explaining`] scores a prompt: at 8, the toy model's ranking
+/// past its first few prompts differed from the ranking at 32.
 const EXPLAIN_DRAWS: usize = 32;
+
+/// Draws per UNet pass: a pass without gradients on 8 images holds less than the training
+/// step the memory pre-flight checked (`fmn_sd::memory`: 40 against 450 values per unit of
+/// feature volume and image).
+const EXPLAIN_BATCH: usize = 8;
 
 /// At most this many preserved prompts are scored per concept (one UNet pass of
 /// `EXPLAIN_DRAWS` images each), those nearest the concept by token embedding: the shipped
@@ -137,13 +142,21 @@ where
     let noisy = fmn_sd::train::scaffold::NoisyLatents::draw(schedule, &x0, &ts, &mut rng)?;
     let mut scored = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
-        let ctx = contexts(&[p])?.repeat((EXPLAIN_DRAWS, 1, 1))?;
-        let pred = base.forward(&noisy.x_t, &noisy.t, &ctx)?;
-        let loss = (pred - &noisy.target)?
-            .sqr()?
-            .mean_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
+        let ctx = contexts(&[p])?;
+        let mut loss = 0.0;
+        for start in (0..EXPLAIN_DRAWS).step_by(EXPLAIN_BATCH) {
+            let n = EXPLAIN_BATCH.min(EXPLAIN_DRAWS - start);
+            let pred = base.forward(
+                &noisy.x_t.narrow(0, start, n)?,
+                &noisy.t.narrow(0, start, n)?,
+                &ctx.repeat((n, 1, 1))?,
+            )?;
+            loss += (pred - noisy.target.narrow(0, start, n)?)?
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+        }
         scored.push((loss, i));
     }
     scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));

@@ -679,6 +679,7 @@ fn prior_prompts<'p>(
     if cfg.prior_nearest > 0 {
         let scaling = model.vae()?.scaling_factor();
         for (i, c) in concepts.iter().enumerate() {
+            // Streams of their own, so that the training's draws stay those of `seed`.
             let mut rng = NoiseRng::new(cfg.seed ^ 0xe1a1 ^ i as u64);
             let images = c
                 .latents
