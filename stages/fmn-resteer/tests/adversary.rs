@@ -206,28 +206,13 @@ fn the_frozen_view_draws_like_the_trained_unet_and_passes_no_weight_gradient() {
     let (out_f, input_f, weights_f) = run(&frozen);
     let reference = trainable.unet(&dev).unwrap();
     let out_r = reference.forward(&x, &t, context.as_tensor()).unwrap();
-    let diff = |a: &Tensor, b: &Tensor| -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    assert_eq!(diff(&out_t, &out_r), 0.0);
-    assert_eq!(diff(&out_f, &out_t), 0.0);
+    use fmn_testkit::{max_abs, max_abs_diff};
+    assert_eq!(max_abs_diff(&out_t, &out_r), 0.0);
+    assert_eq!(max_abs_diff(&out_f, &out_t), 0.0);
     // The input's gradient is the same through both; only the trained UNet's reaches the deltas.
-    let scale = input_t
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = max_abs(&input_t);
     assert!(scale > 0.0);
-    assert!(diff(&input_f, &input_t) <= 1e-5 * scale);
+    assert!(max_abs_diff(&input_f, &input_t) <= 1e-5 * scale);
     assert_eq!(weights_t, names.len());
     assert_eq!(weights_f, 0);
 }
