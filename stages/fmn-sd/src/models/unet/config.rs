@@ -194,8 +194,8 @@ pub struct ResolvedBlocks {
 
 impl UNetConfig {
     /// The side in pixels of the images the model draws by default: its latent sample size
-    /// times the VAE's `vae_factor`, as diffusers' pipelines take it; 64 latents (SD 1.x's
-    /// 512 pixels) where the config names none, as diffusers' SD pipelines also fall back to.
+    /// times the VAE's `vae_factor`, as diffusers' pipelines take it; where the config names
+    /// none (diffusers' pipelines then fail), 64 latents: SD 1.x's 512 pixels.
     pub fn default_image_side(&self, vae_factor: usize) -> usize {
         self.sample_size.unwrap_or(64) * vae_factor
     }
