@@ -199,6 +199,14 @@ pub fn json_of(res: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&res.stdout).unwrap()
 }
 
+/// The stderr of a stage run that was refused: exit status 1 and nothing written at `out`.
+pub fn refused(res: &std::process::Output, out: &Path) -> String {
+    let err = String::from_utf8_lossy(&res.stderr).into_owned();
+    assert_eq!(res.status.code(), Some(1), "{err}");
+    assert!(!out.exists(), "{} was written: {err}", out.display());
+    err
+}
+
 /// Copies folder `src` to `dst`, recursively (a model folder a test may change).
 pub fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
