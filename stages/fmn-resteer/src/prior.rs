@@ -110,26 +110,23 @@ const EXPLAIN_BATCH: usize = 8;
 /// lists' 1,750 would take 1,750 passes.
 pub const EXPLAIN_CANDIDATES: usize = 128;
 
-/// `prompts` from the one that best explains `images` (the concept's clean latents, each
-/// `[1, C, h, w]`) to the one that explains them worst: by the base UNet's denoising loss on
-/// the same `EXPLAIN_DRAWS` noisy images (image, timestep in `timesteps`, noise, all from
-/// `seed`) under each prompt. A diffusion model's own classifier (Li et al. 2023, "Your
-/// Diffusion Model is Secretly a Zero-Shot Classifier"): the preserved prompts an erasure of
-/// these images endangers most. `contexts` encodes prompts (`[N, 77, D]`).
-pub fn explaining<'p, E>(
+/// The indices of `contexts` (`[N, 77, D]`, one prompt each) from the prompt that best
+/// explains `images` (the concept's clean latents, each `[1, C, h, w]`) to the one that
+/// explains them worst: by the base UNet's denoising loss on the same `EXPLAIN_DRAWS` noisy
+/// images (image, timestep in `timesteps`, noise, all from `seed`) under each prompt. A
+/// diffusion model's own classifier (Li et al. 2023, "Your Diffusion Model is Secretly a
+/// Zero-Shot Classifier"): the preserved prompts an erasure of these images endangers most.
+pub fn explaining(
     base: &UNet2DConditionModel,
     schedule: &fmn_sd::train::noise_schedule::NoiseSchedule,
-    contexts: impl Fn(&[&str]) -> Result<Tensor, E>,
-    prompts: &[&'p str],
+    contexts: &Tensor,
     images: &[Tensor],
     timesteps: (usize, usize),
     seed: u64,
-) -> Result<Vec<&'p str>, E>
-where
-    E: From<candle_core::Error> + From<fmn_sd::SdError>,
-{
-    if prompts.is_empty() || images.is_empty() {
-        return Ok(prompts.to_vec());
+) -> fmn_sd::Result<Vec<usize>> {
+    let prompts = contexts.dim(0)?;
+    if prompts == 0 || images.is_empty() {
+        return Ok((0..prompts).collect());
     }
     let mut rng = fmn_ops::noise::NoiseRng::new(seed);
     let x0: Vec<Tensor> = (0..EXPLAIN_DRAWS)
@@ -140,9 +137,9 @@ where
         .map(|_| rng.below(timesteps.0, timesteps.1))
         .collect();
     let noisy = fmn_sd::train::scaffold::NoisyLatents::draw(schedule, &x0, &ts, &mut rng)?;
-    let mut scored = Vec::with_capacity(prompts.len());
-    for (i, p) in prompts.iter().enumerate() {
-        let ctx = contexts(&[p])?;
+    let mut scored = Vec::with_capacity(prompts);
+    for i in 0..prompts {
+        let ctx = contexts.narrow(0, i, 1)?;
         let mut loss = 0.0;
         for start in (0..EXPLAIN_DRAWS).step_by(EXPLAIN_BATCH) {
             let n = EXPLAIN_BATCH.min(EXPLAIN_DRAWS - start);
@@ -160,5 +157,5 @@ where
         scored.push((loss, i));
     }
     scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    Ok(scored.into_iter().map(|(_, i)| prompts[i]).collect())
+    Ok(scored.into_iter().map(|(_, i)| i).collect())
 }

@@ -700,14 +700,14 @@ fn prior_prompts<'p>(
             let ranked = crate::prior::explaining(
                 base,
                 &model.schedule,
-                |p: &[&str]| text.encode_prompts(p),
-                &scored,
+                &text.encode_once(&scored)?,
                 &images,
                 timesteps,
                 cfg.seed ^ 0xe1a2 ^ i as u64,
             )?;
             let nearest: Vec<&str> = ranked
                 .into_iter()
+                .map(|k| scored[k])
                 .filter(|p| !kept.contains(p))
                 .take(cfg.prior_nearest)
                 .collect();
