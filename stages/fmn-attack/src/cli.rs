@@ -254,10 +254,18 @@ pub fn execute(args: &Args) -> Result<ExitCode> {
         args.stage.device.memory.max_memory,
         "attack sampling",
     )?;
-    let _lock = fmn_core::OutputLock::acquire(&args.out)?;
     let concept_prompts = crate::config::fill_prompts(&cfg.prompts, cfg.concept());
     let concept_prompts: Vec<&str> = concept_prompts.iter().map(String::as_str).collect();
     let searches = plan.iter().any(|p| p.method != Method::Inversion);
+    if searches {
+        fmn_sd_args::check_search_memory(
+            &source,
+            crate::search::prompts_per_pass(concept_prompts.len()),
+            args.stage.device.memory.max_memory,
+            "attack (prompt search)",
+        )?;
+    }
+    let _lock = fmn_core::OutputLock::acquire(&args.out)?;
     // The search's target: the concept prompts' keys and values on the base model (loaded
     // for it alone, before the attacked model, when patches make them differ).
     let base_kv = if searches && !patches.is_empty() {

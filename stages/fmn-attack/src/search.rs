@@ -8,8 +8,18 @@ use fmn_sd::io::embedding::{token_table_fingerprint, EmbeddingMeta, TokenEmbeddi
 use fmn_sd::sample::pipeline::StableDiffusion;
 use serde::{Deserialize, Serialize};
 
-/// Candidate prompts encoded at once (memory: `CHUNK × 77 × Σ 2·inner` floats).
+/// Candidate prompts encoded at once, at least (memory: `CHUNK × 77 × Σ 2·inner` floats).
 const CHUNK: usize = 32;
+
+/// The prompts one scoring pass encodes when each candidate fills `per_set` attack prompts:
+/// whole candidates, at least [`CHUNK`] prompts.
+pub fn prompts_per_pass(per_set: usize) -> usize {
+    candidates_per_pass(per_set) * per_set
+}
+
+fn candidates_per_pass(per_set: usize) -> usize {
+    CHUNK.div_ceil(per_set).max(1)
+}
 
 /// Each `attn2`'s `[to_k; to_v]` weights `[2·inner, D]` (f32), in the UNet's order.
 fn kv_weights(model: &StableDiffusion) -> candle_core::Result<Vec<Tensor>> {
@@ -97,7 +107,7 @@ impl KvDistance {
     ) -> fmn_sd::Result<Vec<f64>> {
         let per_set = self.target.dim(0)?;
         let mut out = Vec::with_capacity(prompts.len());
-        for chunk in prompts.chunks(CHUNK.div_ceil(per_set).max(1)) {
+        for chunk in prompts.chunks(candidates_per_pass(per_set)) {
             let flat: Vec<&str> = chunk.iter().flatten().map(String::as_str).collect();
             if flat.len() != chunk.len() * per_set {
                 return Err(fmn_sd::SdError::Invalid(format!(

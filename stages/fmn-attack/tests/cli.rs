@@ -232,14 +232,29 @@ fn bad_input_is_refused_with_the_setting_named_and_nothing_written() {
     // (no inversion) for its sampling.
     let err = failed(&run(&mut attack_cmd(&imgs, &out, &["--max-memory", "1M"])));
     assert!(err.contains("attack (inversion)"), "{err}");
-    let mut search = Command::new(env!("CARGO_BIN_EXE_fmn-attack"));
-    search
-        .args(["--concept", "bob", "--method", "search", "--samples", "3"])
-        .args(["--max-memory", "1M", "--quiet", "--out"])
-        .arg(&out);
-    let err = failed(&run(&mut search));
+    let search = |limit: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fmn-attack"));
+        cmd.args(["--concept", "bob", "--method", "search", "--samples", "3"])
+            .args(["--max-memory", limit, "--quiet", "--out"])
+            .arg(&out);
+        failed(&run(&mut cmd))
+    };
+    let err = search("1M");
     assert!(
         err.contains("attack sampling 3 image(s)") && !err.contains("inversion"),
+        "{err}"
+    );
+    // On the toy model the search's scoring pass (32 prompts' keys and values through every
+    // attn2) needs more than sampling 3 images: a limit just above the sampling's estimate
+    // refuses the search.
+    let mib = |err: &str| -> u64 {
+        let tail = err.split("needs an estimated ").nth(1).expect(err);
+        tail.split(" MiB").next().unwrap().parse().expect(err)
+    };
+    let sampling = mib(&err);
+    let err = search(&format!("{}M", sampling + 1));
+    assert!(
+        err.contains("attack (prompt search) scoring 32 prompts") && mib(&err) > sampling + 1,
         "{err}"
     );
     assert!(!out.exists());

@@ -195,6 +195,42 @@ pub fn check_training_memory(
     estimate.check(&what, limit)
 }
 
+/// Refuses a prompt search that scores `prompts` prompts at once (their keys and values through
+/// every `attn2`, with every component's weights loaded) when its estimated peak exceeds
+/// `--max-memory` or the available memory, before any weight is loaded.
+pub fn check_search_memory(
+    source: &ModelSource,
+    prompts: usize,
+    limit: Option<u64>,
+    what: &str,
+) -> fmn_sd::Result<()> {
+    use fmn_sd::memory;
+    let text = source.text_encoder_config()?;
+    let context_dim = text.hidden_size as u64;
+    let kv_weights = source.parameter_count_where("unet", |name| {
+        name.ends_with(".attn2.to_k.weight") || name.ends_with(".attn2.to_v.weight")
+    })?;
+    let estimate = memory::estimate(
+        &memory::ModelSize::of(source)?,
+        &memory::Configs::default(),
+        &memory::Request {
+            height: 0,
+            width: 0,
+            dtype: candle_core::DType::F32,
+            phases: vec![(
+                memory::Workload::KeyValues {
+                    tokens: text.max_position_embeddings,
+                    width: kv_weights / context_dim.max(1),
+                    context_dim,
+                },
+                prompts,
+            )],
+        },
+    );
+    tracing::debug!("estimated peak memory: {}", estimate.describe());
+    estimate.check(&format!("{what} scoring {prompts} prompts at once"), limit)
+}
+
 /// A sampling request as the pre-flight memory check sees it: `images` of `height`×`width`
 /// denoised in one batch (doubled by classifier-free guidance), then decoded.
 #[derive(Debug, Clone, Copy)]

@@ -63,7 +63,20 @@ pub enum Workload {
     Decode,
     /// The VAE encoding images into latents.
     Encode,
+    /// The keys and values of a batch of prompts through every `attn2` at once, in f32
+    /// (fmn-attack's prompt search scores candidates so): `tokens` per prompt, `width` = Σ over
+    /// the layers of `to_k` and `to_v` outputs, `context_dim` the text encoder's width (the
+    /// `[context_dim, width]` projection is held beside them).
+    KeyValues {
+        tokens: usize,
+        width: u64,
+        context_dim: u64,
+    },
 }
+
+/// Batch-sized `[batch, tokens, width]` tensors alive at once while prompts are scored against
+/// their targets: the keys and values, their difference to the target, its square.
+const KEY_VALUE_COPIES: f64 = 3.0;
 
 /// Stored values per unit of feature volume, per image, at the peak of each workload, set
 /// on SD 1.5 at 256² (training: its batch-2 row, the largest per image) and checked at 512²
@@ -168,6 +181,16 @@ pub fn estimate(size: &ModelSize, configs: &Configs, request: &Request) -> Estim
             }
             Workload::Decode => (PER_VOLUME_DECODE, vae),
             Workload::Encode => (PER_VOLUME_ENCODE, vae),
+            Workload::KeyValues {
+                tokens,
+                width,
+                context_dim,
+            } => {
+                let floats = KEY_VALUE_COPIES * batch * tokens as f64 * width as f64
+                    + (context_dim * width) as f64;
+                activations = activations.max(floats * 4.0);
+                continue;
+            }
         };
         activations = activations.max(per_volume * volume * batch * dsize);
     }
@@ -244,6 +267,31 @@ mod tests {
                 "{workload:?} {size}² batch {batch}: {est:.0} MiB vs {measured_mib}"
             );
         }
+    }
+
+    /// SD 1.5's prompt search, by hand: 16 `attn2` layers of inner width 320 ×5, 640 ×5,
+    /// 1280 ×6 (down 2+2+2, mid 1, up 3+3+3 by level), keys and values: Σ = 24,960; 32 prompts
+    /// × 77 tokens × 24,960 × 3 copies + the 768 × 24,960 projection, in f32.
+    #[test]
+    fn key_values_hold_three_batch_copies_and_the_projection() {
+        let width = 2 * (5 * 320 + 5 * 640 + 6 * 1280);
+        assert_eq!(width, 24_960);
+        let request = Request {
+            height: 512,
+            width: 512,
+            dtype: DType::F16,
+            phases: vec![(
+                Workload::KeyValues {
+                    tokens: 77,
+                    width,
+                    context_dim: 768,
+                },
+                32,
+            )],
+        };
+        let est = estimate(&ModelSize::default(), &Configs::default(), &request);
+        assert_eq!(est.activations, 814_694_400.0);
+        assert_eq!(est.weights, 0.0);
     }
 
     #[test]
