@@ -10,7 +10,9 @@
 #   pipelines/measure-defaults.sh [OUT_DIR]
 #
 # Environment: MODEL (default data/toy-model), SEEDS (images per prompt, default 8),
-# BIN (default target/debug), ONLY (space-separated patch names to run; default all).
+# BIN (default target/debug), ONLY (space-separated patch names to run; default all),
+# SETTINGS (a YAML file of fmn-resteer keys added to every run but the probes and the preset:
+# a setting measured before it becomes a default).
 set -euo pipefail
 OUT=${1:-out/measure-defaults}
 MODEL=${MODEL:-data/toy-model}
@@ -38,9 +40,11 @@ patch() { # NAME "CONCEPT:KIND ..." [fmn-resteer flags...]
   if [ "$(wc -w <<<"$specs")" -eq 1 ]; then
     images "${specs%%:*}"
     args=(--concept "${specs%%:*}" --kind "${specs##*:}" --images "$OUT/images/${specs%%:*}")
+    [ -z "${SETTINGS:-}" ] || [[ " $* " == *" --config "* || " $* " == *" --preset "* ]] || args+=(--config "$SETTINGS")
   else
     { echo "multi_concept:"; for s in $specs; do images "${s%%:*}"
         printf '  - {name: %s, kind: %s, images: "%s"}\n' "${s%%:*}" "${s##*:}" "$OUT/images/${s%%:*}"; done
+      [ -z "${SETTINGS:-}" ] || cat "$SETTINGS"
     } > "$OUT/$name.yaml"
     args=(--config "$OUT/$name.yaml")
   fi

@@ -57,7 +57,8 @@ def main(bdir, bjudge, adir, ajudge, names):
             out["others"][c] = {"before": b, "after": a, "images": k}
     losses = [100 * (o["before"] - o["after"]) for o in out["others"].values()]
     out["worst_other_loss_points"] = max(losses) if losses else None
-    f = lambda d: "%3.0f%% -> %3.0f%%" % (100 * d["before"], 100 * d["after"])
+    # A forgotten name no prompt uses (a control: what editing alone costs) has no rate.
+    f = lambda d: "%3.0f%% -> %3.0f%%" % (100 * d["before"], 100 * d["after"]) if d["images"] else "(no prompts)"
     line = "; ".join("%s %s" % (n, f(d)) for n, d in out["forgotten"].items())
     others = ", ".join("%s %s" % (c, f(d)) for c, d in out["others"].items())
     print("forgotten: %s | worst other loss %+.1f points | others: %s" % (line, out["worst_other_loss_points"] or 0, others))

@@ -152,6 +152,9 @@ pub struct ResteerConfig {
     /// the one the solve alone brings the concept closest to (`sibling.rs`), its target at it
     /// (no push). Without one the kind's default anchor and `anchor_push` apply.
     pub sibling_anchor: bool,
+    /// How far past a sibling anchor a concept's contexts are moved, as `anchor_push` past
+    /// other anchors (the sibling is chosen at 0).
+    pub sibling_push: f64,
     /// Start the steps from the exact minimiser of the anchor and preservation terms (a linear
     /// solve per run: `solve.rs`) instead of from the base weights; needs `anchor_weight` > 0
     /// and full (not LoRA) key/value deltas.
@@ -186,6 +189,9 @@ pub struct ResteerConfig {
     pub adversary_steps: usize,
     /// The attacker's step: how far each attack step moves its rows, per value.
     pub adversary_lr: f64,
+    /// A second attacker per concept starting at its name's token rows (the attack from the
+    /// word); the two take turns, one per step.
+    pub adversary_word: bool,
     /// With `loss: denoise`: preserved prompts the base model draws one image of at the start
     /// (spread evenly over the list), whose predictions the steps keep (`prior.rs`).
     pub prior_images: usize,
@@ -227,6 +233,7 @@ impl Default for ResteerConfig {
             anchor: None,
             anchor_push: 1.0,
             sibling_anchor: true,
+            sibling_push: 0.0,
             solve_anchor: true,
             lora_rank: None,
             object_templates: vec!["a photo of {}".into(), "a picture of {}".into()],
@@ -246,6 +253,7 @@ impl Default for ResteerConfig {
             harden_steps: 500,
             adversary_steps: 0,
             adversary_lr: 1e-3,
+            adversary_word: false,
             prior_images: 16,
             prior_nearest: 0,
         }
@@ -320,6 +328,11 @@ impl Validate for ResteerConfig {
         if self.loss == StepObjective::Denoise && self.anchor_weight <= 0.0 {
             return Err("`loss: denoise` moves the concept's predictions onto its anchor prompts', and `anchor_weight` is 0 (no anchor prompts)".into());
         }
+        if self.adversary_word && self.adversary_steps == 0 {
+            return Err(
+                "`adversary_word` adds a second attacker, and `adversary_steps` is 0 (none)".into(),
+            );
+        }
         if self.adversary_steps > 0 && self.loss != StepObjective::Denoise {
             return Err(
                 "`adversary_steps` attacks the denoising steps: it needs `loss: denoise`".into(),
@@ -364,6 +377,7 @@ impl Validate for ResteerConfig {
             ("preserve_weight", self.preserve_weight),
             ("anchor_weight", self.anchor_weight),
             ("anchor_push", self.anchor_push),
+            ("sibling_push", self.sibling_push),
         ] {
             if !(w >= 0.0 && w.is_finite()) {
                 return Err(format!("`{key}` must be zero or positive, got {w}"));

@@ -205,6 +205,24 @@ fn bad_input_fails_before_training_and_writes_nothing() {
         "{err}"
     );
 
+    let cfg = tmp.path().join("push.yaml");
+    for (yaml, message) in [
+        (
+            "sibling_push: -0.5\n",
+            "`sibling_push` must be zero or positive, got -0.5",
+        ),
+        ("adversary_word: true\n", "`adversary_steps` is 0"),
+    ] {
+        std::fs::write(&cfg, yaml).unwrap();
+        let res = resteer(
+            &["--images"],
+            &[&img, Path::new("--config"), &cfg, Path::new("--out"), &out],
+        );
+        assert!(!res.status.success());
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert!(err.contains(message), "{err}");
+    }
+
     // A learning rate that blows the weights up: the loss turns NaN, nothing is written.
     let res = resteer(
         &["--lr", "1e30", "--steps", "4", "--images"],
@@ -304,6 +322,63 @@ fn a_killed_run_resumes_to_the_same_patch() {
             .to_scalar()
             .unwrap();
         assert_eq!(diff, 0.0, "{k}");
+    }
+    assert!(!tmp.path().join("resumed.safetensors.ckpt").exists());
+}
+
+/// The attackers inside the steps (`adversary_steps`, `adversary_word`) change their token rows
+/// every step: a resumed run restores them from the checkpoint and ends with the patch of an
+/// uninterrupted run, bit for bit.
+#[test]
+fn a_killed_run_with_attackers_resumes_to_the_same_patch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, _) = images(tmp.path(), 2, 32);
+    let cfg = tmp.path().join("adversary.yaml");
+    std::fs::write(
+        &cfg,
+        "loss: denoise\nanchor_weight: 1.0\nadversary_steps: 1\nadversary_word: true\nprior_images: 2\n",
+    )
+    .unwrap();
+    let args = ["--params", "attn2", "--steps", "10", "--lr", "0.001"];
+    let paths = |out: &Path| -> Vec<PathBuf> {
+        vec![
+            "--config".into(),
+            cfg.clone(),
+            "--images".into(),
+            img.clone(),
+            "--out".into(),
+            out.to_path_buf(),
+        ]
+    };
+    let full = tmp.path().join("full.safetensors");
+    let refs = paths(&full);
+    resteer_ok(
+        &args,
+        &refs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    );
+
+    let resumed = tmp.path().join("resumed.safetensors");
+    let ckpt = tmp.path().join("resumed.safetensors.ckpt/progress.json");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fmn-resteer"));
+    cmd.arg("--model")
+        .arg(model())
+        .args(["--quiet", "--preset", "original", "--concept", "bob"])
+        .args(["--kind", "object", "--checkpoint-every", "2"])
+        .args(args)
+        .args(paths(&resumed));
+    let killed = fmn_testkit::kill_at_random_step(cmd, &ckpt, &resumed, 10, 2);
+    if killed != fmn_testkit::Killed::Finished {
+        let refs = paths(&resumed);
+        resteer_ok(
+            &[&args[..], &["--checkpoint-every", "2", "--resume"]].concat(),
+            &refs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+        );
+    }
+    let a = Patch::load(&full).unwrap();
+    let b = Patch::load(&resumed).unwrap();
+    for (k, d) in &a.deltas {
+        assert!(fmn_testkit::max_abs(d) > 0.0, "{k}");
+        assert_eq!(fmn_testkit::max_abs_diff(d, &b.deltas[k]), 0.0, "{k}");
     }
     assert!(!tmp.path().join("resumed.safetensors.ckpt").exists());
 }

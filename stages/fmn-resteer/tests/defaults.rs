@@ -438,6 +438,23 @@ fn an_object_is_anchored_onto_a_sibling_the_run_does_not_forget() {
             "{name}"
         );
     }
+    // `sibling_push` moves the target past the sibling chosen as before: the same patch as
+    // that sibling given as the anchor with the same push.
+    let (_, sibling_pushed) = alone("sibling_push: 0.5\n", "kiki-sibling-pushed.safetensors");
+    let (_, explicit) = alone(
+        "anchor: kiki\nanchor_push: 0.5\n",
+        "kiki-explicit-pushed.safetensors",
+    );
+    for (name, d) in &sibling_pushed.deltas {
+        assert!(
+            fmn_testkit::max_abs_diff(d, &at_sibling.deltas[name]) > 1e-3 * fmn_testkit::max_abs(d),
+            "{name}: the push changed nothing"
+        );
+        assert!(
+            fmn_testkit::max_abs_diff(d, &explicit.deltas[name]) <= 1e-6 * fmn_testkit::max_abs(d),
+            "{name}"
+        );
+    }
     let (plain, _) = alone("anchor: \"\"\n", "plain.safetensors");
     assert!(
         plain

@@ -207,6 +207,14 @@ pub trait Objective {
     fn after_update(&mut self, _step: usize) -> Result<(), TrainError> {
         Ok(())
     }
+
+    /// Variables the objective changes itself from step to step (not trained by the optimiser,
+    /// e.g. an attacker's token rows), saved with each checkpoint and restored on resume so
+    /// that a resumed run goes on as an uninterrupted one would. Their names must differ from
+    /// the trained variables'.
+    fn state(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
 }
 
 /// What a run did. Each field means one thing in every stage.
@@ -259,11 +267,13 @@ pub fn train(
         serde_json::to_value(settings).map_err(|e| TrainError::Input(format!("settings: {e}")))?;
     let mut opt = AdamW::new(vars.to_vec(), schedule.adamw)?;
     let checkpoints = run.checkpoint_dir.as_deref().map(CheckpointDir::new);
+    // The trained variables, then the objective's own state: both are checkpointed.
+    let saved: Vec<(String, Var)> = vars.iter().cloned().chain(objective.state()).collect();
     let mut start = 0;
     if let (Some(ck), true) = (&checkpoints, run.resume) {
         if let Some(progress) = ck.progress::<RunProgress>()? {
             progress.check(ck, &settings, schedule.steps)?;
-            ck.load(STAGE, vars, Some(&mut opt))?;
+            ck.load(STAGE, &saved, Some(&mut opt))?;
             tracing::info!(step = progress.step, "resuming");
             start = progress.step;
         }
@@ -305,7 +315,7 @@ pub fn train(
             {
                 ck.save(
                     STAGE,
-                    vars,
+                    &saved,
                     &opt,
                     &RunProgress {
                         step: done,
