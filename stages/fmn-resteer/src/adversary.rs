@@ -33,16 +33,13 @@ pub struct Adversary {
 impl Adversary {
     /// An attacker for the concept prompts of `templates` (one per prompt, in the prompts'
     /// order); `tokenizer` already holds the run's added tokens, whose rows the text encoder
-    /// gets before the attacker's. `word`: start every row at the mean of this word's token
-    /// rows (the concept's name: the attack from the word), else from noise.
-    #[allow(clippy::too_many_arguments)]
+    /// gets before the attacker's.
     pub fn new(
         tokenizer: &ClipTokenizer,
         text_encoder: &ClipTextModel,
         templates: &[&String],
         pooler: crate::prompts::PoolerPositions,
         concept: usize,
-        word: Option<&str>,
         seed: u64,
         device: &Device,
     ) -> Result<Self, ResteerError> {
@@ -59,25 +56,10 @@ impl Adversary {
                 Ok(Tensor::new(p.ids.as_slice(), device)?.unsqueeze(0)?)
             })
             .collect::<Result<Vec<_>, ResteerError>>()?;
-        let table = text_encoder.token_embedding_table();
-        let init = match word {
-            Some(w) => {
-                let ids = tokenizer.tokenize(w)?;
-                if ids.is_empty() {
-                    return Err(ResteerError::Input(format!(
-                        "the attacker's start {w:?} has no tokens"
-                    )));
-                }
-                let ids = Tensor::new(ids.as_slice(), device)?;
-                let mean = table.index_select(&ids, 0)?.mean_keepdim(0)?;
-                mean.repeat((TOKENS, 1))?
-            }
-            None => {
-                let mut rng = NoiseRng::new(seed);
-                (rng.randn(&[TOKENS, text_encoder.hidden_size()], device)? * INIT_STD)?
-                    .to_dtype(table.dtype())?
-            }
-        };
+        let mut rng = NoiseRng::new(seed);
+        let dtype = text_encoder.token_embedding_table().dtype();
+        let init = (rng.randn(&[TOKENS, text_encoder.hidden_size()], device)? * INIT_STD)?
+            .to_dtype(dtype)?;
         Ok(Self {
             rows: Var::from_tensor(&init)?,
             max_norm: text_encoder.median_token_norm()?,

@@ -189,9 +189,6 @@ pub struct ResteerConfig {
     pub adversary_steps: usize,
     /// The attacker's step: how far each attack step moves its rows, per value.
     pub adversary_lr: f64,
-    /// A second attacker per concept starting at its name's token rows (the attack from the
-    /// word); the two take turns, one per step.
-    pub adversary_word: bool,
     /// With `loss: denoise`: preserved prompts the base model draws one image of at the start
     /// (spread evenly over the list), whose predictions the steps keep (`prior.rs`).
     pub prior_images: usize,
@@ -253,7 +250,6 @@ impl Default for ResteerConfig {
             harden_steps: 500,
             adversary_steps: 0,
             adversary_lr: 1e-3,
-            adversary_word: false,
             prior_images: 16,
             prior_nearest: 0,
         }
@@ -327,11 +323,6 @@ impl Validate for ResteerConfig {
         }
         if self.loss == StepObjective::Denoise && self.anchor_weight <= 0.0 {
             return Err("`loss: denoise` moves the concept's predictions onto its anchor prompts', and `anchor_weight` is 0 (no anchor prompts)".into());
-        }
-        if self.adversary_word && self.adversary_steps == 0 {
-            return Err(
-                "`adversary_word` adds a second attacker, and `adversary_steps` is 0 (none)".into(),
-            );
         }
         if self.adversary_steps > 0 && self.loss != StepObjective::Denoise {
             return Err(

@@ -122,8 +122,8 @@ struct PreparedConcept {
     anchor_rows: Option<(Tensor, Tensor)>,
     /// With `loss: denoise`: per prompt, its anchor prompt's hidden states `[1, 77, D]`.
     anchor_contexts: Vec<Tensor>,
-    /// With `adversary_steps`: the attackers inside the run, taking turns by step.
-    adversaries: Vec<Adversary>,
+    /// With `adversary_steps`: the attacker inside the run.
+    adversary: Option<Adversary>,
     texts: ConceptPrompts,
 }
 
@@ -519,22 +519,19 @@ fn prepare(
             anchor_contexts.push(encoded.get(i)?.unsqueeze(0)?);
         }
     }
-    let mut adversaries = Vec::new();
-    if cfg.adversary_steps > 0 && !anchor_contexts.is_empty() {
-        let starts = [None, Some(spec.name.as_str())];
-        for word in &starts[..if cfg.adversary_word { 2 } else { 1 }] {
-            adversaries.push(Adversary::new(
-                &text.tokenizer,
-                text.text_encoder,
-                &per_prompt,
-                cfg.pooler(),
-                index,
-                *word,
-                cfg.seed ^ (0xad5e_0000 + index as u64),
-                device,
-            )?);
-        }
-    }
+    let adversary = if cfg.adversary_steps > 0 && !anchor_contexts.is_empty() {
+        Some(Adversary::new(
+            &text.tokenizer,
+            text.text_encoder,
+            &per_prompt,
+            cfg.pooler(),
+            index,
+            cfg.seed ^ (0xad5e_0000 + index as u64),
+            device,
+        )?)
+    } else {
+        None
+    };
     let (mut latents, mut masks) = (Vec::new(), None);
     // The solve alone (no steps) needs no images.
     match (&spec.images, cfg.max_train_steps > 0) {
@@ -563,7 +560,7 @@ fn prepare(
         masks,
         anchor_rows,
         anchor_contexts,
-        adversaries,
+        adversary,
         texts,
     })
 }
@@ -742,21 +739,19 @@ impl Objective for Resteering<'_> {
         self.concepts
             .iter()
             .enumerate()
-            .flat_map(|(i, c)| {
-                c.adversaries
-                    .iter()
-                    .enumerate()
-                    .map(move |(j, a)| (format!("adversary/{i}/{j}"), a.var().clone()))
+            .filter_map(|(i, c)| {
+                let a = c.adversary.as_ref()?;
+                Some((format!("adversary/{i}"), a.var().clone()))
             })
             .collect()
     }
 
-    fn loss(&mut self, step: usize, rng: &mut NoiseRng) -> Result<StepLoss, TrainError> {
+    fn loss(&mut self, _step: usize, rng: &mut NoiseRng) -> Result<StepLoss, TrainError> {
         let (cfg, model, device) = (self.cfg, self.model, &self.device);
         let scaling = model.vae()?.scaling_factor();
         // With attackers, their steps run on a frozen view of the same weights: their
         // gradient is the token rows', and the weights' would be computed and dropped.
-        let (unet, frozen) = if self.concepts.iter().any(|c| !c.adversaries.is_empty()) {
+        let (unet, frozen) = if self.concepts.iter().any(|c| c.adversary.is_some()) {
             let (unet, frozen) = self.trainable.unet_and_frozen(device)?;
             (unet, Some(frozen))
         } else {
@@ -795,8 +790,7 @@ impl Objective for Resteering<'_> {
                 let anchor = c.anchor_contexts[k].repeat((cfg.train_batch_size, 1, 1))?;
                 let erase = prediction_gap(&unet, base, &noisy, &ctx, &anchor)?;
                 concept_loss = add(concept_loss, erase)?;
-                if !c.adversaries.is_empty() {
-                    let adversary = &c.adversaries[step % c.adversaries.len()];
+                if let Some(adversary) = &c.adversary {
                     // The attacker's prompt in place of the concept's, erased onto the same anchor.
                     let (drawn, attacked) = adversary.attack(
                         &model.text_encoder,

@@ -21,57 +21,10 @@ fn attacker(sd: &StableDiffusion, tokenizer: &ClipTokenizer) -> Adversary {
         &[&template],
         PoolerPositions::First,
         0,
-        None,
         3,
         &Device::Cpu,
     )
     .unwrap()
-}
-
-/// `adversary_word`'s attacker starts with every row at the mean of the word's token rows
-/// (one token: its row, as fmn-attack's `word` start).
-#[test]
-fn an_attacker_from_a_word_starts_at_its_token_rows() {
-    let sd = tiny();
-    let template = "a photo of {}".to_string();
-    let table = sd.text_encoder.token_embedding_table();
-    for word in ["photo", "a photo"] {
-        let adversary = Adversary::new(
-            &sd.tokenizer,
-            &sd.text_encoder,
-            &[&template],
-            PoolerPositions::First,
-            0,
-            Some(word),
-            3,
-            &Device::Cpu,
-        )
-        .unwrap();
-        let ids = sd.tokenizer.tokenize(word).unwrap();
-        let expected: Vec<f64> = (0..32)
-            .map(|j| {
-                ids.iter()
-                    .map(|&id| {
-                        table
-                            .get(id as usize)
-                            .unwrap()
-                            .get(j)
-                            .unwrap()
-                            .to_scalar::<f64>()
-                            .unwrap()
-                    })
-                    .sum::<f64>()
-                    / ids.len() as f64
-            })
-            .collect();
-        let rows: Vec<Vec<f64>> = adversary.rows().unwrap().to_vec2().unwrap();
-        assert_eq!(rows.len(), 2);
-        for row in rows {
-            for (got, want) in row.iter().zip(&expected) {
-                assert!((got - want).abs() <= 1e-12, "{word}: {got} vs {want}");
-            }
-        }
-    }
 }
 
 /// The tiny model in f64.

@@ -206,13 +206,10 @@ fn bad_input_fails_before_training_and_writes_nothing() {
     );
 
     let cfg = tmp.path().join("push.yaml");
-    for (yaml, message) in [
-        (
-            "sibling_push: -0.5\n",
-            "`sibling_push` must be zero or positive, got -0.5",
-        ),
-        ("adversary_word: true\n", "`adversary_steps` is 0"),
-    ] {
+    for (yaml, message) in [(
+        "sibling_push: -0.5\n",
+        "`sibling_push` must be zero or positive, got -0.5",
+    )] {
         std::fs::write(&cfg, yaml).unwrap();
         let res = resteer(
             &["--images"],
@@ -326,17 +323,17 @@ fn a_killed_run_resumes_to_the_same_patch() {
     assert!(!tmp.path().join("resumed.safetensors.ckpt").exists());
 }
 
-/// The attackers inside the steps (`adversary_steps`, `adversary_word`) change their token rows
+/// The attacker inside the steps (`adversary_steps`) changes its token rows
 /// every step: a resumed run restores them from the checkpoint and ends with the patch of an
 /// uninterrupted run, bit for bit.
 #[test]
-fn a_killed_run_with_attackers_resumes_to_the_same_patch() {
+fn a_killed_run_with_an_attacker_resumes_to_the_same_patch() {
     let tmp = tempfile::tempdir().unwrap();
     let (img, _) = images(tmp.path(), 2, 32);
     let cfg = tmp.path().join("adversary.yaml");
     std::fs::write(
         &cfg,
-        "loss: denoise\nanchor_weight: 1.0\nadversary_steps: 1\nadversary_word: true\nprior_images: 2\n",
+        "loss: denoise\nanchor_weight: 1.0\nadversary_steps: 1\nprior_images: 2\n",
     )
     .unwrap();
     let args = ["--params", "attn2", "--steps", "10", "--lr", "0.001"];
