@@ -150,7 +150,7 @@ pub struct ResteerConfig {
     /// With `anchor` unset, an object's anchor is a sibling from the preserved list: of the
     /// words filling most of the concept's templates there ("triangle" for "a red square"),
     /// the one the solve alone brings the concept closest to (`sibling.rs`), its target at it
-    /// (no push). Without one the kind's default anchor and `anchor_push` apply.
+    /// (or `sibling_push` past it). Without one the kind's default anchor and `anchor_push` apply.
     pub sibling_anchor: bool,
     /// How far past a sibling anchor a concept's contexts are moved, as `anchor_push` past
     /// other anchors (the sibling is chosen at 0).

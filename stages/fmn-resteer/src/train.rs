@@ -389,7 +389,7 @@ impl Anchoring {
 /// the preserved list (`sibling.rs`; of the shipped lists, objects and animals only) whose
 /// prompts the solve alone gets the concept's closest to (the smallest share of the start
 /// distance left: the nearest in context space is not it, "circle" → "square" left 32 % and
-/// drew circles), with no push; else the kind's default with `anchor_push`
+/// drew circles), the target `sibling_push` [0] past it; else the kind's default with `anchor_push`
 /// (BENCHMARKS.md#sibling-anchors-2026-12-07).
 fn choose_anchoring(
     text: &TextSide,
