@@ -179,40 +179,26 @@ fn bad_input_fails_before_training_and_writes_nothing() {
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(err.contains("0.png") && err.contains("8x8"), "{err}");
 
-    let cfg = tmp.path().join("long.yaml");
-    std::fs::write(
-        &cfg,
-        format!("object_templates: [\"{} {{}}\"]\n", "word ".repeat(80)),
-    )
-    .unwrap();
-    let res = resteer(
-        &["--images"],
-        &[&img, Path::new("--config"), &cfg, Path::new("--out"), &out],
-    );
-    assert!(!res.status.success());
-    assert!(String::from_utf8_lossy(&res.stderr).contains("do not appear"));
-
-    let cfg = tmp.path().join("typo.yaml");
-    std::fs::write(&cfg, "learning_rat: 0.1\n").unwrap();
-    let res = resteer(
-        &["--images"],
-        &[&img, Path::new("--config"), &cfg, Path::new("--out"), &out],
-    );
-    assert!(!res.status.success());
-    let err = String::from_utf8_lossy(&res.stderr);
+    // A config file that is refused: the run fails, naming what is wrong (stderr returned).
+    let config_refused = |name: &str, yaml: &str| -> String {
+        let cfg = tmp.path().join(name);
+        std::fs::write(&cfg, yaml).unwrap();
+        let res = resteer(
+            &["--images"],
+            &[&img, Path::new("--config"), &cfg, Path::new("--out"), &out],
+        );
+        assert!(!res.status.success(), "{name} was accepted");
+        String::from_utf8_lossy(&res.stderr).into_owned()
+    };
+    let long = format!("object_templates: [\"{} {{}}\"]\n", "word ".repeat(80));
+    let err = config_refused("long.yaml", &long);
+    assert!(err.contains("do not appear"), "{err}");
+    let err = config_refused("typo.yaml", "learning_rat: 0.1\n");
     assert!(
         err.contains("learning_rat") && err.contains("typo.yaml"),
         "{err}"
     );
-
-    let cfg = tmp.path().join("push.yaml");
-    std::fs::write(&cfg, "sibling_push: -0.5\n").unwrap();
-    let res = resteer(
-        &["--images"],
-        &[&img, Path::new("--config"), &cfg, Path::new("--out"), &out],
-    );
-    assert!(!res.status.success());
-    let err = String::from_utf8_lossy(&res.stderr);
+    let err = config_refused("push.yaml", "sibling_push: -0.5\n");
     assert!(
         err.contains("`sibling_push` must be zero or positive, got -0.5"),
         "{err}"
