@@ -125,6 +125,8 @@ struct PreparedConcept {
     /// With `adversary_steps`: the attacker inside the run.
     adversary: Option<Adversary>,
     texts: ConceptPrompts,
+    /// The sibling the concept is anchored onto, if it is.
+    sibling: Option<String>,
 }
 
 /// A re-steering's result: the deltas of the changed UNet tensors and what the run did (the
@@ -341,6 +343,9 @@ struct Preserved<'a> {
     /// The preserved prompts an object's sibling may come from: of the shipped lists, objects
     /// and animals only (`preserve::OBJECT_LISTS`); the model's own and the user's all.
     sibling_pool: &'a [String],
+    /// The siblings the run's earlier concepts were anchored onto: not a later one's while
+    /// another candidate is left.
+    taken_siblings: &'a [String],
 }
 
 /// `prompts` without the shipped lists' entries that name no thing (people, scenes, styles).
@@ -362,6 +367,8 @@ struct Anchoring {
     anchor: String,
     push: f64,
     texts: Vec<String>,
+    /// Whether `anchor` is a sibling chosen from the preserved list.
+    sibling: bool,
 }
 
 impl Anchoring {
@@ -371,6 +378,7 @@ impl Anchoring {
             anchor: anchor.to_string(),
             push,
             texts: templates.iter().map(|t| anchor_prompt(t, anchor)).collect(),
+            sibling: false,
         }
     }
 
@@ -390,7 +398,9 @@ impl Anchoring {
 /// prompts the solve alone gets the concept's closest to (the smallest share of the start
 /// distance left: the nearest in context space is not it, "circle" → "square" left 32 % and
 /// drew circles), the target `sibling_push` [0] past it; else the kind's default with `anchor_push`
-/// (BENCHMARKS.md#sibling-anchors-2026-12-07).
+/// (BENCHMARKS.md#sibling-anchors-2026-12-07). A sibling an earlier concept of the run took is
+/// a candidate only when no other is left: two concepts turned into one thing broke more of
+/// the other prompts (BENCHMARKS.md#distinct-siblings-2026-12-07).
 fn choose_anchoring(
     text: &TextSide,
     spec: &ConceptSpec,
@@ -414,6 +424,25 @@ fn choose_anchoring(
             .into_iter()
             .map(|c| c.filler)
             .collect();
+    let untaken: Vec<String> = candidates
+        .iter()
+        .filter(|c| {
+            !preserved
+                .taken_siblings
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(c))
+        })
+        .cloned()
+        .collect();
+    if untaken.is_empty() && !candidates.is_empty() {
+        tracing::warn!(
+            "{}: every sibling candidate ({}) is another concept's of this run; sharing one",
+            spec.name,
+            candidates.join(", ")
+        );
+    } else {
+        candidates = untaken;
+    }
     if candidates.len() > sibling::SOLVED_CANDIDATES {
         candidates = text.nearest_by_token_embedding(&spec.name, candidates)?;
         candidates.truncate(sibling::SOLVED_CANDIDATES);
@@ -448,6 +477,7 @@ fn choose_anchoring(
                 candidates.len()
             );
             let mut chosen = anchorings.swap_remove(i);
+            chosen.sibling = true;
             if cfg.sibling_push == 0.0 {
                 return Ok((chosen, targets.swap_remove(i)));
             }
@@ -546,6 +576,10 @@ fn prepare(
         ),
         (None, _) => {}
     }
+    let sibling = anchoring
+        .as_ref()
+        .filter(|a| a.sibling)
+        .map(|a| a.anchor.clone());
     let texts = ConceptPrompts {
         name: spec.name.clone(),
         prompts: prompts.iter().map(|(p, _, _)| p.text.clone()).collect(),
@@ -562,6 +596,7 @@ fn prepare(
         anchor_contexts,
         adversary,
         texts,
+        sibling,
     })
 }
 
@@ -899,16 +934,19 @@ pub fn resteer(
     } else {
         Vec::new()
     };
-    let concepts = (0..cfg.multi_concept.len())
-        .map(|i| {
-            let preserved = Preserved {
-                prompts: &prompts,
-                gram_mean: preserve.as_ref(),
-                sibling_pool: &pool,
-            };
-            prepare(model, &text, i, cfg, preserved, resolution, device)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut concepts: Vec<PreparedConcept> = Vec::new();
+    let mut taken_siblings = Vec::new();
+    for i in 0..cfg.multi_concept.len() {
+        let preserved = Preserved {
+            prompts: &prompts,
+            gram_mean: preserve.as_ref(),
+            sibling_pool: &pool,
+            taken_siblings: &taken_siblings,
+        };
+        let concept = prepare(model, &text, i, cfg, preserved, resolution, device)?;
+        taken_siblings.extend(concept.sibling.clone());
+        concepts.push(concept);
+    }
     let mut concept_texts: Vec<ConceptPrompts> = concepts.iter().map(|c| c.texts.clone()).collect();
     let trainable = Trainable::new(
         model.unet_weights.clone(),

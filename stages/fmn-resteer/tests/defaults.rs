@@ -496,6 +496,31 @@ fn an_object_is_anchored_onto_a_sibling_the_run_does_not_forget() {
         others += 1;
     }
     assert_eq!(others, 2, "circle's sibling {sibling:?} is not a shape");
+
+    // Forgotten together, circle and square are not turned into the same shape: circle, first,
+    // keeps its sibling alone; square takes another, though alone it takes the same.
+    let square = toy_resteer(
+        tmp.path(),
+        "multi_concept:\n  - {name: square, kind: object}\n",
+        &tmp.path().join("square.safetensors"),
+    );
+    assert_eq!(
+        square["concepts"][0]["anchor"].as_str(),
+        Some(sibling.as_str())
+    );
+    let both = circle(
+        "  - {name: square, kind: object}\n",
+        "circle-and-square.safetensors",
+    );
+    assert_eq!(
+        both["concepts"][0]["anchor"].as_str(),
+        Some(sibling.as_str())
+    );
+    let square_sibling = both["concepts"][1]["anchor"].as_str().unwrap();
+    assert!(
+        ["triangle", "cross"].contains(&square_sibling) && square_sibling != sibling,
+        "circle → {sibling}, square → {square_sibling}"
+    );
     assert!(
         plain
             .iter()
