@@ -9,7 +9,8 @@
 #
 #   pipelines/measure-defaults.sh [OUT_DIR]
 #
-# Environment: MODEL (default data/toy-model), SEEDS (images per prompt, default 8),
+# Environment: MODEL (default data/toy-model), SEEDS (images per prompt, default 8), SEED (the
+# first image's seed, default 4242; the before-images are sampled with it too),
 # BIN (default target/debug), ONLY (space-separated patch names to run; default all),
 # SETTINGS (a YAML file of fmn-resteer keys added to every run but the probes and the preset:
 # a setting measured before it becomes a default).
@@ -17,6 +18,7 @@ set -euo pipefail
 OUT=${1:-out/measure-defaults}
 MODEL=${MODEL:-data/toy-model}
 SEEDS=${SEEDS:-8}
+SEED=${SEED:-4242}
 BIN=${BIN:-target/debug}
 PROMPTS=pipelines/heldout/toy-prompts.txt
 export FMN_CACHE_DIR=${FMN_CACHE_DIR:-$OUT/cache}
@@ -25,7 +27,7 @@ mkdir -p "$OUT"
 sample() { # OUT_DIR [fmn-sample flags...]
   local dir=$1; shift
   if [ ! -f "$dir/manifest.json" ]; then
-    "$BIN/fmn-sample" --model "$MODEL" --prompt-file "$PROMPTS" --num-images "$SEEDS" --seed 4242 \
+    "$BIN/fmn-sample" --model "$MODEL" --prompt-file "$PROMPTS" --num-images "$SEEDS" --seed "$SEED" \
       --out "$dir" --quiet "$@"
   fi
   [ -f "$dir.judge.json" ] || "$BIN/fmn-toy" judge --images "$dir" --json --quiet > "$dir.judge.json"
