@@ -26,6 +26,18 @@ impl ConceptKind {
         }
     }
 
+    /// How far past a non-sibling anchor the target lies unless `anchor_push` says otherwise:
+    /// 1 where the phrase without the concept can still draw it ("a blue" drew circles on the
+    /// toy model), 0 for a style, whose phrase without it draws the plain picture (at 1 the
+    /// stripes patch changed one seed of other concepts on each seed set, at 0 none:
+    /// BENCHMARKS.md#style-targets-at-the-anchor-2026-12-07).
+    pub fn default_push(self) -> f64 {
+        match self {
+            ConceptKind::Object | ConceptKind::Identity => 1.0,
+            ConceptKind::Style => 0.0,
+        }
+    }
+
     /// What replaces the concept in its anchor prompts unless `anchor` says otherwise.
     pub fn default_anchor(self) -> &'static str {
         match self {
@@ -145,8 +157,9 @@ pub struct ResteerConfig {
     /// How far past its anchor a concept's contexts are moved, in concept-to-anchor
     /// distances: the target is `A + anchor_push·(A − C)` (ESD's negative guidance, in K/V
     /// space). 0 stops at the anchor, which still draws the concept where the model's prior
-    /// without it does (BENCHMARKS.md#re-steering-defaults).
-    pub anchor_push: f64,
+    /// without it does (BENCHMARKS.md#re-steering-defaults); unset: the kind's
+    /// ([`ConceptKind::default_push`]).
+    pub anchor_push: Option<f64>,
     /// With `anchor` unset, an object's anchor is a sibling from the preserved list: of the
     /// words filling most of the concept's templates there ("triangle" for "a red square"),
     /// the one the solve alone brings the concept closest to (`sibling.rs`), its target at it
@@ -228,7 +241,7 @@ impl Default for ResteerConfig {
             preserve_weight: 4.0,
             anchor_weight: 1.0,
             anchor: None,
-            anchor_push: 1.0,
+            anchor_push: None,
             sibling_anchor: true,
             sibling_push: 0.0,
             solve_anchor: true,
@@ -285,6 +298,10 @@ impl ResteerConfig {
 
     pub fn anchor_for(&self, kind: ConceptKind) -> &str {
         self.anchor.as_deref().unwrap_or(kind.default_anchor())
+    }
+
+    pub fn push_for(&self, kind: ConceptKind) -> f64 {
+        self.anchor_push.unwrap_or(kind.default_push())
     }
 }
 
@@ -367,7 +384,7 @@ impl Validate for ResteerConfig {
         for (key, w) in [
             ("preserve_weight", self.preserve_weight),
             ("anchor_weight", self.anchor_weight),
-            ("anchor_push", self.anchor_push),
+            ("anchor_push", self.anchor_push.unwrap_or(0.0)),
             ("sibling_push", self.sibling_push),
         ] {
             if !(w >= 0.0 && w.is_finite()) {

@@ -411,7 +411,11 @@ fn choose_anchoring(
     contexts: &Tensor,
 ) -> Result<(Anchoring, Tensor), ResteerError> {
     let fallback = || -> Result<(Anchoring, Tensor), ResteerError> {
-        let a = Anchoring::new(cfg.anchor_for(spec.kind), cfg.anchor_push, per_prompt);
+        let a = Anchoring::new(
+            cfg.anchor_for(spec.kind),
+            cfg.push_for(spec.kind),
+            per_prompt,
+        );
         let targets = a.targets(text, contexts)?;
         Ok((a, targets))
     };

@@ -233,7 +233,11 @@ fn the_preserved_entries_naming_a_concept_are_its_prompts_and_the_push_scales_th
     // The sibling anchor (its own test below) would give circle another anchor.
     let concepts = "multi_concept:\n  - {name: circle, kind: object}\n  - {name: stripes, kind: style}\ndelta_dtype: f32\nsibling_anchor: false\n";
     let pushed = tmp.path().join("pushed.safetensors");
-    let json = toy_resteer(tmp.path(), concepts, &pushed);
+    let json = toy_resteer(
+        tmp.path(),
+        &format!("{concepts}anchor_push: 1.0\n"),
+        &pushed,
+    );
     let (circle, stripes) = (anchor_pairs(&json, 0), anchor_pairs(&json, 1));
     let has =
         |set: &[(String, String)], p: &str, a: &str| set.iter().any(|(x, y)| x == p && y == a);
@@ -270,7 +274,7 @@ fn the_preserved_entries_naming_a_concept_are_its_prompts_and_the_push_scales_th
     assert_eq!(stripes.len(), 2 + 28);
 
     // The target A + push (A - C) is linear in the push, and so is the solved delta: push 1
-    // (the default) gives twice the delta of push 0.
+    // (an object's default) gives twice the delta of push 0.
     let at_anchor = tmp.path().join("at_anchor.safetensors");
     toy_resteer(
         tmp.path(),
@@ -291,6 +295,34 @@ fn the_preserved_entries_naming_a_concept_are_its_prompts_and_the_push_scales_th
         assert!(
             scale > 0.0 && err <= 1e-4 * scale,
             "{name}: {err} of {scale}"
+        );
+    }
+
+    // Unset, the push is the kind's: 0 for a style, 1 for an object.
+    let stripes_alone = |extra: &str, out: &str| {
+        let out = tmp.path().join(out);
+        toy_resteer(
+            tmp.path(),
+            &format!(
+                "multi_concept:\n  - {{name: stripes, kind: style}}\ndelta_dtype: f32\n{extra}"
+            ),
+            &out,
+        );
+        Patch::load(&out).unwrap()
+    };
+    let by_default = stripes_alone("", "stripes-default.safetensors");
+    let at_zero = stripes_alone("anchor_push: 0.0\n", "stripes-push0.safetensors");
+    let at_one = stripes_alone("anchor_push: 1.0\n", "stripes-push1.safetensors");
+    for (name, d) in &by_default.deltas {
+        assert!(fmn_testkit::max_abs(d) > 0.0, "{name}");
+        assert_eq!(
+            fmn_testkit::max_abs_diff(d, &at_zero.deltas[name]),
+            0.0,
+            "{name}"
+        );
+        assert!(
+            fmn_testkit::max_abs_diff(d, &at_one.deltas[name]) > 0.1 * fmn_testkit::max_abs(d),
+            "{name}"
         );
     }
 
