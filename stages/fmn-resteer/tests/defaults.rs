@@ -313,13 +313,8 @@ fn the_preserved_entries_naming_a_concept_are_its_prompts_and_the_push_scales_th
     let by_default = stripes_alone("", "stripes-default.safetensors");
     let at_zero = stripes_alone("anchor_push: 0.0\n", "stripes-push0.safetensors");
     let at_one = stripes_alone("anchor_push: 1.0\n", "stripes-push1.safetensors");
+    assert_same_nonzero_deltas(&by_default, &at_zero);
     for (name, d) in &by_default.deltas {
-        assert!(fmn_testkit::max_abs(d) > 0.0, "{name}");
-        assert_eq!(
-            fmn_testkit::max_abs_diff(d, &at_zero.deltas[name]),
-            0.0,
-            "{name}"
-        );
         assert!(
             fmn_testkit::max_abs_diff(d, &at_one.deltas[name]) > 0.1 * fmn_testkit::max_abs(d),
             "{name}"
@@ -400,6 +395,14 @@ fn the_solve_alone_reads_only_the_weights_it_changes() {
 }
 
 /// Per concept of a `--json` report: its prompts with their anchor prompts.
+/// Every delta of `a` is nonzero and equal, bit for bit, to `b`'s of the same name.
+fn assert_same_nonzero_deltas(a: &Patch, b: &Patch) {
+    for (name, d) in &a.deltas {
+        assert!(fmn_testkit::max_abs(d) > 0.0, "{name}");
+        assert_eq!(fmn_testkit::max_abs_diff(d, &b.deltas[name]), 0.0, "{name}");
+    }
+}
+
 fn anchor_pairs(json: &serde_json::Value, i: usize) -> Vec<(String, String)> {
     let texts = |k: &str| -> Vec<String> {
         json["concepts"][i][k]
@@ -462,14 +465,7 @@ fn an_object_is_anchored_onto_a_sibling_the_run_does_not_forget() {
         "{kiki:?}"
     );
     let (_, pushed) = alone("anchor_push: 2.0\n", "kiki-pushed.safetensors");
-    for (name, d) in &at_sibling.deltas {
-        assert!(fmn_testkit::max_abs(d) > 0.0, "{name}");
-        assert_eq!(
-            fmn_testkit::max_abs_diff(d, &pushed.deltas[name]),
-            0.0,
-            "{name}"
-        );
-    }
+    assert_same_nonzero_deltas(&at_sibling, &pushed);
     // `sibling_push` moves the target past the sibling chosen as before: the same patch as
     // that sibling given as the anchor with the same push.
     let (_, sibling_pushed) = alone("sibling_push: 0.5\n", "kiki-sibling-pushed.safetensors");
