@@ -394,7 +394,6 @@ fn the_solve_alone_reads_only_the_weights_it_changes() {
     assert!(err.contains("vae"), "{err}");
 }
 
-/// Per concept of a `--json` report: its prompts with their anchor prompts.
 /// Every delta of `a` is nonzero and equal, bit for bit, to `b`'s of the same name.
 fn assert_same_nonzero_deltas(a: &Patch, b: &Patch) {
     for (name, d) in &a.deltas {
@@ -403,6 +402,7 @@ fn assert_same_nonzero_deltas(a: &Patch, b: &Patch) {
     }
 }
 
+/// Per concept of a `--json` report: its prompts with their anchor prompts.
 fn anchor_pairs(json: &serde_json::Value, i: usize) -> Vec<(String, String)> {
     let texts = |k: &str| -> Vec<String> {
         json["concepts"][i][k]
