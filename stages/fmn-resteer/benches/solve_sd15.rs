@@ -77,7 +77,7 @@ fn kv_weights(dev: &Device) -> HashMap<String, Tensor> {
 
 fn main() {
     // As the stages do before they load anything (`fmn_sd_args::run_stage`).
-    fmn_core::allocator::tune_for_tensors();
+    fmn_core::tune_for_tensors();
     let args: Vec<String> = std::env::args().collect();
     let concepts: usize = args
         .windows(2)

@@ -18,13 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// The `cli::run` of a stage that loads a diffusion model: parses its command line
-/// ([`fmn_cli::parse`]), sets the allocator up for tensor work
-/// ([`fmn_core::allocator::tune_for_tensors`]) and runs `execute` on the arguments.
+/// ([`fmn_cli::parse`]), sets the process up for tensor work
+/// ([`fmn_core::tune_for_tensors`]: allocator and threads) and runs `execute` on the arguments.
 pub fn run_stage<A: fmn_cli::StageArgs, E>(
     execute: impl FnOnce(&A) -> Result<ExitCode, E>,
 ) -> Result<ExitCode, E> {
     let args = fmn_cli::parse::<A>();
-    fmn_core::allocator::tune_for_tensors();
+    fmn_core::tune_for_tensors();
     execute(&args)
 }
 

@@ -38,7 +38,7 @@ fn randn(shape: &[usize]) -> Result<Tensor> {
 type Op = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;
 
 fn main() -> Result<()> {
-    fmn_core::allocator::tune_for_tensors();
+    fmn_core::tune_for_tensors();
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone());
     let iters: usize = arg("--iters").and_then(|v| v.parse().ok()).unwrap_or(3);

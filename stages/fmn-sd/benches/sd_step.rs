@@ -9,6 +9,7 @@
 //! rows through the frozen UNet and text encoder; `decode` / `encode`: the SD VAE alone, as
 //! sampling's last step and a training stage's first). Each line also prints the peak that
 //! `fmn_sd::memory` estimates for the run, as the stages' pre-flight check makes it.
+//! `profile.sh` runs it under `perf` from the second iteration on.
 #![allow(unused_crate_dependencies, clippy::unwrap_used, clippy::expect_used)]
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
@@ -123,6 +124,17 @@ fn report(what: &str, times: &[f64], estimate: &memory::Estimate) {
     );
 }
 
+/// Under `perf record --control fifo:F -D -1` (`profile.sh`, with `FMN_PERF_CTL=F`), sampling
+/// starts here, at the second iteration: the setup and the first iteration's heap growth are not
+/// the steady state being profiled.
+fn perf_steady_state() {
+    if let Some(fifo) = std::env::var_os("FMN_PERF_CTL") {
+        if let Err(e) = std::fs::write(&fifo, "enable\n") {
+            eprintln!("sd_step: could not enable perf through {fifo:?}: {e}");
+        }
+    }
+}
+
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -140,8 +152,9 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
 }
 
 fn main() -> candle_core::Result<()> {
-    // As the stages run (fmn_sd_args::run): freed activations stay in the heap for the next.
-    fmn_core::allocator::tune_for_tensors();
+    // As the stages run (fmn_sd_args::run_stage): freed activations stay in the heap for the
+    // next, candle's element-wise ops on this thread.
+    fmn_core::tune_for_tensors();
     let args: Vec<String> = std::env::args().collect();
     let size: usize = arg(&args, "--size", 256);
     let mode: String = arg(&args, "--mode", "forward".to_string());
@@ -208,7 +221,10 @@ fn main() -> candle_core::Result<()> {
         None
     };
     let mut times = Vec::new();
-    for _ in 0..iters {
+    for i in 0..iters {
+        if i == 1 {
+            perf_steady_state();
+        }
         let start = Instant::now();
         if mode == "forward" {
             unet.forward(&sample, &t, &context)?
@@ -276,9 +292,10 @@ fn main() -> candle_core::Result<()> {
     );
     report(
         &format!(
-            "sd15-unet size={size} mode={mode} batch={batch} params={:.0}M trainable={:.1}M",
+            "sd15-unet size={size} mode={mode} batch={batch} params={:.0}M trainable={:.1}M text_params={:.0}M",
             params as f64 / 1e6,
             trainable_params as f64 / 1e6,
+            text_params as f64 / 1e6,
         ),
         &times,
         &estimate,

@@ -273,7 +273,7 @@ pub fn run() -> Result<ExitCode> {
 }
 
 pub fn execute(cli: &Cli) -> Result<ExitCode> {
-    fmn_core::allocator::tune_for_tensors();
+    fmn_core::tune_for_tensors();
     let output = &cli.output;
     match &cli.command {
         Command::Render(a) => render(a, output),
