@@ -85,7 +85,8 @@ pub struct SegmenterTrainArgs {
     pub lr: f64,
     /// CPU threads for candle. 1 (the default) gives the same weights on every machine and is
     /// the fastest where other work shares the cores (candle's worker threads spin while
-    /// waiting); 0 leaves candle's own choice (RAYON_NUM_THREADS, else all cores).
+    /// waiting); 0 leaves every stage's default (candle's element-wise ops on one thread, the
+    /// products on RAYON_NUM_THREADS, else all cores: `fmn_core::threads`).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
 }
