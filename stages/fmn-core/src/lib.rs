@@ -1,6 +1,6 @@
 //! What every fmn crate shares: atomic output, settings from config files and flags, shards,
-//! image files, allocator and thread tuning, the source tree's data paths. (The command-line conventions
-//! are `fmn-cli`'s.)
+//! image files, allocator and thread tuning, the source tree's data paths. (The command-line
+//! conventions are `fmn-cli`'s.)
 // The unit-test build also sees the dev-dependencies, which only the integration tests use.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 pub mod allocator;
