@@ -25,9 +25,7 @@ cd "$root"
 cargo bench -p fmn-sd --profile dev --bench sd_step --bench sd_ops --no-run -q 2>/dev/null
 blas="${FMN_BLAS:-none set (the system libopenblas.so.0 if any, else the gemm crate)}"
 
-field() { # field NAME LINE -> the number after NAME= (units stripped)
-    sed -E "s/.*[ ]$1=([0-9.]+).*/\1/" <<<"$2"
-}
+source "$root/stages/fmn-sd/benches/bench_lines.sh"
 if [[ $ops == 1 ]]; then
     ours=$(cargo bench -q -p fmn-sd --profile dev --bench sd_ops -- --iters "$iters" 2>/dev/null | grep '^fmn op=')
     theirs=$("$py" stages/fmn-sd/benches/pytorch_sd_ops.py --iters "$iters" 2>/dev/null | grep '^pytorch op=')
@@ -51,7 +49,7 @@ for size in $sizes; do
     for mode in $modes; do
         ours=$(cargo bench -q -p fmn-sd --profile dev --bench sd_step -- --size "$size" --mode "$mode" --iters "$iters" 2>/dev/null | grep '^sd15-unet')
         echo "$ours" >&2
-        theirs=$("$py" stages/fmn-sd/benches/pytorch_step.py --size "$size" --mode "$mode" --iters "$iters" 2>/dev/null | grep '^pytorch')
+        theirs=$(pytorch_row "$size" "$mode" "$iters")
         echo "$theirs" >&2
         ob=$(field best "$ours") om=$(field mean "$ours") op=$(field peak_rss "$ours")
         tb=$(field best "$theirs") tm=$(field mean "$theirs") tp=$(field peak_rss "$theirs")

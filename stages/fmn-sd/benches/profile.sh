@@ -39,9 +39,7 @@ threads=$(nproc)
 # One sample per 5 ms of a thread's CPU time: samples × 5 ms is CPU time, whatever the clock rate.
 period_ns=5000000
 
-field() { # field NAME LINE -> the number after NAME= (units stripped)
-    sed -E "s/.*[ ]$1=([0-9.]+).*/\1/" <<<"$2"
-}
+source "$root/stages/fmn-sd/benches/bench_lines.sh"
 # perf report lines "samples dso symbol" -> "products waiting softmax norms elementwise memory other total" sample counts.
 buckets() {
     awk '{
@@ -74,7 +72,7 @@ for size in $sizes; do
         read -r prod wait soft norms elem mem other total < <(
             perf report -i "$work/perf.data" --stdio -q --no-children --sort dso,sym -F sample,dso,sym 2>/dev/null |
                 buckets)
-        theirs=$("$py" stages/fmn-sd/benches/pytorch_step.py --size "$size" --mode "$mode" --iters "$iters" 2>/dev/null | grep '^pytorch')
+        theirs=$(pytorch_row "$size" "$mode" "$iters")
         echo "$theirs" >&2
         awk -v s="$size" -v m="$mode" -v ob="$(field best "$ours")" -v tb="$(field best "$theirs")" \
             -v params="$(field params "$ours")" -v trainable="$(field trainable "$ours")" -v text="$(field text_params "$ours")" \
