@@ -300,6 +300,7 @@ impl ResteerConfig {
         self.anchor.as_deref().unwrap_or(kind.default_anchor())
     }
 
+    /// The push past the anchor for a concept of `kind`: `anchor_push` if set, else the kind's.
     pub fn push_for(&self, kind: ConceptKind) -> f64 {
         self.anchor_push.unwrap_or(kind.default_push())
     }
